@@ -1,0 +1,71 @@
+"""Model equality checks: by weights (white box), by outputs (black box), or both."""
+
+from typing import Callable, Mapping, Optional
+
+import torch
+
+
+def tensor_equal(tensor1: torch.Tensor, tensor2: torch.Tensor) -> bool:
+    """True when both tensors have the same dtype, shape and values (bit patterns, so NaNs compare equal)."""
+    if tensor1.dtype != tensor2.dtype or tensor1.shape != tensor2.shape:
+        return False
+    if tensor1.device != tensor2.device:
+        tensor2 = tensor2.to(tensor1.device)
+    if tensor1.is_floating_point() or tensor1.is_complex():
+        return torch.equal(_bit_view(tensor1), _bit_view(tensor2))
+    return torch.equal(tensor1, tensor2)
+
+
+def _bit_view(tensor: torch.Tensor) -> torch.Tensor:
+    """View a tensor's bytes as unsigned integers so the comparison is bitwise."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8)
+
+
+def state_dict_equal(dict1: Mapping[str, torch.Tensor], dict2: Mapping[str, torch.Tensor],
+                     device: Optional[torch.device] = None) -> bool:
+    """True when both state dicts have the same keys and bitwise equal tensors."""
+    if dict1.keys() != dict2.keys():
+        return False
+    for key, value1 in dict1.items():
+        value2 = dict2[key]
+        if isinstance(value1, torch.Tensor) and isinstance(value2, torch.Tensor):
+            if device is not None:
+                value1, value2 = value1.to(device), value2.to(device)
+            if not tensor_equal(value1, value2):
+                return False
+        elif value1 != value2:
+            return False
+    return True
+
+
+def whitebox_model_equal(model1: torch.nn.Module, model2: torch.nn.Module,
+                         device: Optional[torch.device] = None) -> bool:
+    """True when both models have equal state dicts."""
+    return state_dict_equal(model1.state_dict(), model2.state_dict(), device)
+
+
+def blackbox_model_equal(model1: torch.nn.Module, model2: torch.nn.Module,
+                         produce_input: Callable[[], torch.Tensor],
+                         device: Optional[torch.device] = None) -> bool:
+    """True when both models, in eval mode, give equal outputs for one input from `produce_input`."""
+    inp = produce_input()
+    if device is not None:
+        model1, model2, inp = model1.to(device), model2.to(device), inp.to(device)
+    was_training = model1.training, model2.training
+    model1.eval()
+    model2.eval()
+    try:
+        with torch.no_grad():
+            return tensor_equal(model1(inp), model2(inp))
+    finally:
+        model1.train(was_training[0])
+        model2.train(was_training[1])
+
+
+def model_equal(model1: torch.nn.Module, model2: torch.nn.Module,
+                produce_input: Callable[[], torch.Tensor],
+                device: Optional[torch.device] = None) -> bool:
+    """True when the models are equal by weights and by outputs."""
+    return (whitebox_model_equal(model1, model2, device)
+            and blackbox_model_equal(model1, model2, produce_input, device))

@@ -1,0 +1,40 @@
+"""Typed errors raised by mmlib; each message says what went wrong and what to do."""
+
+
+class MMLibError(Exception):
+    """Base class of every error mmlib raises on purpose."""
+
+
+class ModelNotFoundError(MMLibError, KeyError):
+    """A model, document or blob id is not in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class IntegrityError(MMLibError, ValueError):
+    """Stored bytes or recovered weights do not match the digest recorded at save time."""
+
+
+class IncompatibleModelError(MMLibError, ValueError):
+    """A model cannot be stored relative to the given base (e.g. a different architecture)."""
+
+
+class InvalidSaveInfoError(MMLibError, ValueError):
+    """The save request is incomplete or inconsistent; nothing was written."""
+
+
+class UnsafeCodeError(MMLibError, ValueError):
+    """Stored metadata names code in a form mmlib refuses to run (not an identifier or plain import)."""
+
+
+class StoreUnavailableError(MMLibError, OSError):
+    """The store cannot be opened, written or reached."""
+
+
+class EnvironmentMismatchError(MMLibError, RuntimeError):
+    """Strict mode: the current environment differs from the one a model was saved in."""
+
+
+class EnvironmentMismatchWarning(UserWarning):
+    """The current environment differs from the one a model was saved in."""

@@ -1,0 +1,103 @@
+"""Embedded document store in one SQLite file (WAL mode, busy timeout), safe for several processes."""
+
+import json
+import os
+import sqlite3
+import threading
+import time
+
+from mmlib.errors import StoreUnavailableError
+from mmlib.persistence.base import DictPersistenceService, document_id, missing_document
+
+_BUSY_TIMEOUT_S = 60.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (type, id)
+)
+"""
+
+
+class SQLiteDictPersistenceService(DictPersistenceService):
+    """Documents as JSON rows of one table keyed by (type, id); the default store, needs no server."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self._local = threading.local()
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with self._connection() as connection:
+                connection.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreUnavailableError(
+                f"cannot open the SQLite store at {self.path}: {error}; "
+                "check that its directory exists and is writable") from error
+
+    def __repr__(self) -> str:
+        return f"SQLiteDictPersistenceService({self.path!r})"
+
+    def _connection(self) -> sqlite3.Connection:
+        """One connection per thread and process (connections must not cross a fork)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != os.getpid():
+            connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            self._local.connection = connection
+            self._local.pid = os.getpid()
+        return connection
+
+    def _query(self, sql: str, params: tuple = ()) -> list:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailableError(f"SQLite store {self.path} failed: {error}") from error
+
+    def save_dict(self, insert_dict: dict, represent_type: str) -> str:
+        dict_id = document_id(insert_dict, self.generate_id)
+        body = json.dumps(insert_dict, sort_keys=True)
+        self._query("INSERT INTO documents (type, id, body, created) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (type, id) DO UPDATE SET body = excluded.body",
+                    (represent_type, dict_id, body, time.time()))
+        return dict_id
+
+    def _body(self, dict_id: str, represent_type: str) -> str:
+        rows = self._query("SELECT body FROM documents WHERE type = ? AND id = ?", (represent_type, str(dict_id)))
+        if not rows:
+            raise missing_document(dict_id, represent_type)
+        return rows[0][0]
+
+    def recover_dict(self, dict_id: str, represent_type: str) -> dict:
+        return json.loads(self._body(dict_id, represent_type))
+
+    def dict_size(self, dict_id: str, represent_type: str) -> int:
+        return len(self._body(dict_id, represent_type).encode())
+
+    def id_exists(self, dict_id: str, represent_type: str) -> bool:
+        return bool(self._query("SELECT 1 FROM documents WHERE type = ? AND id = ?", (represent_type, str(dict_id))))
+
+    def all_ids_for_type(self, represent_type: str) -> list[str]:
+        rows = self._query("SELECT id FROM documents WHERE type = ? ORDER BY created, rowid", (represent_type,))
+        return [row[0] for row in rows]
+
+    def add_field(self, dict_id: str, represent_type: str, field: str, value) -> None:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            document = self.recover_dict(dict_id, represent_type)
+            document[field] = value
+            connection.execute("UPDATE documents SET body = ? WHERE type = ? AND id = ?",
+                               (json.dumps(document, sort_keys=True), represent_type, str(dict_id)))
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def delete_dict(self, dict_id: str, represent_type: str) -> None:
+        self._query("DELETE FROM documents WHERE type = ? AND id = ?", (represent_type, str(dict_id)))
+
+    def all_types(self) -> list[str]:
+        return [row[0] for row in self._query("SELECT DISTINCT type FROM documents ORDER BY type")]

@@ -1,0 +1,277 @@
+"""The two store interfaces: content-addressed blobs and JSON-like documents.
+
+Save services call them in this order for one model: `save_file` for every blob
+(weights, code, archives), then `save_dict` for each metadata document in
+dependency order, the model document last. A model exists once its document
+does, so a crash leaves only unreferenced blobs and documents behind.
+"""
+
+import io
+import os
+import tarfile
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from typing import BinaryIO, Callable, Iterator, Optional
+
+from mmlib.constants import ID
+from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.util.hash import new_hasher
+
+CHUNK_SIZE = 4 * 1024 * 1024
+DIGEST_LENGTH = 64
+DIRECTORY_MARK = "/"
+
+
+class FileReference:
+    """Points at a file: `path` on local disk and/or `reference_id` in a file store, plus its `size` once known."""
+
+    def __init__(self, path: Optional[str] = None, reference_id: Optional[str] = None):
+        self.path = path
+        self.reference_id = reference_id
+        self.size: Optional[int] = None
+
+    def __repr__(self) -> str:
+        return f"FileReference(path={self.path!r}, reference_id={self.reference_id!r})"
+
+
+def split_reference_id(reference_id: str) -> tuple[str, str, bool]:
+    """Split `<digest>/<name>[/]` into (digest, file name, is_directory)."""
+    digest, sep, name = reference_id.partition("/")
+    is_directory = name.endswith(DIRECTORY_MARK)
+    name = name.rstrip(DIRECTORY_MARK)
+    if (not sep or len(digest) != DIGEST_LENGTH or not name or "/" in name or name in (".", "..")
+            or any(c not in "0123456789abcdef" for c in digest)):
+        raise ModelNotFoundError(
+            f"{reference_id!r} is not a file reference id of this store (expected '<digest>/<file name>')")
+    return digest, name, is_directory
+
+
+def _directory_archive(directory: str, fileobj: BinaryIO) -> None:
+    """Write a reproducible tar of `directory` (sorted names, no owners or times) so equal trees give equal bytes."""
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        return info
+
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for root, dirs, files in os.walk(directory):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                tar.add(full, arcname=os.path.relpath(full, directory), filter=normalise)
+
+
+class _HashingWriter:
+    """File-like wrapper that hashes and counts every byte on its way into a blob writer."""
+
+    def __init__(self, sink: BinaryIO):
+        self._sink = sink
+        self.hasher = new_hasher()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        self._sink.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+
+class FilePersistenceService(ABC):
+    """A content-addressed blob store: a blob's id is the BLAKE3 digest of its bytes, so equal bytes are stored once.
+
+    Backends implement the raw blob hooks (`_open_blob_writer`, `_commit_blob`, ...);
+    hashing, naming, directories and integrity checks live here.
+    """
+
+    def save_file(self, file_ref: FileReference) -> None:
+        """Store the file or directory at `file_ref.path` and set `file_ref.reference_id`."""
+        path = file_ref.path
+        if path is None or not os.path.exists(path):
+            raise InvalidSaveInfoError(f"cannot store {path!r}: no such file or directory; pass an existing path")
+        name = os.path.basename(os.path.normpath(path))
+        if os.path.isdir(path):
+            digest = self.write_stream(lambda sink: _directory_archive(path, sink))
+            file_ref.reference_id = f"{digest}/{name}{DIRECTORY_MARK}"
+        else:
+            with open(path, "rb") as source:
+                digest = self.write_stream(lambda sink: _copy_stream(source, sink))
+            file_ref.reference_id = f"{digest}/{name}"
+
+    def save_bytes(self, data: bytes, name: str) -> FileReference:
+        """Store `data` as a file called `name`; skips the write when the same bytes are already stored."""
+        hasher = new_hasher()
+        hasher.update(data)
+        digest = hasher.hexdigest()
+        if not self.blob_exists(digest):
+            handle = self._open_blob_writer()
+            handle.write(data)
+            self._commit_blob(handle, digest)
+        return FileReference(reference_id=f"{digest}/{name}")
+
+    def write_stream(self, produce: Callable[[BinaryIO], None]) -> str:
+        """Store the bytes that `produce(fileobj)` writes, hashing on the way; returns their digest."""
+        handle = self._open_blob_writer()
+        try:
+            writer = _HashingWriter(handle)
+            produce(writer)
+        except BaseException:
+            self._abort_blob(handle)
+            raise
+        self._commit_blob(handle, writer.hasher.hexdigest())
+        return writer.hasher.hexdigest()
+
+    def recover_file(self, file_ref: FileReference, dst_dir: str) -> None:
+        """Restore the referenced file (or directory) under its original name in `dst_dir`; set `file_ref.path`."""
+        digest, name, is_directory = split_reference_id(file_ref.reference_id)
+        os.makedirs(dst_dir, exist_ok=True)
+        target = os.path.join(dst_dir, name)
+        if is_directory:
+            archive = io.BytesIO(self.read_bytes(file_ref.reference_id))
+            with tarfile.open(fileobj=archive, mode="r") as tar:
+                tar.extractall(target, filter="data")
+        else:
+            fd, temp_path = tempfile.mkstemp(dir=dst_dir, prefix=f".{name}.", suffix=".partial")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    self._copy_verified(digest, out)
+                os.replace(temp_path, target)
+            except BaseException:
+                if os.path.exists(temp_path):
+                    os.unlink(temp_path)
+                raise
+        file_ref.path = target
+
+    def read_bytes(self, reference_id: str) -> bytes:
+        """All bytes of a stored file, checked against its digest."""
+        digest, _, _ = split_reference_id(reference_id)
+        buffer = io.BytesIO()
+        self._copy_verified(digest, buffer)
+        return buffer.getvalue()
+
+    def file_size(self, file_ref: FileReference) -> None:
+        """Set `file_ref.size` to the number of bytes the referenced blob takes in the store."""
+        digest, _, _ = split_reference_id(file_ref.reference_id)
+        file_ref.size = self._blob_size(digest)
+
+    def verify_blob(self, digest: str) -> None:
+        """Re-hash one stored blob; raise IntegrityError when its bytes no longer match its digest."""
+        self._copy_verified(digest, _NullSink())
+
+    def _copy_verified(self, digest: str, out) -> None:
+        """Stream a blob into `out`, hashing as it goes; raise IntegrityError on a mismatch."""
+        hasher = new_hasher()
+        with self._open_blob_reader(digest) as source:
+            while chunk := source.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                out.write(chunk)
+        if hasher.hexdigest() != digest:
+            raise IntegrityError(
+                f"blob {digest} is corrupted: its bytes hash to {hasher.hexdigest()}; "
+                "run `mmlib verify` to find affected models and restore the blob from a backup")
+
+    @abstractmethod
+    def blob_exists(self, digest: str) -> bool:
+        """True when a blob with this digest is stored."""
+
+    @abstractmethod
+    def blob_digests(self) -> Iterator[str]:
+        """The digests of all stored blobs."""
+
+    @abstractmethod
+    def delete_blob(self, digest: str) -> None:
+        """Remove a blob (garbage collection); a missing blob is not an error."""
+
+    @abstractmethod
+    def _open_blob_writer(self) -> BinaryIO:
+        """A writable handle for a new blob whose digest is not yet known."""
+
+    @abstractmethod
+    def _commit_blob(self, handle: BinaryIO, digest: str) -> None:
+        """Durably publish the written bytes under `digest` (no-op if it exists) and close the handle."""
+
+    @abstractmethod
+    def _abort_blob(self, handle: BinaryIO) -> None:
+        """Discard a blob being written."""
+
+    @abstractmethod
+    def _open_blob_reader(self, digest: str) -> BinaryIO:
+        """A readable handle on a stored blob; raises ModelNotFoundError when missing."""
+
+    @abstractmethod
+    def _blob_size(self, digest: str) -> int:
+        """Stored size of a blob in bytes."""
+
+
+class _NullSink:
+    """A write target that drops everything (for verification passes)."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _copy_stream(source: BinaryIO, sink) -> None:
+    """Copy a binary stream in chunks."""
+    while chunk := source.read(CHUNK_SIZE):
+        sink.write(chunk)
+
+
+class DictPersistenceService(ABC):
+    """A document store: JSON-compatible dicts grouped by type (a table or collection per type)."""
+
+    def generate_id(self) -> str:
+        """A new unique document id."""
+        return uuid.uuid4().hex
+
+    @abstractmethod
+    def save_dict(self, insert_dict: dict, represent_type: str) -> str:
+        """Store a document and return its id (the dict's `id` value when given, else a new one)."""
+
+    @abstractmethod
+    def recover_dict(self, dict_id: str, represent_type: str) -> dict:
+        """The stored document; raises ModelNotFoundError when absent."""
+
+    @abstractmethod
+    def dict_size(self, dict_id: str, represent_type: str) -> int:
+        """Size in bytes of the stored document."""
+
+    @abstractmethod
+    def id_exists(self, dict_id: str, represent_type: str) -> bool:
+        """True only when a document with this id and type is stored."""
+
+    @abstractmethod
+    def all_ids_for_type(self, represent_type: str) -> list[str]:
+        """Ids of all documents of one type, oldest first."""
+
+    @abstractmethod
+    def add_field(self, dict_id: str, represent_type: str, field: str, value) -> None:
+        """Set one field of a stored document."""
+
+    @abstractmethod
+    def delete_dict(self, dict_id: str, represent_type: str) -> None:
+        """Remove a document (garbage collection); a missing one is not an error."""
+
+    @abstractmethod
+    def all_types(self) -> list[str]:
+        """Every document type present in the store."""
+
+
+def document_id(insert_dict: dict, generate: Callable[[], str]) -> str:
+    """The id a new document gets: its own `id` field when present, else a freshly generated one."""
+    given = insert_dict.get(ID)
+    return str(given) if given is not None else generate()
+
+
+def missing_document(dict_id: str, represent_type: str) -> ModelNotFoundError:
+    """The error for an absent document, telling the caller how to list valid ids."""
+    return ModelNotFoundError(
+        f"no {represent_type} document with id {dict_id!r} in this store; "
+        "list the stored models with `mmlib ls` or `all_model_ids()`")
+

@@ -1,0 +1,1 @@
+"""Helpers: hashing, dummy data, safe code loading, MongoDB access, Merkle trees."""

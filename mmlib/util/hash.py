@@ -1,0 +1,45 @@
+"""Fast digests of tensors, state dicts and model outputs (BLAKE3 over raw tensor bytes)."""
+
+from typing import Callable, Mapping
+
+import blake3
+import torch
+
+DIGEST_NAME = "blake3"
+
+
+def new_hasher() -> "blake3.blake3":
+    """A streaming BLAKE3 hasher; mmlib's one digest for blobs and tensors."""
+    return blake3.blake3()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a tensor, without a copy when it is contiguous on the CPU."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def tensor_hash(tensor: torch.Tensor) -> str:
+    """Digest of a tensor's dtype, shape and bytes."""
+    hasher = new_hasher()
+    hasher.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    hasher.update(tensor_bytes(tensor))
+    return hasher.hexdigest()
+
+
+def state_dict_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Digest of a whole state dict: names and tensor digests in key order."""
+    hasher = new_hasher()
+    for name, tensor in state_dict.items():
+        hasher.update(name.encode())
+        hasher.update(tensor_hash(tensor).encode())
+    return hasher.hexdigest()
+
+
+def inference_hash(model: torch.nn.Module, produce_input: Callable[[], torch.Tensor]) -> str:
+    """Digest of the model's eval-mode output for one input from `produce_input`."""
+    model.eval()
+    with torch.no_grad():
+        return tensor_hash(model(produce_input()))

@@ -1,0 +1,102 @@
+"""Thin pymongo wrapper with string ids, an explicit durable write concern and a fast connection timeout."""
+
+from typing import Optional
+
+import time
+
+import bson
+import pymongo
+from pymongo.errors import PyMongoError
+from pymongo.write_concern import WriteConcern
+
+from mmlib.errors import StoreUnavailableError
+
+DEFAULT_DB_NAME = "mmlib"
+CONNECT_TIMEOUT_MS = 5000
+_CREATED = "_mmlib_created"
+_DURABLE = WriteConcern(w=1, j=True)
+
+
+def mongo_uri(host: str) -> str:
+    """Accept a bare host, `host:port` or a full `mongodb://` / `mongodb+srv://` URI."""
+    if host.startswith(("mongodb://", "mongodb+srv://")):
+        return host
+    return f"mongodb://{host}"
+
+
+def mongo_client(host: str) -> pymongo.MongoClient:
+    """A client that fails within seconds, not minutes, when the server cannot be reached."""
+    return pymongo.MongoClient(mongo_uri(host), serverSelectionTimeoutMS=CONNECT_TIMEOUT_MS,
+                               connectTimeoutMS=CONNECT_TIMEOUT_MS)
+
+
+def unreachable(host: str, error: Exception) -> StoreUnavailableError:
+    """The error for a MongoDB server mmlib cannot talk to."""
+    return StoreUnavailableError(
+        f"cannot reach MongoDB at {mongo_uri(host)}: {error}; start the server or fix the URI")
+
+
+class MongoService:
+    """Documents in the collections of one MongoDB database, addressed by string `_id`."""
+
+    def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME):
+        self.host = host
+        self.db_name = db_name
+        self._client = mongo_client(host)
+        self._db = self._client.get_database(db_name, write_concern=_DURABLE)
+
+    def __repr__(self) -> str:
+        return f"MongoService({self.host!r}, {self.db_name!r})"
+
+    @property
+    def database(self):
+        """The pymongo database (for GridFS and maintenance)."""
+        return self._db
+
+    def _run(self, operation):
+        try:
+            return operation()
+        except PyMongoError as error:
+            raise unreachable(self.host, error) from error
+
+    def save_dict(self, insert_dict: dict, collection: str, object_id: Optional[str] = None) -> str:
+        """Insert or replace a document; returns its id."""
+        document = {key: value for key, value in insert_dict.items() if key not in ("_id", _CREATED)}
+        object_id = str(object_id or insert_dict.get("_id") or bson.ObjectId())
+        self._run(lambda: self._db[collection].update_one(
+            {"_id": object_id}, {"$set": document, "$setOnInsert": {_CREATED: time.time()}}, upsert=True))
+        return object_id
+
+    def get_ids(self, collection: str) -> list[str]:
+        """All document ids of a collection in insertion order."""
+        documents = self._run(lambda: list(self._db[collection].find({}, {"_id": 1}).sort([(_CREATED, 1), ("_id", 1)])))
+        return [str(document["_id"]) for document in documents]
+
+    def get_dict(self, object_id: str, collection: str) -> Optional[dict]:
+        """The document without its `_id`, or None."""
+        document = self._run(lambda: self._db[collection].find_one({"_id": object_id}))
+        if document is not None:
+            document.pop("_id")
+            document.pop(_CREATED, None)
+        return document
+
+    def add_attribute(self, object_id: str, attribute: dict, collection: str) -> None:
+        """Set fields of one document."""
+        self._run(lambda: self._db[collection].update_one({"_id": object_id}, {"$set": attribute}))
+
+    def document_size(self, object_id: str, collection: str) -> Optional[int]:
+        """BSON size of one document in bytes, or None when absent."""
+        document = self._run(lambda: self._db[collection].find_one({"_id": object_id}))
+        return None if document is None else len(bson.encode(document))
+
+    def id_exists(self, object_id: str, collection: str) -> bool:
+        """True only when the document exists."""
+        return self._run(lambda: self._db[collection].count_documents({"_id": object_id}, limit=1)) > 0
+
+    def delete(self, object_id: str, collection: str) -> None:
+        """Remove one document."""
+        self._run(lambda: self._db[collection].delete_one({"_id": object_id}))
+
+    def collections(self) -> list[str]:
+        """Names of the collections in the database."""
+        return sorted(self._run(self._db.list_collection_names))

@@ -1,0 +1,108 @@
+"""Shared fixtures: a real MongoDB wire-protocol server (secantusdb, or MMLIB_TEST_MONGO_URI) and every store backend."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pymongo
+import pytest
+
+from mmlib.persistence import (FileSystemPersistenceService, MongoDictPersistenceService,
+                               SQLiteDictPersistenceService)
+
+_SERVER_START_TIMEOUT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory):
+    """URI of a MongoDB server: MMLIB_TEST_MONGO_URI when set, else a secantusdb server started for this run."""
+    given = os.environ.get("MMLIB_TEST_MONGO_URI")
+    if given:
+        yield given
+        return
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("mongo") / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
+             "--storage-path", ":memory:", "--standalone", "--log-level", "WARNING"],
+            stdout=log, stderr=subprocess.STDOUT)
+    uri = f"mongodb://127.0.0.1:{port}"
+    deadline = time.monotonic() + _SERVER_START_TIMEOUT_S
+    while True:
+        try:
+            pymongo.MongoClient(uri, serverSelectionTimeoutMS=500).admin.command("ping")
+            break
+        except pymongo.errors.PyMongoError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"the test MongoDB server did not start: {log_path.read_text()}")
+            time.sleep(0.2)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def make_dict_service(kind: str, tmp_path, mongo_uri: str):
+    """A fresh, empty document store of the given backend."""
+    if kind == "sqlite":
+        return SQLiteDictPersistenceService(str(tmp_path / "meta.sqlite"))
+    return MongoDictPersistenceService(mongo_uri, db_name=f"mmlib_test_{uuid.uuid4().hex[:12]}")
+
+
+def make_file_service(kind: str, tmp_path, dict_service):
+    """A fresh, empty blob store of the given backend."""
+    return FileSystemPersistenceService(str(tmp_path / "blobs"))
+
+
+DICT_BACKENDS = ["sqlite", "mongo"]
+FILE_BACKENDS = ["filesystem"]
+
+
+@pytest.fixture(params=DICT_BACKENDS)
+def dict_service(request, tmp_path):
+    """Every document store backend in turn."""
+    uri = request.getfixturevalue("mongo_uri") if request.param == "mongo" else None
+    return make_dict_service(request.param, tmp_path, uri)
+
+
+@pytest.fixture(params=FILE_BACKENDS)
+def file_service(request, tmp_path):
+    """Every blob store backend in turn."""
+    return make_file_service(request.param, tmp_path, None)
+
+
+@pytest.fixture(params=[("sqlite", "filesystem"), ("mongo", "filesystem")], ids=lambda p: "+".join(p))
+def stores(request, tmp_path):
+    """(file service, dict service) pairs as a deployment would combine them."""
+    dict_kind, file_kind = request.param
+    uri = request.getfixturevalue("mongo_uri") if dict_kind == "mongo" else None
+    dict_svc = make_dict_service(dict_kind, tmp_path, uri)
+    return make_file_service(file_kind, tmp_path, dict_svc), dict_svc
+
+
+def _flip_byte_on_disk(path: str) -> None:
+    with open(path, "r+b") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 0xFF]))
+
+
+@pytest.fixture
+def corrupt_blob():
+    """Flip one byte of a stored blob behind the store's back (a raw hook, not the store's API)."""
+    def corrupt(file_service, digest: str) -> None:
+        if isinstance(file_service, FileSystemPersistenceService):
+            _flip_byte_on_disk(os.path.join(file_service.base_path, digest[:2], digest[2:]))
+            return
+        raise NotImplementedError(f"no raw corruption hook for {type(file_service).__name__}")
+    return corrupt
