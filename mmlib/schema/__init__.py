@@ -1,0 +1,20 @@
+"""Persisted objects of mmlib (documents that reference blobs and each other)."""
+
+from mmlib.persistence.base import FileReference
+from mmlib.schema.environment import Environment
+from mmlib.schema.model_info import ModelInfo
+from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecoverInfo
+from mmlib.schema.restored_model_info import RestoredModelInfo
+from mmlib.schema.schema_obj import SchemaObj
+from mmlib.schema.store_type import ModelStoreType
+
+__all__ = [
+    "Environment",
+    "FileReference",
+    "FullModelRecoverInfo",
+    "ModelInfo",
+    "ModelStoreType",
+    "RestoredModelInfo",
+    "SchemaObj",
+    "WeightsUpdateRecoverInfo",
+]

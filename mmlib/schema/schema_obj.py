@@ -1,0 +1,166 @@
+"""Persisted objects: each declares its fields once; persisting, loading and sizing follow from that.
+
+A document holds plain JSON values, blob reference ids and ids of other documents,
+never pickles. `persist` writes referenced blobs and documents before its own.
+"""
+
+import json
+from typing import Any, Callable, Optional, Union
+
+from mmlib.constants import ID
+from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
+from mmlib.util.hash import new_hasher
+
+METADATA_SIZE = "metadata_size"
+
+
+class ValueField:
+    """A JSON value stored in the document; `encode`/`decode` convert to and from the attribute's type."""
+
+    def __init__(self, attr: str, key: Optional[str] = None, encode: Callable = None, decode: Callable = None):
+        self.attr = attr
+        self.key = key or attr
+        self.size_key = self.key
+        self._encode = encode or (lambda value: value)
+        self._decode = decode or (lambda value: value)
+
+    def persist(self, obj: "SchemaObj", fps: FilePersistenceService, dps: DictPersistenceService) -> Any:
+        value = getattr(obj, self.attr)
+        return None if value is None else self._encode(value)
+
+    def load(self, document: dict, fps, dps, restore_root, load_recursive, load_files) -> Any:
+        stored = document.get(self.key)
+        return None if stored is None else self._decode(stored)
+
+    def size(self, document: dict, fps, dps) -> Optional[Union[int, dict]]:
+        """Stored bytes this field adds beyond the document itself (None: nothing to report)."""
+        return None
+
+
+class FileField(ValueField):
+    """A `FileReference`: the blob is stored first, the document keeps its reference id."""
+
+    def persist(self, obj, fps, dps) -> Optional[str]:
+        ref = getattr(obj, self.attr)
+        if ref is None:
+            return None
+        if ref.reference_id is None:
+            fps.save_file(ref)
+        return ref.reference_id
+
+    def load(self, document, fps, dps, restore_root, load_recursive, load_files) -> Optional[FileReference]:
+        stored = document.get(self.key)
+        if stored is None:
+            return None
+        ref = FileReference(reference_id=stored)
+        if load_files:
+            fps.recover_file(ref, restore_root)
+        return ref
+
+    def size(self, document, fps, dps) -> Optional[int]:
+        stored = document.get(self.key)
+        if stored is None:
+            return None
+        ref = FileReference(reference_id=stored)
+        fps.file_size(ref)
+        return ref.size
+
+
+class ObjectField(ValueField):
+    """Another schema object, persisted before this one; the document keeps its id.
+
+    `cls` is the class, or a function of the stored document that picks it (polymorphic references).
+    """
+
+    def __init__(self, attr: str, cls: Union[type, Callable[[dict], type]], key: Optional[str] = None,
+                 size_key: Optional[str] = None):
+        super().__init__(attr, key)
+        self.size_key = size_key or attr
+        self._cls = cls
+
+    def resolve(self, document: dict) -> type:
+        return self._cls if isinstance(self._cls, type) else self._cls(document)
+
+    def persist(self, obj, fps, dps) -> Optional[str]:
+        value = getattr(obj, self.attr)
+        return None if value is None else value.persist(fps, dps)
+
+    def load(self, document, fps, dps, restore_root, load_recursive, load_files):
+        stored = document.get(self.key)
+        if stored is None:
+            return None
+        cls = self.resolve(document)
+        if load_recursive:
+            return cls.load(stored, fps, dps, restore_root, load_recursive, load_files)
+        return cls.load_placeholder(stored)
+
+    def size(self, document, fps, dps) -> Optional[dict]:
+        stored = document.get(self.key)
+        return None if stored is None else self.resolve(document).load_placeholder(stored).size_info(fps, dps)
+
+
+class SchemaObj:
+    """Base of every persisted object; subclasses set `_representation_type` and `_fields`."""
+
+    _representation_type: str = ""
+    _fields: tuple = ()
+    _content_addressed = False
+
+    def __init__(self, store_id: Optional[str] = None):
+        self.store_id = store_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(store_id={self.store_id!r})"
+
+    def _document(self, fps: FilePersistenceService, dps: DictPersistenceService) -> dict:
+        """Persist referenced blobs and objects, then return this object's document (without id)."""
+        return {field.key: field.persist(self, fps, dps) for field in self._fields}
+
+    def persist(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> str:
+        """Store this object (and everything it references, first) and return its id."""
+        if self.store_id is not None and dict_pers_service.id_exists(self.store_id, self._representation_type):
+            return self.store_id
+        document = self._document(file_pers_service, dict_pers_service)
+        if self._content_addressed:
+            hasher = new_hasher()
+            hasher.update(json.dumps(document, sort_keys=True).encode())
+            self.store_id = f"{self._representation_type}-{hasher.hexdigest()[:32]}"
+            if dict_pers_service.id_exists(self.store_id, self._representation_type):
+                return self.store_id
+        elif self.store_id is None:
+            self.store_id = dict_pers_service.generate_id()
+        document[ID] = self.store_id
+        dict_pers_service.save_dict(document, self._representation_type)
+        return self.store_id
+
+    @classmethod
+    def load_placeholder(cls, obj_id: str) -> "SchemaObj":
+        """An object that knows only its id; `load_all_fields` fills it in."""
+        return cls(store_id=obj_id)
+
+    @classmethod
+    def load(cls, obj_id: str, file_pers_service: FilePersistenceService,
+             dict_pers_service: DictPersistenceService, restore_root: str,
+             load_recursive: bool = False, load_files: bool = False) -> "SchemaObj":
+        """Load a stored object; referenced objects fully when `load_recursive`, files restored when `load_files`."""
+        obj = cls.load_placeholder(obj_id)
+        obj.load_all_fields(file_pers_service, dict_pers_service, restore_root, load_recursive, load_files)
+        return obj
+
+    def load_all_fields(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
+                        restore_root: str, load_recursive: bool = False, load_files: bool = False) -> None:
+        """Fill every field of a placeholder from its stored document."""
+        document = dict_pers_service.recover_dict(self.store_id, self._representation_type)
+        for field in self._fields:
+            setattr(self, field.attr, field.load(document, file_pers_service, dict_pers_service, restore_root,
+                                                 load_recursive, load_files))
+
+    def size_info(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> dict:
+        """Stored bytes of this object: its own document (`metadata_size`) and each referenced blob and object."""
+        document = dict_pers_service.recover_dict(self.store_id, self._representation_type)
+        sizes: dict = {METADATA_SIZE: dict_pers_service.dict_size(self.store_id, self._representation_type)}
+        for field in self._fields:
+            size = field.size(document, file_pers_service, dict_pers_service)
+            if size is not None:
+                sizes[field.size_key] = size
+        return sizes

@@ -1,0 +1,109 @@
+"""Build classes and objects from stored code without exec/eval: importlib only, names checked first."""
+
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from types import ModuleType
+from typing import Any, Optional
+
+from mmlib.errors import UnsafeCodeError
+from mmlib.util.hash import new_hasher
+
+CODE_MODULE_PREFIX = "mmlib_code_"
+_DOTTED_NAME = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+_FROM_IMPORT = re.compile(rf"\s*from\s+({_DOTTED_NAME})\s+import\s+([A-Za-z_]\w*)\s*")
+_PLAIN_IMPORT = re.compile(rf"\s*import\s+({_DOTTED_NAME})\s*")
+
+
+def check_class_name(class_name: str) -> str:
+    """Return `class_name` if it is a (dotted) Python identifier; raise UnsafeCodeError otherwise."""
+    if not isinstance(class_name, str) or not re.fullmatch(_DOTTED_NAME, class_name):
+        raise UnsafeCodeError(
+            f"refusing class name {class_name!r}: it must be a Python identifier such as 'ResNet18'; "
+            "the stored metadata may have been tampered with, run `mmlib verify`")
+    return class_name
+
+
+def parse_import_cmd(import_cmd: str) -> tuple[str, Optional[str]]:
+    """Split `from a.b import C` into ('a.b', 'C') and `import a.b` into ('a.b', None); refuse anything else."""
+    if isinstance(import_cmd, str):
+        match = _FROM_IMPORT.fullmatch(import_cmd)
+        if match:
+            return match.group(1), match.group(2)
+        match = _PLAIN_IMPORT.fullmatch(import_cmd)
+        if match:
+            return match.group(1), None
+    raise UnsafeCodeError(
+        f"refusing import command {import_cmd!r}: only 'from package.module import Name' or "
+        "'import package.module' are accepted, and nothing of it was run")
+
+
+def load_code_module(code: str) -> ModuleType:
+    """Import the file at `code` under a module name unique to its bytes; the same bytes give the same module."""
+    with open(code, "rb") as handle:
+        source = handle.read()
+    hasher = new_hasher()
+    hasher.update(source)
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(code))[0])
+    module_name = f"{CODE_MODULE_PREFIX}{hasher.hexdigest()[:24]}_{stem}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, code)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _attribute_path(root: Any, dotted_name: str) -> Any:
+    """Follow `a.b.C` attribute by attribute from `root`."""
+    value = root
+    for part in dotted_name.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def create_type(code: str, type_name: str) -> type:
+    """The class (or function) named `type_name` defined in the code file `code`."""
+    return _attribute_path(load_code_module(code), check_class_name(type_name))
+
+
+def create_object(code: str, class_name: str) -> Any:
+    """An instance of `class_name` from the code file `code`, built without arguments."""
+    return create_type(code, class_name)()
+
+
+def import_type(import_cmd: str, class_name: str) -> type:
+    """The class `class_name` made available by a plain import command, imported with importlib."""
+    check_class_name(class_name)
+    module_name, imported_name = parse_import_cmd(import_cmd)
+    module = importlib.import_module(module_name)
+    if imported_name is None:
+        relative = class_name[len(module_name) + 1:] if class_name.startswith(module_name + ".") else class_name
+        return _attribute_path(module, relative)
+    head, _, rest = class_name.partition(".")
+    if head != imported_name:
+        raise UnsafeCodeError(f"class name {class_name!r} is not what {import_cmd!r} imports")
+    value = getattr(module, imported_name)
+    return _attribute_path(value, rest) if rest else value
+
+
+def create_object_with_parameters(class_name: str, init_args: dict, code_file: Optional[str] = None,
+                                  import_cmd: Optional[str] = None,
+                                  init_ref_type_args: Optional[dict] = None) -> Any:
+    """Instantiate `class_name` (from `code_file` or `import_cmd`) with JSON `init_args` and object arguments."""
+    if import_cmd is not None:
+        cls = import_type(import_cmd, class_name)
+    elif code_file is not None:
+        cls = create_type(code_file, class_name)
+    else:
+        raise UnsafeCodeError(f"cannot build {class_name!r}: give a code file or an import command")
+    kwargs = dict(init_args or {})
+    kwargs.update(init_ref_type_args or {})
+    return cls(**kwargs)

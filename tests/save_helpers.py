@@ -1,0 +1,35 @@
+"""Small helpers the save-service tests share: building save infos, changing weights, comparing models."""
+
+import torch
+
+from mmlib.equal import model_equal
+from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
+from mmlib.track_env import track_current_environment
+
+
+def small_input() -> torch.Tensor:
+    return torch.rand(2, 3, 64, 64)
+
+
+def save_info(model, base_model_id=None, code=None):
+    return ModelSaveInfoBuilder().add_model_info(env=track_current_environment(), model=model, code=code,
+                                                 base_model_id=base_model_id).build()
+
+
+def perturb(model: torch.nn.Module, scale: float = 1e-3, only: str = "") -> torch.nn.Module:
+    """Change the model's float parameters (those whose name starts with `only`) in place."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith(only):
+                parameter.add_(torch.randn_like(parameter) * scale)
+    return model
+
+
+def equal(model1, model2) -> bool:
+    return model_equal(model1, model2, small_input)
+
+
+def sizes_positive(sizes: dict) -> bool:
+    """True when every byte count at every level of a size dict is a positive int."""
+    return all(sizes_positive(value) if isinstance(value, dict) else isinstance(value, int) and value > 0
+               for value in sizes.values()) and "metadata_size" in sizes

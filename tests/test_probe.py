@@ -1,0 +1,284 @@
+"""Tests of mmlib.probe: recording, comparing, saving and loading per-layer summaries."""
+
+import io
+import random
+
+import numpy
+import pytest
+import torch
+from torch import nn
+
+from mmlib.deterministic import set_deterministic
+from mmlib.probe import ProbeInfo, ProbeMode, ProbeSummary, probe_inference, probe_training
+
+pytestmark = pytest.mark.filterwarnings("ignore:probing records:UserWarning")
+
+ALL_FIELDS = list(ProbeInfo)
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """Undo set_deterministic's global changes so other tests run as configured."""
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.mkldnn.deterministic)
+    rng = (random.getstate(), numpy.random.get_state(), torch.get_rng_state())
+    yield
+    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
+    torch.backends.mkldnn.deterministic = flags[4]
+    random.setstate(rng[0])
+    numpy.random.set_state(rng[1])
+    torch.set_rng_state(rng[2])
+
+
+def tiny_model() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def tiny_input() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8)
+
+
+class SharedActivation(nn.Module):
+    """Calls one activation module twice and feeds one tensor to two layers (no in-place ops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.act(self.a(x))
+        return self.head(self.act(self.b(hidden)) + hidden)
+
+
+def train_probe(model: nn.Module, inp: torch.Tensor, target: torch.Tensor) -> ProbeSummary:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return probe_training(model, inp, optimizer, nn.CrossEntropyLoss(), target)
+
+
+def deterministic_training_summary() -> ProbeSummary:
+    set_deterministic()
+    model = tiny_model()
+    return train_probe(model, tiny_input(), torch.tensor([0, 2]))
+
+
+def test_empty_summaries_are_equal():
+    assert ProbeSummary() == ProbeSummary()
+    assert ProbeSummary().first_divergence(ProbeSummary()) is None
+
+
+def test_same_model_and_input_give_equal_inference_summaries():
+    model, inp = tiny_model(), tiny_input()
+    first, second = probe_inference(model, inp), probe_inference(model, inp)
+    assert first == second
+    assert second == first
+    assert list(first.summary) == ["0", "1", "2", "3"]
+    assert first.summary["0"][ProbeInfo.LAYER_NAME] == "Conv2d"
+    assert first.summary["0"][ProbeInfo.INPUT_SHAPE] == [[2, 3, 8, 8]]
+    assert first.summary["3"][ProbeInfo.OUTPUT_SHAPE] == [[2, 3]]
+    assert [info[ProbeInfo.FORWARD_INDEX] for info in first.summary.values()] == [0, 1, 2, 3]
+    assert ProbeInfo.GRAD_INPUT_TENSOR not in first.summary["0"]
+
+
+def test_different_models_differ():
+    inp = tiny_input()
+    assert probe_inference(tiny_model(), inp) != probe_inference(tiny_model(), inp)
+
+
+def test_training_summaries_equal_only_when_deterministic():
+    torch.manual_seed(1)
+    first = train_probe(tiny_model(), tiny_input(), torch.tensor([0, 2]))
+    second = train_probe(tiny_model(), tiny_input(), torch.tensor([0, 2]))
+    assert first != second
+    assert deterministic_training_summary() == deterministic_training_summary()
+
+
+def test_training_records_forward_and_backward_fields():
+    summary = deterministic_training_summary()
+    assert set(summary.summary["3"]) == set(ALL_FIELDS)
+    assert [summary.summary[key][ProbeInfo.BACKWARD_INDEX] for key in ["3", "2", "1", "0"]] == [0, 1, 2, 3]
+    assert summary.summary["3"][ProbeInfo.GRAD_OUTPUT_SHAPE] == [[2, 3]]
+    assert summary.summary["0"][ProbeInfo.GRAD_INPUT_TENSOR] == ()  # the input image needs no gradient
+    linear_grad_in = summary.summary["3"][ProbeInfo.GRAD_INPUT_TENSOR][0]
+    flatten_grad_out = summary.summary["2"][ProbeInfo.GRAD_OUTPUT_TENSOR][0]
+    assert torch.equal(linear_grad_in, flatten_grad_out)
+
+
+def test_gradients_match_full_backward_hooks():
+    set_deterministic()
+    model = SharedActivation()
+    reference = SharedActivation()
+    reference.load_state_dict(model.state_dict())
+    inp = torch.randn(3, 4, requires_grad=True)
+    fired = {}
+    for name, module in reference.named_children():
+        module.register_full_backward_hook(
+            lambda _module, grad_in, grad_out, name=name: fired.setdefault(name, []).append((grad_in, grad_out)))
+    reference(inp).sum().backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    summary = probe_training(model, inp, optimizer, lambda output, _target: output.sum(), None)
+
+    # full backward hooks fire in backward order, so the second call of `act` fires first
+    expected = {"a": fired["a"][0], "b": fired["b"][0], "head": fired["head"][0],
+                "act#0": fired["act"][1], "act#1": fired["act"][0]}
+    assert set(summary.summary) == set(expected)
+    for key, (grad_in, grad_out) in expected.items():
+        recorded = summary.summary[key]
+        assert len(recorded[ProbeInfo.GRAD_INPUT_TENSOR]) == 1
+        assert torch.allclose(recorded[ProbeInfo.GRAD_INPUT_TENSOR][0], grad_in[0], rtol=0, atol=1e-7)
+        assert torch.allclose(recorded[ProbeInfo.GRAD_OUTPUT_TENSOR][0], grad_out[0], rtol=0, atol=1e-7)
+
+
+def test_save_and_load_give_an_equal_summary(tmp_path):
+    summary = deterministic_training_summary()
+    path = tmp_path / "summary.pt"
+    summary.save(path)
+
+    loaded = ProbeSummary()
+    loaded.load(path)
+    assert loaded == summary
+    assert ProbeSummary(path) == summary
+    assert ProbeSummary(str(path)) == summary
+    assert loaded.first_divergence(summary) is None
+
+    raw = torch.load(path, weights_only=True)
+    layer = raw["layers"]["0"]
+    assert all(isinstance(name, str) for name in layer)
+    assert layer["LAYER_NAME"] == "Conv2d"
+
+
+def test_loading_a_foreign_file_raises_value_error(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.ones(2)}, path)
+    with pytest.raises(ValueError, match="not a probe summary"):
+        ProbeSummary(path)
+
+
+def test_in_place_relu_does_not_change_recorded_conv_output():
+    summary = probe_inference(tiny_model(), tiny_input())
+    conv_output = summary.summary["0"][ProbeInfo.OUTPUT_TENSOR][0]
+    relu_input = summary.summary["1"][ProbeInfo.INPUT_TENSOR][0]
+    relu_output = summary.summary["1"][ProbeInfo.OUTPUT_TENSOR][0]
+    assert (conv_output < 0).any()
+    assert torch.equal(relu_input, conv_output)
+    assert not (relu_output < 0).any()
+    assert torch.equal(relu_output, conv_output.clamp(min=0))
+
+
+def test_in_place_relu_works_in_training():
+    summary = deterministic_training_summary()
+    assert (summary.summary["0"][ProbeInfo.OUTPUT_TENSOR][0] < 0).any()
+    relu_grad_in = summary.summary["1"][ProbeInfo.GRAD_INPUT_TENSOR][0]
+    relu_grad_out = summary.summary["1"][ProbeInfo.GRAD_OUTPUT_TENSOR][0]
+    conv_output = summary.summary["0"][ProbeInfo.OUTPUT_TENSOR][0]
+    assert torch.equal(relu_grad_in, relu_grad_out * (conv_output > 0))
+
+
+def test_layer_called_twice_gets_two_keys():
+    summary = probe_inference(SharedActivation(), torch.randn(3, 4))
+    assert list(summary.summary) == ["a", "act#0", "b", "act#1", "head"]
+    assert summary.has_layer_key("act#1")
+    assert not summary.has_layer_key("act")
+    assert summary.summary["act#1"][ProbeInfo.LAYER_ID] == "act"
+
+
+def test_forward_indices_limit_recording_and_warn_without_them():
+    model, inp = tiny_model(), tiny_input()
+    partial = probe_inference(model, inp, forward_indices=[1, 3])
+    assert list(partial.summary) == ["1", "3"]
+    with pytest.warns(UserWarning, match="memory"):
+        probe_inference(model, inp)
+    with pytest.raises(TypeError):
+        probe_inference(model, inp, forward_indices=["1"])
+
+
+def test_hooks_are_removed_also_after_an_exception():
+    model = tiny_model()
+    probe_inference(model, tiny_input())
+    with pytest.raises(RuntimeError):
+        probe_inference(model, torch.randn(2, 5, 8, 8))
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
+
+
+def test_first_divergence_names_the_diverging_layer():
+    set_deterministic()
+    model, inp = tiny_model(), tiny_input()
+    reference = probe_inference(model, inp)
+    with torch.no_grad():
+        model[3].bias += 1
+    assert reference.first_divergence(probe_inference(model, inp)) == ("3", ProbeInfo.OUTPUT_TENSOR)
+    assert reference.first_divergence(reference) is None
+
+    set_deterministic()
+    model = tiny_model()
+    first = train_probe(model, inp, torch.tensor([0, 2]))
+    set_deterministic()
+    model2 = tiny_model()
+    second = train_probe(model2, inp, torch.tensor([1, 2]))
+    assert first != second
+    # forward passes agree; the gradient diverges first at the layer next to the loss
+    assert first.first_divergence(second) == ("3", ProbeInfo.GRAD_OUTPUT_TENSOR)
+
+
+def test_compare_to_prints_plain_same_and_diff_when_not_a_terminal(capsys):
+    model, inp = tiny_model(), tiny_input()
+    reference = probe_inference(model, inp)
+    with torch.no_grad():
+        model[3].bias += 1
+    changed = probe_inference(model, inp)
+    reference.compare_to(changed, [ProbeInfo.LAYER_NAME], [ProbeInfo.INPUT_TENSOR, ProbeInfo.OUTPUT_TENSOR])
+    out = capsys.readouterr().out
+    assert "\033[" not in out
+    lines = out.splitlines()
+    assert lines[0].split() == ["layer", "layer_name", "input_tensor", "output_tensor"]
+    assert lines[1].split() == ["0", "Conv2d", "same", "same"]
+    assert lines[4].split() == ["3", "Linear", "same", "diff"]
+
+
+def test_compare_to_colours_cells_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    summary = probe_inference(tiny_model(), tiny_input())
+    summary.compare_to(ProbeSummary(), [ProbeInfo.LAYER_NAME], [ProbeInfo.OUTPUT_TENSOR])
+    summary.compare_to(summary, [], [ProbeInfo.OUTPUT_TENSOR])
+    out = terminal.getvalue()
+    assert "\033[31mdiff\033[0m" in out
+    assert "\033[32msame\033[0m" in out
+
+
+def test_print_summary_prints_one_row_per_layer(capsys):
+    summary = probe_inference(tiny_model(), tiny_input())
+    summary.print_summary([ProbeInfo.LAYER_NAME, ProbeInfo.OUTPUT_SHAPE, ProbeInfo.OUTPUT_TENSOR])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    assert lines[4].startswith("3") and "Linear" in lines[4] and "[[2, 3]]" in lines[4]
+    with pytest.raises(TypeError):
+        summary.print_summary(["layer_name"])
+
+
+def test_add_attribute_builds_a_summary_by_hand():
+    summary = ProbeSummary()
+    summary.add_attribute("fc", ProbeInfo.FORWARD_INDEX, 0)
+    summary.add_attribute("fc", ProbeInfo.OUTPUT_TENSOR, (torch.ones(2),))
+    other = ProbeSummary()
+    other.add_attribute("fc", ProbeInfo.FORWARD_INDEX, 0)
+    other.add_attribute("fc", ProbeInfo.OUTPUT_TENSOR, (torch.ones(2),))
+    assert summary == other and summary.has_layer_key("fc")
+    other.add_attribute("fc", ProbeInfo.OUTPUT_TENSOR, (torch.zeros(2),))
+    assert summary != other
+    assert summary.first_divergence(other) == ("fc", ProbeInfo.OUTPUT_TENSOR)
+    with pytest.raises(TypeError):
+        summary.add_attribute("fc", "output_tensor", 1)
+
+
+def test_probe_mode_members():
+    assert {mode.name for mode in ProbeMode} == {"INFERENCE", "TRAINING"}

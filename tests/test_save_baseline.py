@@ -1,0 +1,111 @@
+"""Baseline approach: full snapshots saved and recovered exactly on every store combination."""
+
+import inspect
+import os
+
+import pytest
+
+from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.models import GoogLeNet, MobileNetV2, ResNet18
+from mmlib.save import BaselineSaveService
+from save_helpers import equal, perturb, save_info, sizes_positive
+
+MODELS = [ResNet18, MobileNetV2, GoogLeNet]
+
+
+@pytest.fixture
+def service(stores):
+    return BaselineSaveService(*stores)
+
+
+@pytest.mark.parametrize("model_class", MODELS, ids=lambda cls: cls.__name__)
+def test_save_recover_and_a_chain_of_two_derived_models(service, model_class):
+    model = model_class()
+    base_id = service.save_model(save_info(model))
+    recovered = service.recover_model(base_id, execute_checks=True).model
+    assert type(recovered).__name__ == model_class.__name__
+    assert equal(model, recovered)
+
+    parent_id, parent = base_id, recovered
+    for _ in range(2):
+        child = perturb(parent)
+        child_id = service.save_model(save_info(child, base_model_id=parent_id))
+        restored = service.recover_model(child_id, execute_checks=True).model
+        assert equal(child, restored)
+        assert sizes_positive(service.model_save_size(child_id))
+        parent_id, parent = child_id, restored
+    assert sizes_positive(service.model_save_size(base_id))
+    assert service.all_model_ids() == [base_id] + service.all_model_ids()[1:] and len(service.all_model_ids()) == 3
+
+
+def test_size_info_layout(service):
+    model_id = service.save_model(save_info(ResNet18()))
+    sizes = service.model_save_size(model_id)
+    assert set(sizes) == {"metadata_size", "recover_info"}
+    assert set(sizes["recover_info"]) == {"metadata_size", "environment", "model_code", "parameters"}
+    assert set(sizes["recover_info"]["environment"]) == {"metadata_size"}
+    assert sizes["recover_info"]["parameters"] > 11_689_512 * 4
+
+
+def test_same_architecture_ten_times_stores_code_and_environment_once(stores):
+    file_service, dict_service = stores
+    service = BaselineSaveService(file_service, dict_service)
+    for _ in range(10):
+        service.save_model(save_info(MobileNetV2()))
+    assert len(dict_service.all_ids_for_type("environment")) == 1
+    assert len(list(file_service.blob_digests())) == 10 + 1
+
+
+def test_corrupted_weights_blob_raises_integrity_error(stores, corrupt_blob):
+    file_service, dict_service = stores
+    service = BaselineSaveService(file_service, dict_service)
+    model_id = service.save_model(save_info(MobileNetV2()))
+    parameters = service.model_save_size(model_id)["recover_info"]["parameters"]
+    weights_digest = next(d for d in file_service.blob_digests() if file_service._blob_size(d) == parameters)
+    corrupt_blob(file_service, weights_digest)
+    with pytest.raises(IntegrityError, match=weights_digest):
+        service.recover_model(model_id)
+    with pytest.raises(IntegrityError):
+        service.recover_model(model_id, execute_checks=False)
+
+
+def test_unknown_model_id_raises_model_not_found(service):
+    with pytest.raises(ModelNotFoundError) as info:
+        service.recover_model("does-not-exist")
+    assert isinstance(info.value, KeyError)
+    assert "does-not-exist" in str(info.value) and "mmlib ls" in str(info.value)
+    with pytest.raises(KeyError):
+        service.model_save_size("does-not-exist")
+
+
+def test_unknown_base_model_raises_and_writes_nothing(stores):
+    file_service, dict_service = stores
+    service = BaselineSaveService(file_service, dict_service)
+    with pytest.raises(ModelNotFoundError):
+        service.save_model(save_info(MobileNetV2(), base_model_id="no-such-base"))
+    assert service.all_model_ids() == [] and list(file_service.blob_digests()) == []
+
+
+def test_recovered_model_reuses_base_code_when_its_file_is_gone(stores):
+    file_service, dict_service = stores
+    service = BaselineSaveService(file_service, dict_service)
+    base_id = service.save_model(save_info(MobileNetV2()))
+    recovered = service.recover_model(base_id).model
+    code_path = inspect.getsourcefile(type(recovered))
+    if os.path.exists(code_path):
+        os.unlink(code_path)
+    other_service = BaselineSaveService(file_service, dict_service)
+    child_id = service.save_model(save_info(perturb(recovered), base_model_id=base_id))
+    assert equal(recovered, other_service.recover_model(child_id).model)
+    assert len(list(file_service.blob_digests())) == 3
+
+
+def test_model_without_source_file_needs_code(service):
+    dynamic = type("NotebookModel", (ResNet18,), {"__module__": "__main__"})
+    with pytest.raises(InvalidSaveInfoError, match="code"):
+        service.save_model(save_info(dynamic()))
+
+
+def test_non_module_model_is_rejected(service):
+    with pytest.raises(InvalidSaveInfoError):
+        service.save_model(save_info(None))
