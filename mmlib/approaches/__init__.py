@@ -1,0 +1,1 @@
+"""One module per save approach; `mmlib.save` re-exports the public classes."""

@@ -1,0 +1,220 @@
+"""What every save approach shares: validation, snapshots, code lookup, weights I/O and checks.
+
+Every save writes blobs first, then metadata documents in dependency order, and
+the model document last: a model is listed only once all it needs is stored.
+"""
+
+import contextlib
+import inspect
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import weakref
+from abc import ABC, abstractmethod
+from typing import Iterator, Optional
+
+import torch
+
+from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
+from mmlib.save_info import ModelSaveInfo
+from mmlib.schema.model_info import MODEL_INFO, ModelInfo
+from mmlib.schema.recover_info import FullModelRecoverInfo
+from mmlib.schema.restored_model_info import RestoredModelInfo
+from mmlib.schema.store_type import ModelStoreType
+from mmlib.track_env import check_environment
+from mmlib.util.init_from_file import check_class_name, create_type
+from mmlib.util.safetensors_io import read_state_dict, write_state_dict
+from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
+
+logger = logging.getLogger(__name__)
+
+PARAMETERS_FILE_NAME = "parameters.safetensors"
+
+# Classes built from stored code remember the code blob they came from, so saving a
+# recovered model (whose code lives in a temp dir that may be gone) reuses that blob.
+_CODE_OF_RECOVERED_CLASS: "weakref.WeakKeyDictionary[type, str]" = weakref.WeakKeyDictionary()
+
+
+def detached_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as detached CPU tensors that own their memory (no two share storage)."""
+    state_dict, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen and tensor.numel() > 0:
+            tensor = tensor.clone()
+        seen.add(key)
+        state_dict[name] = tensor
+    return state_dict
+
+
+def build_model(cls: type, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Instantiate `cls` without paying for random init (meta device + assign) where it allows, else normally."""
+    try:
+        with torch.device("meta"):
+            model = cls()
+        model.load_state_dict(state_dict, assign=True)
+        tensors = list(model.parameters()) + list(model.buffers())
+        if not any(tensor.is_meta for tensor in tensors):
+            return model
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as error:
+        logger.debug("meta-device construction of %s failed (%s); building it normally", cls.__name__, error)
+    model = cls()
+    model.load_state_dict(state_dict)
+    return model
+
+
+def _source_file(cls: type) -> Optional[str]:
+    """The .py file defining `cls`, or None for classes from `__main__` (scripts, notebooks) or without a file."""
+    if cls.__module__ == "__main__":
+        return None
+    try:
+        return inspect.getsourcefile(cls)
+    except (TypeError, OSError):
+        return None
+
+
+class AbstractSaveService(ABC):
+    """Saves model versions into a blob store plus a document store and recovers them exactly."""
+
+    def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
+                 logging: bool = False, strict_env: bool = False):
+        self._file_pers_service = file_pers_service
+        self._dict_pers_service = dict_pers_service
+        self.logging = logging
+        self.strict_env = strict_env
+        self._restore_dir = tempfile.TemporaryDirectory(prefix="mmlib-restore-")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._file_pers_service!r}, {self._dict_pers_service!r})"
+
+    @property
+    def _restore_root(self) -> str:
+        return self._restore_dir.name
+
+    @contextlib.contextmanager
+    def _timed(self, event: str, model_id: Optional[str] = None) -> Iterator[None]:
+        """Log JSON start/stop events (the original's timing log) when `logging` is on."""
+        if not self.logging:
+            yield
+            return
+        logger.info(json.dumps({"event": event, "type": "start", "model_id": model_id, "time": time.time_ns()}))
+        yield
+        logger.info(json.dumps({"event": event, "type": "stop", "model_id": model_id, "time": time.time_ns()}))
+
+    @abstractmethod
+    def save_model(self, save_info: ModelSaveInfo) -> str:
+        """Store the model described by `save_info`; returns its model id."""
+
+    @abstractmethod
+    def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
+        """Rebuild a stored model; with `execute_checks` its weights are verified against the stored hashes."""
+
+    def model_save_size(self, model_id: str) -> dict:
+        """Bytes the model's own documents and blobs take, as a nested dict with `metadata_size` at every level."""
+        self._require_model(model_id)
+        return ModelInfo.load_placeholder(model_id).size_info(self._file_pers_service, self._dict_pers_service)
+
+    def all_model_ids(self) -> list[str]:
+        """Ids of every stored model, oldest first."""
+        return self._dict_pers_service.all_ids_for_type(MODEL_INFO)
+
+    def _require_model(self, model_id: str) -> None:
+        if not isinstance(model_id, str) or not self._dict_pers_service.id_exists(model_id, MODEL_INFO):
+            raise ModelNotFoundError(
+                f"no model with id {model_id!r} in this store; list stored models with `mmlib ls` or all_model_ids()")
+
+    def _load_model_info(self, model_id: str) -> ModelInfo:
+        self._require_model(model_id)
+        return ModelInfo.load(model_id, self._file_pers_service, self._dict_pers_service, self._restore_root,
+                              load_recursive=True)
+
+    def _validate(self, save_info: ModelSaveInfo) -> None:
+        """Reject a save request before anything is written."""
+        if not isinstance(save_info, ModelSaveInfo):
+            raise InvalidSaveInfoError(
+                f"save_model expects a ModelSaveInfo, got {type(save_info).__name__}; build one with "
+                "ModelSaveInfoBuilder")
+        if not isinstance(save_info.model, torch.nn.Module):
+            raise InvalidSaveInfoError(
+                f"the model to save must be a torch.nn.Module, got {type(save_info.model).__name__}; pass the "
+                "model with ModelSaveInfoBuilder.add_model_info(model=...)")
+        if save_info.base_model is not None:
+            self._require_model(save_info.base_model)
+
+    def _model_code(self, save_info: ModelSaveInfo) -> FileReference:
+        """The code file that defines the model's class: given, its source file, or the base model's code."""
+        cls = type(save_info.model)
+        if save_info.model_code is not None:
+            if not os.path.isfile(save_info.model_code):
+                raise InvalidSaveInfoError(f"model code file {save_info.model_code!r} does not exist; pass the .py "
+                                           f"file that defines {cls.__name__}")
+            return FileReference(path=save_info.model_code)
+        if cls in _CODE_OF_RECOVERED_CLASS:
+            return FileReference(reference_id=_CODE_OF_RECOVERED_CLASS[cls])
+        source = _source_file(cls)
+        if source and os.path.isfile(source):
+            return FileReference(path=source)
+        if save_info.base_model is not None:
+            return FileReference(reference_id=self._root_snapshot(save_info.base_model).model_code.reference_id)
+        raise InvalidSaveInfoError(
+            f"cannot find the source file of {cls.__qualname__} (defined in {cls.__module__!r}, e.g. a notebook); "
+            "move the class into a .py module or pass its file with add_model_info(code=...)")
+
+    def _root_snapshot(self, model_id: str) -> FullModelRecoverInfo:
+        """The full snapshot at the root of a model's lineage (where its code and class name live)."""
+        model_info = self._load_model_info(model_id)
+        while model_info.store_type != ModelStoreType.FULL_MODEL:
+            model_info = self._load_model_info(model_info.derived_from)
+        return model_info.recover_info
+
+    def _save_snapshot(self, save_info: ModelSaveInfo) -> str:
+        """Store a full snapshot: weights, code, class name and environment; the model document last."""
+        model = save_info.model
+        class_name = check_class_name(type(model).__name__)
+        code = self._model_code(save_info)
+        state_dict = detached_state_dict(model)
+        with self._timed("save_weights"):
+            parameters = self._save_weights(state_dict)
+        recover_info = FullModelRecoverInfo(parameters_file=parameters, model_code=code,
+                                            model_class_name=class_name, environment=save_info.environment)
+        model_info = ModelInfo(store_type=ModelStoreType.FULL_MODEL, recover_info=recover_info,
+                               derived_from_id=save_info.base_model,
+                               weights_hash_info=WeightDictMerkleTree.from_state_dict(state_dict))
+        return model_info.persist(self._file_pers_service, self._dict_pers_service)
+
+    def _save_weights(self, state_dict: dict[str, torch.Tensor]) -> FileReference:
+        digest = self._file_pers_service.write_stream(lambda sink: write_state_dict(state_dict, sink))
+        return FileReference(reference_id=f"{digest}/{PARAMETERS_FILE_NAME}")
+
+    def _read_weights(self, reference: FileReference) -> dict[str, torch.Tensor]:
+        buffer = io.BytesIO(self._file_pers_service.read_bytes(reference.reference_id))
+        return read_state_dict(buffer.getbuffer())
+
+    def _model_class(self, snapshot: FullModelRecoverInfo) -> type:
+        """The model class from the snapshot's stored code (imported under a name unique to the code)."""
+        code = FileReference(reference_id=snapshot.model_code.reference_id)
+        self._file_pers_service.recover_file(code, os.path.join(self._restore_root, code.reference_id[:16]))
+        cls = create_type(code.path, snapshot.model_class_name)
+        _CODE_OF_RECOVERED_CLASS[cls] = code.reference_id
+        return cls
+
+    def _recover_snapshot(self, model_info: ModelInfo, execute_checks: bool) -> torch.nn.Module:
+        snapshot = model_info.recover_info
+        state_dict = self._read_weights(snapshot.parameters_file)
+        if execute_checks:
+            self._check_weights(model_info, state_dict)
+            check_environment(snapshot.environment, f"model {model_info.store_id}", self.strict_env)
+        return build_model(self._model_class(snapshot), state_dict)
+
+    def _check_weights(self, model_info: ModelInfo, state_dict: dict[str, torch.Tensor]) -> None:
+        """Raise IntegrityError unless the weights hash to the Merkle tree stored at save time."""
+        stored = model_info.weights_hash_info
+        if stored is None or not stored.check_integrity() or WeightDictMerkleTree.from_state_dict(state_dict) != stored:
+            raise IntegrityError(
+                f"the recovered weights of model {model_info.store_id} do not match the hashes stored when it was "
+                "saved; run `mmlib verify` and restore the store from a backup")

@@ -1,0 +1,26 @@
+"""The baseline approach: every model version is a full snapshot."""
+
+import logging
+
+from mmlib.approaches.base import AbstractSaveService
+from mmlib.save_info import ModelSaveInfo
+from mmlib.schema.restored_model_info import RestoredModelInfo
+
+logger = logging.getLogger(__name__)
+
+
+class BaselineSaveService(AbstractSaveService):
+    """Stores every model as a full snapshot (the paper's baseline approach)."""
+
+    def save_model(self, save_info: ModelSaveInfo) -> str:
+        self._validate(save_info)
+        with self._timed("save_model"):
+            model_id = self._save_snapshot(save_info)
+        logger.debug("saved model %s as a full snapshot", model_id)
+        return model_id
+
+    def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
+        with self._timed("recover_model", model_id):
+            model_info = self._load_model_info(model_id)
+            model = self._recover_snapshot(model_info, execute_checks)
+        return RestoredModelInfo(model=model, model_id=model_id)
