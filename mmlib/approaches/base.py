@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -52,10 +53,40 @@ def detached_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state_dict
 
 
+_INIT_FUNCTION_NAMES = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
+_INIT_PATCH_LOCK = threading.Lock()
+
+
+def _skip_on_meta(init_function):
+    def init_unless_meta(tensor, *args, **kwargs):
+        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return init_function(tensor, *args, **kwargs)
+    return init_unless_meta
+
+
+@contextlib.contextmanager
+def _meta_construction() -> Iterator[None]:
+    """Build modules on the meta device with torch.nn.init skipped for meta tensors.
+
+    Initialising a meta tensor has no effect but is slow (the first call imports torch's reference kernels).
+    """
+    with _INIT_PATCH_LOCK:
+        originals = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTION_NAMES}
+        for name, function in originals.items():
+            setattr(torch.nn.init, name, _skip_on_meta(function))
+        try:
+            with torch.device("meta"):
+                yield
+        finally:
+            for name, function in originals.items():
+                setattr(torch.nn.init, name, function)
+
+
 def build_model(cls: type, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Instantiate `cls` without paying for random init (meta device + assign) where it allows, else normally."""
     try:
-        with torch.device("meta"):
+        with _meta_construction():
             model = cls()
         model.load_state_dict(state_dict, assign=True)
         tensors = list(model.parameters()) + list(model.buffers())

@@ -3,6 +3,7 @@
 from mmlib.persistence._filesystem import FileSystemPersistenceService
 from mmlib.persistence._mongo import MongoDictPersistenceService
 from mmlib.persistence._sqlite import SQLiteDictPersistenceService
+from mmlib.persistence.store import Store, open_store
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 
 __all__ = [
@@ -12,4 +13,6 @@ __all__ = [
     "FileSystemPersistenceService",
     "MongoDictPersistenceService",
     "SQLiteDictPersistenceService",
+    "Store",
+    "open_store",
 ]
