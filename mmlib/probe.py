@@ -1,4 +1,4 @@
-"""Record what every layer of a model sees and produces in one inference or training step, to find where two runs diverge.
+"""Record what every layer sees and produces in one inference or training step, to find where two runs diverge.
 
 A probe hooks every leaf module (a module without children; containers and the model itself are skipped) and records
 its inputs, outputs and, in training, the gradients w.r.t. its inputs and outputs. Recorded tensors are detached CPU
@@ -286,7 +286,7 @@ class _CpuCopies:
 
 
 class _Probe:
-    """Context manager that hooks every leaf module of a model and collects `_Call` records; removes all hooks on exit."""
+    """Context manager that hooks every leaf module and collects `_Call` records; removes all hooks on exit."""
 
     def __init__(self, model: nn.Module, mode: ProbeMode, selected: Optional[frozenset]) -> None:
         self._model = model
@@ -404,7 +404,8 @@ class _Probe:
         if passed_through is not None:
             self._add_grad_input(call, passed_through, grad)
 
-    def _on_node_grads(self, call: _Call, routes: List[Tuple[int, int]], grad_inputs: Tuple[Optional[torch.Tensor], ...],
+    def _on_node_grads(self, call: _Call, routes: List[Tuple[int, int]],
+                       grad_inputs: Tuple[Optional[torch.Tensor], ...],
                        grad_outputs: Tuple[Optional[torch.Tensor], ...]) -> None:
         for edge_index, position in routes:
             grad = grad_inputs[edge_index]

@@ -1,17 +1,20 @@
 """Shared fixtures: a real MongoDB wire-protocol server (secantusdb, or MMLIB_TEST_MONGO_URI) and every store backend."""
 
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
 import uuid
 
+import numpy
 import pymongo
 import pytest
+import torch
 
-from mmlib.persistence import (FileSystemPersistenceService, MongoDictPersistenceService,
-                               SQLiteDictPersistenceService)
+from mmlib.persistence import (FileSystemPersistenceService, GridFSFilePersistenceService,
+                               MongoDictPersistenceService, SQLiteDictPersistenceService)
 
 _SERVER_START_TIMEOUT_S = 60
 
@@ -59,13 +62,15 @@ def make_dict_service(kind: str, tmp_path, mongo_uri: str):
     return MongoDictPersistenceService(mongo_uri, db_name=f"mmlib_test_{uuid.uuid4().hex[:12]}")
 
 
-def make_file_service(kind: str, tmp_path, dict_service):
+def make_file_service(kind: str, tmp_path, mongo_uri: str):
     """A fresh, empty blob store of the given backend."""
-    return FileSystemPersistenceService(str(tmp_path / "blobs"))
+    if kind == "filesystem":
+        return FileSystemPersistenceService(str(tmp_path / "blobs"))
+    return GridFSFilePersistenceService(mongo_uri, db_name=f"mmlib_test_{uuid.uuid4().hex[:12]}")
 
 
 DICT_BACKENDS = ["sqlite", "mongo"]
-FILE_BACKENDS = ["filesystem"]
+FILE_BACKENDS = ["filesystem", "gridfs"]
 
 
 @pytest.fixture(params=DICT_BACKENDS)
@@ -78,16 +83,17 @@ def dict_service(request, tmp_path):
 @pytest.fixture(params=FILE_BACKENDS)
 def file_service(request, tmp_path):
     """Every blob store backend in turn."""
-    return make_file_service(request.param, tmp_path, None)
+    uri = request.getfixturevalue("mongo_uri") if request.param == "gridfs" else None
+    return make_file_service(request.param, tmp_path, uri)
 
 
-@pytest.fixture(params=[("sqlite", "filesystem"), ("mongo", "filesystem")], ids=lambda p: "+".join(p))
+@pytest.fixture(params=[("sqlite", "filesystem"), ("mongo", "filesystem"), ("mongo", "gridfs")],
+                ids=lambda p: "+".join(p))
 def stores(request, tmp_path):
     """(file service, dict service) pairs as a deployment would combine them."""
     dict_kind, file_kind = request.param
     uri = request.getfixturevalue("mongo_uri") if dict_kind == "mongo" else None
-    dict_svc = make_dict_service(dict_kind, tmp_path, uri)
-    return make_file_service(file_kind, tmp_path, dict_svc), dict_svc
+    return make_file_service(file_kind, tmp_path, uri), make_dict_service(dict_kind, tmp_path, uri)
 
 
 def _flip_byte_on_disk(path: str) -> None:
@@ -104,5 +110,25 @@ def corrupt_blob():
         if isinstance(file_service, FileSystemPersistenceService):
             _flip_byte_on_disk(os.path.join(file_service.base_path, digest[:2], digest[2:]))
             return
-        raise NotImplementedError(f"no raw corruption hook for {type(file_service).__name__}")
+        database = file_service._mongo_service.database
+        file_id = database["fs.files"].find_one({"filename": digest})["_id"]
+        chunk = database["fs.chunks"].find_one({"files_id": file_id, "n": 0})
+        data = bytearray(chunk["data"])
+        data[0] ^= 0xFF
+        database["fs.chunks"].update_one({"_id": chunk["_id"]}, {"$set": {"data": bytes(data)}})
     return corrupt
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """Undo set_deterministic's global changes (flags and random state) so every test runs as configured."""
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.mkldnn.deterministic)
+    rng = (random.getstate(), numpy.random.get_state(), torch.get_rng_state())
+    yield
+    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
+    torch.backends.mkldnn.deterministic = flags[4]
+    random.setstate(rng[0])
+    numpy.random.set_state(rng[1])
+    torch.set_rng_state(rng[2])

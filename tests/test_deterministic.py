@@ -11,21 +11,6 @@ from mmlib.deterministic import deterministic, set_deterministic
 from mmlib.equal import state_dict_equal
 
 
-@pytest.fixture(autouse=True)
-def restore_global_state():
-    """Undo set_deterministic's global changes so other tests run as configured."""
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.mkldnn.deterministic)
-    rng = (random.getstate(), numpy.random.get_state(), torch.get_rng_state())
-    yield
-    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
-    torch.backends.mkldnn.deterministic = flags[4]
-    random.setstate(rng[0])
-    numpy.random.set_state(rng[1])
-    torch.set_rng_state(rng[2])
-
-
 def train_small_model(steps: int = 3) -> nn.Module:
     """Build a small CNN with dropout and train it a few steps on random data."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Dropout(0.3),

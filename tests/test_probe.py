@@ -1,9 +1,7 @@
 """Tests of mmlib.probe: recording, comparing, saving and loading per-layer summaries."""
 
 import io
-import random
 
-import numpy
 import pytest
 import torch
 from torch import nn
@@ -14,21 +12,6 @@ from mmlib.probe import ProbeInfo, ProbeMode, ProbeSummary, probe_inference, pro
 pytestmark = pytest.mark.filterwarnings("ignore:probing records:UserWarning")
 
 ALL_FIELDS = list(ProbeInfo)
-
-
-@pytest.fixture(autouse=True)
-def restore_global_state():
-    """Undo set_deterministic's global changes so other tests run as configured."""
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.mkldnn.deterministic)
-    rng = (random.getstate(), numpy.random.get_state(), torch.get_rng_state())
-    yield
-    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
-    torch.backends.mkldnn.deterministic = flags[4]
-    random.setstate(rng[0])
-    numpy.random.set_state(rng[1])
-    torch.set_rng_state(rng[2])
 
 
 def tiny_model() -> nn.Sequential:

@@ -5,13 +5,21 @@ never pickles. `persist` writes referenced blobs and documents before its own.
 """
 
 import json
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 from mmlib.constants import ID
-from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
+from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
 from mmlib.util.hash import new_hasher
 
 METADATA_SIZE = "metadata_size"
+BLOB = "blob"
+
+
+class StoredItem(NamedTuple):
+    """One stored thing: a blob (`kind` BLOB, `item_id` its digest) or a document (`kind` its type)."""
+
+    kind: str
+    item_id: str
 
 
 class ValueField:
@@ -35,6 +43,10 @@ class ValueField:
     def size(self, document: dict, fps, dps) -> Optional[Union[int, dict]]:
         """Stored bytes this field adds beyond the document itself (None: nothing to report)."""
         return None
+
+    def references(self, document: dict, dps) -> Iterator[StoredItem]:
+        """The blobs and documents this field points at (for garbage collection and verification)."""
+        return iter(())
 
 
 class FileField(ValueField):
@@ -64,6 +76,11 @@ class FileField(ValueField):
         ref = FileReference(reference_id=stored)
         fps.file_size(ref)
         return ref.size
+
+    def references(self, document, dps) -> Iterator[StoredItem]:
+        stored = document.get(self.key)
+        if stored is not None:
+            yield StoredItem(BLOB, split_reference_id(stored)[0])
 
 
 class ObjectField(ValueField):
@@ -97,6 +114,11 @@ class ObjectField(ValueField):
     def size(self, document, fps, dps) -> Optional[dict]:
         stored = document.get(self.key)
         return None if stored is None else self.resolve(document).load_placeholder(stored).size_info(fps, dps)
+
+    def references(self, document, dps) -> Iterator[StoredItem]:
+        stored = document.get(self.key)
+        if stored is not None:
+            yield from self.resolve(document).load_placeholder(stored).stored_items(dps)
 
 
 class SchemaObj:
@@ -154,6 +176,13 @@ class SchemaObj:
         for field in self._fields:
             setattr(self, field.attr, field.load(document, file_pers_service, dict_pers_service, restore_root,
                                                  load_recursive, load_files))
+
+    def stored_items(self, dict_pers_service: DictPersistenceService) -> Iterator[StoredItem]:
+        """This object's document and every blob and document it references, recursively."""
+        document = dict_pers_service.recover_dict(self.store_id, self._representation_type)
+        yield StoredItem(self._representation_type, self.store_id)
+        for field in self._fields:
+            yield from field.references(document, dict_pers_service)
 
     def size_info(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> dict:
         """Stored bytes of this object: its own document (`metadata_size`) and each referenced blob and object."""

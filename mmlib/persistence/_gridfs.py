@@ -1,0 +1,80 @@
+"""Blob store in MongoDB GridFS, so nodes need nothing but a MongoDB URI.
+
+A blob is uploaded under a temporary name while it is hashed, then renamed to its
+digest; a crash leaves only a `partial-*` file that garbage collection removes.
+"""
+
+import uuid
+from typing import BinaryIO, Iterator
+
+import gridfs
+from pymongo.errors import PyMongoError
+
+from mmlib.errors import ModelNotFoundError
+from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
+from mmlib.util.mongo import DEFAULT_DB_NAME, MongoService, unreachable
+
+_PARTIAL_PREFIX = "partial-"
+
+
+class GridFSFilePersistenceService(FilePersistenceService):
+    """Content-addressed blobs in the GridFS bucket of a MongoDB database (`host`: host, `host:port` or URI)."""
+
+    def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME):
+        self._mongo_service = MongoService(host, db_name)
+        self._bucket = gridfs.GridFSBucket(self._mongo_service.database)
+        self._files = self._mongo_service.database["fs.files"]
+
+    def __repr__(self) -> str:
+        return f"GridFSFilePersistenceService({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
+
+    def _run(self, operation):
+        try:
+            return operation()
+        except PyMongoError as error:
+            raise unreachable(self._mongo_service.host, error) from error
+
+    def blob_exists(self, digest: str) -> bool:
+        return self._run(lambda: self._files.count_documents({"filename": digest}, limit=1)) > 0
+
+    def blob_digests(self) -> Iterator[str]:
+        names = self._run(lambda: self._files.distinct("filename"))
+        return iter(sorted(name for name in names if len(name) == DIGEST_LENGTH))
+
+    def partial_uploads(self) -> list:
+        """Ids of uploads a crash left unfinished (for garbage collection)."""
+        return [doc["_id"] for doc in self._run(lambda: list(self._files.find(
+            {"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}}, {"_id": 1})))]
+
+    def delete_blob(self, digest: str) -> None:
+        for document in self._run(lambda: list(self._files.find({"filename": digest}, {"_id": 1}))):
+            self._run(lambda: self._bucket.delete(document["_id"]))
+
+    def _open_blob_writer(self) -> BinaryIO:
+        return self._run(lambda: self._bucket.open_upload_stream(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}"))
+
+    def _commit_blob(self, handle, digest: str) -> None:
+        self._run(handle.close)
+        if self.blob_exists(digest):
+            self._run(lambda: self._bucket.delete(handle._id))
+        else:
+            self._run(lambda: self._bucket.rename(handle._id, digest))
+
+    def _abort_blob(self, handle) -> None:
+        self._run(handle.abort)
+
+    def _open_blob_reader(self, digest: str) -> BinaryIO:
+        try:
+            return self._bucket.open_download_stream_by_name(digest)
+        except gridfs.errors.NoFile as error:
+            raise ModelNotFoundError(
+                f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}; restore it from a backup "
+                "or run `mmlib verify` to list the models that need it") from error
+        except PyMongoError as error:
+            raise unreachable(self._mongo_service.host, error) from error
+
+    def _blob_size(self, digest: str) -> int:
+        document = self._run(lambda: self._files.find_one({"filename": digest}, {"length": 1}))
+        if document is None:
+            raise ModelNotFoundError(f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}")
+        return int(document["length"])
