@@ -33,3 +33,11 @@ def sizes_positive(sizes: dict) -> bool:
     """True when every byte count at every level of a size dict is a positive int."""
     return all(sizes_positive(value) if isinstance(value, dict) else isinstance(value, int) and value > 0
                for value in sizes.values()) and "metadata_size" in sizes
+
+
+def store_contents(file_service, dict_service) -> tuple:
+    """Everything a store holds (blob digests and every document), to show an operation changed nothing."""
+    documents = {kind: sorted((doc_id, repr(dict_service.recover_dict(doc_id, kind)))
+                              for doc_id in dict_service.all_ids_for_type(kind))
+                 for kind in dict_service.all_types()}
+    return sorted(file_service.blob_digests()), documents

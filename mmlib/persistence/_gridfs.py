@@ -50,18 +50,18 @@ class GridFSFilePersistenceService(FilePersistenceService):
         for document in self._run(lambda: list(self._files.find({"filename": digest}, {"_id": 1}))):
             self._run(lambda: self._bucket.delete(document["_id"]))
 
-    def _open_blob_writer(self) -> BinaryIO:
-        return self._run(lambda: self._bucket.open_upload_stream(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}"))
+    def _open_blob_writer(self) -> "_UploadWriter":
+        return _UploadWriter(self._run(lambda: self._bucket.open_upload_stream(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}")))
 
-    def _commit_blob(self, handle, digest: str) -> None:
-        self._run(handle.close)
+    def _commit_blob(self, handle: "_UploadWriter", digest: str) -> None:
+        self._run(handle.upload.close)
         if self.blob_exists(digest):
-            self._run(lambda: self._bucket.delete(handle._id))
+            self._run(lambda: self._bucket.delete(handle.upload._id))
         else:
-            self._run(lambda: self._bucket.rename(handle._id, digest))
+            self._run(lambda: self._bucket.rename(handle.upload._id, digest))
 
-    def _abort_blob(self, handle) -> None:
-        self._run(handle.abort)
+    def _abort_blob(self, handle: "_UploadWriter") -> None:
+        self._run(handle.upload.abort)
 
     def _open_blob_reader(self, digest: str) -> BinaryIO:
         try:
@@ -78,3 +78,14 @@ class GridFSFilePersistenceService(FilePersistenceService):
         if document is None:
             raise ModelNotFoundError(f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}")
         return int(document["length"])
+
+
+class _UploadWriter:
+    """Adapts a GridFS upload stream to the binary `write` that blob writers get (it rejects memoryviews)."""
+
+    def __init__(self, upload: gridfs.GridIn):
+        self.upload = upload
+
+    def write(self, data) -> int:
+        self.upload.write(data if isinstance(data, bytes) else bytes(data))
+        return len(data)

@@ -71,7 +71,8 @@ def _attribute_path(root: Any, dotted_name: str) -> Any:
 
 def create_type(code: str, type_name: str) -> type:
     """The class (or function) named `type_name` defined in the code file `code`."""
-    return _attribute_path(load_code_module(code), check_class_name(type_name))
+    check_class_name(type_name)
+    return _attribute_path(load_code_module(code), type_name)
 
 
 def create_object(code: str, class_name: str) -> Any:

@@ -1,0 +1,111 @@
+"""Every bad input gets a typed error with a helpful message, and leaves the store unchanged."""
+
+import warnings
+
+import pytest
+import torch
+
+from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning, InvalidSaveInfoError, \
+    ModelNotFoundError, UnsafeCodeError
+from mmlib.models import MobileNetV2
+from mmlib.save import BaselineSaveService
+from mmlib.schema.recover_info import MODEL_CLASS_NAME, RECOVER_INFO
+from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID
+from save_helpers import save_info, store_contents
+
+
+@pytest.fixture
+def populated(stores):
+    """A store holding one saved model, and its id."""
+    file_service, dict_service = stores
+    service = BaselineSaveService(file_service, dict_service)
+    return service, service.save_model(save_info(MobileNetV2())), file_service, dict_service
+
+
+class _Sentinel:
+    def __init__(self):
+        self.model = torch.nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize("bad_model", [None, "resnet18", _Sentinel(), {"weight": torch.zeros(2)}],
+                         ids=["none", "string", "object", "state_dict"])
+def test_non_module_models_are_rejected_and_nothing_is_written(populated, bad_model):
+    service, _, file_service, dict_service = populated
+    before = store_contents(file_service, dict_service)
+    with pytest.raises(InvalidSaveInfoError, match="torch.nn.Module"):
+        service.save_model(save_info(bad_model))
+    assert store_contents(file_service, dict_service) == before
+
+
+def test_save_info_of_the_wrong_type_is_rejected(populated):
+    service, _, file_service, dict_service = populated
+    before = store_contents(file_service, dict_service)
+    with pytest.raises(InvalidSaveInfoError, match="ModelSaveInfoBuilder"):
+        service.save_model(MobileNetV2())
+    assert store_contents(file_service, dict_service) == before
+
+
+def test_class_without_source_and_no_code_is_rejected(populated):
+    service, _, file_service, dict_service = populated
+    before = store_contents(file_service, dict_service)
+    notebook_class = type("NotebookNet", (torch.nn.Module,), {"__module__": "__main__"})
+    with pytest.raises(InvalidSaveInfoError, match="add_model_info\\(code=...\\)"):
+        service.save_model(save_info(notebook_class()))
+    assert store_contents(file_service, dict_service) == before
+
+
+def test_missing_code_file_is_rejected(populated, tmp_path):
+    service, _, file_service, dict_service = populated
+    before = store_contents(file_service, dict_service)
+    with pytest.raises(InvalidSaveInfoError, match="does not exist"):
+        service.save_model(save_info(MobileNetV2(), code=str(tmp_path / "gone.py")))
+    assert store_contents(file_service, dict_service) == before
+
+
+def test_unknown_base_model_is_rejected(populated):
+    service, _, file_service, dict_service = populated
+    before = store_contents(file_service, dict_service)
+    with pytest.raises(ModelNotFoundError, match="mmlib ls"):
+        service.save_model(save_info(MobileNetV2(), base_model_id="no-such-model"))
+    assert store_contents(file_service, dict_service) == before
+
+
+@pytest.mark.parametrize("bad_id", ["no-such-model", None, 42])
+def test_unknown_model_ids_raise_key_errors(populated, bad_id):
+    service, _, file_service, dict_service = populated
+    before = store_contents(file_service, dict_service)
+    with pytest.raises(ModelNotFoundError, match="all_model_ids"):
+        service.recover_model(bad_id)
+    assert store_contents(file_service, dict_service) == before
+
+
+def test_id_of_another_kind_of_document_is_not_a_model(populated):
+    service, model_id, file_service, dict_service = populated
+    recover_info_id = dict_service.recover_dict(model_id, MODEL_INFO)[RECOVER_INFO_ID]
+    environment_id = dict_service.all_ids_for_type("environment")[0]
+    for other_id in (recover_info_id, environment_id):
+        with pytest.raises(ModelNotFoundError, match="no model with id"):
+            service.recover_model(other_id)
+
+
+@pytest.mark.parametrize("class_name", ["MobileNetV2; import os", "MobileNetV2()", "__import__('os')"])
+def test_class_name_edited_to_carry_code_is_refused_before_import(populated, class_name):
+    service, model_id, file_service, dict_service = populated
+    recover_info_id = dict_service.recover_dict(model_id, MODEL_INFO)[RECOVER_INFO_ID]
+    dict_service.add_field(recover_info_id, RECOVER_INFO, MODEL_CLASS_NAME, class_name)
+    with pytest.raises(UnsafeCodeError, match="identifier"):
+        BaselineSaveService(file_service, dict_service).recover_model(model_id)
+
+
+def test_environment_mismatch_warns_with_differences_and_strict_mode_raises(populated):
+    service, model_id, file_service, dict_service = populated
+    environment_id = dict_service.all_ids_for_type("environment")[0]
+    dict_service.add_field(environment_id, "environment", "pytorch_version", "1.0.0")
+    with pytest.warns(EnvironmentMismatchWarning, match="pytorch_version: saved '1.0.0'"):
+        service.recover_model(model_id)
+    strict = BaselineSaveService(file_service, dict_service, strict_env=True)
+    with pytest.raises(EnvironmentMismatchError, match="pytorch_version"):
+        strict.recover_model(model_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        service.recover_model(model_id, execute_checks=False)
