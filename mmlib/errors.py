@@ -38,3 +38,11 @@ class EnvironmentMismatchError(MMLibError, RuntimeError):
 
 class EnvironmentMismatchWarning(UserWarning):
     """The current environment differs from the one a model was saved in."""
+
+
+class ConfigurationError(MMLibError, LookupError):
+    """The MMLIB_CONFIG ini file, or a value it must hold, is missing or unusable."""
+
+
+class RestoreError(MMLibError, ValueError):
+    """A stored object cannot be rebuilt with what the caller passed or with what was loaded."""

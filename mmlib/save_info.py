@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 
 from mmlib.schema.environment import Environment
+from mmlib.schema.restorable_object import StateDictRestorableObjectWrapper
 
 
 class ModelSaveInfo:
@@ -20,3 +21,29 @@ class ModelSaveInfo:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={type(self.model).__name__}, base_model={self.base_model!r}, "
                 f"model_code={self.model_code!r})")
+
+
+class TrainSaveInfo:
+    """How the next version is trained from its base: the train service wrapper and the kwargs of `train`."""
+
+    def __init__(self, train_service_wrapper: StateDictRestorableObjectWrapper, train_kwargs: Optional[dict]):
+        self.train_service_wrapper = train_service_wrapper
+        self.train_kwargs = train_kwargs
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(train_service_wrapper={type(self.train_service_wrapper).__name__}, "
+                f"train_kwargs={self.train_kwargs!r})")
+
+
+class ProvModelSaveInfo(ModelSaveInfo):
+    """A ModelSaveInfo plus provenance: the raw data path and how the model is trained from its base."""
+
+    def __init__(self, model: torch.nn.Module, base_model: Optional[str], environment: Optional[Environment],
+                 model_code: Optional[str] = None, raw_dataset: Optional[str] = None,
+                 train_info: Optional[TrainSaveInfo] = None):
+        super().__init__(model, base_model, environment, model_code)
+        self.raw_dataset = raw_dataset
+        self.train_info = train_info
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, raw_dataset={self.raw_dataset!r}, train_info={self.train_info!r})"

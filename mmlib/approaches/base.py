@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
@@ -235,6 +235,10 @@ class AbstractSaveService(ABC):
         return cls
 
     def _recover_snapshot(self, model_info: ModelInfo, execute_checks: bool) -> torch.nn.Module:
+        if model_info.store_type != ModelStoreType.FULL_MODEL:
+            raise IncompatibleModelError(
+                f"model {model_info.store_id} is stored as {model_info.store_type.value}, not as a full snapshot; "
+                "recover it with the save service that stored it (e.g. WeightUpdateSaveService)")
         snapshot = model_info.recover_info
         state_dict = self._read_weights(snapshot.parameters_file)
         if execute_checks:

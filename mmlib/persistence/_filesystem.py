@@ -49,6 +49,18 @@ class FileSystemPersistenceService(FilePersistenceService):
         except FileNotFoundError:
             pass
 
+    def partial_uploads(self) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.base_path, _TEMP_DIR)))
+
+    def delete_partial_upload(self, upload_id: str) -> None:
+        if os.path.basename(upload_id) != upload_id or upload_id in ("", ".", ".."):
+            raise ModelNotFoundError(
+                f"{upload_id!r} is not an upload id of this store; list them with partial_uploads()")
+        try:
+            os.unlink(os.path.join(self.base_path, _TEMP_DIR, upload_id))
+        except FileNotFoundError:
+            pass
+
     def _open_blob_writer(self) -> BinaryIO:
         fd, temp_path = tempfile.mkstemp(dir=os.path.join(self.base_path, _TEMP_DIR), suffix=".partial")
         os.close(fd)

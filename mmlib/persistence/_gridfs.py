@@ -1,12 +1,14 @@
 """Blob store in MongoDB GridFS, so nodes need nothing but a MongoDB URI.
 
 A blob is uploaded under a temporary name while it is hashed, then renamed to its
-digest; a crash leaves only a `partial-*` file that garbage collection removes.
+digest; a crash leaves a `partial-*` file, or chunks of an upload that never closed, which garbage
+collection removes.
 """
 
 import uuid
 from typing import BinaryIO, Iterator
 
+import bson
 import gridfs
 from pymongo.errors import PyMongoError
 
@@ -24,6 +26,7 @@ class GridFSFilePersistenceService(FilePersistenceService):
         self._mongo_service = MongoService(host, db_name)
         self._bucket = gridfs.GridFSBucket(self._mongo_service.database)
         self._files = self._mongo_service.database["fs.files"]
+        self._chunks = self._mongo_service.database["fs.chunks"]
 
     def __repr__(self) -> str:
         return f"GridFSFilePersistenceService({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
@@ -41,10 +44,24 @@ class GridFSFilePersistenceService(FilePersistenceService):
         names = self._run(lambda: self._files.distinct("filename"))
         return iter(sorted(name for name in names if len(name) == DIGEST_LENGTH))
 
-    def partial_uploads(self) -> list:
-        """Ids of uploads a crash left unfinished (for garbage collection)."""
-        return [doc["_id"] for doc in self._run(lambda: list(self._files.find(
-            {"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}}, {"_id": 1})))]
+    def partial_uploads(self) -> list[str]:
+        """Uploads closed but never renamed to their digest, and chunks whose upload never closed."""
+        never_renamed = self._run(lambda: self._files.distinct("_id", {"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}}))
+        closed = set(self._run(lambda: self._files.distinct("_id")))
+        never_closed = [file_id for file_id in self._run(lambda: self._chunks.distinct("files_id"))
+                        if file_id not in closed]
+        return sorted(str(file_id) for file_id in never_renamed + never_closed)
+
+    def delete_partial_upload(self, upload_id: str) -> None:
+        if not bson.ObjectId.is_valid(upload_id):
+            raise ModelNotFoundError(
+                f"{upload_id!r} is not an upload id of this store; list them with partial_uploads()")
+        try:
+            self._bucket.delete(bson.ObjectId(upload_id))
+        except gridfs.errors.NoFile:
+            pass  # an upload that never closed has no file document; its chunks are deleted all the same
+        except PyMongoError as error:
+            raise unreachable(self._mongo_service.host, error) from error
 
     def delete_blob(self, digest: str) -> None:
         for document in self._run(lambda: list(self._files.find({"filename": digest}, {"_id": 1}))):

@@ -7,6 +7,7 @@ does, so a crash leaves only unreferenced blobs and documents behind.
 """
 
 import io
+import logging
 import os
 import tarfile
 import tempfile
@@ -17,6 +18,8 @@ from typing import BinaryIO, Callable, Iterator, Optional
 from mmlib.constants import ID
 from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.util.hash import new_hasher
+
+logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 * 1024 * 1024
 DIGEST_LENGTH = 64
@@ -114,6 +117,7 @@ class FilePersistenceService(ABC):
             handle = self._open_blob_writer()
             handle.write(data)
             self._commit_blob(handle, digest)
+            logger.debug("stored blob %s (%d bytes)", digest, len(data))
         return FileReference(reference_id=f"{digest}/{name}")
 
     def write_stream(self, produce: Callable[[BinaryIO], None]) -> str:
@@ -125,8 +129,10 @@ class FilePersistenceService(ABC):
         except BaseException:
             self._abort_blob(handle)
             raise
-        self._commit_blob(handle, writer.hasher.hexdigest())
-        return writer.hasher.hexdigest()
+        digest = writer.hasher.hexdigest()
+        self._commit_blob(handle, digest)
+        logger.debug("stored blob %s (%d bytes)", digest, writer.size)
+        return digest
 
     def recover_file(self, file_ref: FileReference, dst_dir: str) -> None:
         """Restore the referenced file (or directory) under its original name in `dst_dir`; set `file_ref.path`."""
@@ -188,6 +194,14 @@ class FilePersistenceService(ABC):
     @abstractmethod
     def delete_blob(self, digest: str) -> None:
         """Remove a blob (garbage collection); a missing blob is not an error."""
+
+    @abstractmethod
+    def partial_uploads(self) -> list[str]:
+        """Ids of uploads that were started but never committed (a crash, or a save still running)."""
+
+    @abstractmethod
+    def delete_partial_upload(self, upload_id: str) -> None:
+        """Remove one unfinished upload (garbage collection); a missing one is not an error."""
 
     @abstractmethod
     def _open_blob_writer(self) -> BinaryIO:

@@ -2,12 +2,15 @@
 
 import os
 from typing import NamedTuple, Optional
+from urllib.parse import unquote, urlsplit
 
 from mmlib.errors import StoreUnavailableError
 from mmlib.persistence._filesystem import FileSystemPersistenceService
+from mmlib.persistence._gridfs import GridFSFilePersistenceService
 from mmlib.persistence._mongo import MongoDictPersistenceService
 from mmlib.persistence._sqlite import SQLiteDictPersistenceService
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
+from mmlib.util.mongo import DEFAULT_DB_NAME
 
 METADATA_FILE = "metadata.sqlite"
 BLOB_DIR = "blobs"
@@ -21,16 +24,29 @@ class Store(NamedTuple):
     dict_pers_service: DictPersistenceService
 
 
+def mongo_database_name(uri: str) -> str:
+    """The database a MongoDB URI names in its path (`mongodb://host:port/dbname`), else `mmlib`."""
+    name = unquote(urlsplit(uri).path.lstrip("/"))
+    return name or DEFAULT_DB_NAME
+
+
 def open_store(location: str, blob_dir: Optional[str] = None) -> Store:
-    """A directory gives SQLite + files inside it (created on first use); a MongoDB URI gives MongoDB documents
-    with blobs in `blob_dir` (a shared directory)."""
+    """Open the store at `location`: the one string every node needs.
+
+    A directory gives SQLite + files inside it (created on first use). A MongoDB URI gives MongoDB documents
+    (database from the URI path, default `mmlib`) with blobs in GridFS of the same database, so nodes need
+    nothing else; the server is contacted once, so an unreachable one fails here, within seconds.
+    `blob_dir` puts the blobs in that directory instead (e.g. a file system every node shares).
+    """
     if not isinstance(location, str) or not location:
         raise StoreUnavailableError("no store given: pass a directory or a mongodb:// URI (or set MMLIB_STORE)")
     if location.startswith(MONGO_SCHEMES):
-        if blob_dir is None:
-            raise StoreUnavailableError(
-                f"a MongoDB store needs a blob location: pass blob_dir= (a directory every node shares)")
-        return Store(FileSystemPersistenceService(blob_dir), MongoDictPersistenceService(location))
+        db_name = mongo_database_name(location)
+        dict_service = MongoDictPersistenceService(location, db_name=db_name)
+        dict_service.all_types()
+        if blob_dir is not None:
+            return Store(FileSystemPersistenceService(blob_dir), dict_service)
+        return Store(GridFSFilePersistenceService(location, db_name=db_name), dict_service)
     if "://" in location:
         raise StoreUnavailableError(
             f"unknown store scheme in {location!r}: use a directory path or one of {', '.join(MONGO_SCHEMES)}")
@@ -39,5 +55,6 @@ def open_store(location: str, blob_dir: Optional[str] = None) -> Store:
         os.makedirs(directory, exist_ok=True)
     except OSError as error:
         raise StoreUnavailableError(f"cannot create the store directory {directory}: {error}") from error
-    return Store(FileSystemPersistenceService(os.path.join(directory, BLOB_DIR)),
+    blobs = blob_dir if blob_dir is not None else os.path.join(directory, BLOB_DIR)
+    return Store(FileSystemPersistenceService(blobs),
                  SQLiteDictPersistenceService(os.path.join(directory, METADATA_FILE)))

@@ -1,7 +1,9 @@
 """What each approach stores to recover a model: a snapshot or an update."""
 
+from mmlib.schema.dataset import Dataset
 from mmlib.schema.environment import Environment
 from mmlib.schema.schema_obj import FileField, ObjectField, SchemaObj, ValueField
+from mmlib.schema.train_info import TrainInfo
 
 RECOVER_INFO = "recover_info"
 ENVIRONMENT = "environment"
@@ -51,3 +53,19 @@ class WeightsUpdateRecoverInfo(AbstractRecoverInfo):
         super().__init__(store_id)
         self.update = update
         self.update_type = update_type
+
+
+class ProvenanceRecoverInfo(AbstractRecoverInfo):
+    """How to reproduce a model from its base: the training data, the train service and kwargs, the environment."""
+
+    _fields = (
+        ObjectField("dataset", Dataset, key=DATASET),
+        ObjectField("train_info", TrainInfo, key=TRAIN_INFO),
+        ObjectField("environment", Environment, key=ENVIRONMENT),
+    )
+
+    def __init__(self, dataset=None, train_info=None, environment=None, store_id=None):
+        super().__init__(store_id)
+        self.dataset = dataset
+        self.train_info = train_info
+        self.environment = environment

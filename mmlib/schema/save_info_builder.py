@@ -4,8 +4,9 @@ from typing import Optional
 
 import torch
 
-from mmlib.save_info import ModelSaveInfo
+from mmlib.save_info import ModelSaveInfo, ProvModelSaveInfo, TrainSaveInfo
 from mmlib.schema.environment import Environment
+from mmlib.schema.restorable_object import StateDictRestorableObjectWrapper
 from mmlib.track_env import track_current_environment
 
 
@@ -17,6 +18,8 @@ class ModelSaveInfoBuilder:
         self._code: Optional[str] = None
         self._base_model_id: Optional[str] = None
         self._env: Optional[Environment] = None
+        self._raw_data_path: Optional[str] = None
+        self._train_info: Optional[TrainSaveInfo] = None
 
     def add_model_info(self, env: Optional[Environment] = None, model: Optional[torch.nn.Module] = None,
                        code: Optional[str] = None, base_model_id: Optional[str] = None) -> "ModelSaveInfoBuilder":
@@ -27,7 +30,17 @@ class ModelSaveInfoBuilder:
         self._base_model_id = base_model_id
         return self
 
+    def add_prov_data(self, raw_data_path: str, train_kwargs: Optional[dict],
+                      train_service_wrapper: StateDictRestorableObjectWrapper) -> "ModelSaveInfoBuilder":
+        """Describe how the model is trained from its base: data directory, train kwargs, train service wrapper."""
+        self._raw_data_path = raw_data_path
+        self._train_info = TrainSaveInfo(train_service_wrapper, train_kwargs)
+        return self
+
     def build(self) -> ModelSaveInfo:
-        """The save info for `save_model`."""
+        """The save info for `save_model` (a ProvModelSaveInfo once provenance data was added)."""
         env = self._env if self._env is not None else track_current_environment()
+        if self._train_info is not None:
+            return ProvModelSaveInfo(self._model, self._base_model_id, env, self._code, self._raw_data_path,
+                                     self._train_info)
         return ModelSaveInfo(self._model, self._base_model_id, env, self._code)

@@ -5,11 +5,15 @@ never pickles. `persist` writes referenced blobs and documents before its own.
 """
 
 import json
+import logging
+import os
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 from mmlib.constants import ID
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
 from mmlib.util.hash import new_hasher
+
+logger = logging.getLogger(__name__)
 
 METADATA_SIZE = "metadata_size"
 BLOB = "blob"
@@ -121,6 +125,60 @@ class ObjectField(ValueField):
             yield from self.resolve(document).load_placeholder(stored).stored_items(dps)
 
 
+class IsolatedFileField(FileField):
+    """A `FileReference` restored into its own directory named after the blob's digest.
+
+    Files that share a name (two `state_file`s, two `train.py`s) then never overwrite each other under one
+    restore root. With `sized=False` the blob is listed for garbage collection but left out of `size_info`.
+    """
+
+    def __init__(self, attr: str, key: Optional[str] = None, sized: bool = True):
+        super().__init__(attr, key)
+        self._sized = sized
+
+    def load(self, document, fps, dps, restore_root, load_recursive, load_files) -> Optional[FileReference]:
+        stored = document.get(self.key)
+        if stored is not None:
+            restore_root = os.path.join(restore_root, split_reference_id(stored)[0][:16])
+        return super().load(document, fps, dps, restore_root, load_recursive, load_files)
+
+    def size(self, document, fps, dps) -> Optional[int]:
+        return super().size(document, fps, dps) if self._sized else None
+
+
+class ObjectMapField(ValueField):
+    """A dict of name -> schema object, each persisted before this one; the document keeps name -> id.
+
+    Loading gives name -> id (the caller picks each object's class when restoring it); entries that are
+    already ids are stored as they are. `cls` sizes and traverses the referenced documents.
+    """
+
+    def __init__(self, attr: str, cls: type, key: Optional[str] = None, size_key: Optional[str] = None):
+        super().__init__(attr, key)
+        self.size_key = size_key or attr
+        self._cls = cls
+
+    def persist(self, obj, fps, dps) -> Optional[dict]:
+        value = getattr(obj, self.attr)
+        if value is None:
+            return None
+        return {name: item if isinstance(item, str) else item.persist(fps, dps) for name, item in value.items()}
+
+    def load(self, document, fps, dps, restore_root, load_recursive, load_files) -> Optional[dict]:
+        stored = document.get(self.key)
+        return None if stored is None else dict(stored)
+
+    def size(self, document, fps, dps) -> Optional[dict]:
+        stored = document.get(self.key)
+        if stored is None:
+            return None
+        return {name: self._cls.load_placeholder(obj_id).size_info(fps, dps) for name, obj_id in stored.items()}
+
+    def references(self, document, dps) -> Iterator[StoredItem]:
+        for obj_id in (document.get(self.key) or {}).values():
+            yield from self._cls.load_placeholder(obj_id).stored_items(dps)
+
+
 class SchemaObj:
     """Base of every persisted object; subclasses set `_representation_type` and `_fields`."""
 
@@ -153,6 +211,7 @@ class SchemaObj:
             self.store_id = dict_pers_service.generate_id()
         document[ID] = self.store_id
         dict_pers_service.save_dict(document, self._representation_type)
+        logger.debug("stored %s document %s", self._representation_type, self.store_id)
         return self.store_id
 
     @classmethod

@@ -1,12 +1,16 @@
 """`open_store` picks backends from one string and explains what it cannot open."""
 
 import os
+import socket
+import time
+import uuid
 
 import pytest
 
 from mmlib.errors import StoreUnavailableError
-from mmlib.persistence import FileSystemPersistenceService, MongoDictPersistenceService, \
-    SQLiteDictPersistenceService, open_store
+from mmlib.persistence import FileSystemPersistenceService, GridFSFilePersistenceService, \
+    MongoDictPersistenceService, SQLiteDictPersistenceService, open_store
+from mmlib.persistence.store import mongo_database_name
 
 
 def test_directory_gives_sqlite_and_files_created_on_first_use(tmp_path):
@@ -20,6 +24,39 @@ def test_mongo_uri_with_shared_directory(mongo_uri, tmp_path):
     store = open_store(mongo_uri, blob_dir=str(tmp_path / "shared"))
     assert isinstance(store.dict_pers_service, MongoDictPersistenceService)
     assert isinstance(store.file_pers_service, FileSystemPersistenceService)
+
+
+def test_mongo_uri_alone_gives_gridfs_blobs_in_the_database_the_uri_names(mongo_uri):
+    db_name = f"mmlib_test_{uuid.uuid4().hex[:12]}"
+    store = open_store(f"{mongo_uri}/{db_name}")
+    assert isinstance(store.dict_pers_service, MongoDictPersistenceService)
+    assert isinstance(store.file_pers_service, GridFSFilePersistenceService)
+    ref = store.file_pers_service.save_bytes(b"weights", "w.bin")
+    doc_id = store.dict_pers_service.save_dict({"a": 1}, "thing")
+    assert GridFSFilePersistenceService(mongo_uri, db_name=db_name).read_bytes(ref.reference_id) == b"weights"
+    assert MongoDictPersistenceService(mongo_uri, db_name=db_name).recover_dict(doc_id, "thing")["a"] == 1
+    assert not MongoDictPersistenceService(mongo_uri).id_exists(doc_id, "thing")
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("mongodb://host:27017", "mmlib"),
+    ("mongodb://host:27017/", "mmlib"),
+    ("mongodb://host:27017/team?authSource=admin", "team"),
+    ("mongodb://a:1,b:2/models", "models"),
+    ("mongodb+srv://user:pw@cluster.example/prod%2Dmodels", "prod-models"),
+])
+def test_database_name_comes_from_the_uri_path(uri, expected):
+    assert mongo_database_name(uri) == expected
+
+
+def test_unreachable_server_fails_within_seconds():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match="cannot reach MongoDB"):
+        open_store(f"mongodb://127.0.0.1:{closed_port}/mmlib")
+    assert time.monotonic() - start < 10
 
 
 def test_unknown_scheme_names_the_known_ones():

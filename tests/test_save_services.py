@@ -1,5 +1,10 @@
-"""Baseline approach: full snapshots saved and recovered exactly on every store combination."""
+"""Every weights-based approach (baseline, parameter update, improved parameter update) on every store combination.
 
+Each flow runs for all three approaches; the chain flow runs the update approaches on one store
+combination only (its store traffic is the same as in the other flows, and it is the slow one).
+"""
+
+import functools
 import inspect
 import os
 
@@ -7,19 +12,30 @@ import pytest
 
 from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.models import GoogLeNet, MobileNetV2, ResNet18
-from mmlib.save import BaselineSaveService
+from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from save_helpers import equal, perturb, save_info, sizes_positive
 
 MODELS = [ResNet18, MobileNetV2, GoogLeNet]
+APPROACHES = {
+    "baseline": BaselineSaveService,
+    "update": functools.partial(WeightUpdateSaveService, improved_version=False),
+    "improved_update": functools.partial(WeightUpdateSaveService, improved_version=True),
+}
+UPDATE_APPROACHES = ["update", "improved_update"]
+
+
+@pytest.fixture(params=list(APPROACHES))
+def make_service(request, stores):
+    """A factory of fresh services (nothing cached) of one approach over one store combination."""
+    return lambda: APPROACHES[request.param](*stores)
 
 
 @pytest.fixture
-def service(stores):
-    return BaselineSaveService(*stores)
+def service(make_service):
+    return make_service()
 
 
-@pytest.mark.parametrize("model_class", MODELS, ids=lambda cls: cls.__name__)
-def test_save_recover_and_a_chain_of_two_derived_models(service, model_class):
+def _check_chain_of_two_derived_models(service, model_class) -> None:
     model = model_class()
     base_id = service.save_model(save_info(model))
     recovered = service.recover_model(base_id, execute_checks=True).model
@@ -38,6 +54,18 @@ def test_save_recover_and_a_chain_of_two_derived_models(service, model_class):
     assert service.all_model_ids() == [base_id] + service.all_model_ids()[1:] and len(service.all_model_ids()) == 3
 
 
+@pytest.mark.parametrize("model_class", MODELS, ids=lambda cls: cls.__name__)
+def test_baseline_saves_recovers_and_chains_two_derived_models(stores, model_class):
+    _check_chain_of_two_derived_models(BaselineSaveService(*stores), model_class)
+
+
+@pytest.mark.parametrize("stores", [("sqlite", "filesystem")], indirect=True, ids=lambda p: "+".join(p))
+@pytest.mark.parametrize("approach", UPDATE_APPROACHES)
+@pytest.mark.parametrize("model_class", MODELS, ids=lambda cls: cls.__name__)
+def test_updates_save_recover_and_chain_two_derived_models(stores, approach, model_class):
+    _check_chain_of_two_derived_models(APPROACHES[approach](*stores), model_class)
+
+
 def test_size_info_layout(service):
     model_id = service.save_model(save_info(ResNet18()))
     sizes = service.model_save_size(model_id)
@@ -47,18 +75,18 @@ def test_size_info_layout(service):
     assert sizes["recover_info"]["parameters"] > 11_689_512 * 4
 
 
-def test_same_architecture_ten_times_stores_code_and_environment_once(stores):
+def test_same_architecture_ten_times_stores_code_and_environment_once(stores, make_service):
     file_service, dict_service = stores
-    service = BaselineSaveService(file_service, dict_service)
+    service = make_service()
     for _ in range(10):
         service.save_model(save_info(MobileNetV2()))
     assert len(dict_service.all_ids_for_type("environment")) == 1
     assert len(list(file_service.blob_digests())) == 10 + 1
 
 
-def test_corrupted_weights_blob_raises_integrity_error(stores, corrupt_blob):
-    file_service, dict_service = stores
-    service = BaselineSaveService(file_service, dict_service)
+def test_corrupted_weights_blob_raises_integrity_error(stores, make_service, corrupt_blob):
+    file_service, _ = stores
+    service = make_service()
     model_id = service.save_model(save_info(MobileNetV2()))
     parameters = service.model_save_size(model_id)["recover_info"]["parameters"]
     weights_digest = next(d for d in file_service.blob_digests() if file_service._blob_size(d) == parameters)
@@ -78,25 +106,24 @@ def test_unknown_model_id_raises_model_not_found(service):
         service.model_save_size("does-not-exist")
 
 
-def test_unknown_base_model_raises_and_writes_nothing(stores):
-    file_service, dict_service = stores
-    service = BaselineSaveService(file_service, dict_service)
+def test_unknown_base_model_raises_and_writes_nothing(stores, make_service):
+    file_service, _ = stores
+    service = make_service()
     with pytest.raises(ModelNotFoundError):
         service.save_model(save_info(MobileNetV2(), base_model_id="no-such-base"))
     assert service.all_model_ids() == [] and list(file_service.blob_digests()) == []
 
 
-def test_recovered_model_reuses_base_code_when_its_file_is_gone(stores):
-    file_service, dict_service = stores
-    service = BaselineSaveService(file_service, dict_service)
+def test_recovered_model_reuses_base_code_when_its_file_is_gone(stores, make_service):
+    file_service, _ = stores
+    service = make_service()
     base_id = service.save_model(save_info(MobileNetV2()))
     recovered = service.recover_model(base_id).model
     code_path = inspect.getsourcefile(type(recovered))
     if os.path.exists(code_path):
         os.unlink(code_path)
-    other_service = BaselineSaveService(file_service, dict_service)
     child_id = service.save_model(save_info(perturb(recovered), base_model_id=base_id))
-    assert equal(recovered, other_service.recover_model(child_id).model)
+    assert equal(recovered, make_service().recover_model(child_id).model)
     assert len(list(file_service.blob_digests())) == 3
 
 

@@ -1,0 +1,161 @@
+"""Shared pieces of the benchmark: interleaved median timing, progress lines, model training and approach lookup.
+
+Kept apart from `benchmarks.run` so the timing protocol (one helper for every figure) is in one place.
+"""
+
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+import mmlib.save
+from mmlib.approaches.base import AbstractSaveService
+from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
+
+logger = logging.getLogger(__name__)
+
+ANCHOR = "anchor"
+MODEL_LABELS = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2", "resnet50": "ResNet-50",
+                "googlenet": "GoogLeNet", "resnet152": "ResNet-152"}
+BATCH_SIZE = 8
+IMAGE_SIZE = 64
+LEARNING_RATE = 1e-3
+MOMENTUM = 0.9
+NUM_CLASSES = 1000
+
+# A timed step: called untimed with the round index (0 is the warm-up round), it returns the zero-argument
+# callable whose run time is measured. Preparing untimed keeps cache clearing and input choice out of the figure.
+Step = Callable[[int], Callable[[], Any]]
+
+
+class Progress:
+    """Writes one line per benchmark step to stderr with the seconds elapsed since the run started."""
+
+    def __init__(self, stream=None):
+        self._start = time.perf_counter()
+        self._stream = stream if stream is not None else sys.stderr
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def __call__(self, message: str) -> None:
+        print(f"[{self.elapsed:7.1f}s] {message}", file=self._stream, flush=True)
+
+
+def median_seconds(steps: Mapping[str, Step], repeats: int) -> dict[str, dict[str, Any]]:
+    """Time every step `repeats` times after one untimed warm-up round; rounds interleave the steps.
+
+    Interleaving (anchor, approach 1, approach 2, ... per round) means page cache state and load from other
+    processes affect every contender alike. Returns, per step name, the median and every measured run.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    runs: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(repeats + 1):
+        for name, prepare in steps.items():
+            action = prepare(round_index)
+            start = time.perf_counter()
+            action()
+            elapsed = time.perf_counter() - start
+            if round_index:
+                runs[name].append(elapsed)
+    return {name: {"median_s": statistics.median(values), "runs_s": values} for name, values in runs.items()}
+
+
+def ratio(value: float, reference: float) -> Optional[float]:
+    """`value / reference`, or None when the reference is not positive (JSON has no NaN)."""
+    return value / reference if reference > 0 else None
+
+
+def raw_load(cls: type, path: str) -> torch.nn.Module:
+    """The anchor recovery: what a plain PyTorch user does to get a saved model back."""
+    state_dict = torch.load(path, weights_only=True)
+    model = cls()
+    model.load_state_dict(state_dict)
+    return model
+
+
+def total_bytes(sizes: Mapping[str, Any]) -> int:
+    """Sum of every byte count in a nested size dict (as `model_save_size` returns it)."""
+    return sum(total_bytes(value) if isinstance(value, Mapping) else int(value) for value in sizes.values())
+
+
+def classifier_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's classifier (`fc` for ResNet/GoogLeNet, `classifier` for MobileNetV2)."""
+    for name in ("fc", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise ValueError(f"{type(model).__name__} has neither an `fc` nor a `classifier` module to fine-tune")
+
+
+def train_steps(model: torch.nn.Module, steps: int, seed: int, partial: bool) -> torch.nn.Module:
+    """A few SGD steps on random images, in place: the fine-tunes of relations U2 (`partial`) and U3.
+
+    Partial: backbone frozen (requires_grad False) and in eval mode, only the classifier trains, so batch norm
+    statistics stay as they were. Full: every layer trains in train mode.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if partial:
+        model.eval()
+        model.requires_grad_(False)
+        head = classifier_head(model)
+        head.requires_grad_(True)
+        parameters = list(head.parameters())
+    else:
+        model.train()
+        model.requires_grad_(True)
+        parameters = list(model.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=LEARNING_RATE, momentum=MOMENTUM)
+    loss_function = torch.nn.CrossEntropyLoss()
+    for _ in range(steps):
+        images = torch.rand(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+        labels = torch.randint(0, NUM_CLASSES, (BATCH_SIZE,), generator=generator)
+        optimizer.zero_grad()
+        loss_function(model(images), labels).backward()
+        optimizer.step()
+    model.requires_grad_(True)
+    model.eval()
+    return model
+
+
+@dataclass(frozen=True)
+class Approach:
+    """A save approach under test: the `mmlib.save` class it needs and the keyword arguments it is built with."""
+
+    name: str
+    label: str
+    service_class: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def available(self) -> bool:
+        return self.service_type() is not None
+
+    def service_type(self) -> Optional[type]:
+        """The service class, looked up when called so the benchmark runs before and after approaches land."""
+        return getattr(mmlib.save, self.service_class, None)
+
+    def create(self, file_pers_service: FilePersistenceService,
+               dict_pers_service: DictPersistenceService) -> AbstractSaveService:
+        """A new service object over the given stores (a fresh object has no in-process cache)."""
+        service_type = self.service_type()
+        if service_type is None:
+            raise LookupError(f"mmlib.save has no {self.service_class}; approach {self.name} is not available")
+        return service_type(file_pers_service, dict_pers_service, **self.kwargs)
+
+
+def without_cache(service: AbstractSaveService) -> AbstractSaveService:
+    """Drop whatever in-process cache of recent weights the service keeps, so a recovery reads the store.
+
+    Looks for the known method names; services without a cache are returned unchanged.
+    """
+    for name in ("clear_cache", "cache_clear"):
+        clear = getattr(service, name, None)
+        if callable(clear):
+            clear()
+    return service

@@ -1,0 +1,202 @@
+"""Turns benchmark results into the targets verdict, markdown tables and the JSON/markdown files.
+
+One table writer (`table`) serves every section, so all tables look alike.
+"""
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+from benchmarks.common import ANCHOR
+
+logger = logging.getLogger(__name__)
+
+TARGET_MODEL = "resnet50"
+COMPRESSED = "improved_update_compressed"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure the project aims for: where it lives in a model's results and the largest acceptable value."""
+
+    name: str
+    path: tuple[str, ...]
+    threshold: float
+    unit: str
+
+    def measured(self, model_results: dict[str, Any]) -> Optional[float]:
+        value: Any = model_results
+        for key in self.path:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return value if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
+TARGETS = [
+    Target("baseline TTS / raw torch.save (U1)", ("relations", "U1", "approaches", "baseline", "tts_ratio_to_anchor"),
+           1.5, "x"),
+    Target("baseline TTR with checks / raw load (U1)",
+           ("relations", "U1", "approaches", "baseline", "ttr_checks_ratio_to_anchor"), 1.5, "x"),
+    Target("U2 storage of improved update (compressed) / baseline",
+           ("relations", "U2", "approaches", COMPRESSED, "storage_ratio_to_baseline"), 0.03, "%"),
+    Target("U3 storage of improved update (compressed) / baseline",
+           ("relations", "U3", "approaches", COMPRESSED, "storage_ratio_to_baseline"), 0.62, "%"),
+    Target("U4 chain TTR(last)/TTR(v1), improved update (compressed)",
+           ("chain", COMPRESSED, "growth_last_over_first"), 1.5, "x"),
+]
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target on ResNet-50: measured value, threshold and met (None when ResNet-50 was not benchmarked)."""
+    model_results = results["models"].get(TARGET_MODEL, {})
+    evaluated = []
+    for target in TARGETS:
+        value = target.measured(model_results)
+        evaluated.append({"target": target.name, "model": TARGET_MODEL, "unit": target.unit, "measured": value,
+                          "threshold": target.threshold, "met": None if value is None else value <= target.threshold})
+    return evaluated
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table; cells are converted with str()."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_bytes(value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value / 1e6:.1f} MB" if value >= 1e6 else f"{value / 1e3:.1f} kB"
+
+
+def fmt_seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value * 1e3:.0f} ms" if value >= 0.1 else f"{value * 1e3:.1f} ms"
+
+
+def fmt_ratio(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def fmt_share(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
+def _fmt_target_value(value: Optional[float], unit: str) -> str:
+    return fmt_share(value) if unit == "%" else fmt_ratio(value)
+
+
+def _status(met: Optional[bool]) -> str:
+    return "not evaluated (ResNet-50 not in this run)" if met is None else ("met" if met else "NOT met")
+
+
+def _relation_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list[str]]:
+    rows = []
+    for model in results["models"].values():
+        for relation, figures in model["relations"].items():
+            anchor = figures[ANCHOR]
+            rows.append([model["label"], relation, "raw torch (anchor)", fmt_bytes(anchor["file_bytes"]), "",
+                         fmt_seconds(anchor["tts_s"]), "1.00x", fmt_seconds(anchor["ttr_s"]), "1.00x", "", "", ""])
+            for name, entry in figures["approaches"].items():
+                rows.append([model["label"], relation, labels.get(name, name), fmt_bytes(entry["storage_bytes"]),
+                             fmt_share(entry["storage_ratio_to_baseline"]),
+                             fmt_seconds(entry["tts_s"]), fmt_ratio(entry["tts_ratio_to_anchor"]),
+                             fmt_seconds(entry["ttr_checks_s"]), fmt_ratio(entry["ttr_checks_ratio_to_anchor"]),
+                             fmt_seconds(entry["ttr_no_checks_s"]), fmt_ratio(entry["ttr_no_checks_ratio_to_anchor"]),
+                             "yes" if entry["recovered_equal"] else "NO"])
+    return rows
+
+
+def _chain_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list[str]]:
+    rows = []
+    for model in results["models"].values():
+        chain = model["chain"]
+        rows.append([model["label"], "raw torch (anchor)", fmt_seconds(chain[ANCHOR]["ttr_s"][0]),
+                     fmt_seconds(chain[ANCHOR]["ttr_s"][1]), fmt_seconds(chain[ANCHOR]["ttr_s"][-1]),
+                     fmt_ratio(chain[ANCHOR]["ttr_s"][-1] / chain[ANCHOR]["ttr_s"][1]), "1.00x", ""])
+        for name, entry in chain.items():
+            if not isinstance(entry, dict) or name == ANCHOR:
+                continue
+            seconds = entry["ttr_checks_s"]
+            rows.append([model["label"], labels.get(name, name), fmt_seconds(seconds[0]), fmt_seconds(seconds[1]),
+                         fmt_seconds(seconds[-1]), fmt_ratio(entry["growth_last_over_first"]),
+                         fmt_ratio(entry["ttr_ratio_to_anchor"][-1]), fmt_bytes(entry["storage_total_bytes"])])
+    return rows
+
+
+def _provenance_section(provenance: dict[str, Any]) -> list[str]:
+    if not provenance.get("available"):
+        return [f"Not measured: {provenance.get('reason', 'ProvenanceSaveService is not available')}."]
+    lines = [provenance["description"]]
+    for model in provenance["models"].values():
+        parts = list(model["versions"][0]["storage_breakdown"])
+        rows = [[model["label"], version["name"], fmt_bytes(version["storage_bytes"]),
+                 *(fmt_bytes(version["storage_breakdown"][part]) for part in parts),
+                 fmt_seconds(version["tts_s"]), fmt_ratio(version["tts_ratio_to_anchor"]),
+                 fmt_seconds(version["ttr_checks_s"]), fmt_ratio(version["ttr_ratio_to_anchor"]),
+                 "yes" if version["recovered_equal"] else "NO"]
+                for version in model["versions"]]
+        lines += ["", table(["model", "version", "storage", *parts, "TTS", "x anchor",
+                             "TTR checks (incl. retraining)", "x anchor", "exact"], rows),
+                  "", f"{model['label']}: all {len(model['versions'])} versions together "
+                      f"{fmt_bytes(model['storage_total_bytes'])} (dataset counted once) vs "
+                      f"{fmt_bytes(model['baseline_total_bytes'])} as baseline snapshots "
+                      f"({fmt_share(model['storage_ratio_to_baseline'])})."]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole report: settings, per-relation table, chain table, provenance and targets."""
+    meta = results["meta"]
+    labels = {name: info["label"] for name, info in meta["approaches"].items()}
+    missing = [info["label"] for info in meta["approaches"].values() if not info["available"]]
+    chain_length = meta["chain_length"]
+    lines = [
+        f"# mmlib benchmark ({meta['mode']} mode)",
+        "",
+        f"{meta['started']}; torch {meta['torch_version']} on {meta['machine']}, {meta['cpu_count']} CPUs, "
+        f"{meta['torch_threads']} torch threads; medians of {meta['repeats']} timed runs after a warm-up "
+        f"(chain: {meta['chain_repeats']}); fine-tunes: {meta['train_steps']} SGD steps on "
+        f"{meta['batch_size']} random {meta['image_size']}x{meta['image_size']} images; "
+        f"run took {meta.get('elapsed_s', 0):.0f} s; 1-minute load average {meta['load_average_at_start'][0]:.1f} "
+        f"at the start, {meta.get('load_average_at_end', [float('nan')])[0]:.1f} at the end.",
+        "",
+        "Anchors: raw `torch.save(model.state_dict(), path)` into the store's directory, and raw "
+        "`torch.load(path, weights_only=True)` + constructing the model + `load_state_dict`. "
+        "Storage share is relative to the baseline approach in the same relation; `exact` says the recovered "
+        "state dict equals the saved one bit for bit.",
+    ]
+    if missing:
+        lines += ["", f"Approaches not available in this build (skipped): {', '.join(missing)}."]
+    lines += ["", "## U1-U3: storage, time-to-save, time-to-recover", "",
+              table(["model", "relation", "approach", "storage", "vs baseline", "TTS", "x anchor",
+                     "TTR checks", "x anchor", "TTR no checks", "x anchor", "exact"],
+                    _relation_rows(results, labels)),
+              "", f"## U4: version chain of {chain_length} fine-tuned versions (TTR with checks)", "",
+              table(["model", "approach", "TTR v0 (base)", "TTR v1", f"TTR v{chain_length}",
+                     f"TTR(v{chain_length})/TTR(v1)", f"v{chain_length} x anchor", "storage, all versions"],
+                    _chain_rows(results, labels)),
+              "", "## Provenance", "", *_provenance_section(results["provenance"]),
+              "", "## Targets (ResNet-50)", "",
+              table(["target", "measured", "threshold", "status"],
+                    [[target["target"], _fmt_target_value(target["measured"], target["unit"]),
+                      _fmt_target_value(target["threshold"], target["unit"]), _status(target["met"])]
+                     for target in results["targets"]])]
+    return "\n".join(lines) + "\n"
+
+
+def write(results: dict[str, Any], markdown_text: str, out_dir: str, suffix: str) -> list[str]:
+    """Write `benchmark<suffix>.json` and `.md` into `out_dir`; returns their paths."""
+    json_path = os.path.join(out_dir, f"benchmark{suffix}.json")
+    markdown_path = os.path.join(out_dir, f"benchmark{suffix}.md")
+    with open(json_path, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2, allow_nan=False)
+    with open(markdown_path, "w", encoding="utf-8") as handle:
+        handle.write(markdown_text)
+    return [json_path, markdown_path]

@@ -1,0 +1,336 @@
+"""The project's version of the paper's evaluation: storage, time-to-save and time-to-recover per approach.
+
+Run from the repository root: ``python -m benchmarks.run [--quick] [--models ...] [--out DIR]`` (or ``mmlib
+bench``). For every model and approach it measures the model relations of the paper (U1 base, U2 partial
+fine-tune, U3 full fine-tune, U4 version chain, and provenance when `ProvenanceSaveService` exists). Every time
+is the median of several runs measured in this process next to its anchor (raw ``torch.save`` of the state dict
+into the store's directory; raw ``torch.load(weights_only=True)`` + constructing the model + ``load_state_dict``),
+and reported also as a ratio to it. Writes ``benchmark[-quick].json`` and ``.md`` and PNG plots to the output
+directory and prints the markdown report.
+"""
+
+import argparse
+import copy
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from benchmarks import plots, provenance_section, report
+from benchmarks.common import (ANCHOR, BATCH_SIZE, IMAGE_SIZE, MODEL_LABELS, Approach, Progress, Step, median_seconds, ratio,
+                               raw_load, total_bytes, train_steps, without_cache)
+from mmlib.approaches.base import AbstractSaveService
+from mmlib.equal import state_dict_equal
+from mmlib.models import REFERENCE_MODELS
+from mmlib.persistence import open_store
+from mmlib.schema.environment import Environment
+from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
+from mmlib.track_env import track_current_environment
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+FULL_MODELS = ["resnet18", "mobilenet_v2", "resnet50", "googlenet", "resnet152"]
+QUICK_MODELS = ["mobilenet_v2", "resnet18"]
+U1, U2, U3 = "U1", "U2", "U3"
+RELATIONS = {U1: "base (fresh model, no base)", U2: "partial fine-tune (classifier only)",
+             U3: "full fine-tune (new version)"}
+
+# The paper's parameter update stores changed layers as they are, so it uses the plain codec; the improved
+# update is measured with plain tensors and with the default compressed-delta codec.
+APPROACHES = [
+    Approach("baseline", "baseline", "BaselineSaveService"),
+    Approach("param_update", "param update", "WeightUpdateSaveService", {"improved_version": False, "codec": "plain"}),
+    Approach("improved_update", "improved update (plain)", "WeightUpdateSaveService",
+             {"improved_version": True, "codec": "plain"}),
+    Approach("improved_update_compressed", "improved update (compressed deltas)", "WeightUpdateSaveService",
+             {"improved_version": True}),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much work a run does; `--quick` picks small values so CI can run it as a smoke test."""
+
+    quick: bool
+    models: list[str]
+    repeats: int
+    chain_length: int
+    chain_repeats: int
+    train_steps: int
+    provenance_versions: int
+    provenance_models: list[str]
+    out_dir: str
+    work_dir: Optional[str]
+
+    @property
+    def suffix(self) -> str:
+        return "-quick" if self.quick else ""
+
+
+def _model_key(name: str) -> str:
+    """Accept `resnet50`, `ResNet-50`, `mobilenetv2`, ...; raise argparse errors for unknown names."""
+    wanted = name.lower().replace("-", "").replace("_", "")
+    for key in REFERENCE_MODELS:
+        if key.replace("_", "") == wanted:
+            return key
+    raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose from {', '.join(REFERENCE_MODELS)}")
+
+
+def parse_settings(argv: Optional[list[str]]) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small models, fewer repeats, a 4-version chain (a smoke test of a few minutes)")
+    parser.add_argument("--models", nargs="+", type=_model_key, metavar="MODEL",
+                        help=f"models to run (default: {' '.join(FULL_MODELS)}; with --quick {' '.join(QUICK_MODELS)})")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
+    parser.add_argument("--repeats", type=int, help="timed runs per figure (default: 5, quick: 2)")
+    parser.add_argument("--chain-length", type=int, help="versions derived in the U4 chain (default: 10, quick: 4)")
+    parser.add_argument("--work-dir", help="where the stores and anchor files are written (default: system temp)")
+    args = parser.parse_args(argv)
+    for name in ("repeats", "chain_length"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "repeats" else 2):
+            parser.error(f"--{name.replace('_', '-')} is too small: {value}")
+    quick = args.quick
+    models = args.models or (QUICK_MODELS if quick else FULL_MODELS)
+    return Settings(quick=quick, models=models, provenance_models=models[-1:] if quick else models,
+                    repeats=args.repeats or (2 if quick else 5),
+                    chain_length=args.chain_length or (4 if quick else 10),
+                    chain_repeats=args.repeats or (2 if quick else 3), train_steps=2 if quick else 3,
+                    provenance_versions=2 if quick else 3, out_dir=os.path.abspath(args.out), work_dir=args.work_dir)
+
+
+def _checks_name(checks: bool) -> str:
+    return "checks" if checks else "no_checks"
+
+
+class ModelBench:
+    """Benchmarks one model: a fresh store per approach, anchor files in the same directory, one shared env."""
+
+    def __init__(self, key: str, settings: Settings, env: Environment, progress: Progress, root: str):
+        self.key, self.label, self.cls = key, MODEL_LABELS.get(key, key), REFERENCE_MODELS[key]
+        self.settings, self.env, self.progress, self.root = settings, env, progress, root
+        self.approaches = [approach for approach in APPROACHES if approach.available()]
+        self.services: dict[str, AbstractSaveService] = {
+            approach.name: approach.create(*open_store(os.path.join(root, approach.name)))
+            for approach in self.approaches}
+        self.base_ids: dict[str, str] = {}
+        self.base_model: Optional[torch.nn.Module] = None
+
+    def step(self, message: str) -> None:
+        self.progress(f"{self.label}: {message}")
+
+    def _anchor_path(self, name: str) -> str:
+        return os.path.join(self.root, f"{ANCHOR}-{name}.pt")
+
+    def _variants(self, relation: str) -> list[torch.nn.Module]:
+        """One model per round (round 0 is the warm-up): distinct weights, so no save finds its blob stored."""
+        rounds = range(self.settings.repeats + 1)
+        if relation == U1:
+            variants = []
+            for round_index in rounds:
+                torch.manual_seed(round_index)
+                variants.append(self.cls().eval())
+            return variants
+        partial = relation == U2
+        return [train_steps(copy.deepcopy(self.base_model), self.settings.train_steps,
+                            seed=(1000 if partial else 2000) + round_index, partial=partial)
+                for round_index in rounds]
+
+    def relation(self, relation: str) -> dict[str, Any]:
+        """TTS, TTR with and without checks, and storage of one relation, for the anchor and every approach."""
+        self.step(f"{relation} {RELATIONS[relation]}: building {self.settings.repeats + 1} models")
+        variants = self._variants(relation)
+        if relation == U1:
+            self.base_model = variants[0]
+        saved: dict[str, dict[int, str]] = {approach.name: {} for approach in self.approaches}
+
+        def anchor_save(round_index: int) -> Callable[[], Any]:
+            model, path = variants[round_index], self._anchor_path(f"{relation}-{round_index}")
+            return lambda: torch.save(model.state_dict(), path)
+
+        def approach_save(name: str) -> Step:
+            service = self.services[name]
+
+            def prepare(round_index: int) -> Callable[[], Any]:
+                base_id = None if relation == U1 else self.base_ids[name]
+                info = ModelSaveInfoBuilder().add_model_info(env=self.env, model=variants[round_index],
+                                                             base_model_id=base_id).build()
+                return lambda: saved[name].__setitem__(round_index, service.save_model(info))
+            return prepare
+
+        self.step(f"{relation}: timing saves ({self.settings.repeats} runs + warm-up)")
+        tts = median_seconds({ANCHOR: anchor_save, **{a.name: approach_save(a.name) for a in self.approaches}},
+                             self.settings.repeats)
+        if relation == U1:
+            self.base_ids = {name: ids[0] for name, ids in saved.items()}
+        measured_id = {name: ids[1] for name, ids in saved.items()}
+        result: dict[str, Any] = {"description": RELATIONS[relation], "approaches": {}}
+        self.step(f"{relation}: timing recoveries with and without checks")
+        anchor_path = self._anchor_path(f"{relation}-1")
+        recover_steps: dict[str, Step] = {ANCHOR: lambda _round: lambda: raw_load(self.cls, anchor_path)}
+        for name, model_id in measured_id.items():
+            for checks in (True, False):
+                recover_steps[f"{name}/{_checks_name(checks)}"] = self._recover_step(name, model_id, checks)
+        ttr = median_seconds(recover_steps, self.settings.repeats)
+        result[ANCHOR] = {"tts_s": tts[ANCHOR]["median_s"], "ttr_s": ttr[ANCHOR]["median_s"],
+                          "file_bytes": os.path.getsize(anchor_path),
+                          "runs": {"tts_s": tts[ANCHOR]["runs_s"], "ttr_s": ttr[ANCHOR]["runs_s"]}}
+        expected = variants[1].state_dict()
+        for approach in self.approaches:
+            name = approach.name
+            service = without_cache(self.services[name])
+            sizes = service.model_save_size(measured_id[name])
+            recovered = service.recover_model(measured_id[name], execute_checks=True).model
+            entry = {
+                "model_id": measured_id[name],
+                "storage_bytes": total_bytes(sizes),
+                "size_info": sizes,
+                "tts_s": tts[name]["median_s"],
+                "tts_ratio_to_anchor": ratio(tts[name]["median_s"], tts[ANCHOR]["median_s"]),
+                "recovered_equal": state_dict_equal(recovered.state_dict(), expected),
+                "runs": {"tts_s": tts[name]["runs_s"]},
+            }
+            for checks in (True, False):
+                timing, label = ttr[f"{name}/{_checks_name(checks)}"], f"ttr_{_checks_name(checks)}"
+                entry[f"{label}_s"] = timing["median_s"]
+                entry[f"{label}_ratio_to_anchor"] = ratio(timing["median_s"], ttr[ANCHOR]["median_s"])
+                entry["runs"][f"{label}_s"] = timing["runs_s"]
+            result["approaches"][name] = entry
+        baseline = result["approaches"].get("baseline")
+        for entry in result["approaches"].values():
+            entry["storage_ratio_to_baseline"] = (ratio(entry["storage_bytes"], baseline["storage_bytes"])
+                                                  if baseline else None)
+        return result
+
+    def _recover_step(self, name: str, model_id: str, checks: bool) -> Step:
+        """A recovery that reads the store: the service's cache of recent versions is dropped before each run."""
+        def prepare(_round_index: int) -> Callable[[], Any]:
+            service = without_cache(self.services[name])
+            return lambda: service.recover_model(model_id, execute_checks=checks)
+        return prepare
+
+    def chain(self) -> dict[str, Any]:
+        """U4: a chain of versions, each a full fine-tune of the previous one; TTR (with checks) per depth."""
+        length = self.settings.chain_length
+        self.step(f"U4 version chain: training {length} versions")
+        versions = [self.base_model]
+        for depth in range(1, length + 1):
+            versions.append(train_steps(copy.deepcopy(versions[-1]), self.settings.train_steps, seed=3000 + depth,
+                                        partial=False))
+        self.step(f"U4: saving {length} versions per approach")
+        ids = {}
+        for approach in self.approaches:
+            service = self.services[approach.name]
+            chain_ids = [self.base_ids[approach.name]]
+            for model in versions[1:]:
+                info = ModelSaveInfoBuilder().add_model_info(env=self.env, model=model,
+                                                             base_model_id=chain_ids[-1]).build()
+                chain_ids.append(service.save_model(info))
+            ids[approach.name] = chain_ids
+        for depth, model in enumerate(versions):
+            torch.save(model.state_dict(), self._anchor_path(f"U4-v{depth}"))
+        self.step(f"U4: timing recovery of every version ({self.settings.chain_repeats} runs + warm-up)")
+        steps: dict[str, Step] = {}
+        for depth in range(length + 1):
+            path = self._anchor_path(f"U4-v{depth}")
+            steps[f"{ANCHOR}/v{depth}"] = lambda _round, path=path: lambda: raw_load(self.cls, path)
+            for name, chain_ids in ids.items():
+                steps[f"{name}/v{depth}"] = self._recover_step(name, chain_ids[depth], True)
+        ttr = median_seconds(steps, self.settings.chain_repeats)
+        result: dict[str, Any] = {"length": length, "depths": list(range(length + 1)),
+                                  ANCHOR: {"ttr_s": [ttr[f"{ANCHOR}/v{d}"]["median_s"] for d in range(length + 1)]}}
+        for name, chain_ids in ids.items():
+            seconds = [ttr[f"{name}/v{depth}"]["median_s"] for depth in range(length + 1)]
+            storage = [total_bytes(self.services[name].model_save_size(model_id)) for model_id in chain_ids]
+            result[name] = {
+                "model_ids": chain_ids,
+                "ttr_checks_s": seconds,
+                "ttr_ratio_to_anchor": [ratio(s, a) for s, a in zip(seconds, result[ANCHOR]["ttr_s"])],
+                "growth_last_over_first": ratio(seconds[-1], seconds[1]),
+                "storage_bytes": storage,
+                "storage_total_bytes": sum(storage),
+            }
+        return result
+
+
+def run_model(key: str, settings: Settings, env: Environment, progress: Progress) -> dict[str, Any]:
+    """Every relation for one model, in a temporary directory that is removed afterwards."""
+    root = tempfile.mkdtemp(prefix=f"mmlib-bench-{key}-", dir=settings.work_dir)
+    try:
+        bench = ModelBench(key, settings, env, progress, root)
+        torch.manual_seed(0)
+        probe = REFERENCE_MODELS[key]()
+        result: dict[str, Any] = {
+            "label": bench.label,
+            "parameters": sum(parameter.numel() for parameter in probe.parameters()),
+            "state_dict_bytes": sum(tensor.numel() * tensor.element_size() for tensor in probe.state_dict().values()),
+            "relations": {relation: bench.relation(relation) for relation in RELATIONS},
+        }
+        result["chain"] = bench.chain()
+        return result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _metadata(settings: Settings) -> dict[str, Any]:
+    return {
+        "mode": "quick" if settings.quick else "full",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "models": settings.models,
+        "approaches": {approach.name: {"label": approach.label, "class": approach.service_class,
+                                       "kwargs": dict(approach.kwargs), "available": approach.available()}
+                       for approach in APPROACHES},
+        "repeats": settings.repeats,
+        "chain_length": settings.chain_length,
+        "chain_repeats": settings.chain_repeats,
+        "train_steps": settings.train_steps,
+        "batch_size": BATCH_SIZE,
+        "image_size": IMAGE_SIZE,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+        "work_dir": settings.work_dir or tempfile.gettempdir(),
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the benchmark; returns the process exit code (0 on success)."""
+    settings = parse_settings(argv)
+    progress = Progress()
+    progress(f"benchmark ({'quick' if settings.quick else 'full'}): models {', '.join(settings.models)}; "
+             f"{settings.repeats} timed runs per figure")
+    env = track_current_environment()
+    results: dict[str, Any] = {"meta": _metadata(settings), "models": {}}
+    for key in settings.models:
+        results["models"][key] = run_model(key, settings, env, progress)
+    baseline_bytes = {key: model["relations"][U3]["approaches"].get("baseline", {}).get("storage_bytes")
+                      for key, model in results["models"].items()}
+    results["provenance"] = provenance_section.run(settings.provenance_models, settings.provenance_versions,
+                                                   settings.repeats, settings.work_dir, env, progress, baseline_bytes)
+    results["targets"] = report.evaluate_targets(results)
+    results["meta"]["elapsed_s"] = progress.elapsed
+    results["meta"]["load_average_at_end"] = list(os.getloadavg())
+    os.makedirs(settings.out_dir, exist_ok=True)
+    progress("writing report and plots")
+    results["plots"] = plots.write_all(results, settings.out_dir, settings.suffix)
+    markdown = report.markdown(results)
+    paths = report.write(results, markdown, settings.out_dir, settings.suffix)
+    print(markdown)
+    progress(f"done; results in {', '.join(paths + results['plots'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

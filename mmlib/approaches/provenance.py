@@ -1,0 +1,244 @@
+"""The provenance approach: store how a version was trained from its base, and re-run that training to recover it.
+
+A provenance version stores its training data (one content-addressed blob, shared by every version trained on
+the same data), the train service with the wrappers of the objects it uses (dataset, data loader, optimizer
+and its state, ...), the train kwargs and the environment. Recovery rebuilds the base (a full snapshot or,
+recursively, another provenance version), unpacks the data into `current_data_root` of the MMLIB_CONFIG file,
+restores the train service and trains deterministically. Since the trained weights are known only after the
+caller trains, `add_weights_hash_info` records their hash; checked recoveries compare against it. Train the
+live model after `set_deterministic()` (e.g. `deterministic(train_service.train, [model], train_kwargs)`),
+as recovery does, or the check fails.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+
+import torch
+
+from mmlib.approaches.base import AbstractSaveService, detached_state_dict
+from mmlib.config import config_value
+from mmlib.constants import CURRENT_DATA_ROOT
+from mmlib.deterministic import set_deterministic
+from mmlib.errors import (ConfigurationError, IncompatibleModelError, IntegrityError, InvalidSaveInfoError,
+                          RestoreError, UnsafeCodeError)
+from mmlib.persistence.base import FileReference
+from mmlib.save_info import ModelSaveInfo, ProvModelSaveInfo
+from mmlib.schema.dataset import Dataset
+from mmlib.schema.model_info import MODEL_INFO, WEIGHTS_HASH_INFO, ModelInfo
+from mmlib.schema.recover_info import ProvenanceRecoverInfo
+from mmlib.schema.restorable_object import (StateDictRestorableObjectWrapper, check_json_value,
+                                            source_file_reference)
+from mmlib.schema.restored_model_info import RestoredModelInfo
+from mmlib.schema.store_type import ModelStoreType
+from mmlib.schema.train_info import TrainInfo
+from mmlib.track_env import check_environment
+from mmlib.util.init_from_file import check_class_name, create_type
+from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
+
+logger = logging.getLogger(__name__)
+
+# Written into current_data_root after unpacking: which dataset blob it holds, so a directory mmlib did not
+# fill is never deleted and an already unpacked dataset is not unpacked again.
+DATA_MARKER = ".mmlib-dataset"
+
+
+def _has_provenance(save_info: ModelSaveInfo) -> bool:
+    return isinstance(save_info, ProvModelSaveInfo) and (
+        save_info.train_info is not None or save_info.raw_dataset is not None)
+
+
+class ProvenanceSaveService(AbstractSaveService):
+    """Stores a derived model as the provenance of its training; a model without base or provenance as a snapshot."""
+
+    def save_model(self, save_info: ModelSaveInfo) -> str:
+        self._validate(save_info)
+        with self._timed("save_model"):
+            if save_info.base_model is None or not _has_provenance(save_info):
+                model_id = self._save_snapshot(save_info)
+                logger.debug("saved model %s as a full snapshot", model_id)
+            else:
+                model_id = self._save_provenance(save_info)
+                logger.debug("saved model %s as the provenance of training %s", model_id, save_info.base_model)
+        return model_id
+
+    def add_weights_hash_info(self, model_id: str, model: torch.nn.Module) -> None:
+        """Record the hash of the weights the stored training produced (call it after training `model`)."""
+        self._require_model(model_id)
+        model_info = ModelInfo.load(model_id, self._file_pers_service, self._dict_pers_service, self._restore_root)
+        tree = WeightDictMerkleTree.from_state_dict(detached_state_dict(model))
+        if model_info.store_type != ModelStoreType.PROVENANCE:
+            if model_info.weights_hash_info != tree:
+                raise InvalidSaveInfoError(
+                    f"model {model_id} is a {model_info.store_type.value} whose weights hash was recorded when it "
+                    "was saved, and the given model differs from it; add_weights_hash_info is for provenance "
+                    "versions (saved with a base model and add_prov_data)")
+            return
+        self._dict_pers_service.add_field(model_id, MODEL_INFO, WEIGHTS_HASH_INFO, tree.to_python_dict())
+
+    def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
+        with self._timed("recover_model", model_id):
+            chain = self._lineage(model_id)
+            data_root = self._data_root() if len(chain) > 1 else None
+            model = self._recover_snapshot(chain[0], execute_checks)
+            for position, model_info in enumerate(chain[1:], start=1):
+                logger.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
+                            len(chain) - 1, model_info.derived_from)
+                self._retrain(model, model_info, data_root, execute_checks)
+        return RestoredModelInfo(model=model, model_id=model_id)
+
+    def _validate(self, save_info: ModelSaveInfo) -> None:
+        """Reject a provenance save before anything is written."""
+        super()._validate(save_info)
+        if save_info.base_model is None or not _has_provenance(save_info):
+            return
+        raw_dataset, train_info = save_info.raw_dataset, save_info.train_info
+        if not isinstance(raw_dataset, (str, os.PathLike)) or not os.path.exists(raw_dataset):
+            raise InvalidSaveInfoError(f"the provenance dataset {raw_dataset!r} does not exist; pass the directory "
+                                       "(or file) holding the training data to add_prov_data(raw_data_path=...)")
+        wrapper = train_info.train_service_wrapper if train_info is not None else None
+        if not isinstance(wrapper, StateDictRestorableObjectWrapper):
+            raise InvalidSaveInfoError(
+                f"the train service wrapper must be a StateDictRestorableObjectWrapper subclass, got "
+                f"{type(wrapper).__name__}; pass it to add_prov_data(train_service_wrapper=...)")
+        wrapper.check()
+        self._wrapper_code(wrapper)
+        if not isinstance(train_info.train_kwargs, (dict, type(None))):
+            raise InvalidSaveInfoError("train_kwargs must be a dict of keyword arguments of train()")
+        check_json_value(train_info.train_kwargs, "train_kwargs")
+        base_type = ModelInfo.load(save_info.base_model, self._file_pers_service, self._dict_pers_service,
+                                   self._restore_root).store_type
+        if base_type not in (ModelStoreType.FULL_MODEL, ModelStoreType.PROVENANCE):
+            raise IncompatibleModelError(
+                f"base model {save_info.base_model} is stored as {base_type.value}, which ProvenanceSaveService "
+                "cannot recover; derive provenance versions from full snapshots or provenance versions")
+
+    @staticmethod
+    def _wrapper_code(wrapper: StateDictRestorableObjectWrapper) -> FileReference:
+        """The file defining the wrapper's class (recovery imports the subclass from it)."""
+        source = source_file_reference(wrapper)
+        if source is None:
+            raise InvalidSaveInfoError(
+                f"cannot find the source file of {type(wrapper).__qualname__}; define the train service wrapper "
+                "in a .py module (not in __main__ or a notebook)")
+        return source
+
+    def _save_provenance(self, save_info: ProvModelSaveInfo) -> str:
+        """Store data, train service and environment; the model document last (its weights hash comes later)."""
+        train_save_info = save_info.train_info
+        wrapper = train_save_info.train_service_wrapper
+        with self._timed("save_dataset"):
+            dataset = Dataset(raw_data=FileReference(path=os.fspath(save_info.raw_dataset)))
+            dataset.persist(self._file_pers_service, self._dict_pers_service)
+        train_info = TrainInfo(ts_wrapper=wrapper, ts_wrapper_code=self._wrapper_code(wrapper),
+                               ts_wrapper_class_name=check_class_name(type(wrapper).__name__),
+                               train_kwargs=dict(train_save_info.train_kwargs or {}))
+        recover_info = ProvenanceRecoverInfo(dataset=dataset, train_info=train_info,
+                                             environment=save_info.environment)
+        model_info = ModelInfo(store_type=ModelStoreType.PROVENANCE, recover_info=recover_info,
+                               derived_from_id=save_info.base_model)
+        with self._timed("save_provenance"):
+            return model_info.persist(self._file_pers_service, self._dict_pers_service)
+
+    def _lineage(self, model_id: str) -> list[ModelInfo]:
+        """The model infos from the full snapshot at the root up to `model_id`."""
+        chain = [self._load_model_info(model_id)]
+        seen = {model_id}
+        while chain[0].store_type == ModelStoreType.PROVENANCE:
+            base_id = chain[0].derived_from
+            if base_id is None or base_id in seen:
+                raise IntegrityError(f"the lineage of model {model_id} is broken at {chain[0].store_id} (no base "
+                                     "or a cycle); the metadata was changed, run `mmlib verify`")
+            seen.add(base_id)
+            chain.insert(0, self._load_model_info(base_id))
+        if chain[0].store_type != ModelStoreType.FULL_MODEL:
+            raise IncompatibleModelError(
+                f"model {chain[0].store_id} in the lineage of {model_id} is stored as {chain[0].store_type.value}; "
+                "recover it with the save service that stored it (e.g. WeightUpdateSaveService)")
+        return chain
+
+    @staticmethod
+    def _data_root() -> str:
+        return os.path.abspath(config_value(CURRENT_DATA_ROOT))
+
+    def _retrain(self, model: torch.nn.Module, model_info: ModelInfo, data_root: str, execute_checks: bool) -> None:
+        """Turn the recovered base `model` into `model_info`'s version by re-running its training."""
+        recover_info = model_info.recover_info
+        if execute_checks:
+            if model_info.weights_hash_info is None:
+                raise IntegrityError(
+                    f"model {model_info.store_id} has no weights hash to check the retrained model against: call "
+                    "add_weights_hash_info(model_id, model) after training it, or recover with execute_checks=False")
+            check_environment(recover_info.environment, f"model {model_info.store_id}", self.strict_env)
+        with self._timed("restore_dataset", model_info.store_id):
+            self._unpack_dataset(recover_info.dataset, data_root)
+        with self._timed("restore_train_service", model_info.store_id):
+            train_service = self._restore_train_service(recover_info.train_info,
+                                                        os.path.join(self._restore_root, model_info.store_id))
+        set_deterministic()
+        with self._timed("train", model_info.store_id):
+            train_service.train(model, **(recover_info.train_info.train_kwargs or {}))
+        if execute_checks:
+            self._check_retrained(model_info, model)
+
+    def _check_retrained(self, model_info: ModelInfo, model: torch.nn.Module) -> None:
+        try:
+            self._check_weights(model_info, detached_state_dict(model))
+        except IntegrityError as error:
+            raise IntegrityError(
+                f"re-running the recorded training of model {model_info.store_id} did not reproduce the weights "
+                "recorded with add_weights_hash_info: the training is not deterministic (unseeded randomness, "
+                "multi-worker loading, ...) or its data, code or train kwargs changed in the store; run "
+                "`mmlib verify`, or recover with execute_checks=False to get the retrained model unchecked") \
+                from error
+
+    def _unpack_dataset(self, dataset: Dataset, data_root: str) -> None:
+        """Put the stored data at `data_root` (a directory's contents, or a file inside it), replacing an older one."""
+        reference_id = dataset.raw_data.reference_id
+        marker = os.path.join(data_root, DATA_MARKER)
+        if os.path.lexists(data_root) and not os.path.isdir(data_root):
+            raise ConfigurationError(f"{CURRENT_DATA_ROOT} {data_root!r} is not a directory; point it at an empty "
+                                     "or new directory")
+        if os.path.isdir(data_root) and os.listdir(data_root):
+            if not os.path.isfile(marker):
+                raise ConfigurationError(
+                    f"{CURRENT_DATA_ROOT} {data_root!r} holds files mmlib did not put there; point it at an empty "
+                    "or new directory: provenance recovery replaces its contents with the stored dataset")
+            with open(marker, encoding="utf-8") as handle:
+                if handle.read() == reference_id:
+                    logger.debug("dataset %s is already unpacked in %s", reference_id, data_root)
+                    return
+            shutil.rmtree(data_root)
+        parent = os.path.dirname(data_root)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=parent, prefix=".mmlib-data-")
+        try:
+            ref = FileReference(reference_id=reference_id)
+            self._file_pers_service.recover_file(ref, staging)
+            unpacked = ref.path if os.path.isdir(ref.path) else staging
+            with open(os.path.join(unpacked, DATA_MARKER), "w", encoding="utf-8") as handle:
+                handle.write(reference_id)
+            if os.path.isdir(data_root):
+                os.rmdir(data_root)
+            os.replace(unpacked, data_root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        logger.debug("unpacked dataset %s into %s", reference_id, data_root)
+
+    def _restore_train_service(self, train_info: TrainInfo, restore_dir: str):
+        """The train service of a version, rebuilt by the stored wrapper subclass from the stored objects."""
+        train_info = TrainInfo.load(train_info.store_id, self._file_pers_service, self._dict_pers_service,
+                                    restore_dir, load_recursive=False, load_files=True)
+        wrapper_cls = create_type(train_info.ts_wrapper_code.path, train_info.ts_wrapper_class_name)
+        if not (isinstance(wrapper_cls, type) and issubclass(wrapper_cls, StateDictRestorableObjectWrapper)):
+            raise UnsafeCodeError(
+                f"{train_info.ts_wrapper_class_name} in the stored train code is not a "
+                "StateDictRestorableObjectWrapper subclass; the metadata may have been changed, run `mmlib verify`")
+        wrapper = wrapper_cls.load(train_info.ts_wrapper.store_id, self._file_pers_service,
+                                   self._dict_pers_service, restore_dir, load_recursive=True, load_files=True)
+        wrapper.restore_instance(self._file_pers_service, self._dict_pers_service, restore_dir)
+        if not callable(getattr(wrapper.instance, "train", None)):
+            raise RestoreError(f"{wrapper_cls.__name__}.restore_instance must set self.instance to a TrainService "
+                               f"(with a train(model, **kwargs) method), got {type(wrapper.instance).__name__}")
+        return wrapper.instance

@@ -1,0 +1,456 @@
+"""The parameter update approach: a derived model stores only the tensors that changed, as compressed deltas.
+
+An update blob holds a header and one payload per changed tensor. For every tensor of the
+state dict the header says where its value lives: either in this blob (with its codec, the
+model whose copy it is a delta of, and its depth in that delta chain) or in the newest earlier
+version that stores it. Recovering version k therefore reads version k's header and, per
+tensor, the blobs of one delta chain; a chain is cut by a full copy (a keyframe) every
+`keyframe_interval` deltas, so recovery cost does not grow with the depth of the lineage.
+
+Layout: `MMLIBUPD`, an 8-byte little-endian header length, the zstd-compressed JSON header,
+padding to 8 bytes, then the payloads (each padded to 8 bytes; offsets count from the first).
+"""
+
+import json
+import logging
+import os
+import struct
+import warnings
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Optional, TypeVar
+
+import torch
+import zstandard
+
+from mmlib.approaches.base import AbstractSaveService, build_model, detached_state_dict
+from mmlib.equal import tensor_equal
+from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
+from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
+from mmlib.save_info import ModelSaveInfo
+from mmlib.schema.model_info import ModelInfo
+from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecoverInfo
+from mmlib.schema.restored_model_info import RestoredModelInfo
+from mmlib.schema.store_type import ModelStoreType
+from mmlib.track_env import check_environment
+from mmlib.util.delta import DEFAULT_CODEC, Buffer, DeltaCodec, decode_chain
+from mmlib.util.hash import new_hasher
+from mmlib.util.init_from_file import check_class_name
+from mmlib.util.safetensors_io import _DTYPE_NAMES, _DTYPES
+from mmlib.util.weight_dict_merkle_tree import THIS, WeightDictMerkleTree
+
+logger = logging.getLogger(__name__)
+
+UPDATE_FILE_NAME = "weights_update.mmu"
+DEFAULT_KEYFRAME_INTERVAL = 8
+DEFAULT_CACHE_SIZE = 2
+
+_MAGIC = b"MMLIBUPD"
+_FORMAT = 1
+_ALIGNMENT = 8
+_KEYFRAME_CODEC = DeltaCodec()
+_WORKERS = os.cpu_count() or 1
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _parallel_map(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`function` over `items` on all cores (zstd and numpy release the GIL), results in order."""
+    items = list(items)
+    if len(items) < 2 or _WORKERS < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(_WORKERS, len(items))) as pool:
+        return list(pool.map(function, items))
+
+
+def _padding(size: int) -> int:
+    return -size % _ALIGNMENT
+
+
+@dataclass(frozen=True)
+class _Location:
+    """Where one tensor of a version is stored: the model whose blob holds it, and its depth in its delta chain."""
+
+    holder: str
+    depth: int
+
+
+@dataclass(frozen=True)
+class _StoredTensor:
+    """A tensor stored in an update blob: its codec, the model whose copy it is a delta of, dtype, shape, payload."""
+
+    codec: DeltaCodec
+    delta_of: Optional[str]
+    depth: int
+    dtype: torch.dtype
+    shape: tuple
+    payload: Buffer
+
+
+@dataclass(frozen=True)
+class _UpdateIndex:
+    """A parsed update blob: the snapshot whose code it uses, where every tensor lives, and the tensors it stores."""
+
+    snapshot_id: str
+    locations: dict[str, _Location]
+    stored: dict[str, _StoredTensor]
+
+
+@dataclass(frozen=True)
+class _CachedVersion:
+    """A recently saved or recovered version: private copies of its tensors and where each is stored."""
+
+    state: dict[str, torch.Tensor]
+    locations: dict[str, _Location]
+    snapshot_id: str
+
+
+def _private_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies that later in-place training of the model cannot change."""
+    return {key: tensor.clone() for key, tensor in state.items()}
+
+
+def _snapshot_locations(model_id: str, keys) -> dict[str, _Location]:
+    return {key: _Location(model_id, 0) for key in keys}
+
+
+def _write_update(sink: BinaryIO, snapshot_id: str, keys: list[str], base_locations: dict[str, _Location],
+                  stored: dict[str, _StoredTensor]) -> None:
+    """Write an update blob: header first, then the payloads of the stored tensors in key order."""
+    models: dict[str, int] = {}
+    tensors, payloads, offset = {}, [], 0
+
+    def model_index(model_id: str) -> int:
+        return models.setdefault(model_id, len(models))
+
+    for key in keys:
+        if key not in stored:
+            location = base_locations[key]
+            tensors[key] = {"src": model_index(location.holder), "depth": location.depth}
+            continue
+        tensor = stored[key]
+        length = memoryview(tensor.payload).nbytes
+        tensors[key] = {"codec": tensor.codec.name, "depth": tensor.depth,
+                        "delta_of": None if tensor.delta_of is None else model_index(tensor.delta_of),
+                        "dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "offset": offset, "length": length}
+        payloads.append(tensor.payload)
+        offset += length + _padding(length)
+    header = {"format": _FORMAT, "snapshot": snapshot_id, "models": list(models), "tensors": tensors}
+    encoded = zstandard.ZstdCompressor().compress(json.dumps(header, separators=(",", ":")).encode())
+    sink.write(_MAGIC + struct.pack("<Q", len(encoded)) + encoded + b"\0" * _padding(len(encoded)))
+    for payload in payloads:
+        sink.write(payload)
+        sink.write(b"\0" * _padding(memoryview(payload).nbytes))
+
+
+def _read_update(data: bytes, model_id: str) -> _UpdateIndex:
+    """Parse an update blob; raises IntegrityError when it is not one."""
+    buffer = memoryview(data)
+    try:
+        if bytes(buffer[:len(_MAGIC)]) != _MAGIC:
+            raise ValueError("it does not start with the update marker")
+        (length,) = struct.unpack_from("<Q", buffer, len(_MAGIC))
+        start = len(_MAGIC) + 8
+        header = json.loads(zstandard.ZstdDecompressor().decompress(buffer[start:start + length]))
+        if header["format"] != _FORMAT:
+            raise ValueError(f"format {header['format']} is not the supported format {_FORMAT}")
+        data_start = start + length + _padding(length)
+        models = header["models"]
+
+        def model_at(index) -> str:
+            if not isinstance(index, int) or not 0 <= index < len(models) or not isinstance(models[index], str):
+                raise ValueError(f"model index {index!r} is out of range")
+            return models[index]
+
+        locations, stored = {}, {}
+        for key, entry in header["tensors"].items():
+            depth = int(entry["depth"])
+            if "src" in entry:
+                locations[key] = _Location(model_at(entry["src"]), depth)
+                continue
+            begin = data_start + int(entry["offset"])
+            end = begin + int(entry["length"])
+            if not data_start <= begin <= end <= len(buffer):
+                raise ValueError(f"the payload of {key!r} lies outside the blob")
+            delta_of = entry["delta_of"]
+            stored[key] = _StoredTensor(DeltaCodec.from_name(entry["codec"]),
+                                        None if delta_of is None else model_at(delta_of), depth,
+                                        _DTYPES[entry["dtype"]], tuple(int(n) for n in entry["shape"]),
+                                        buffer[begin:end])
+            locations[key] = _Location(model_id, depth)
+        if not isinstance(header["snapshot"], str):
+            raise ValueError("it names no snapshot model")
+        return _UpdateIndex(header["snapshot"], locations, stored)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, struct.error, zstandard.ZstdError) as error:
+        raise IntegrityError(f"the update blob of model {model_id} is not a valid mmlib weights update ({error}); "
+                             "run `mmlib verify` and restore the store from a backup") from error
+
+
+class _VersionCache:
+    """The few most recently saved or recovered versions (LRU), so a save on top of them reads nothing back."""
+
+    def __init__(self, capacity: int):
+        self._capacity = capacity
+        self._versions: "OrderedDict[str, _CachedVersion]" = OrderedDict()
+
+    def get(self, model_id: str) -> Optional[_CachedVersion]:
+        version = self._versions.get(model_id)
+        if version is not None:
+            self._versions.move_to_end(model_id)
+        return version
+
+    def put(self, model_id: str, version: _CachedVersion) -> None:
+        if self._capacity < 1:
+            return
+        self._versions[model_id] = version
+        self._versions.move_to_end(model_id)
+        while len(self._versions) > self._capacity:
+            self._versions.popitem(last=False)
+
+    def clear(self) -> None:
+        self._versions.clear()
+
+
+class _Reader:
+    """Reads stored versions for one save or recovery: each document and blob at most once, tensors on demand."""
+
+    def __init__(self, load_info: Callable[[str], ModelInfo], read_blob: Callable[[str], bytes],
+                 read_weights: Callable[[FileReference], dict[str, torch.Tensor]]):
+        self._load_info, self._read_blob, self._read_weights = load_info, read_blob, read_weights
+        self._infos: dict[str, ModelInfo] = {}
+        self._updates: dict[str, _UpdateIndex] = {}
+        self._snapshots: dict[str, dict[str, torch.Tensor]] = {}
+
+    def info(self, model_id: str) -> ModelInfo:
+        if model_id not in self._infos:
+            self._infos[model_id] = self._load_info(model_id)
+        return self._infos[model_id]
+
+    def snapshot(self, model_id: str) -> FullModelRecoverInfo:
+        """The recover info of a full snapshot that an update refers to."""
+        info = self.info(model_id)
+        if info.store_type != ModelStoreType.FULL_MODEL:
+            raise IntegrityError(f"model {model_id} is referred to as a full snapshot but is stored as "
+                                 f"{info.store_type.value}; the update metadata is inconsistent")
+        return info.recover_info
+
+    def locations(self, model_id: str) -> tuple[dict[str, _Location], str]:
+        """Where each tensor of a version is stored, and the snapshot whose code the version uses."""
+        info = self.info(model_id)
+        if info.store_type == ModelStoreType.FULL_MODEL:
+            keys = (info.weights_hash_info.layer_hashes() if info.weights_hash_info is not None
+                    else self._snapshot_state(model_id))
+            return _snapshot_locations(model_id, keys), model_id
+        if info.store_type == ModelStoreType.WEIGHT_UPDATES:
+            index = self._update(model_id)
+            return index.locations, index.snapshot_id
+        raise IncompatibleModelError(
+            f"model {model_id} is stored as {info.store_type.value}, not as weights or weight updates; recover "
+            "it with the save service that stored it (e.g. ProvenanceSaveService)")
+
+    def tensors(self, holders: dict[str, str]) -> dict[str, torch.Tensor]:
+        """The value of each tensor `key` as stored by model `holders[key]`, decoded in parallel."""
+        chains = {key: self._chain(holder, key) for key, holder in holders.items()}
+        values = _parallel_map(lambda chain: chain[0] if not chain[1] else decode_chain(*chain), chains.values())
+        return dict(zip(chains, values))
+
+    def _chain(self, holder: str, key: str) -> tuple[Optional[torch.Tensor], list, torch.dtype, tuple]:
+        """The arguments of `decode_chain` for tensor `key` of model `holder`.
+
+        Reads the blobs along the tensor's delta chain back to its last full copy: at most one keyframe
+        interval of them.
+        """
+        chain, model_id, start = [], holder, None
+        while True:
+            info = self.info(model_id)
+            if info.store_type == ModelStoreType.FULL_MODEL:
+                start = self._snapshot_state(model_id).get(key)
+                if start is None or (chain and chain[-1].depth != 1):
+                    raise self._broken_chain(holder, key)
+                break
+            stored = self._update(model_id).stored.get(key)
+            if stored is None or (chain and stored.depth != chain[-1].depth - 1):
+                raise self._broken_chain(holder, key)
+            chain.append(stored)
+            if stored.delta_of is None:
+                break
+            if stored.depth < 1:
+                raise self._broken_chain(holder, key)
+            model_id = stored.delta_of
+        steps = [(stored.codec, stored.payload) for stored in reversed(chain)]
+        dtype, shape = (chain[0].dtype, chain[0].shape) if chain else (start.dtype, tuple(start.shape))
+        return start, steps, dtype, shape
+
+    @staticmethod
+    def _broken_chain(holder: str, key: str) -> IntegrityError:
+        return IntegrityError(f"the stored delta chain of tensor {key!r} of model {holder} is broken; run "
+                              "`mmlib verify` and restore the store from a backup")
+
+    def _update(self, model_id: str) -> _UpdateIndex:
+        if model_id not in self._updates:
+            data = self._read_blob(self.info(model_id).recover_info.update.reference_id)
+            self._updates[model_id] = _read_update(data, model_id)
+        return self._updates[model_id]
+
+    def _snapshot_state(self, model_id: str) -> dict[str, torch.Tensor]:
+        if model_id not in self._snapshots:
+            self._snapshots[model_id] = self._read_weights(self.snapshot(model_id).parameters_file)
+        return self._snapshots[model_id]
+
+
+class WeightUpdateSaveService(AbstractSaveService):
+    """Stores a derived model as the tensors that changed relative to its base, as lossless compressed deltas.
+
+    `improved_version=True` finds the changed tensors by diffing the Merkle trees of per-tensor hashes
+    stored with every model, without reading the base's weights; `False` recovers the base and compares
+    (the paper's parameter update approach). A model without a base, or one whose architecture differs
+    from its base's, is stored as a full snapshot (with `updates_only=True` the latter raises
+    IncompatibleModelError instead). `codec` names how changed tensors are encoded (see
+    `mmlib.util.delta`; `"plain"` stores them as they are); every `keyframe_interval`-th change of a
+    tensor stores it in full, which bounds the blobs a recovery reads per tensor. The last
+    `cache_size` saved or recovered versions stay in memory so that saving on top of them reads nothing.
+    """
+
+    def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
+                 improved_version: bool = True, logging: bool = False, *, updates_only: bool = False,
+                 codec: str = DEFAULT_CODEC, keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
+                 cache_size: int = DEFAULT_CACHE_SIZE, strict_env: bool = False):
+        super().__init__(file_pers_service, dict_pers_service, logging, strict_env=strict_env)
+        if not isinstance(keyframe_interval, int) or keyframe_interval < 1:
+            raise InvalidSaveInfoError(f"keyframe_interval must be a positive int, got {keyframe_interval!r}; "
+                                       f"the default is {DEFAULT_KEYFRAME_INTERVAL}")
+        self.improved_version = improved_version
+        self.updates_only = updates_only
+        self.codec = DeltaCodec.from_name(codec)
+        self.keyframe_interval = keyframe_interval
+        self._cache = _VersionCache(cache_size)
+
+    def clear_cache(self) -> None:
+        """Forget the versions kept in memory, so the next save reads its base from the store."""
+        self._cache.clear()
+
+    def save_model(self, save_info: ModelSaveInfo) -> str:
+        self._validate(save_info)
+        with self._timed("save_model"):
+            if save_info.base_model is None:
+                return self._save_full(save_info)
+            state = detached_state_dict(save_info.model)
+            tree = WeightDictMerkleTree.from_state_dict(state)
+            reader = self._reader()
+            try:
+                base_locations, snapshot_id, stored = self._plan_update(save_info, state, tree, reader)
+            except IncompatibleModelError as error:
+                if self.updates_only:
+                    raise IncompatibleModelError(
+                        f"{error}; save it on a base model of the same architecture, or use a service with "
+                        "updates_only=False to store a full snapshot") from error
+                warnings.warn(f"{error}; storing a full snapshot instead", stacklevel=2)
+                return self._save_full(save_info)
+            with self._timed("save_weights"):
+                digest = self._file_pers_service.write_stream(
+                    lambda sink: _write_update(sink, snapshot_id, list(state), base_locations, stored))
+            recover_info = WeightsUpdateRecoverInfo(update=FileReference(reference_id=f"{digest}/{UPDATE_FILE_NAME}"),
+                                                    update_type=self.codec.name)
+            model_info = ModelInfo(store_type=ModelStoreType.WEIGHT_UPDATES, recover_info=recover_info,
+                                   derived_from_id=save_info.base_model, weights_hash_info=tree)
+            model_id = model_info.persist(self._file_pers_service, self._dict_pers_service)
+        locations = {key: _Location(model_id, stored[key].depth) if key in stored else base_locations[key]
+                     for key in state}
+        self._cache.put(model_id, _CachedVersion(_private_copy(state), locations, snapshot_id))
+        logger.debug("saved model %s as an update of %s: %d of %d tensors stored", model_id, save_info.base_model,
+                     len(stored), len(state))
+        return model_id
+
+    def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
+        with self._timed("recover_model", model_id):
+            reader = self._reader()
+            model_info = reader.info(model_id)
+            locations, snapshot_id = reader.locations(model_id)
+            if model_info.store_type == ModelStoreType.FULL_MODEL:
+                model = self._recover_snapshot(model_info, execute_checks)
+            else:
+                state = reader.tensors({key: location.holder for key, location in locations.items()})
+                snapshot = reader.snapshot(snapshot_id)
+                if execute_checks:
+                    self._check_weights(model_info, state)
+                    check_environment(snapshot.environment, f"model {model_id}", self.strict_env)
+                model = build_model(self._model_class(snapshot), state)
+        self._cache.put(model_id, _CachedVersion(_private_copy(detached_state_dict(model)), locations, snapshot_id))
+        return RestoredModelInfo(model=model, model_id=model_id)
+
+    def _reader(self) -> _Reader:
+        return _Reader(self._load_model_info, self._file_pers_service.read_bytes, self._read_weights)
+
+    def _save_full(self, save_info: ModelSaveInfo) -> str:
+        model_id = self._save_snapshot(save_info)
+        state = _private_copy(detached_state_dict(save_info.model))
+        self._cache.put(model_id, _CachedVersion(state, _snapshot_locations(model_id, state), model_id))
+        logger.debug("saved model %s as a full snapshot", model_id)
+        return model_id
+
+    def _plan_update(self, save_info: ModelSaveInfo, state: dict[str, torch.Tensor], tree: WeightDictMerkleTree,
+                     reader: _Reader) -> tuple[dict[str, _Location], str, dict[str, _StoredTensor]]:
+        """Where the base's tensors live, the snapshot holding the code, and the encoded changed tensors.
+
+        Raises IncompatibleModelError when the model cannot be stored as an update of its base.
+        """
+        base_id = save_info.base_model
+        cached = self._cache.get(base_id)
+        if cached is not None:
+            base_locations, snapshot_id = cached.locations, cached.snapshot_id
+        else:
+            base_locations, snapshot_id = reader.locations(base_id)
+        self._check_same_code(save_info, reader.snapshot(snapshot_id), base_id)
+        if base_locations.keys() != state.keys():
+            added, missing = sorted(state.keys() - base_locations.keys()), sorted(base_locations.keys() - state.keys())
+            raise IncompatibleModelError(f"its state dict keys differ from those of base model {base_id} "
+                                         f"(added: {added[:5]}, missing: {missing[:5]})")
+
+        base_tensors = cached.state if cached is not None else None
+        if self.improved_version:
+            base_tree = reader.info(base_id).weights_hash_info
+            if base_tree is None:
+                raise IncompatibleModelError(f"base model {base_id} has no stored weight hashes to compare with")
+            diff_weights, _ = tree.diff(base_tree)
+            changed = [key for key in state if key in diff_weights[THIS]]
+            if base_tensors is None:
+                base_tensors = reader.tensors({key: base_locations[key].holder for key in changed})
+        else:
+            if base_tensors is None:
+                base_tensors = reader.tensors({key: location.holder for key, location in base_locations.items()})
+            changed = [key for key in state if not tensor_equal(state[key], base_tensors[key])]
+        for key in changed:
+            new, base = state[key], base_tensors[key]
+            if new.dtype != base.dtype or new.shape != base.shape:
+                raise IncompatibleModelError(
+                    f"tensor {key!r} is {new.dtype} {tuple(new.shape)}, in base model {base_id} it is {base.dtype} "
+                    f"{tuple(base.shape)}")
+        encoded = _parallel_map(lambda key: self._encode(state[key], base_tensors[key], base_locations[key]), changed)
+        return base_locations, snapshot_id, dict(zip(changed, encoded))
+
+    def _encode(self, tensor: torch.Tensor, base: torch.Tensor, base_location: _Location) -> _StoredTensor:
+        """A delta against the base's copy, or a full copy when the delta chain has reached the keyframe interval."""
+        depth = base_location.depth + 1
+        if self.codec.needs_base and depth < self.keyframe_interval:
+            return _StoredTensor(self.codec, base_location.holder, depth, tensor.dtype, tuple(tensor.shape),
+                                 self.codec.encode(tensor, base))
+        codec = _KEYFRAME_CODEC if self.codec.needs_base else self.codec
+        return _StoredTensor(codec, None, 0, tensor.dtype, tuple(tensor.shape), codec.encode(tensor))
+
+    def _check_same_code(self, save_info: ModelSaveInfo, snapshot: FullModelRecoverInfo, base_id: str) -> None:
+        """Raise IncompatibleModelError unless the model's class and code are those stored for its base."""
+        class_name = check_class_name(type(save_info.model).__name__)
+        if class_name != snapshot.model_class_name:
+            raise IncompatibleModelError(f"the model is a {class_name}, base model {base_id} a "
+                                         f"{snapshot.model_class_name}")
+        code = self._model_code(save_info)
+        if code.reference_id is not None:
+            digest = split_reference_id(code.reference_id)[0]
+        else:
+            digest = new_hasher().update_mmap(code.path).hexdigest()
+        if digest != split_reference_id(snapshot.model_code.reference_id)[0]:
+            raise IncompatibleModelError(f"the code defining {class_name} differs from the code stored with base "
+                                         f"model {base_id}")

@@ -1,0 +1,318 @@
+"""The `mmlib` command: list, show, recover, verify and garbage-collect the models of a store.
+
+Only this module configures logging handlers (on the `mmlib` logger, for the duration of `main`).
+"""
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import warnings
+from dataclasses import asdict
+from typing import Callable, Optional, Sequence
+
+from mmlib import maintenance
+from mmlib.errors import MMLibError, ModelNotFoundError, StoreUnavailableError
+from mmlib.persistence.store import MONGO_SCHEMES, Store, open_store
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+STORE_ENV = "MMLIB_STORE"
+BLOB_DIR_ENV = "MMLIB_BLOB_DIR"
+BENCHMARK_MODULE = "benchmarks.run"
+
+_EPILOG = f"""\
+stores:
+  a directory                 SQLite + files inside it (one machine, no server)
+  mongodb://HOST:PORT/DB      MongoDB documents, blobs in GridFS of the same database
+                              (database DB, default mmlib); nodes need only the URI
+  mongodb://... --blob-dir D  MongoDB documents, blobs in a directory all nodes share
+  --store may be replaced by the {STORE_ENV} environment variable ({BLOB_DIR_ENV} for --blob-dir).
+
+examples:
+  mmlib --store ./models ls
+  mmlib --store ./models show 3f2a9c...
+  mmlib --store mongodb://db.example:27017/team tree
+  mmlib --store ./models recover 3f2a9c... -o weights.safetensors
+  {STORE_ENV}=./models mmlib verify --json
+  mmlib --store ./models gc --dry-run
+
+exit codes:
+  0  success
+  1  problems found (verify) or an integrity error
+  2  usage error or unknown model id
+  3  store unavailable (missing directory, unreachable server)
+"""
+
+
+class _UsageError(Exception):
+    """A command line that names something unusable (reported with exit code 2)."""
+
+
+def _human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    value, unit = size / 1024, "KiB"
+    for larger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
+
+
+def _time(created: Optional[str]) -> str:
+    """An ISO 8601 UTC time as `YYYY-MM-DD HH:MM:SS`."""
+    return created[:19].replace("T", " ") if created else "-"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell, two spaces apart; columns in `right` right-aligned (numbers)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [str(cell).rjust(width) if index in right else str(cell).ljust(width)
+                  for index, (cell, width) in enumerate(zip(cells, widths))]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers)] + [line(row) for row in rows])
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _open(args: argparse.Namespace) -> Store:
+    """The store named by --store / MMLIB_STORE; an existing directory or a MongoDB URI."""
+    location = args.store or os.environ.get(STORE_ENV)
+    blob_dir = args.blob_dir or os.environ.get(BLOB_DIR_ENV)
+    if not location:
+        raise _UsageError(f"no store given: pass --store DIR_OR_URI or set {STORE_ENV}")
+    if not location.startswith(MONGO_SCHEMES) and "://" not in location and not os.path.isdir(location):
+        raise StoreUnavailableError(f"the store directory {location} does not exist; check --store "
+                                    "(a store directory is created when the first model is saved)")
+    store = open_store(location, blob_dir=blob_dir)
+    logger.debug("opened store %r", store)
+    return store
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    models = maintenance.list_models(_open(args))
+    if args.json:
+        _print_json([asdict(model) for model in models])
+    elif not models:
+        print("no models in this store")
+    else:
+        rows = [(m.model_id, m.store_type, m.base_id or "-", _time(m.created), _human_size(m.size)) for m in models]
+        print(format_table(("ID", "TYPE", "BASE", "CREATED (UTC)", "SIZE"), rows, right=(4,)))
+    return EXIT_OK
+
+
+def _size_lines(sizes: dict, indent: int) -> list[tuple[str, str]]:
+    lines = []
+    for key, value in sizes.items():
+        if isinstance(value, dict):
+            lines.append((" " * indent + key, _human_size(maintenance.total_size(value))))
+            lines += _size_lines(value, indent + 2)
+        else:
+            lines.append((" " * indent + key, _human_size(value)))
+    return lines
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    details = maintenance.model_details(_open(args), args.model_id)
+    if args.json:
+        _print_json(asdict(details))
+        return EXIT_OK
+    summary = [("id", details.model_id), ("type", details.store_type), ("base", details.base_id or "-"),
+               ("created", f"{_time(details.created)} UTC"), ("size", _human_size(details.size))]
+    environment = [(key, ", ".join(value) if isinstance(value, list) else str(value or "-"))
+                   for key, value in details.environment.items()]
+    lineage = [(f"{'  ' * depth}{v.model_id}", v.store_type, _time(v.created))
+               for depth, v in enumerate(details.lineage)]
+    print(format_table(("MODEL", ""), summary))
+    print()
+    print(format_table(("ENVIRONMENT", ""), environment))
+    print()
+    print(format_table(("SIZE BREAKDOWN", ""), _size_lines(details.sizes, 0), right=(1,)))
+    print()
+    print(format_table(("LINEAGE (model first, root last)", "TYPE", "CREATED (UTC)"), lineage))
+    return EXIT_OK
+
+
+def _tree_lines(node: maintenance.TreeNode, prefix: str, connector: str, child_prefix: str) -> list[str]:
+    v = node.version
+    lines = [f"{prefix}{connector}{v.model_id}  {v.store_type}  {_time(v.created)}"]
+    for index, child in enumerate(node.children):
+        last = index == len(node.children) - 1
+        lines += _tree_lines(child, prefix + child_prefix, "`-- " if last else "|-- ", "    " if last else "|   ")
+    return lines
+
+
+def _cmd_tree(args: argparse.Namespace) -> int:
+    roots = maintenance.version_tree(_open(args))
+    if args.json:
+        _print_json([root.as_dict() for root in roots])
+    elif not roots:
+        print("no models in this store")
+    else:
+        for root in roots:
+            print("\n".join(_tree_lines(root, "", "", "")))
+    return EXIT_OK
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    store = _open(args)
+    maintenance.require_model(store, args.model_id)
+    if os.path.isdir(args.output) or not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise _UsageError(f"cannot write {args.output}: give a file path in an existing directory")
+    count = maintenance.export_weights(store, args.model_id, args.output)
+    print(f"wrote {count} tensors of model {args.model_id} to {args.output}")
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    store = _open(args)
+    model_ids = args.model_ids or maintenance.all_model_ids(store)
+    problems = maintenance.verify(store, model_ids)
+    if args.json:
+        _print_json({"checked": model_ids, "problems": [asdict(problem) for problem in problems]})
+    elif problems:
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} problem(s) in {len({p.model_id for p in problems})} of {len(model_ids)} model(s)")
+    else:
+        print(f"{len(model_ids)} model(s) verified: every blob matches its digest and every model recovers")
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    report = maintenance.collect_garbage(_open(args), dry_run=args.dry_run)
+    if args.json:
+        _print_json(asdict(report))
+        return EXIT_OK
+    verb = "would remove" if report.dry_run else "removed"
+    for document in report.documents:
+        print(f"{verb} document {document['type']}/{document['id']}")
+    for digest in report.blobs:
+        print(f"{verb} blob {digest}")
+    for upload_id in report.partial_uploads:
+        print(f"{verb} unfinished upload {upload_id}")
+    print(f"{verb} {len(report.documents)} document(s), {len(report.blobs)} blob(s), "
+          f"{len(report.partial_uploads)} unfinished upload(s)")
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        benchmark = importlib.import_module(BENCHMARK_MODULE)
+    except ImportError as error:
+        if isinstance(error, ModuleNotFoundError) and error.name in ("benchmarks", BENCHMARK_MODULE):
+            raise _UsageError(f"the benchmark is not installed ({BENCHMARK_MODULE} cannot be imported); run "
+                              "`python -m mmlib bench` from the root of an mmlib source checkout") from error
+        raise _UsageError(f"the benchmark cannot be imported ({error}); install its dependencies with "
+                          "`pip install -e '.[bench]'` in the source checkout") from error
+    return int(benchmark.main(args.bench_args) or EXIT_OK)
+
+
+def _common_options(suppress: bool) -> argparse.ArgumentParser:
+    """--store, --blob-dir and -v; accepted before and after the subcommand (SUPPRESS keeps the earlier value)."""
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--store", metavar="DIR_OR_URI", default=default(None),
+                        help=f"a store directory or a mongodb:// URI (default: ${STORE_ENV})")
+    parent.add_argument("--blob-dir", metavar="DIR", default=default(None),
+                        help=f"with a MongoDB URI: keep blobs in this shared directory instead of GridFS "
+                             f"(default: ${BLOB_DIR_ENV})")
+    parent.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                        help="log debug messages to stderr")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `mmlib` command."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="mmlib", parents=[_common_options(suppress=False)], formatter_class=formatter, epilog=_EPILOG,
+        description="Inspect and maintain an mmlib model store.")
+    common = _common_options(suppress=True)
+    json_option = argparse.ArgumentParser(add_help=False)
+    json_option.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], summary: str, example: str,
+                json_output: bool = True) -> argparse.ArgumentParser:
+        parents = [common, json_option] if json_output else [common]
+        sub = commands.add_parser(name, parents=parents, help=summary, description=summary,
+                                  epilog=f"example:\n  {example}", formatter_class=formatter)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("ls", _cmd_ls, "list the stored models, newest first", "mmlib --store ./models ls")
+    show = command("show", _cmd_show, "show a model: metadata, environment, size breakdown, lineage",
+                   "mmlib --store ./models show MODEL_ID --json")
+    show.add_argument("model_id", metavar="ID", help="model id (see `mmlib ls`)")
+    command("tree", _cmd_tree, "print the version graph as an indented tree", "mmlib --store ./models tree")
+    recover = command("recover", _cmd_recover, "recover a model (with checks) and write its weights as safetensors",
+                      "mmlib --store ./models recover MODEL_ID -o weights.safetensors", json_output=False)
+    recover.add_argument("model_id", metavar="ID", help="model id (see `mmlib ls`)")
+    recover.add_argument("-o", "--output", required=True, metavar="FILE", help="the .safetensors file to write")
+    verify = command("verify", _cmd_verify, "re-hash every blob the models need and recover each model; "
+                     "exit code 1 on any problem", "mmlib --store ./models verify MODEL_ID")
+    verify.add_argument("model_ids", nargs="*", metavar="ID", help="models to verify (default: all)")
+    gc = command("gc", _cmd_gc, "remove blobs, documents and unfinished uploads no model references "
+                 "(run it while no process saves)", "mmlib --store ./models gc --dry-run")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    command("bench", _cmd_bench, f"run the benchmark ({BENCHMARK_MODULE}) from a source checkout; other "
+            "arguments go to the benchmark", "python -m mmlib bench --quick", json_output=False)
+    return parser
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning as one log line instead of Python's two-line format with source code."""
+    logger.warning("%s", message)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the `mmlib` command with `argv` (default: sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exit_request:
+        return int(exit_request.code or 0)
+    args.bench_args = extra
+    package_logger = logging.getLogger("mmlib")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mmlib: %(levelname)s: %(message)s"))
+    previous_level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _log_warning
+            return args.handler(args)
+    except _UsageError as error:
+        return _fail(error, EXIT_USAGE)
+    except ModelNotFoundError as error:
+        return _fail(error, EXIT_USAGE)
+    except StoreUnavailableError as error:
+        return _fail(error, EXIT_UNAVAILABLE)
+    except MMLibError as error:
+        return _fail(error, EXIT_PROBLEMS)
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+
+
+def _fail(error: Exception, code: int) -> int:
+    print(f"mmlib: error: {error}", file=sys.stderr)
+    return code

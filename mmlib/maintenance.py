@@ -1,0 +1,323 @@
+"""Store maintenance: list, inspect, verify, export and garbage-collect the models of a store.
+
+These are the functions behind the `mmlib` command; each takes a `Store` (from `open_store`).
+Garbage collection deletes whatever no model references, including the blobs and documents of
+a save that is still running: run it while no process saves into the store.
+"""
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Iterator, Optional
+
+import torch
+
+import mmlib.save
+from mmlib.approaches.base import AbstractSaveService
+from mmlib.errors import (EnvironmentMismatchWarning, IncompatibleModelError, IntegrityError, ModelNotFoundError,
+                          StoreUnavailableError)
+from mmlib.persistence.store import Store
+from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, STORE_TYPE, ModelInfo
+from mmlib.schema.schema_obj import BLOB, StoredItem
+from mmlib.schema.store_type import ModelStoreType
+from mmlib.util.safetensors_io import write_state_dict
+
+logger = logging.getLogger(__name__)
+
+# The save service that recovers each store type; looked up by name in mmlib.save, which may not offer all of them.
+SAVE_SERVICE_NAMES = {
+    ModelStoreType.FULL_MODEL: "BaselineSaveService",
+    ModelStoreType.WEIGHT_UPDATES: "WeightUpdateSaveService",
+    ModelStoreType.PROVENANCE: "ProvenanceSaveService",
+}
+_ENVIRONMENT_SUMMARY_FIELDS = ("python_version", "pytorch_version", "processor_info", "gpu_types",
+                               "python_platform_info")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One model version: its id, how it is stored, the id of its base model and when it was saved (ISO 8601, UTC)."""
+
+    model_id: str
+    store_type: str
+    base_id: Optional[str]
+    created: Optional[str]
+
+
+@dataclass(frozen=True)
+class ModelSummary(Version):
+    """A version plus the bytes its own documents and blobs take (`size`)."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelDetails(ModelSummary):
+    """Everything `mmlib show` prints: the size breakdown, an environment summary and the lineage up to the root."""
+
+    sizes: dict
+    environment: dict
+    lineage: list[Version]
+
+
+@dataclass
+class TreeNode:
+    """A version and the versions derived from it, oldest first."""
+
+    version: Version
+    children: list["TreeNode"] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """A JSON-ready nested dict."""
+        return {**self.version.__dict__, "children": [child.as_dict() for child in self.children]}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something `verify` found: the model affected, the stored item at fault, what is wrong and what to do."""
+
+    model_id: str
+    item: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"model {self.model_id}: {self.item}: {self.message}"
+
+
+@dataclass(frozen=True)
+class GarbageReport:
+    """What garbage collection removed (or, with `dry_run`, would remove)."""
+
+    dry_run: bool
+    blobs: list[str]
+    documents: list[dict]
+    partial_uploads: list[str]
+
+    @property
+    def count(self) -> int:
+        """Number of items removed (or to remove)."""
+        return len(self.blobs) + len(self.documents) + len(self.partial_uploads)
+
+
+def total_size(sizes: dict) -> int:
+    """Sum of every byte count in a nested size dict (as `model_save_size` returns)."""
+    return sum(total_size(value) if isinstance(value, dict) else value for value in sizes.values())
+
+
+def _iso_time(timestamp: Optional[float]) -> Optional[str]:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def require_model(store: Store, model_id: str) -> None:
+    """Raise ModelNotFoundError unless `model_id` is a stored model."""
+    if not store.dict_pers_service.id_exists(model_id, MODEL_INFO):
+        raise ModelNotFoundError(f"no model with id {model_id!r} in this store; list the stored models with `mmlib ls`")
+
+
+def all_model_ids(store: Store) -> list[str]:
+    """Ids of every stored model, oldest first."""
+    return store.dict_pers_service.all_ids_for_type(MODEL_INFO)
+
+
+def version(store: Store, model_id: str) -> Version:
+    """Store type, base id and creation time of one model, from its model document alone."""
+    require_model(store, model_id)
+    document = store.dict_pers_service.recover_dict(model_id, MODEL_INFO)
+    return Version(model_id, document[STORE_TYPE], document.get(DERIVED_FROM), _iso_time(document.get(CREATED)))
+
+
+def _model_sizes(store: Store, model_id: str) -> dict:
+    return ModelInfo.load_placeholder(model_id).size_info(store.file_pers_service, store.dict_pers_service)
+
+
+def list_models(store: Store) -> list[ModelSummary]:
+    """Every stored model with its size, newest first."""
+    versions = [version(store, model_id) for model_id in reversed(all_model_ids(store))]
+    versions.sort(key=lambda v: v.created or "", reverse=True)
+    return [ModelSummary(**v.__dict__, size=total_size(_model_sizes(store, v.model_id))) for v in versions]
+
+
+def lineage(store: Store, model_id: str) -> list[Version]:
+    """The model, its base, its base's base, ... up to the root."""
+    chain = [version(store, model_id)]
+    while chain[-1].base_id is not None:
+        if any(v.model_id == chain[-1].base_id for v in chain):
+            raise IntegrityError(f"the base models of {model_id} form a cycle at {chain[-1].base_id}; "
+                                 "the metadata is damaged: restore the store from a backup")
+        chain.append(version(store, chain[-1].base_id))
+    return chain
+
+
+def _environment_summary(store: Store, chain: list[Version]) -> dict:
+    """The environment of the nearest version in `chain` that records one (updates inherit their base's)."""
+    for entry in chain:
+        model_info = ModelInfo.load(entry.model_id, store.file_pers_service, store.dict_pers_service,
+                                    restore_root=tempfile.gettempdir(), load_recursive=True, load_files=False)
+        environment = getattr(model_info.recover_info, "environment", None)
+        if environment is not None:
+            summary = {name: getattr(environment, name) for name in _ENVIRONMENT_SUMMARY_FIELDS}
+            summary["installed_packages"] = len(environment.pip_freeze or [])
+            summary["recorded_by"] = entry.model_id
+            return summary
+    return {}
+
+
+def model_details(store: Store, model_id: str) -> ModelDetails:
+    """Metadata, size breakdown (as `model_save_size`), environment summary and lineage of one model."""
+    chain = lineage(store, model_id)
+    sizes = _model_sizes(store, model_id)
+    return ModelDetails(**chain[0].__dict__, size=total_size(sizes), sizes=sizes,
+                        environment=_environment_summary(store, chain), lineage=chain)
+
+
+def version_tree(store: Store) -> list[TreeNode]:
+    """The version graph: one tree per root model, children in the order they were saved."""
+    nodes = {model_id: TreeNode(version(store, model_id)) for model_id in all_model_ids(store)}
+    roots = []
+    for node in nodes.values():
+        parent = nodes.get(node.version.base_id)
+        (parent.children if parent is not None else roots).append(node)
+    return roots
+
+
+def save_service_for(store: Store, store_type: ModelStoreType) -> AbstractSaveService:
+    """The mmlib.save service that recovers models of `store_type` from this store."""
+    name = SAVE_SERVICE_NAMES[store_type]
+    service_class = getattr(mmlib.save, name, None)
+    if service_class is None:
+        raise IncompatibleModelError(
+            f"this mmlib cannot recover {store_type.value} models: mmlib.save has no {name}; "
+            "install the mmlib version that saved them")
+    return service_class(store.file_pers_service, store.dict_pers_service)
+
+
+def recover_model(store: Store, model_id: str, execute_checks: bool = True) -> torch.nn.Module:
+    """Recover a model with the save service its store type needs."""
+    store_type = ModelStoreType(version(store, model_id).store_type)
+    return save_service_for(store, store_type).recover_model(model_id, execute_checks=execute_checks).model
+
+
+def export_weights(store: Store, model_id: str, path: str) -> int:
+    """Recover a model (with checks) and write its state dict to `path` as safetensors; returns the tensor count."""
+    state_dict = recover_model(store, model_id).state_dict()
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write_state_dict(state_dict, out)
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+        raise
+    return len(state_dict)
+
+
+def _needed_items(store: Store, model_id: str) -> Iterator[StoredItem]:
+    """Every document and blob recovering the model reads: its own and, for updates, its bases' up to a snapshot."""
+    for entry in lineage(store, model_id):
+        yield from ModelInfo.load_placeholder(entry.model_id).stored_items(store.dict_pers_service)
+        if entry.store_type == ModelStoreType.FULL_MODEL.value:
+            return
+
+
+def _blob_problem(store: Store, digest: str) -> Optional[str]:
+    """None when the blob re-hashes to its digest, else what is wrong with it and what to do."""
+    try:
+        store.file_pers_service.verify_blob(digest)
+    except IntegrityError:
+        return "the blob is corrupted (its bytes no longer hash to its digest); restore it from a backup"
+    except ModelNotFoundError:
+        return "the blob is missing; restore it from a backup"
+    return None
+
+
+def _recovery_problem(store: Store, services: dict, model_id: str) -> Optional[str]:
+    """None when the model recovers with checks, else why it does not."""
+    store_type = ModelStoreType(version(store, model_id).store_type)
+    try:
+        if store_type not in services:
+            services[store_type] = save_service_for(store, store_type)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EnvironmentMismatchWarning)
+            services[store_type].recover_model(model_id, execute_checks=True)
+    except StoreUnavailableError:
+        raise
+    except Exception as error:  # verify reports whatever stops a recovery instead of stopping at the first one
+        return f"recovery fails ({type(error).__name__}: {error}); restore the store from a backup"
+    return None
+
+
+def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Problem]:
+    """Re-hash every blob the models need, then recover each with checks; returns the problems (empty: all good).
+
+    `model_ids` defaults to every model. A model whose stored items are damaged is not recovered (it cannot be).
+    """
+    model_ids = all_model_ids(store) if model_ids is None else list(model_ids)
+    for model_id in model_ids:
+        require_model(store, model_id)
+    blob_problems: dict[str, Optional[str]] = {}
+    services: dict = {}
+    problems = []
+    for model_id in model_ids:
+        found = []
+        try:
+            blobs = sorted({item.item_id for item in _needed_items(store, model_id) if item.kind == BLOB})
+        except ModelNotFoundError as error:
+            found.append(Problem(model_id, "metadata", f"{error}; the model cannot be recovered: restore the "
+                                                       "store from a backup"))
+            blobs = []
+        for digest in blobs:
+            if digest not in blob_problems:
+                blob_problems[digest] = _blob_problem(store, digest)
+            if blob_problems[digest] is not None:
+                found.append(Problem(model_id, f"blob {digest}", blob_problems[digest]))
+        if not found:
+            message = _recovery_problem(store, services, model_id)
+            if message is not None:
+                found.append(Problem(model_id, "recovery", message))
+        logger.debug("verified model %s: %d problem(s)", model_id, len(found))
+        problems += found
+    return problems
+
+
+def _live_items(store: Store) -> set[StoredItem]:
+    """Every document and blob some model references (the models' own documents included)."""
+    live: set[StoredItem] = set()
+    for model_id in all_model_ids(store):
+        try:
+            live.update(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))
+        except ModelNotFoundError as error:
+            raise IntegrityError(
+                f"model {model_id} references a missing document ({error}), so what it needs cannot be told "
+                "apart from garbage; run `mmlib verify` and repair the store before collecting garbage") from error
+    return live
+
+
+def collect_garbage(store: Store, dry_run: bool = False) -> GarbageReport:
+    """Remove every blob and document no model references, and unfinished uploads; returns what was removed.
+
+    With `dry_run` nothing is removed. Documents go first, so an interrupted run leaves only garbage behind.
+    """
+    fps, dps = store
+    live = _live_items(store)
+    documents = [{"type": kind, "id": item_id} for kind in dps.all_types() for item_id in dps.all_ids_for_type(kind)
+                 if StoredItem(kind, item_id) not in live]
+    blobs = [digest for digest in fps.blob_digests() if StoredItem(BLOB, digest) not in live]
+    partial_uploads = fps.partial_uploads()
+    if not dry_run:
+        for document in documents:
+            dps.delete_dict(document["id"], document["type"])
+            logger.info("removed %s document %s", document["type"], document["id"])
+        for digest in blobs:
+            fps.delete_blob(digest)
+            logger.info("removed blob %s", digest)
+        for upload_id in partial_uploads:
+            fps.delete_partial_upload(upload_id)
+            logger.info("removed unfinished upload %s", upload_id)
+    return GarbageReport(dry_run=dry_run, blobs=blobs, documents=documents, partial_uploads=partial_uploads)

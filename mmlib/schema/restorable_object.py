@@ -1,0 +1,309 @@
+"""Wrappers that store how to rebuild the objects a training run uses (dataset, data loader, optimizer, ...).
+
+A wrapper records a class (a stored code file or a plain import command), its JSON constructor arguments,
+arguments read from the MMLIB_CONFIG ini file, and the names of objects the caller passes at restore time.
+State-file wrappers also store a state file (e.g. optimizer buffers); a state-dict wrapper stores a train
+service and, by name, the wrappers of the objects it uses. Nothing is pickled and no metadata string is
+executed: classes are imported with importlib after their names are checked.
+"""
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from typing import Any, Iterator, Optional, Union
+
+import torch
+
+from mmlib.config import config_value
+from mmlib.errors import InvalidSaveInfoError, RestoreError
+from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
+from mmlib.schema.schema_obj import IsolatedFileField, ObjectMapField, SchemaObj, ValueField
+from mmlib.util.init_from_file import check_class_name, create_object_with_parameters, parse_import_cmd
+
+logger = logging.getLogger(__name__)
+
+RESTORABLE_OBJECT = "restorable_object"
+STATE_DICT_RESTORABLE_OBJECT = "state_dict_restorable_object"
+
+CODE_FILE = "code_file"
+STATE_FILE = "state_file"
+STATE_DICT = "state_dict"
+CLASS_NAME = "class_name"
+IMPORT_CMD = "import_cmd"
+INIT_ARGS = "init_args"
+CONFIG_ARGS = "config_args"
+INIT_REF_TYPE_ARGS = "init_ref_type_args"
+
+
+def check_json_value(value: Any, what: str) -> None:
+    """Raise InvalidSaveInfoError unless `value` can be stored as JSON (documents hold no pickles)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidSaveInfoError(
+            f"{what} must hold only JSON values (str, int, float, bool, None, lists, dicts with str keys): "
+            f"{error}; pass objects by name with init_ref_type_args instead") from error
+
+
+def add_params_from_config(init_args: dict, config_args: Optional[dict]) -> dict:
+    """Set `init_args[name]` to the MMLIB_CONFIG [VALUES] entry `key` for each `name -> key` of `config_args`."""
+    for name, key in (config_args or {}).items():
+        init_args[name] = config_value(key)
+    return init_args
+
+
+def _as_file_reference(code: Union[FileReference, str, None]) -> Optional[FileReference]:
+    return FileReference(path=code) if isinstance(code, (str, os.PathLike)) else code
+
+
+def source_file_reference(instance: Any) -> Optional[FileReference]:
+    """The file defining the instance's class, or None when it has none (defined in `__main__` or a notebook)."""
+    cls = type(instance)
+    if cls.__module__ == "__main__":
+        return None
+    try:
+        return FileReference(path=inspect.getsourcefile(cls))
+    except (TypeError, OSError):
+        return None
+
+
+class AbstractRestorableObjectWrapper(SchemaObj):
+    """A class (code file or import command) and optionally a live `instance` of it.
+
+    Documents are stored by content: a wrapper whose class, arguments and state did not change between
+    two saved versions is one document.
+    """
+
+    _representation_type = RESTORABLE_OBJECT
+    _content_addressed = True
+    _fields = (
+        ValueField("class_name", key=CLASS_NAME),
+        IsolatedFileField("code", key=CODE_FILE),
+        ValueField("import_cmd", key=IMPORT_CMD),
+    )
+
+    def __init__(self, c_name: Optional[str] = None, code: Union[FileReference, str, None] = None,
+                 import_cmd: Optional[str] = None, instance: Any = None, store_id: Optional[str] = None):
+        super().__init__(store_id)
+        self.instance = instance
+        self.class_name = c_name if c_name is not None or instance is None else type(instance).__name__
+        self.import_cmd = import_cmd
+        self.code = _as_file_reference(code)
+        if self.code is None and import_cmd is None and instance is not None:
+            self.code = source_file_reference(instance)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(class_name={self.class_name!r}, store_id={self.store_id!r})"
+
+    def check(self) -> None:
+        """Raise InvalidSaveInfoError or UnsafeCodeError when this wrapper cannot be stored and restored."""
+        if self.class_name is None:
+            raise InvalidSaveInfoError(f"{type(self).__name__} needs a class name: pass c_name= or instance=")
+        check_class_name(self.class_name)
+        if self.import_cmd is not None:
+            parse_import_cmd(self.import_cmd)
+        elif self.code is None or (self.code.reference_id is None and not os.path.isfile(self.code.path or "")):
+            raise InvalidSaveInfoError(
+                f"cannot find the code of {self.class_name}: pass code= (the .py file defining it) or "
+                "import_cmd= ('from package.module import Name'); classes defined in a script's __main__ or "
+                "a notebook must move into a module")
+
+    def persist(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> str:
+        """Store the wrapper; with a live instance its current state is stored again (unchanged state is deduped)."""
+        if self.instance is not None:
+            self.store_id = None
+        return super().persist(file_pers_service, dict_pers_service)
+
+    def _code_path(self) -> Optional[str]:
+        """The restored code file, or None for an import command; RestoreError when it was not restored."""
+        if self.import_cmd is not None:
+            return None
+        if self.code is None or self.code.path is None:
+            raise RestoreError(f"the code of {self.class_name} is not restored: load the wrapper with "
+                               "load_files=True (Cls.load(id, fps, dps, restore_root, True, True))")
+        return self.code.path
+
+
+class RestorableObjectWrapper(AbstractRestorableObjectWrapper):
+    """An object rebuilt from its class, JSON `init_args`, `config_args` and objects passed at restore time."""
+
+    _fields = AbstractRestorableObjectWrapper._fields + (
+        ValueField("init_args", key=INIT_ARGS),
+        ValueField("init_ref_type_args", key=INIT_REF_TYPE_ARGS),
+        ValueField("config_args", key=CONFIG_ARGS),
+    )
+
+    def __init__(self, c_name: Optional[str] = None, init_args: Optional[dict] = None,
+                 init_ref_type_args: Optional[list] = None, config_args: Optional[dict] = None,
+                 code: Union[FileReference, str, None] = None, import_cmd: Optional[str] = None,
+                 instance: Any = None, store_id: Optional[str] = None):
+        super().__init__(c_name, code, import_cmd, instance, store_id)
+        self.init_args = init_args
+        self.init_ref_type_args = init_ref_type_args
+        self.config_args = config_args
+
+    def check(self) -> None:
+        super().check()
+        check_json_value(self.init_args, f"init_args of {self.class_name}")
+        if not all(isinstance(name, str) for name in self.init_ref_type_args or ()):
+            raise InvalidSaveInfoError(f"init_ref_type_args of {self.class_name} must be a list of argument names")
+        if not all(isinstance(key, str) and isinstance(value, str) for key, value in (self.config_args or {}).items()):
+            raise InvalidSaveInfoError(f"config_args of {self.class_name} must map argument names to keys of the "
+                                       "MMLIB_CONFIG [VALUES] section")
+
+    def restore_instance(self, ref_type_args: Optional[dict] = None) -> Any:
+        """Build `self.instance`; `ref_type_args` must name exactly the stored `init_ref_type_args`."""
+        ref_type_args = dict(ref_type_args or {})
+        expected = set(self.init_ref_type_args or ())
+        if set(ref_type_args) != expected:
+            raise RestoreError(f"{self.class_name} is restored with the objects {sorted(expected)} passed as "
+                               f"ref_type_args, got {sorted(ref_type_args)}")
+        init_args = add_params_from_config(dict(self.init_args or {}), self.config_args)
+        self.instance = create_object_with_parameters(self.class_name, init_args, code_file=self._code_path(),
+                                                      import_cmd=self.import_cmd, init_ref_type_args=ref_type_args)
+        return self.instance
+
+
+class StateFileRestorableObject(ABC):
+    """An object that writes its state to a file and reads it back (e.g. an optimizer's buffers)."""
+
+    @abstractmethod
+    def save_instance_state(self, path: str) -> None:
+        """Write the state to `path` (tensors with torch.save, so it is read back with weights_only=True)."""
+
+    @abstractmethod
+    def restore_instance_state(self, path: str) -> None:
+        """Read the state written by `save_instance_state`; must not unpickle arbitrary objects."""
+
+
+class StateFileRestorableObjectWrapper(RestorableObjectWrapper):
+    """A RestorableObjectWrapper that also stores the state file its `StateFileRestorableObject` writes."""
+
+    _fields = RestorableObjectWrapper._fields + (IsolatedFileField("state_file", key=STATE_FILE),)
+
+    def __init__(self, c_name: Optional[str] = None, init_args: Optional[dict] = None,
+                 init_ref_type_args: Optional[list] = None, config_args: Optional[dict] = None,
+                 code: Union[FileReference, str, None] = None, import_cmd: Optional[str] = None,
+                 instance: Any = None, store_id: Optional[str] = None, state_file: Optional[FileReference] = None):
+        super().__init__(c_name, init_args, init_ref_type_args, config_args, code, import_cmd, instance, store_id)
+        self.state_file = state_file
+
+    def check(self) -> None:
+        super().check()
+        if self.instance is None and self.state_file is None:
+            raise InvalidSaveInfoError(f"{type(self).__name__} of {self.class_name} needs instance= (whose state "
+                                       "is written at save) or state_file=")
+        if self.instance is not None and not isinstance(self.instance, StateFileRestorableObject):
+            raise InvalidSaveInfoError(f"{type(self.instance).__name__} must subclass StateFileRestorableObject "
+                                       "(save_instance_state / restore_instance_state) to be stored with its state")
+
+    @contextlib.contextmanager
+    def _current_state_file(self) -> Iterator[None]:
+        """While persisting, `state_file` is a temporary file holding the live instance's current state."""
+        if self.instance is None:
+            yield
+            return
+        with tempfile.TemporaryDirectory(prefix="mmlib-state-") as directory:
+            path = os.path.join(directory, STATE_FILE)
+            self.instance.save_instance_state(path)
+            self.state_file = FileReference(path=path)
+            yield
+
+    def _document(self, fps: FilePersistenceService, dps: DictPersistenceService) -> dict:
+        with self._current_state_file():
+            return super()._document(fps, dps)
+
+    def restore_instance(self, ref_type_args: Optional[dict] = None) -> Any:
+        """Build the instance as RestorableObjectWrapper does, then load its stored state into it."""
+        if self.state_file is None or self.state_file.path is None:
+            raise RestoreError(f"the state file of {self.class_name} is not restored: load the wrapper with "
+                               "StateFileRestorableObjectWrapper.load(id, fps, dps, restore_root, True, True)")
+        instance = super().restore_instance(ref_type_args)
+        if not isinstance(instance, StateFileRestorableObject):
+            raise RestoreError(f"{type(instance).__name__} is not a StateFileRestorableObject, so its stored "
+                               "state cannot be loaded; restore it with RestorableObjectWrapper instead")
+        instance.restore_instance_state(self.state_file.path)
+        return instance
+
+
+class StateDictObj:
+    """An object that holds named restorable objects (`state_objs`: name -> wrapper)."""
+
+    def __init__(self, state_objs: Optional[dict] = None):
+        self.state_objs: dict = state_objs if state_objs is not None else {}
+
+
+class TrainService(StateDictObj, ABC):
+    """Trains a model with the objects in `state_objs`; re-running it after restore reproduces the training."""
+
+    @abstractmethod
+    def train(self, model: torch.nn.Module, **kwargs) -> None:
+        """Train `model` in place; `kwargs` are the train kwargs stored with the model version."""
+
+
+class StateDictRestorableObjectWrapper(AbstractRestorableObjectWrapper):
+    """A train service: its code and class name, and `state_objs` (name -> wrapper of an object it uses).
+
+    Saving stores each wrapper in `state_objs` (default: the instance's `state_objs`). After loading,
+    `state_objs` maps each name to the stored id of that wrapper. Subclasses implement `restore_instance`:
+    load each wrapper (see `load_state_obj`), restore it, build the train service and set its `state_objs`.
+    The service's code file is not reported by `size_info` (it is the train code, see TrainInfo).
+    """
+
+    _representation_type = STATE_DICT_RESTORABLE_OBJECT
+    _fields = (
+        ValueField("class_name", key=CLASS_NAME),
+        IsolatedFileField("code", key=CODE_FILE, sized=False),
+        ValueField("import_cmd", key=IMPORT_CMD),
+        ObjectMapField("state_objs", StateFileRestorableObjectWrapper, key=STATE_DICT, size_key=STATE_DICT),
+    )
+
+    def __init__(self, c_name: Optional[str] = None, code: Union[FileReference, str, None] = None,
+                 import_cmd: Optional[str] = None, instance: Any = None, store_id: Optional[str] = None,
+                 state_objs: Optional[dict] = None):
+        super().__init__(c_name, code, import_cmd, instance, store_id)
+        self._state_objs = state_objs
+
+    @property
+    def state_objs(self) -> Optional[dict]:
+        """Name -> wrapper (before saving; default: the instance's) or name -> stored id (after loading)."""
+        if self._state_objs is None and self.instance is not None:
+            return getattr(self.instance, "state_objs", None)
+        return self._state_objs
+
+    @state_objs.setter
+    def state_objs(self, value: Optional[dict]) -> None:
+        self._state_objs = value
+
+    def check(self) -> None:
+        super().check()
+        state_objs = self.state_objs
+        if not isinstance(state_objs, dict):
+            raise InvalidSaveInfoError(f"the train service {self.class_name} has no state_objs: set "
+                                       "instance.state_objs (name -> RestorableObjectWrapper)")
+        for name, wrapper in state_objs.items():
+            if not isinstance(name, str) or not isinstance(wrapper, (RestorableObjectWrapper, str)):
+                raise InvalidSaveInfoError(
+                    f"state_objs of {self.class_name} must map names to RestorableObjectWrapper or "
+                    f"StateFileRestorableObjectWrapper objects; {name!r} maps to {type(wrapper).__name__}")
+            if isinstance(wrapper, RestorableObjectWrapper):
+                wrapper.check()
+
+    def load_state_obj(self, name: str, cls: type, file_pers_service: FilePersistenceService,
+                       dict_pers_service: DictPersistenceService, restore_root: str) -> RestorableObjectWrapper:
+        """Load the stored wrapper `name` of `state_objs` as `cls`, with its files restored."""
+        if name not in (self.state_objs or {}):
+            raise RestoreError(f"the stored train service {self.class_name} has no state object {name!r}; "
+                               f"it has {sorted(self.state_objs or {})}")
+        return cls.load(self.state_objs[name], file_pers_service, dict_pers_service, restore_root,
+                        load_recursive=True, load_files=True)
+
+    def restore_instance(self, file_pers_service: FilePersistenceService,
+                         dict_pers_service: DictPersistenceService, restore_root: str) -> None:
+        """Rebuild the train service into `self.instance`, with its `state_objs` restored wrappers."""
+        raise NotImplementedError(f"{type(self).__name__} must implement restore_instance(file_pers_service, "
+                                  "dict_pers_service, restore_root) to rebuild its train service")

@@ -1,0 +1,46 @@
+"""The child side of the fault-injection test: saves a deterministic lineage until it is killed."""
+
+import copy
+import logging
+
+import torch
+
+from mmlib.models import MobileNetV2
+from mmlib.persistence import open_store
+from mmlib.save import BaselineSaveService, WeightUpdateSaveService
+from save_helpers import save_info
+
+MAX_VERSIONS = 6
+
+
+def lineage(seed: int) -> list[torch.nn.Module]:
+    """MAX_VERSIONS versions of a deterministic lineage: a seeded model, then small seeded updates."""
+    torch.manual_seed(seed)
+    versions = [MobileNetV2()]
+    for step in range(1, MAX_VERSIONS):
+        model = copy.deepcopy(versions[-1])
+        generator = torch.Generator().manual_seed(seed * 1000 + step)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
+        versions.append(model)
+    return versions
+
+
+def save_until_killed(store_dir: str, log_path: str, seed: int, ready) -> None:
+    """Child: save versions (baseline and update saves, alternating) and log each step of each save."""
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    mmlib_logger = logging.getLogger("mmlib")
+    mmlib_logger.addHandler(handler)
+    mmlib_logger.setLevel(logging.DEBUG)
+    store = open_store(store_dir)
+    services = [BaselineSaveService(*store), WeightUpdateSaveService(*store)]
+    models = lineage(seed)
+    ready.set()
+    base_id = None
+    for number, model in enumerate(models):
+        mmlib_logger.debug("begin save")
+        base_id = services[number % 2].save_model(save_info(model, base_model_id=base_id))
+        mmlib_logger.debug("save returned")
+    mmlib_logger.debug("all saved")

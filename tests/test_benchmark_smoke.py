@@ -1,0 +1,69 @@
+"""Smoke test of the benchmark: `python -m benchmarks.run --quick` runs, and writes complete JSON, markdown and PNGs.
+
+No performance thresholds: the figures depend on the machine; the test checks only that they exist and are positive.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELATION_FIGURES = ["storage_bytes", "tts_s", "ttr_checks_s", "ttr_no_checks_s", "tts_ratio_to_anchor",
+                    "ttr_checks_ratio_to_anchor", "ttr_no_checks_ratio_to_anchor", "storage_ratio_to_baseline"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    pytest.importorskip("matplotlib")
+    out = tmp_path_factory.mktemp("bench")
+    completed = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out),
+                                "--work-dir", str(out)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return out, completed
+
+
+def test_quick_benchmark_exits_cleanly(quick_run):
+    _, completed = quick_run
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "## Targets" in completed.stdout
+    assert "U1: timing saves" in completed.stderr
+
+
+def test_quick_benchmark_json_has_every_figure(quick_run):
+    out, _ = quick_run
+    with open(out / "benchmark-quick.json", encoding="utf-8") as handle:
+        results = json.load(handle)
+    assert {"meta", "models", "provenance", "targets", "plots"} <= results.keys()
+    assert results["models"]
+    for model in results["models"].values():
+        assert set(model["relations"]) == {"U1", "U2", "U3"}
+        for relation in model["relations"].values():
+            assert relation["anchor"]["tts_s"] > 0 and relation["anchor"]["ttr_s"] > 0
+            assert relation["approaches"]
+            for entry in relation["approaches"].values():
+                assert all(entry[figure] > 0 for figure in RELATION_FIGURES), entry
+                assert entry["recovered_equal"] is True
+        chain = model["chain"]
+        assert len(chain["anchor"]["ttr_s"]) == chain["length"] + 1
+        for name, entry in chain.items():
+            if isinstance(entry, dict) and name != "anchor":
+                assert len(entry["ttr_checks_s"]) == chain["length"] + 1
+                assert all(seconds > 0 for seconds in entry["ttr_checks_s"])
+                assert entry["growth_last_over_first"] > 0
+    assert len(results["targets"]) == 5
+    if results["provenance"]["available"]:
+        for model in results["provenance"]["models"].values():
+            assert all(version["storage_bytes"] > 0 and version["ttr_checks_s"] > 0 for version in model["versions"])
+
+
+def test_quick_benchmark_writes_markdown_and_plots(quick_run):
+    out, _ = quick_run
+    assert "| model |" in (out / "benchmark-quick.md").read_text(encoding="utf-8")
+    for name in ("storage-quick.png", "time_ratios-quick.png", "chain_ttr-quick.png"):
+        path = out / name
+        assert path.stat().st_size > 0
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [name for name in os.listdir(out) if name.startswith("mmlib-bench-")], "stores were not removed"

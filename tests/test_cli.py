@@ -1,0 +1,214 @@
+"""The `mmlib` command, run as a real process against an embedded store and against MongoDB + GridFS.
+
+Each process start imports torch (seconds), so each store gets five subprocess calls (three of them in
+parallel); the other subcommands, output formats and error paths are checked in-process through `main(argv)`.
+"""
+
+import json
+import subprocess
+import sys
+import types
+import uuid
+
+import pytest
+from safetensors.torch import load_file
+
+import mmlib.save
+from mmlib import maintenance
+from mmlib.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_UNAVAILABLE, EXIT_USAGE, main
+from mmlib.persistence import open_store
+from mmlib.schema.model_info import ModelInfo
+from mmlib.schema.schema_obj import BLOB
+from mmlib.util.hash import state_dict_hash
+from save_helpers import perturb, save_info
+from tiny_models import TinyNet
+
+UPDATE_SERVICE = getattr(mmlib.save, "WeightUpdateSaveService", None)
+_SUBPROCESS_TIMEOUT_S = 120
+
+
+def _populate(location: str) -> dict:
+    """Save root -> child -> grandchild and root -> sibling (plus an update of the grandchild when the parameter
+    update approach exists); returns {name: (model id, state dict hash)}."""
+    store = open_store(location)
+    baseline = mmlib.save.BaselineSaveService(*store)
+    model, saved = TinyNet(), {}
+
+    def save(name, service, base=None):
+        base_id = saved[base][0] if base else None
+        saved[name] = (service.save_model(save_info(model, base_model_id=base_id)), state_dict_hash(model.state_dict()))
+
+    save("root", baseline)
+    save("child", baseline, "root")
+    save("grandchild", baseline, "child")
+    perturb(model)
+    save("sibling", baseline, "root")
+    if UPDATE_SERVICE is not None:
+        save("update", UPDATE_SERVICE(*store), "grandchild")
+    return saved
+
+
+@pytest.fixture(params=["directory", "mongodb"])
+def location(request, tmp_path):
+    """An embedded store directory, or a MongoDB URI naming a fresh database (blobs in GridFS)."""
+    if request.param == "directory":
+        return str(tmp_path / "store")
+    return f"{request.getfixturevalue('mongo_uri')}/mmlib_cli_{uuid.uuid4().hex[:12]}"
+
+
+def _start(location: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mmlib", "--store", location, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen, expected_code: int = EXIT_OK) -> str:
+    stdout, stderr = process.communicate(timeout=_SUBPROCESS_TIMEOUT_S)
+    assert process.returncode == expected_code, f"{process.args}: exit {process.returncode}\n{stderr}"
+    assert "Traceback" not in stderr
+    return stdout
+
+
+def test_the_command_in_a_real_process(location, tmp_path, corrupt_blob):
+    saved = _populate(location)
+    store = open_store(location)
+    orphan = store.file_pers_service.save_bytes(b"left behind", "orphan.bin").reference_id.split("/")[0]
+    root_id, grandchild_id = saved["root"][0], saved["grandchild"][0]
+    output = tmp_path / "weights.safetensors"
+
+    ls, show, recover = (_start(location, "ls", "--json"), _start(location, "show", grandchild_id, "--json"),
+                         _start(location, "recover", grandchild_id, "-o", str(output)))
+    listed = json.loads(_finish(ls))
+    assert [m["model_id"] for m in listed] == [model_id for model_id, _ in reversed(saved.values())]
+    assert all(m["size"] > 0 for m in listed)
+    details = json.loads(_finish(show))
+    assert [v["model_id"] for v in details["lineage"]] == [grandchild_id, saved["child"][0], root_id]
+    assert details["sizes"]["recover_info"]["parameters"] > 0 and details["environment"]["pytorch_version"]
+    assert grandchild_id in _finish(recover)
+    assert state_dict_hash(load_file(str(output))) == saved["grandchild"][1]
+
+    removed = json.loads(_finish(_start(location, "gc", "--json")))
+    assert not removed["dry_run"] and removed["blobs"] == [orphan] and removed["documents"] == []
+    assert not store.file_pers_service.blob_exists(orphan)
+    assert maintenance.verify(store) == []
+
+    digest, = _blobs(store, saved["sibling"][0]) - _blobs(store, root_id)
+    corrupt_blob(store.file_pers_service, digest)
+    report = json.loads(_finish(_start(location, "verify", "--json"), EXIT_PROBLEMS))
+    assert report["checked"] == [model_id for model_id, _ in saved.values()]
+    assert [(p["model_id"], p["item"]) for p in report["problems"]] == [(saved["sibling"][0], f"blob {digest}")]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `main` in this process; returns (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_tree_gc_and_verify_in_process(location, capsys):
+    saved = _populate(location)
+    ids = {name: model_id for name, (model_id, _) in saved.items()}
+    orphan = open_store(location).file_pers_service.save_bytes(b"left behind", "o.bin").reference_id.split("/")[0]
+
+    code, out, _ = _run(capsys, "--store", location, "tree", "--json")
+    roots = json.loads(out)
+    assert code == EXIT_OK and [root["model_id"] for root in roots] == [ids["root"]]
+    assert [child["model_id"] for child in roots[0]["children"]] == [ids["child"], ids["sibling"]]
+    code, out, _ = _run(capsys, "tree", "--store", location)
+    lines = out.splitlines()
+    assert lines[0].startswith(ids["root"]) and lines[1].startswith(f"|-- {ids['child']}")
+    assert lines[2].startswith(f"|   `-- {ids['grandchild']}") and lines[-1].startswith(f"`-- {ids['sibling']}")
+
+    code, out, _ = _run(capsys, "--store", location, "gc", "--dry-run", "--json")
+    assert code == EXIT_OK and json.loads(out)["blobs"] == [orphan] and json.loads(out)["dry_run"]
+    code, out, _ = _run(capsys, "--store", location, "gc", "--dry-run")
+    assert f"would remove blob {orphan}" in out and "would remove 0 document(s), 1 blob(s)" in out
+    assert open_store(location).file_pers_service.blob_exists(orphan)
+
+    code, out, _ = _run(capsys, "--store", location, "verify", ids["root"], ids["sibling"])
+    assert code == EXIT_OK and "2 model(s) verified" in out
+
+
+def test_tables_are_aligned_for_a_terminal(tmp_path, capsys):
+    location = str(tmp_path / "store")
+    saved = _populate(location)
+    code, out, _ = _run(capsys, "--store", location, "ls")
+    header, *rows = out.splitlines()
+    assert code == EXIT_OK and header.split() == ["ID", "TYPE", "BASE", "CREATED", "(UTC)", "SIZE"]
+    assert len(rows) == len(saved) and rows[0].startswith(saved[list(saved)[-1]][0])
+    assert {row.index(" full_model") if "full_model" in row else header.index(" TYPE") for row in rows} == \
+        {header.index(" TYPE")}
+    assert len({len(row) for row in rows}) == 1 and header.index("SIZE") + 4 == len(rows[0])
+
+    code, out, _ = _run(capsys, "--store", location, "show", saved["grandchild"][0])
+    for section in ("MODEL", "ENVIRONMENT", "SIZE BREAKDOWN", "LINEAGE"):
+        assert any(line.startswith(section) for line in out.splitlines())
+    assert f"  {saved['root'][0]}" in out and "parameters" in out and "pytorch_version" in out
+
+
+def test_errors_are_one_line_with_the_documented_exit_code(tmp_path, capsys, monkeypatch):
+    location = str(tmp_path / "store")
+    saved = _populate(location)
+    monkeypatch.delenv("MMLIB_STORE", raising=False)
+    cases = [
+        (["ls"], EXIT_USAGE, "no store given"),
+        (["--store", location, "show", "no-such-id"], EXIT_USAGE, "mmlib ls"),
+        (["--store", location, "verify", "no-such-id"], EXIT_USAGE, "no-such-id"),
+        (["--store", location, "recover", saved["root"][0], "-o", str(tmp_path / "missing" / "w.safetensors")],
+         EXIT_USAGE, "existing directory"),
+        (["--store", str(tmp_path / "no-store"), "ls"], EXIT_UNAVAILABLE, "does not exist"),
+        (["--store", "s3://bucket", "ls"], EXIT_UNAVAILABLE, "mongodb://"),
+    ]
+    for argv, expected_code, message in cases:
+        code, out, err = _run(capsys, *argv)
+        assert (code, out) == (expected_code, ""), argv
+        assert err.startswith("mmlib: error: ") and message in err and err.count("\n") == 1, err
+    code, _, err = _run(capsys, "--store", location, "frobnicate")
+    assert code == EXIT_USAGE and "invalid choice" in err
+    assert not (tmp_path / "no-store").exists()
+
+
+def test_integrity_errors_exit_with_1(tmp_path, capsys, corrupt_blob):
+    location = str(tmp_path / "store")
+    saved = _populate(location)
+    store = open_store(location)
+    digest, = _blobs(store, saved["sibling"][0]) - _blobs(store, saved["root"][0])
+    corrupt_blob(store.file_pers_service, digest)
+    code, out, err = _run(capsys, "--store", location, "recover", saved["sibling"][0], "-o", str(tmp_path / "w"))
+    assert code == EXIT_PROBLEMS and digest in err and not (tmp_path / "w").exists()
+    code, out, _ = _run(capsys, "--store", location, "verify")
+    assert code == EXIT_PROBLEMS and f"model {saved['sibling'][0]}: blob {digest}: " in out
+
+
+def test_store_from_the_environment_and_debug_logging(tmp_path, capsys, monkeypatch):
+    location = str(tmp_path / "store")
+    saved = _populate(location)
+    monkeypatch.setenv("MMLIB_STORE", location)
+    code, out, err = _run(capsys, "ls", "-v")
+    assert code == EXIT_OK and saved["root"][0] in out and "mmlib: DEBUG: opened store" in err
+    code, out, err = _run(capsys, "ls")
+    assert code == EXIT_OK and err == ""
+
+
+def test_help_documents_exit_codes_and_examples(capsys):
+    code, out, _ = _run(capsys, "--help")
+    assert code == EXIT_OK and "exit codes:" in out and "examples:" in out and "mongodb://" in out
+    for command in ("ls", "show", "tree", "recover", "verify", "gc", "bench"):
+        assert command in out
+
+
+def test_bench_runs_the_benchmark_main_or_says_it_is_missing(capsys, monkeypatch):
+    calls = []
+    fake = types.ModuleType("benchmarks.run")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "benchmarks.run", fake)
+    assert _run(capsys, "bench", "--quick")[0] == EXIT_OK and calls == [["--quick"]]
+    monkeypatch.setitem(sys.modules, "benchmarks.run", None)
+    code, _, err = _run(capsys, "bench")
+    assert code == EXIT_USAGE and "benchmark is not installed" in err
+
+
+def _blobs(store, model_id: str) -> set[str]:
+    """Digests of the blobs a model references."""
+    items = ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service)
+    return {item.item_id for item in items if item.kind == BLOB}

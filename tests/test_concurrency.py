@@ -1,0 +1,73 @@
+"""Several processes save into one store at the same time; afterwards every model is listed and recovers exactly.
+
+Four spawned processes, released together by a barrier, open one store that does not exist yet and each save
+a chain of ten versions (a root and nine derived ones) into it. Processes come in pairs with the same random
+seed, so identical blobs are committed concurrently too. The approaches alternate between processes: the
+baseline, and the parameter update approach where mmlib.save has it.
+"""
+
+import json
+import multiprocessing
+import uuid
+
+import pytest
+import torch
+
+import mmlib.save
+from mmlib import maintenance
+from mmlib.persistence import open_store
+from mmlib.util.hash import state_dict_hash
+from save_helpers import perturb, save_info
+from tiny_models import TinyNet
+
+PROCESSES = 4
+VERSIONS = 10
+APPROACHES = [name for name in ("BaselineSaveService", "WeightUpdateSaveService") if hasattr(mmlib.save, name)]
+_JOIN_TIMEOUT_S = 180
+
+
+def save_versions(location: str, approach: str, seed: int, barrier, result_path: str) -> None:
+    """Run in a child process: save VERSIONS versions, each derived from the one before, and write
+    {model id: state dict hash} of what was saved to `result_path`."""
+    torch.manual_seed(seed)
+    model = TinyNet()
+    saved, base_id = {}, None
+    barrier.wait()
+    service = getattr(mmlib.save, approach)(*open_store(location))
+    for _ in range(VERSIONS):
+        base_id = service.save_model(save_info(model, base_model_id=base_id))
+        saved[base_id] = state_dict_hash(model.state_dict())
+        perturb(model, scale=1e-2)
+    with open(result_path, "w") as out:
+        json.dump(saved, out)
+
+
+@pytest.fixture(params=["sqlite+files", "mongodb+gridfs"])
+def location(request, tmp_path):
+    if request.param == "sqlite+files":
+        return str(tmp_path / "store")
+    return f"{request.getfixturevalue('mongo_uri')}/mmlib_concurrency_{uuid.uuid4().hex[:12]}"
+
+
+def test_concurrent_saves_are_all_listed_and_recover_exactly(location, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(PROCESSES)
+    result_paths = [str(tmp_path / f"saved-{index}.json") for index in range(PROCESSES)]
+    processes = [context.Process(target=save_versions, args=(location, APPROACHES[index % len(APPROACHES)],
+                                                              index // 2, barrier, result_paths[index]))
+                 for index in range(PROCESSES)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(_JOIN_TIMEOUT_S)
+    assert [process.exitcode for process in processes] == [0] * PROCESSES
+
+    saved = {}
+    for path in result_paths:
+        with open(path) as result:
+            saved.update(json.load(result))
+    store = open_store(location)
+    assert len(saved) == PROCESSES * VERSIONS
+    assert sorted(maintenance.all_model_ids(store)) == sorted(saved)
+    for model_id, expected_hash in saved.items():
+        assert state_dict_hash(maintenance.recover_model(store, model_id).state_dict()) == expected_hash

@@ -1,0 +1,231 @@
+"""Provenance approach: versions stored as data + train service + kwargs, recovered by deterministic retraining."""
+
+import os
+
+import pytest
+import torch
+
+from mmlib.constants import MMLIB_CONFIG
+from mmlib.deterministic import deterministic
+from mmlib.errors import ConfigurationError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.examples.image_classification import ImageClassificationTrainWrapper, image_classification_train_wrapper
+from mmlib.examples.image_data import generate_image_dataset
+from mmlib.models import MobileNetV2, ResNet18
+from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
+from mmlib.save import ProvenanceSaveService
+from mmlib.schema.dataset import DATASET
+from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID, STORE_TYPE
+from mmlib.schema.recover_info import RECOVER_INFO, TRAIN_INFO
+from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
+from mmlib.schema.store_type import ModelStoreType
+from mmlib.schema.train_info import TRAIN_KWARGS
+from mmlib.track_env import track_current_environment
+from provenance_helpers import TinyNet, UnseededNoiseTrainService
+from save_helpers import equal, save_info
+
+TRAIN_KWARGS_2 = {"number_batches": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train on one thread: batches of four 64x64 images gain nothing from more, and lose a lot on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def raw_data(tmp_path_factory):
+    """3 classes x 8 JPEGs of 64x64, generated from a seed."""
+    return generate_image_dataset(str(tmp_path_factory.mktemp("images") / "train"))
+
+
+@pytest.fixture(autouse=True)
+def mmlib_config(tmp_path, monkeypatch):
+    """An MMLIB_CONFIG ini whose current_data_root is a fresh directory."""
+    config = tmp_path / "mmlib.ini"
+    config.write_text(f"[VALUES]\ncurrent_data_root = {tmp_path / 'data_root'}\n")
+    monkeypatch.setenv(MMLIB_CONFIG, str(config))
+    return config
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    return FileSystemPersistenceService(str(tmp_path / "blobs")), SQLiteDictPersistenceService(
+        str(tmp_path / "meta.sqlite"))
+
+
+def prov_save_info(model, base_model_id, raw_data, wrapper, train_kwargs=TRAIN_KWARGS_2):
+    return (ModelSaveInfoBuilder()
+            .add_model_info(env=track_current_environment(), model=model, base_model_id=base_model_id)
+            .add_prov_data(raw_data_path=raw_data, train_kwargs=train_kwargs, train_service_wrapper=wrapper)
+            .build())
+
+
+def save_trained_version(service, model, base_id, raw_data, wrapper, train_kwargs=TRAIN_KWARGS_2):
+    """The paper's flow for one version: save its provenance, train the live model the same way, record the hash."""
+    model_id = service.save_model(prov_save_info(model, base_id, raw_data, wrapper, train_kwargs))
+    deterministic(wrapper.instance.train, [model], train_kwargs)
+    service.add_weights_hash_info(model_id, model)
+    return model_id
+
+
+def sizes_positive(sizes: dict) -> bool:
+    """Every byte count is a positive int and every object level has a metadata_size (state_dict maps names)."""
+    return "metadata_size" in sizes and all(
+        (all(map(sizes_positive, value.values())) if key == "state_dict" else sizes_positive(value))
+        if isinstance(value, dict) else isinstance(value, int) and value > 0 for key, value in sizes.items())
+
+
+def train_info_id(dict_service, model_id):
+    recover_info_id = dict_service.recover_dict(model_id, MODEL_INFO)[RECOVER_INFO_ID]
+    return dict_service.recover_dict(recover_info_id, RECOVER_INFO)[TRAIN_INFO]
+
+
+def run_two_version_flow(file_service, dict_service, model_class, raw_data):
+    service = ProvenanceSaveService(file_service, dict_service)
+    model = model_class()
+    base_id = service.save_model(save_info(model))
+    wrapper = image_classification_train_wrapper(model, raw_data, batch_size=4)
+
+    v1_id = save_trained_version(service, model, base_id, raw_data, wrapper)
+    v1 = service.recover_model(v1_id, execute_checks=True).model
+    assert equal(model, v1)
+    blobs_after_v1 = set(file_service.blob_digests())
+
+    v2_id = save_trained_version(service, model, v1_id, raw_data, wrapper)
+    v2 = ProvenanceSaveService(file_service, dict_service).recover_model(v2_id, execute_checks=True).model
+    assert equal(model, v2)
+    assert not equal(v1, v2)
+    return service, base_id, v1_id, v2_id, blobs_after_v1
+
+
+def test_resnet18_two_provenance_versions(stores, raw_data):
+    file_service, dict_service = stores
+    service, base_id, v1_id, v2_id, blobs_after_v1 = run_two_version_flow(file_service, dict_service, ResNet18,
+                                                                          raw_data)
+    # base: weights + model code; v1: dataset, train code, optimizer state; v2: only its optimizer state
+    assert len(blobs_after_v1) == 5
+    assert len(set(file_service.blob_digests()) - blobs_after_v1) == 1
+    assert len(dict_service.all_ids_for_type(DATASET)) == 1
+    sizes_v1, sizes_v2 = service.model_save_size(v1_id), service.model_save_size(v2_id)
+    assert sizes_v1["recover_info"]["dataset"] == sizes_v2["recover_info"]["dataset"]
+    assert set(sizes_v2["recover_info"]) == {"metadata_size", "environment", "train_info", "dataset"}
+    assert set(sizes_v2["recover_info"]["train_info"]) == {"metadata_size", "train_service", "wrapper_code"}
+    state_objs = sizes_v2["recover_info"]["train_info"]["train_service"]["state_dict"]
+    assert set(state_objs["optimizer"]) == {"metadata_size", "code_file", "state_file"}
+    assert set(state_objs["dataloader"]) == {"metadata_size"}
+    assert sizes_positive(sizes_v2)
+    assert service.all_model_ids() == [base_id, v1_id, v2_id]
+
+
+def test_mobilenet_v2_two_provenance_versions(embedded, raw_data):
+    run_two_version_flow(*embedded, MobileNetV2, raw_data)
+
+
+@pytest.fixture
+def tiny_version(embedded, raw_data):
+    """A base TinyNet and one trained provenance version of it: (service, version id, trained live model)."""
+    service = ProvenanceSaveService(*embedded)
+    model = TinyNet()
+    base_id = service.save_model(save_info(model))
+    version_id = save_trained_version(service, model, base_id, raw_data,
+                                      image_classification_train_wrapper(model, raw_data))
+    return service, version_id, model
+
+
+def test_changed_train_kwargs_fail_the_check(tiny_version, embedded):
+    service, version_id, model = tiny_version
+    assert equal(model, service.recover_model(version_id).model)
+    embedded[1].add_field(train_info_id(embedded[1], version_id), TRAIN_INFO, TRAIN_KWARGS, {"number_batches": 3})
+    with pytest.raises(IntegrityError, match="did not reproduce"):
+        service.recover_model(version_id, execute_checks=True)
+    assert not equal(model, service.recover_model(version_id, execute_checks=False).model)
+
+
+def test_non_deterministic_training_fails_the_check(embedded, raw_data):
+    service = ProvenanceSaveService(*embedded)
+    model = TinyNet()
+    base_id = service.save_model(save_info(model))
+    state_objs = image_classification_train_wrapper(model, raw_data).instance.state_objs
+    wrapper = ImageClassificationTrainWrapper(instance=UnseededNoiseTrainService(state_objs))
+    version_id = save_trained_version(service, model, base_id, raw_data, wrapper)
+    with pytest.raises(IntegrityError, match="not deterministic"):
+        service.recover_model(version_id)
+
+
+def test_recovery_without_weights_hash_needs_execute_checks_false(embedded, raw_data):
+    service = ProvenanceSaveService(*embedded)
+    model = TinyNet()
+    base_id = service.save_model(save_info(model))
+    wrapper = image_classification_train_wrapper(model, raw_data)
+    version_id = service.save_model(prov_save_info(model, base_id, raw_data, wrapper))
+    deterministic(wrapper.instance.train, [model], TRAIN_KWARGS_2)
+    with pytest.raises(IntegrityError, match="add_weights_hash_info"):
+        service.recover_model(version_id)
+    assert equal(model, service.recover_model(version_id, execute_checks=False).model)
+
+
+def test_missing_dataset_raises_and_writes_nothing(embedded, raw_data, tmp_path):
+    file_service, dict_service = embedded
+    service = ProvenanceSaveService(file_service, dict_service)
+    model = TinyNet()
+    base_id = service.save_model(save_info(model))
+    blobs, documents = set(file_service.blob_digests()), {t: dict_service.all_ids_for_type(t)
+                                                         for t in dict_service.all_types()}
+    wrapper = image_classification_train_wrapper(model, raw_data)
+    with pytest.raises(InvalidSaveInfoError, match="does not exist"):
+        service.save_model(prov_save_info(model, base_id, str(tmp_path / "no-such-data"), wrapper))
+    assert set(file_service.blob_digests()) == blobs
+    assert {t: dict_service.all_ids_for_type(t) for t in dict_service.all_types()} == documents
+
+
+def test_save_without_base_or_provenance_is_a_full_snapshot(embedded, raw_data):
+    file_service, dict_service = embedded
+    service = ProvenanceSaveService(file_service, dict_service)
+    model = TinyNet()
+    wrapper = image_classification_train_wrapper(model, raw_data)
+    first = service.save_model(prov_save_info(model, None, raw_data, wrapper))
+    second = service.save_model(save_info(model, base_model_id=first))
+    for model_id in (first, second):
+        assert dict_service.recover_dict(model_id, MODEL_INFO)[STORE_TYPE] == ModelStoreType.FULL_MODEL.value
+        assert equal(model, service.recover_model(model_id).model)
+    service.add_weights_hash_info(first, model)
+    with pytest.raises(InvalidSaveInfoError, match="provenance versions"):
+        service.add_weights_hash_info(first, TinyNet())
+    with pytest.raises(ModelNotFoundError):
+        service.add_weights_hash_info("no-such-model", model)
+
+
+def test_recovery_needs_current_data_root(tiny_version, monkeypatch, mmlib_config, tmp_path):
+    service, version_id, model = tiny_version
+    monkeypatch.delenv(MMLIB_CONFIG)
+    with pytest.raises(ConfigurationError, match=MMLIB_CONFIG):
+        service.recover_model(version_id)
+    monkeypatch.setenv(MMLIB_CONFIG, str(mmlib_config))
+    mmlib_config.write_text("[VALUES]\nother = 1\n")
+    with pytest.raises(ConfigurationError, match="current_data_root"):
+        service.recover_model(version_id)
+
+
+def test_data_root_with_foreign_files_is_not_overwritten(tiny_version, mmlib_config, tmp_path):
+    service, version_id, model = tiny_version
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    mmlib_config.write_text(f"[VALUES]\ncurrent_data_root = {foreign}\n")
+    with pytest.raises(ConfigurationError, match="did not put there"):
+        service.recover_model(version_id)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_recovery_reuses_and_replaces_the_unpacked_dataset(tiny_version, tmp_path):
+    service, version_id, model = tiny_version
+    data_root = tmp_path / "data_root"
+    assert equal(model, service.recover_model(version_id).model)
+    assert sorted(os.listdir(data_root)) == [".mmlib-dataset", "class_0", "class_1", "class_2"]
+    (data_root / ".mmlib-dataset").write_text("an older dataset")
+    (data_root / "stale.txt").write_text("left from an older dataset")
+    assert equal(model, service.recover_model(version_id).model)
+    assert not (data_root / "stale.txt").exists()

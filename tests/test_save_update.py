@@ -1,0 +1,230 @@
+"""Parameter update approaches: changed tensors stored as deltas, chains recovered bit-exactly from bounded reads."""
+
+import pytest
+import torch
+
+from mmlib.equal import state_dict_equal
+from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
+from mmlib.models import MobileNetV2, ResNet18
+from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
+from mmlib.save import BaselineSaveService, WeightUpdateSaveService
+from mmlib.schema.model_info import MODEL_INFO, WEIGHTS_HASH_INFO, ModelInfo
+from mmlib.schema.store_type import ModelStoreType
+from mmlib.util.delta import DEFAULT_CODEC, UnknownCodecError
+from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
+from save_helpers import perturb, save_info, store_contents
+
+VARIANTS = {"update": False, "improved_update": True}
+
+
+@pytest.fixture
+def local_stores(tmp_path):
+    """The embedded store (SQLite + file system): enough where the flow, not the backend, is under test."""
+    return FileSystemPersistenceService(str(tmp_path / "blobs")), SQLiteDictPersistenceService(str(tmp_path / "m.db"))
+
+
+@pytest.fixture(params=list(VARIANTS))
+def improved(request) -> bool:
+    return VARIANTS[request.param]
+
+
+def drift(model: torch.nn.Module, scale: float = 1e-4) -> torch.nn.Module:
+    """Change every tensor of the model a little, as a training step does (parameters, BN statistics, counters)."""
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * scale)
+            else:
+                tensor.add_(1)
+    return model
+
+
+def snapshot_of(model: torch.nn.Module) -> dict:
+    return {key: tensor.clone() for key, tensor in model.state_dict().items()}
+
+
+def update_reference(stores, model_id: str, tmp_path) -> str:
+    info = ModelInfo.load(model_id, *stores, str(tmp_path / "restore"), load_recursive=True)
+    return info.recover_info.update.reference_id
+
+
+def count_reads(monkeypatch, file_service) -> list:
+    """Record the reference id of every blob read through `read_bytes` (weights, snapshots and updates)."""
+    reads = []
+    original = file_service.read_bytes
+
+    def spy(reference_id: str) -> bytes:
+        reads.append(reference_id)
+        return original(reference_id)
+
+    monkeypatch.setattr(file_service, "read_bytes", spy)
+    return reads
+
+
+def save_chain(service, model, versions: int) -> tuple[list, list]:
+    """Save `model` and `versions` drifted versions of it, each derived from the one before: (ids, states)."""
+    ids, states = [service.save_model(save_info(model))], [snapshot_of(model)]
+    for _ in range(versions):
+        ids.append(service.save_model(save_info(drift(model), base_model_id=ids[-1])))
+        states.append(snapshot_of(model))
+    return ids, states
+
+
+def test_chain_recovers_bit_exactly_on_every_store(stores, improved):
+    service = WeightUpdateSaveService(*stores, improved_version=improved)
+    ids, states = save_chain(service, MobileNetV2(), 2)
+    fresh = WeightUpdateSaveService(*stores, improved_version=improved)
+    for model_id, state in zip(ids, states):
+        assert state_dict_equal(fresh.recover_model(model_id).model.state_dict(), state)
+    sizes = service.model_save_size(ids[-1])
+    assert set(sizes) == {"metadata_size", "recover_info"}
+    assert set(sizes["recover_info"]) == {"metadata_size", "update"}
+    assert ModelInfo.load(ids[-1], *stores, "unused", load_recursive=True).recover_info.update_type == DEFAULT_CODEC
+
+
+@pytest.mark.parametrize("codec", [DEFAULT_CODEC, "xor-shuffle-zstd1", "sub-zstd3", "plain", "plain-shuffle-zstd1"])
+def test_every_codec_recovers_a_chain_with_keyframes_bit_exactly(local_stores, codec):
+    service = WeightUpdateSaveService(*local_stores, codec=codec, keyframe_interval=2)
+    ids, states = save_chain(service, MobileNetV2(), 3)
+    service.clear_cache()
+    for model_id, state in zip(ids, states):
+        assert state_dict_equal(service.recover_model(model_id).model.state_dict(), state)
+
+
+def test_identical_derived_model_stores_an_update_under_10_kb(local_stores, improved):
+    service = WeightUpdateSaveService(*local_stores, improved_version=improved)
+    model = ResNet18()
+    base_id = service.save_model(save_info(model))
+    child_id = service.save_model(save_info(model, base_model_id=base_id))
+    assert service.model_save_size(child_id)["recover_info"]["update"] < 10_000
+    assert state_dict_equal(service.recover_model(child_id).model.state_dict(), model.state_dict())
+
+
+def test_improved_version_finds_changes_without_reading_the_base(local_stores, monkeypatch, tmp_path):
+    model = MobileNetV2()
+    base_id = BaselineSaveService(*local_stores).save_model(save_info(model))
+    reads = count_reads(monkeypatch, local_stores[0])
+    improved_id = WeightUpdateSaveService(*local_stores).save_model(save_info(model, base_model_id=base_id))
+    assert reads == []
+    paper_id = WeightUpdateSaveService(*local_stores, improved_version=False).save_model(
+        save_info(model, base_model_id=base_id))
+    assert len(reads) == 1
+    assert update_reference(local_stores, improved_id, tmp_path) == update_reference(local_stores, paper_id, tmp_path)
+
+
+def test_deltas_are_smaller_than_plain_changed_tensors(local_stores):
+    model = MobileNetV2()
+    base_id = BaselineSaveService(*local_stores).save_model(save_info(model))
+    snapshot = BaselineSaveService(*local_stores).model_save_size(base_id)["recover_info"]["parameters"]
+    perturb(model, scale=1e-6, only="classifier")
+    sizes = {}
+    for codec in ("plain", DEFAULT_CODEC):
+        service = WeightUpdateSaveService(*local_stores, codec=codec)
+        model_id = service.save_model(save_info(model, base_model_id=base_id))
+        sizes[codec] = service.model_save_size(model_id)["recover_info"]["update"]
+    assert sizes["plain"] < 0.5 * snapshot
+    assert sizes[DEFAULT_CODEC] < 0.6 * sizes["plain"]
+
+
+def _mobilenet_with_10_classes() -> MobileNetV2:
+    model = MobileNetV2()
+    model.classifier[1] = torch.nn.Linear(1280, 10)
+    return model
+
+
+@pytest.mark.parametrize("make_model", [ResNet18, _mobilenet_with_10_classes], ids=["other class", "other shape"])
+def test_other_architecture_is_stored_as_a_snapshot_with_a_warning(local_stores, improved, make_model):
+    service = WeightUpdateSaveService(*local_stores, improved_version=improved)
+    base_id = service.save_model(save_info(MobileNetV2()))
+    model = make_model()
+    with pytest.warns(UserWarning, match="full snapshot"):
+        model_id = service.save_model(save_info(model, base_model_id=base_id))
+    assert "parameters" in service.model_save_size(model_id)["recover_info"]
+    strict = WeightUpdateSaveService(*local_stores, improved_version=improved, updates_only=True)
+    before = store_contents(*local_stores)
+    with pytest.raises(IncompatibleModelError, match="updates_only=False"):
+        strict.save_model(save_info(model, base_model_id=base_id))
+    assert store_contents(*local_stores) == before
+
+
+def test_execute_checks_verifies_every_version_of_a_chain(local_stores, improved):
+    service = WeightUpdateSaveService(*local_stores, improved_version=improved)
+    ids, states = save_chain(service, MobileNetV2(), 2)
+    service.clear_cache()
+    _, dict_service = local_stores
+    wrong = WeightDictMerkleTree.from_state_dict(states[0]).to_python_dict()
+    for model_id, state in zip(ids[1:], states[1:]):
+        dict_service.add_field(model_id, MODEL_INFO, WEIGHTS_HASH_INFO, wrong)
+        with pytest.raises(IntegrityError, match=model_id):
+            service.recover_model(model_id, execute_checks=True)
+        assert state_dict_equal(service.recover_model(model_id, execute_checks=False).model.state_dict(), state)
+
+
+def test_corrupted_update_blob_raises_integrity_error(stores, corrupt_blob, tmp_path):
+    service = WeightUpdateSaveService(*stores)
+    ids, _ = save_chain(service, MobileNetV2(), 2)
+    digest = update_reference(stores, ids[1], tmp_path).split("/")[0]
+    corrupt_blob(stores[0], digest)
+    for model_id in ids[1:]:
+        for checks in (True, False):
+            with pytest.raises(IntegrityError, match=digest):
+                service.recover_model(model_id, execute_checks=checks)
+
+
+def test_keyframes_bound_the_blobs_a_recovery_reads(local_stores, monkeypatch):
+    interval = 2
+    service = WeightUpdateSaveService(*local_stores, keyframe_interval=interval)
+    ids, states = save_chain(service, MobileNetV2(), 5)
+    service.clear_cache()
+    reads = count_reads(monkeypatch, local_stores[0])
+    for model_id, state in zip(ids, states):
+        reads.clear()
+        assert state_dict_equal(service.recover_model(model_id).model.state_dict(), state)
+        assert 1 <= len(reads) <= interval
+    sizes = [service.model_save_size(model_id)["recover_info"]["update"] for model_id in ids[1:]]
+    keyframes = [version for version, size in enumerate(sizes, start=1) if size > 1.2 * min(sizes)]
+    assert keyframes == [2, 4]
+
+
+def test_saving_on_a_recovered_model_trained_in_place(local_stores):
+    service = WeightUpdateSaveService(*local_stores)
+    model = MobileNetV2()
+    base_id = service.save_model(save_info(model))
+    base_state = snapshot_of(model)
+    recovered = service.recover_model(base_id).model
+    drift(model)
+    drift(recovered)
+    child_id = service.save_model(save_info(recovered, base_model_id=base_id))
+    sibling_id = service.save_model(save_info(model, base_model_id=base_id))
+    fresh = WeightUpdateSaveService(*local_stores)
+    assert state_dict_equal(fresh.recover_model(base_id).model.state_dict(), base_state)
+    assert state_dict_equal(fresh.recover_model(child_id).model.state_dict(), recovered.state_dict())
+    assert state_dict_equal(fresh.recover_model(sibling_id).model.state_dict(), model.state_dict())
+    grandchild_id = fresh.save_model(save_info(drift(model), base_model_id=sibling_id))
+    assert state_dict_equal(service.recover_model(grandchild_id).model.state_dict(), model.state_dict())
+
+
+def test_without_a_cache_saves_read_only_what_they_need(local_stores):
+    service = WeightUpdateSaveService(*local_stores, cache_size=0)
+    ids, states = save_chain(service, MobileNetV2(), 2)
+    for model_id, state in zip(ids, states):
+        assert state_dict_equal(service.recover_model(model_id).model.state_dict(), state)
+
+
+def test_baseline_refuses_an_update_and_updates_build_on_baseline_snapshots(local_stores):
+    model = MobileNetV2()
+    base_id = BaselineSaveService(*local_stores).save_model(save_info(model))
+    child_id = WeightUpdateSaveService(*local_stores).save_model(save_info(drift(model), base_model_id=base_id))
+    with pytest.raises(IncompatibleModelError, match="WeightUpdateSaveService"):
+        BaselineSaveService(*local_stores).recover_model(child_id)
+    info = ModelInfo.load(child_id, *local_stores, "unused")
+    assert info.store_type == ModelStoreType.WEIGHT_UPDATES and info.derived_from == base_id
+    assert state_dict_equal(WeightUpdateSaveService(*local_stores).recover_model(child_id).model.state_dict(),
+                            model.state_dict())
+
+
+def test_invalid_options_are_rejected(local_stores):
+    with pytest.raises(UnknownCodecError, match=DEFAULT_CODEC):
+        WeightUpdateSaveService(*local_stores, codec="zip")
+    with pytest.raises(InvalidSaveInfoError, match="keyframe_interval"):
+        WeightUpdateSaveService(*local_stores, keyframe_interval=0)
