@@ -44,9 +44,13 @@ def _relation_series(model: dict[str, Any], metric: str, labels: dict[str, str],
     return relations, series
 
 
-def _save(figure, path: str) -> str:
+def _save(figure, legend_axis, path: str) -> str:
+    """Lay out, put one legend (from `legend_axis`) below the panels, write the PNG and free the figure."""
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    handles, labels = legend_axis.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 3),
+                  fontsize="small", frameon=False)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -62,9 +66,8 @@ def storage_plot(results: dict[str, Any], path: str) -> str:
         axis.set_yscale("log")
         axis.set_title(model["label"])
         axis.set_ylabel("storage (MB, log scale)")
-    axes[0][0].legend(fontsize="small")
     figure.suptitle("Storage per model version")
-    return _save(figure, path)
+    return _save(figure, axes[0][0], path)
 
 
 def time_ratio_plot(results: dict[str, Any], path: str) -> str:
@@ -78,33 +81,31 @@ def time_ratio_plot(results: dict[str, Any], path: str) -> str:
             axis = axes[row][column]
             relations, series = _relation_series(model, metric, labels)
             _grouped_bars(axis, relations, series)
-            axis.axhline(1.0, color="black", linewidth=0.8)
-            axis.axhline(RATIO_TARGET, color="grey", linestyle="--", linewidth=0.8)
+            axis.axhline(1.0, color="black", linewidth=0.8, label="anchor (1.0x)")
+            axis.axhline(RATIO_TARGET, color="grey", linestyle="--", linewidth=0.8,
+                         label=f"{RATIO_TARGET}x (baseline target)")
             axis.set_title(f"{model['label']}: {title}", fontsize="medium")
             axis.set_ylabel("ratio to anchor")
-    axes[0][0].legend(fontsize="small")
-    return _save(figure, path)
+    return _save(figure, axes[0][0], path)
 
 
 def chain_plot(results: dict[str, Any], path: str) -> str:
     """TTR with checks against version depth in the U4 chain, one panel per model, the anchor dashed."""
-    models = list(results["models"].values())
+    models = [model for model in results["models"].values() if "chain" in model]
     labels = _labels(results)
     figure, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
     for axis, model in zip(axes[0], models):
         chain = model["chain"]
         depths = chain["depths"]
         axis.plot(depths, chain[ANCHOR]["ttr_s"], "k--", label="raw torch (anchor)")
-        for name, entry in chain.items():
-            if isinstance(entry, dict) and name != ANCHOR:
-                axis.plot(depths, entry["ttr_checks_s"], marker="o", markersize=3, label=labels.get(name, name))
+        for name, entry in chain["approaches"].items():
+            axis.plot(depths, entry["ttr_checks_s"], marker="o", markersize=3, label=labels.get(name, name))
         axis.set_ylim(bottom=0)
         axis.set_xlabel("version (depth in chain)")
         axis.set_ylabel("TTR with checks (s)")
         axis.set_title(model["label"])
-    axes[0][0].legend(fontsize="small")
     figure.suptitle("U4: time to recover vs version chain depth")
-    return _save(figure, path)
+    return _save(figure, axes[0][0], path)
 
 
 def provenance_plot(provenance: dict[str, Any], path: str) -> str:
@@ -124,8 +125,7 @@ def provenance_plot(provenance: dict[str, Any], path: str) -> str:
         axes[1][column].bar(names, [version["ttr_checks_s"] for version in versions])
         axes[1][column].set_ylabel("TTR with checks incl. retraining (s)")
         axes[1][column].set_title(f"{model['label']}: time to recover")
-    axes[0][0].legend(fontsize="small")
-    return _save(figure, path)
+    return _save(figure, axes[0][0], path)
 
 
 def write_all(results: dict[str, Any], out_dir: str, suffix: str) -> list[str]:
@@ -133,8 +133,9 @@ def write_all(results: dict[str, Any], out_dir: str, suffix: str) -> list[str]:
     paths = []
     if results["models"]:
         paths += [storage_plot(results, os.path.join(out_dir, f"storage{suffix}.png")),
-                  time_ratio_plot(results, os.path.join(out_dir, f"time_ratios{suffix}.png")),
-                  chain_plot(results, os.path.join(out_dir, f"chain_ttr{suffix}.png"))]
+                  time_ratio_plot(results, os.path.join(out_dir, f"time_ratios{suffix}.png"))]
+    if any("chain" in model for model in results["models"].values()):
+        paths.append(chain_plot(results, os.path.join(out_dir, f"chain_ttr{suffix}.png")))
     if results["provenance"].get("available"):
         paths.append(provenance_plot(results["provenance"], os.path.join(out_dir, f"provenance{suffix}.png")))
     return paths

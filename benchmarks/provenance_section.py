@@ -1,6 +1,7 @@
 """The provenance part of the benchmark: versions saved as provenance (dataset + training), recovered by retraining.
 
-Measured only when `mmlib.save.ProvenanceSaveService` and the example image-classification train service exist.
+Measured only when `mmlib.save.ProvenanceSaveService`, the example image-classification train service and
+`benchmarks.provenance` (whose storage breakdown by part this reuses) exist.
 Each timed round uses a fresh store: a base snapshot (untimed), then per version the provenance save (timed),
 the live training (untimed), `add_weights_hash_info` (timed) and the `torch.save` anchor of the trained model
 (timed). So version 1 of every round pays for storing the dataset, as a first version does. Recovery of version
@@ -28,7 +29,6 @@ from mmlib.models import REFERENCE_MODELS
 from mmlib.persistence import open_store
 from mmlib.schema.environment import Environment
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
-from mmlib.schema.schema_obj import METADATA_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -36,23 +36,6 @@ DATASET = {"num_classes": 3, "images_per_class": 8, "image_size": 64}
 TRAIN_BATCH_SIZE = 4
 TRAIN_KWARGS = {"number_batches": 2}
 DATASET_PART = "dataset"
-# size_info keys of a provenance version, by what they hold (nested dicts are walked)
-PARTS = {"raw_data": DATASET_PART, "state_file": "training state", "code_file": "code", "wrapper_code": "code",
-         METADATA_SIZE: "metadata"}
-
-
-def storage_breakdown(sizes: dict[str, Any]) -> dict[str, int]:
-    """Bytes of a provenance version's size_info per part (dataset, training state, code, metadata)."""
-    parts = dict.fromkeys([DATASET_PART, "training state", "code", "metadata"], 0)
-
-    def walk(node: dict[str, Any]) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value)
-            else:
-                parts[PARTS.get(key, "other")] = parts.get(PARTS.get(key, "other"), 0) + int(value)
-    walk(sizes)
-    return parts
 
 
 @dataclass
@@ -70,10 +53,10 @@ class _Round:
 class ProvenanceBench:
     """Provenance versions of one model: TTS, TTR (including retraining) and storage per version."""
 
-    def __init__(self, key: str, service_type: type, make_wrapper: Callable, raw_data: str, data_root: str,
-                 versions: int, repeats: int, env: Environment, progress: Progress, root: str):
+    def __init__(self, key: str, service_type: type, make_wrapper: Callable, breakdown: Callable, raw_data: str,
+                 data_root: str, versions: int, repeats: int, env: Environment, progress: Progress, root: str):
         self.key, self.label, self.cls = key, MODEL_LABELS.get(key, key), REFERENCE_MODELS[key]
-        self.service_type, self.make_wrapper = service_type, make_wrapper
+        self.service_type, self.make_wrapper, self.breakdown = service_type, make_wrapper, breakdown
         self.raw_data, self.data_root, self.versions, self.repeats = raw_data, data_root, versions, repeats
         self.env, self.progress, self.root = env, progress, root
         self.rounds: dict[int, _Round] = {}
@@ -148,7 +131,7 @@ class ProvenanceBench:
             ttr_s = ttr[f"provenance/v{version}"]["median_s"]
             versions.append({
                 "name": f"v{version}", "model_id": model_id,
-                "storage_bytes": total_bytes(sizes), "storage_breakdown": storage_breakdown(sizes), "size_info": sizes,
+                "storage_bytes": total_bytes(sizes), "storage_breakdown": self.breakdown(sizes), "size_info": sizes,
                 "save_s": save_s, "add_weights_hash_info_s": hash_s, "tts_s": save_s + hash_s,
                 "anchor_tts_s": anchor_tts, "tts_ratio_to_anchor": ratio(save_s + hash_s, anchor_tts),
                 "ttr_checks_s": ttr_s, "anchor_ttr_s": anchor_ttr, "ttr_ratio_to_anchor": ratio(ttr_s, anchor_ttr),
@@ -180,8 +163,9 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
     try:
         make_wrapper = importlib.import_module("mmlib.examples.image_classification").image_classification_train_wrapper
         generate = importlib.import_module("mmlib.examples.image_data").generate_image_dataset
+        breakdown = importlib.import_module("benchmarks.provenance").breakdown
     except (ImportError, AttributeError) as error:
-        return _unavailable(progress, f"the example image-classification train service is missing ({error})")
+        return _unavailable(progress, f"the example train service or benchmarks.provenance is missing ({error})")
     root = tempfile.mkdtemp(prefix="mmlib-bench-provenance-", dir=work_dir)
     previous_config = os.environ.get(MMLIB_CONFIG)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -199,13 +183,14 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
                             f"{DATASET['image_size']}x{DATASET['image_size']}; batch {TRAIN_BATCH_SIZE}, "
                             f"{TRAIN_KWARGS['number_batches']} batches per version, SGD with momentum). TTS is "
                             "save_model + add_weights_hash_info; TTR recovers the base and retrains every version "
-                            "up to the one asked for (checks on); the dataset is counted once in the totals."),
+                            f"up to the one asked for (checks on); medians of {repeats} runs, each save round in a fresh store; "
+                            "the dataset is counted once in the totals."),
             "dataset": DATASET, "train_kwargs": TRAIN_KWARGS, "train_batch_size": TRAIN_BATCH_SIZE,
             "versions": versions, "models": {},
         }
         for key in models:
-            bench = ProvenanceBench(key, service_type, make_wrapper, raw_data, data_root, versions, repeats, env,
-                                    progress, tempfile.mkdtemp(prefix=f"{key}-", dir=root))
+            bench = ProvenanceBench(key, service_type, make_wrapper, breakdown, raw_data, data_root, versions,
+                                    repeats, env, progress, tempfile.mkdtemp(prefix=f"{key}-", dir=root))
             figures = bench.run()
             snapshot = baseline_bytes.get(key)
             figures["baseline_total_bytes"] = None if snapshot is None else snapshot * versions

@@ -24,8 +24,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from benchmarks import plots, provenance_section, report
-from benchmarks.common import (ANCHOR, BATCH_SIZE, IMAGE_SIZE, MODEL_LABELS, Approach, Progress, Step, median_seconds, ratio,
-                               raw_load, total_bytes, train_steps, without_cache)
+from benchmarks.common import (ANCHOR, BATCH_SIZE, IMAGE_SIZE, MODEL_LABELS, Approach, Progress, Step,
+                               median_seconds, ratio, raw_load, total_bytes, train_steps, without_cache)
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.equal import state_dict_equal
 from mmlib.models import REFERENCE_MODELS
@@ -38,7 +38,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FULL_MODELS = ["resnet18", "mobilenet_v2", "resnet50", "googlenet", "resnet152"]
-QUICK_MODELS = ["mobilenet_v2", "resnet18"]
+QUICK_MODELS = ["resnet18"]
+# Defaults that keep a full run near 20 minutes on 2 cores: ResNet-152's 10-version chain and any provenance
+# retraining of the large models would add about as much again. Name models explicitly to run them anyway.
+FULL_CHAIN_MODELS = ["resnet18", "mobilenet_v2", "resnet50", "googlenet"]
+FULL_PROVENANCE_MODELS = ["resnet18", "resnet50"]
 U1, U2, U3 = "U1", "U2", "U3"
 RELATIONS = {U1: "base (fresh model, no base)", U2: "partial fine-tune (classifier only)",
              U3: "full fine-tune (new version)"}
@@ -62,11 +66,13 @@ class Settings:
     quick: bool
     models: list[str]
     repeats: int
+    chain_models: list[str]
     chain_length: int
     chain_repeats: int
     train_steps: int
-    provenance_versions: int
     provenance_models: list[str]
+    provenance_versions: int
+    provenance_repeats: int
     out_dir: str
     work_dir: Optional[str]
 
@@ -84,28 +90,50 @@ def _model_key(name: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose from {', '.join(REFERENCE_MODELS)}")
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def parse_settings(argv: Optional[list[str]]) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="small models, fewer repeats, a 4-version chain (a smoke test of a few minutes)")
+                        help="ResNet-18 only, 2 timed runs, a 4-version chain: a smoke test of a few minutes")
     parser.add_argument("--models", nargs="+", type=_model_key, metavar="MODEL",
-                        help=f"models to run (default: {' '.join(FULL_MODELS)}; with --quick {' '.join(QUICK_MODELS)})")
+                        help=f"models to run (default: {' '.join(FULL_MODELS)}; quick: {' '.join(QUICK_MODELS)})")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
-    parser.add_argument("--repeats", type=int, help="timed runs per figure (default: 5, quick: 2)")
-    parser.add_argument("--chain-length", type=int, help="versions derived in the U4 chain (default: 10, quick: 4)")
+    parser.add_argument("--repeats", type=_at_least(1),
+                        help="timed runs per figure (default: 3, quick: 2; the chain and provenance: 2)")
+    parser.add_argument("--chain-models", nargs="*", type=_model_key, metavar="MODEL",
+                        help="models that also run the U4 chain (default: those of --models if given, else "
+                             f"{' '.join(FULL_CHAIN_MODELS)}; quick: {' '.join(QUICK_MODELS)})")
+    parser.add_argument("--provenance-models", nargs="*", type=_model_key, metavar="MODEL",
+                        help="models that also run the provenance part (default: those of --models if given, else "
+                             f"{' '.join(FULL_PROVENANCE_MODELS)}; quick: {' '.join(QUICK_MODELS)})")
+    parser.add_argument("--chain-length", type=_at_least(2),
+                        help="versions derived in the U4 chain (default: 10, quick: 4)")
     parser.add_argument("--work-dir", help="where the stores and anchor files are written (default: system temp)")
     args = parser.parse_args(argv)
-    for name in ("repeats", "chain_length"):
-        value = getattr(args, name)
-        if value is not None and value < (1 if name == "repeats" else 2):
-            parser.error(f"--{name.replace('_', '-')} is too small: {value}")
     quick = args.quick
     models = args.models or (QUICK_MODELS if quick else FULL_MODELS)
-    return Settings(quick=quick, models=models, provenance_models=models[-1:] if quick else models,
-                    repeats=args.repeats or (2 if quick else 5),
-                    chain_length=args.chain_length or (4 if quick else 10),
-                    chain_repeats=args.repeats or (2 if quick else 3), train_steps=2 if quick else 3,
-                    provenance_versions=2 if quick else 3, out_dir=os.path.abspath(args.out), work_dir=args.work_dir)
+    default_chain = args.models or (QUICK_MODELS if quick else FULL_CHAIN_MODELS)
+    default_provenance = args.models or (QUICK_MODELS if quick else FULL_PROVENANCE_MODELS)
+    chain_models = args.chain_models if args.chain_models is not None else default_chain
+    provenance_models = args.provenance_models if args.provenance_models is not None else default_provenance
+    extra = sorted(set(chain_models) - set(models))
+    if extra:
+        parser.error(f"--chain-models {' '.join(extra)} are not among the models run ({' '.join(models)})")
+    return Settings(quick=quick, models=models, repeats=args.repeats or (2 if quick else 3), chain_models=chain_models,
+                    chain_length=args.chain_length or (4 if quick else 10), chain_repeats=args.repeats or 2,
+                    train_steps=2 if quick else 3, provenance_models=provenance_models, provenance_versions=2,
+                    provenance_repeats=args.repeats or 2, out_dir=os.path.abspath(args.out), work_dir=args.work_dir)
 
 
 def _checks_name(checks: bool) -> str:
@@ -184,19 +212,16 @@ class ModelBench:
         result[ANCHOR] = {"tts_s": tts[ANCHOR]["median_s"], "ttr_s": ttr[ANCHOR]["median_s"],
                           "file_bytes": os.path.getsize(anchor_path),
                           "runs": {"tts_s": tts[ANCHOR]["runs_s"], "ttr_s": ttr[ANCHOR]["runs_s"]}}
-        expected = variants[1].state_dict()
         for approach in self.approaches:
             name = approach.name
-            service = without_cache(self.services[name])
-            sizes = service.model_save_size(measured_id[name])
-            recovered = service.recover_model(measured_id[name], execute_checks=True).model
+            sizes = self.services[name].model_save_size(measured_id[name])
             entry = {
                 "model_id": measured_id[name],
                 "storage_bytes": total_bytes(sizes),
                 "size_info": sizes,
                 "tts_s": tts[name]["median_s"],
                 "tts_ratio_to_anchor": ratio(tts[name]["median_s"], tts[ANCHOR]["median_s"]),
-                "recovered_equal": state_dict_equal(recovered.state_dict(), expected),
+                "recovered_equal": self._recovers_exactly(name, measured_id[name], variants[1]),
                 "runs": {"tts_s": tts[name]["runs_s"]},
             }
             for checks in (True, False):
@@ -210,6 +235,11 @@ class ModelBench:
             entry["storage_ratio_to_baseline"] = (ratio(entry["storage_bytes"], baseline["storage_bytes"])
                                                   if baseline else None)
         return result
+
+    def _recovers_exactly(self, name: str, model_id: str, expected: torch.nn.Module) -> bool:
+        """Untimed check that the stored model comes back bit for bit (a benchmark of wrong results is void)."""
+        recovered = without_cache(self.services[name]).recover_model(model_id, execute_checks=True).model
+        return state_dict_equal(recovered.state_dict(), expected.state_dict())
 
     def _recover_step(self, name: str, model_id: str, checks: bool) -> Step:
         """A recovery that reads the store: the service's cache of recent versions is dropped before each run."""
@@ -247,17 +277,19 @@ class ModelBench:
                 steps[f"{name}/v{depth}"] = self._recover_step(name, chain_ids[depth], True)
         ttr = median_seconds(steps, self.settings.chain_repeats)
         result: dict[str, Any] = {"length": length, "depths": list(range(length + 1)),
-                                  ANCHOR: {"ttr_s": [ttr[f"{ANCHOR}/v{d}"]["median_s"] for d in range(length + 1)]}}
+                                  ANCHOR: {"ttr_s": [ttr[f"{ANCHOR}/v{d}"]["median_s"] for d in range(length + 1)]},
+                                  "approaches": {}}
         for name, chain_ids in ids.items():
             seconds = [ttr[f"{name}/v{depth}"]["median_s"] for depth in range(length + 1)]
             storage = [total_bytes(self.services[name].model_save_size(model_id)) for model_id in chain_ids]
-            result[name] = {
+            result["approaches"][name] = {
                 "model_ids": chain_ids,
                 "ttr_checks_s": seconds,
                 "ttr_ratio_to_anchor": [ratio(s, a) for s, a in zip(seconds, result[ANCHOR]["ttr_s"])],
                 "growth_last_over_first": ratio(seconds[-1], seconds[1]),
                 "storage_bytes": storage,
                 "storage_total_bytes": sum(storage),
+                "recovered_equal": self._recovers_exactly(name, chain_ids[-1], versions[-1]),
             }
         return result
 
@@ -267,15 +299,16 @@ def run_model(key: str, settings: Settings, env: Environment, progress: Progress
     root = tempfile.mkdtemp(prefix=f"mmlib-bench-{key}-", dir=settings.work_dir)
     try:
         bench = ModelBench(key, settings, env, progress, root)
-        torch.manual_seed(0)
-        probe = REFERENCE_MODELS[key]()
+        relations = {relation: bench.relation(relation) for relation in RELATIONS}
+        base = bench.base_model
         result: dict[str, Any] = {
             "label": bench.label,
-            "parameters": sum(parameter.numel() for parameter in probe.parameters()),
-            "state_dict_bytes": sum(tensor.numel() * tensor.element_size() for tensor in probe.state_dict().values()),
-            "relations": {relation: bench.relation(relation) for relation in RELATIONS},
+            "parameters": sum(parameter.numel() for parameter in base.parameters()),
+            "state_dict_bytes": sum(tensor.numel() * tensor.element_size() for tensor in base.state_dict().values()),
+            "relations": relations,
         }
-        result["chain"] = bench.chain()
+        if key in settings.chain_models:
+            result["chain"] = bench.chain()
         return result
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -290,9 +323,13 @@ def _metadata(settings: Settings) -> dict[str, Any]:
                                        "kwargs": dict(approach.kwargs), "available": approach.available()}
                        for approach in APPROACHES},
         "repeats": settings.repeats,
+        "chain_models": settings.chain_models,
         "chain_length": settings.chain_length,
         "chain_repeats": settings.chain_repeats,
         "train_steps": settings.train_steps,
+        "provenance_models": settings.provenance_models,
+        "provenance_versions": settings.provenance_versions,
+        "provenance_repeats": settings.provenance_repeats,
         "batch_size": BATCH_SIZE,
         "image_size": IMAGE_SIZE,
         "torch_version": torch.__version__,
@@ -318,7 +355,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     baseline_bytes = {key: model["relations"][U3]["approaches"].get("baseline", {}).get("storage_bytes")
                       for key, model in results["models"].items()}
     results["provenance"] = provenance_section.run(settings.provenance_models, settings.provenance_versions,
-                                                   settings.repeats, settings.work_dir, env, progress, baseline_bytes)
+                                                   settings.provenance_repeats, settings.work_dir, env, progress,
+                                                   baseline_bytes)
     results["targets"] = report.evaluate_targets(results)
     results["meta"]["elapsed_s"] = progress.elapsed
     results["meta"]["load_average_at_end"] = list(os.getloadavg())

@@ -174,7 +174,8 @@ def print_report(result: dict) -> None:
             mark = "" if entry["bit_exact"] else " NOT EXACT"
             cells.append(f"{entry['update_bytes'] / 1e6:10.2f} MB {100 * entry['ratio']:6.2f}%{mark}")
         print(f"{encoding:26}" + "".join(f"{cell:>24}" for cell in cells))
-    print(f"{'snapshot':26}" + "".join(f"{scenario['snapshot_bytes'] / 1e6:21.2f} MB" for scenario in scenarios.values()))
+    snapshots = (scenario["snapshot_bytes"] for scenario in scenarios.values())
+    print(f"{'snapshot':26}" + "".join(f"{size / 1e6:21.2f} MB" for size in snapshots))
     for name, scenario in scenarios.items():
         default = scenario["encodings"][DEFAULT_CODEC]
         print(f"target {name}: default {100 * default['ratio']:.2f}% <= {100 * scenario['target_ratio']:.0f}%, "

@@ -55,18 +55,42 @@ def mongo_uri(tmp_path_factory):
     server.wait(timeout=30)
 
 
-def make_dict_service(kind: str, tmp_path, mongo_uri: str):
+def mongo_test_database(request) -> tuple[str, str]:
+    """(server URI, name) of a fresh MongoDB database on the test server, dropped when the test ends.
+
+    The test server keeps its data in bounded memory, so every test cleans up after itself.
+    """
+    uri = request.getfixturevalue("mongo_uri")
+    name = f"mmlib_test_{uuid.uuid4().hex[:12]}"
+
+    def drop() -> None:
+        with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+            client.drop_database(name)
+
+    request.addfinalizer(drop)
+    return uri, name
+
+
+def make_dict_service(kind: str, tmp_path, request):
     """A fresh, empty document store of the given backend."""
     if kind == "sqlite":
         return SQLiteDictPersistenceService(str(tmp_path / "meta.sqlite"))
-    return MongoDictPersistenceService(mongo_uri, db_name=f"mmlib_test_{uuid.uuid4().hex[:12]}")
+    uri, name = mongo_test_database(request)
+    return MongoDictPersistenceService(uri, db_name=name)
 
 
-def make_file_service(kind: str, tmp_path, mongo_uri: str):
+def make_file_service(kind: str, tmp_path, request):
     """A fresh, empty blob store of the given backend."""
     if kind == "filesystem":
         return FileSystemPersistenceService(str(tmp_path / "blobs"))
-    return GridFSFilePersistenceService(mongo_uri, db_name=f"mmlib_test_{uuid.uuid4().hex[:12]}")
+    uri, name = mongo_test_database(request)
+    return GridFSFilePersistenceService(uri, db_name=name)
+
+
+@pytest.fixture
+def mongo_database(request) -> tuple[str, str]:
+    """(server URI, name) of a fresh database on the test MongoDB server, dropped after the test."""
+    return mongo_test_database(request)
 
 
 DICT_BACKENDS = ["sqlite", "mongo"]
@@ -76,15 +100,13 @@ FILE_BACKENDS = ["filesystem", "gridfs"]
 @pytest.fixture(params=DICT_BACKENDS)
 def dict_service(request, tmp_path):
     """Every document store backend in turn."""
-    uri = request.getfixturevalue("mongo_uri") if request.param == "mongo" else None
-    return make_dict_service(request.param, tmp_path, uri)
+    return make_dict_service(request.param, tmp_path, request)
 
 
 @pytest.fixture(params=FILE_BACKENDS)
 def file_service(request, tmp_path):
     """Every blob store backend in turn."""
-    uri = request.getfixturevalue("mongo_uri") if request.param == "gridfs" else None
-    return make_file_service(request.param, tmp_path, uri)
+    return make_file_service(request.param, tmp_path, request)
 
 
 @pytest.fixture(params=[("sqlite", "filesystem"), ("mongo", "filesystem"), ("mongo", "gridfs")],
@@ -92,8 +114,7 @@ def file_service(request, tmp_path):
 def stores(request, tmp_path):
     """(file service, dict service) pairs as a deployment would combine them."""
     dict_kind, file_kind = request.param
-    uri = request.getfixturevalue("mongo_uri") if dict_kind == "mongo" else None
-    return make_file_service(file_kind, tmp_path, uri), make_dict_service(dict_kind, tmp_path, uri)
+    return make_file_service(file_kind, tmp_path, request), make_dict_service(dict_kind, tmp_path, request)
 
 
 def _flip_byte_on_disk(path: str) -> None:

@@ -1,7 +1,9 @@
 """The child side of the fault-injection test: saves a deterministic lineage until it is killed."""
 
 import copy
+import itertools
 import logging
+from typing import Iterator
 
 import torch
 
@@ -13,18 +15,18 @@ from save_helpers import save_info
 MAX_VERSIONS = 6
 
 
-def lineage(seed: int) -> list[torch.nn.Module]:
+def lineage(seed: int) -> Iterator[torch.nn.Module]:
     """MAX_VERSIONS versions of a deterministic lineage: a seeded model, then small seeded updates."""
     torch.manual_seed(seed)
-    versions = [MobileNetV2()]
+    model = MobileNetV2()
+    yield model
     for step in range(1, MAX_VERSIONS):
-        model = copy.deepcopy(versions[-1])
+        model = copy.deepcopy(model)
         generator = torch.Generator().manual_seed(seed * 1000 + step)
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
-        versions.append(model)
-    return versions
+        yield model
 
 
 def save_until_killed(store_dir: str, log_path: str, seed: int, ready) -> None:
@@ -36,10 +38,11 @@ def save_until_killed(store_dir: str, log_path: str, seed: int, ready) -> None:
     mmlib_logger.setLevel(logging.DEBUG)
     store = open_store(store_dir)
     services = [BaselineSaveService(*store), WeightUpdateSaveService(*store)]
-    models = lineage(seed)
+    versions = lineage(seed)
+    first = next(versions)
     ready.set()
     base_id = None
-    for number, model in enumerate(models):
+    for number, model in enumerate(itertools.chain([first], versions)):
         mmlib_logger.debug("begin save")
         base_id = services[number % 2].save_model(save_info(model, base_model_id=base_id))
         mmlib_logger.debug("save returned")

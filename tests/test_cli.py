@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import types
-import uuid
 
 import pytest
 from safetensors.torch import load_file
@@ -53,7 +52,8 @@ def location(request, tmp_path):
     """An embedded store directory, or a MongoDB URI naming a fresh database (blobs in GridFS)."""
     if request.param == "directory":
         return str(tmp_path / "store")
-    return f"{request.getfixturevalue('mongo_uri')}/mmlib_cli_{uuid.uuid4().hex[:12]}"
+    uri, name = request.getfixturevalue("mongo_database")
+    return f"{uri}/{name}"
 
 
 def _start(location: str, *args: str) -> subprocess.Popen:

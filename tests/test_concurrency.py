@@ -8,7 +8,6 @@ baseline, and the parameter update approach where mmlib.save has it.
 
 import json
 import multiprocessing
-import uuid
 
 import pytest
 import torch
@@ -46,7 +45,8 @@ def save_versions(location: str, approach: str, seed: int, barrier, result_path:
 def location(request, tmp_path):
     if request.param == "sqlite+files":
         return str(tmp_path / "store")
-    return f"{request.getfixturevalue('mongo_uri')}/mmlib_concurrency_{uuid.uuid4().hex[:12]}"
+    uri, name = request.getfixturevalue("mongo_database")
+    return f"{uri}/{name}"
 
 
 def test_concurrent_saves_are_all_listed_and_recover_exactly(location, tmp_path):

@@ -19,7 +19,8 @@ from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.util.hash import state_dict_hash
 
 RUNS = 50
-MAX_KILL_DELAY_S = 1.2
+MAX_KILL_DELAY_S = 1.5
+SEEDS = 4
 
 
 def _kill_point(log_path: str) -> str:
@@ -44,7 +45,7 @@ def test_killed_saves_leave_only_recoverable_models(tmp_path, forkserver):
     kill_points = collections.Counter()
     expected = {}
     for run in range(RUNS):
-        seed = rng.randrange(10_000)
+        seed = rng.randrange(SEEDS)
         if seed not in expected:
             expected[seed] = {state_dict_hash(model.state_dict()) for model in lineage(seed)}
         store_dir, log_path = str(tmp_path / f"store{run}"), str(tmp_path / f"run{run}.log")

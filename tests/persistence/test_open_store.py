@@ -3,7 +3,6 @@
 import os
 import socket
 import time
-import uuid
 
 import pytest
 
@@ -26,8 +25,8 @@ def test_mongo_uri_with_shared_directory(mongo_uri, tmp_path):
     assert isinstance(store.file_pers_service, FileSystemPersistenceService)
 
 
-def test_mongo_uri_alone_gives_gridfs_blobs_in_the_database_the_uri_names(mongo_uri):
-    db_name = f"mmlib_test_{uuid.uuid4().hex[:12]}"
+def test_mongo_uri_alone_gives_gridfs_blobs_in_the_database_the_uri_names(mongo_database):
+    mongo_uri, db_name = mongo_database
     store = open_store(f"{mongo_uri}/{db_name}")
     assert isinstance(store.dict_pers_service, MongoDictPersistenceService)
     assert isinstance(store.file_pers_service, GridFSFilePersistenceService)
