@@ -170,6 +170,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Anchors: raw `torch.save(model.state_dict(), path)` into the store's directory, and raw "
         "`torch.load(path, weights_only=True)` + constructing the model + `load_state_dict`. "
+        "Each approach saves into its own fresh store next to the anchor files; every timed save and recovery "
+        "starts with the service's in-process cache emptied (it reads its base or weights from the store). "
         "Storage share is relative to the baseline approach in the same relation; `exact` says the recovered "
         "state dict equals the saved one bit for bit.",
     ]

@@ -5,8 +5,11 @@ bench``). For every model and approach it measures the model relations of the pa
 fine-tune, U3 full fine-tune, U4 version chain, and provenance when `ProvenanceSaveService` exists). Every time
 is the median of several runs measured in this process next to its anchor (raw ``torch.save`` of the state dict
 into the store's directory; raw ``torch.load(weights_only=True)`` + constructing the model + ``load_state_dict``),
-and reported also as a ratio to it. Writes ``benchmark[-quick].json`` and ``.md`` and PNG plots to the output
-directory and prints the markdown report.
+and reported also as a ratio to it. Rounds interleave the anchor and the approaches after one untimed warm-up
+round; each approach has its own fresh store; the environment is captured once beforehand; every timed save and
+recovery starts with the service's in-process cache of recent versions emptied, so it reads its base or its
+weights from the store. Writes ``benchmark[-quick].json`` and ``.md`` and PNG plots to the output directory and
+prints the markdown report.
 """
 
 import argparse
@@ -186,9 +189,11 @@ class ModelBench:
             return lambda: torch.save(model.state_dict(), path)
 
         def approach_save(name: str) -> Step:
+            """A save that finds its base in the store, not in the service's cache of recent versions."""
             service = self.services[name]
 
             def prepare(round_index: int) -> Callable[[], Any]:
+                without_cache(service)
                 base_id = None if relation == U1 else self.base_ids[name]
                 info = ModelSaveInfoBuilder().add_model_info(env=self.env, model=variants[round_index],
                                                              base_model_id=base_id).build()

@@ -37,7 +37,7 @@ from mmlib.track_env import check_environment
 from mmlib.util.delta import DEFAULT_CODEC, Buffer, DeltaCodec, decode_chain
 from mmlib.util.hash import new_hasher
 from mmlib.util.init_from_file import check_class_name
-from mmlib.util.safetensors_io import _DTYPE_NAMES, _DTYPES
+from mmlib.util.safetensors_io import DTYPE_NAMES, DTYPES
 from mmlib.util.weight_dict_merkle_tree import THIS, WeightDictMerkleTree
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def _write_update(sink: BinaryIO, snapshot_id: str, keys: list[str], base_locati
         length = memoryview(tensor.payload).nbytes
         tensors[key] = {"codec": tensor.codec.name, "depth": tensor.depth,
                         "delta_of": None if tensor.delta_of is None else model_index(tensor.delta_of),
-                        "dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
                         "offset": offset, "length": length}
         payloads.append(tensor.payload)
         offset += length + _padding(length)
@@ -178,7 +178,7 @@ def _read_update(data: bytes, model_id: str) -> _UpdateIndex:
             delta_of = entry["delta_of"]
             stored[key] = _StoredTensor(DeltaCodec.from_name(entry["codec"]),
                                         None if delta_of is None else model_at(delta_of), depth,
-                                        _DTYPES[entry["dtype"]], tuple(int(n) for n in entry["shape"]),
+                                        DTYPES[entry["dtype"]], tuple(int(n) for n in entry["shape"]),
                                         buffer[begin:end])
             locations[key] = _Location(model_id, depth)
         if not isinstance(header["snapshot"], str):

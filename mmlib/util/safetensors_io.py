@@ -13,13 +13,13 @@ import torch
 from mmlib.errors import IntegrityError
 from mmlib.util.hash import tensor_bytes
 
-_DTYPE_NAMES = {
+DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
     torch.complex64: "C64", torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
 }
-_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 _ALIGNMENT = 8
 
 
@@ -28,7 +28,7 @@ def write_state_dict(state_dict: Mapping[str, torch.Tensor], sink: BinaryIO) -> 
     header, offset, payloads = {}, 0, []
     for name, tensor in state_dict.items():
         data = tensor_bytes(tensor)
-        header[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+        header[name] = {"dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
                         "data_offsets": [offset, offset + data.nbytes]}
         offset += data.nbytes
         payloads.append(data)
@@ -52,7 +52,7 @@ def read_state_dict(buffer: memoryview) -> dict[str, torch.Tensor]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        dtype = _DTYPES[entry["dtype"]]
+        dtype = DTYPES[entry["dtype"]]
         begin, end = entry["data_offsets"]
         if end == begin:
             state_dict[name] = torch.empty(entry["shape"], dtype=dtype)
