@@ -137,6 +137,17 @@ class AbstractSaveService(ABC):
         yield
         logger.info(json.dumps({"event": event, "type": "stop", "model_id": model_id, "time": time.time_ns()}))
 
+    @contextlib.contextmanager
+    def _recovering(self, model_id: str) -> Iterator[None]:
+        """Time a recovery and name the model in any integrity error raised while recovering it."""
+        try:
+            with self._timed("recover_model", model_id):
+                yield
+        except IntegrityError as error:
+            if str(model_id) in str(error):
+                raise
+            raise IntegrityError(f"while recovering model {model_id}: {error}") from error
+
     @abstractmethod
     def save_model(self, save_info: ModelSaveInfo) -> str:
         """Store the model described by `save_info`; returns its model id."""

@@ -78,7 +78,7 @@ class ProvenanceSaveService(AbstractSaveService):
         self._dict_pers_service.add_field(model_id, MODEL_INFO, WEIGHTS_HASH_INFO, tree.to_python_dict())
 
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        with self._timed("recover_model", model_id):
+        with self._recovering(model_id):
             chain = self._lineage(model_id)
             data_root = self._data_root() if len(chain) > 1 else None
             model = self._recover_snapshot(chain[0], execute_checks)

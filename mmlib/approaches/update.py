@@ -365,7 +365,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         return model_id
 
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        with self._timed("recover_model", model_id):
+        with self._recovering(model_id):
             reader = self._reader()
             model_info = reader.info(model_id)
             locations, snapshot_id = reader.locations(model_id)
