@@ -9,14 +9,21 @@ from mmlib.schema.restorable_object import StateDictRestorableObjectWrapper
 
 
 class ModelSaveInfo:
-    """A model to save, its base model id (or None), the environment, and optionally its code file."""
+    """A model to save, its base model id (or None), the environment, and optionally how to build it.
+
+    `model_code` is the .py file defining the class; `model_import` (`package.module:ClassOrFactory`)
+    names it in an installed package instead; `init_args` are the JSON constructor arguments.
+    """
 
     def __init__(self, model: torch.nn.Module, base_model: Optional[str], environment: Optional[Environment],
-                 model_code: Optional[str] = None):
+                 model_code: Optional[str] = None, *, init_args: Optional[dict] = None,
+                 model_import: Optional[str] = None):
         self.model = model
         self.base_model = base_model
         self.environment = environment
         self.model_code = model_code
+        self.init_args = init_args
+        self.model_import = model_import
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={type(self.model).__name__}, base_model={self.base_model!r}, "
@@ -40,8 +47,8 @@ class ProvModelSaveInfo(ModelSaveInfo):
 
     def __init__(self, model: torch.nn.Module, base_model: Optional[str], environment: Optional[Environment],
                  model_code: Optional[str] = None, raw_dataset: Optional[str] = None,
-                 train_info: Optional[TrainSaveInfo] = None):
-        super().__init__(model, base_model, environment, model_code)
+                 train_info: Optional[TrainSaveInfo] = None, **model_options):
+        super().__init__(model, base_model, environment, model_code, **model_options)
         self.raw_dataset = raw_dataset
         self.train_info = train_info
 

@@ -5,6 +5,7 @@ import importlib.metadata
 import platform
 import sys
 import warnings
+from typing import Optional
 
 import torch
 
@@ -69,6 +70,18 @@ def environment_differences(env: Environment) -> list[str]:
 def compare_env_to_current(env: Environment) -> bool:
     """True when `env` equals the current environment."""
     return not environment_differences(env)
+
+
+def check_package(package: Optional[dict], installed: Optional[dict], context: str, strict: bool = False) -> None:
+    """Warn (or, when `strict`, raise) if the package a model was imported from is missing or another version."""
+    if package is None or installed == package:
+        return
+    now = f"version {installed['version']}" if installed else "not installed"
+    message = (f"{context} was saved with {package['name']}=={package['version']}, now {now}; install "
+               f"{package['name']}=={package['version']} to rebuild it exactly")
+    if strict:
+        raise EnvironmentMismatchError(message)
+    warnings.warn(message, EnvironmentMismatchWarning, stacklevel=3)
 
 
 def check_environment(env: Environment, context: str, strict: bool = False) -> None:

@@ -5,6 +5,7 @@ the model document last: a model is listed only once all it needs is stored.
 """
 
 import contextlib
+import functools
 import inspect
 import io
 import json
@@ -15,7 +16,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from typing import Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 
@@ -26,8 +27,8 @@ from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.track_env import check_environment
-from mmlib.util.init_from_file import check_class_name, create_type
+from mmlib.track_env import check_environment, check_package
+from mmlib.util.init_from_file import check_class_name, create_type, distribution_of, import_object
 from mmlib.util.safetensors_io import read_state_dict, write_state_dict
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 
@@ -83,18 +84,18 @@ def _meta_construction() -> Iterator[None]:
                 setattr(torch.nn.init, name, function)
 
 
-def build_model(cls: type, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Instantiate `cls` without paying for random init (meta device + assign) where it allows, else normally."""
+def build_model(factory: Callable[[], torch.nn.Module], state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Build the model without paying for random init (meta device + assign) where it allows, else normally."""
     try:
         with _meta_construction():
-            model = cls()
+            model = factory()
         model.load_state_dict(state_dict, assign=True)
         tensors = list(model.parameters()) + list(model.buffers())
         if not any(tensor.is_meta for tensor in tensors):
             return model
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as error:
-        logger.debug("meta-device construction of %s failed (%s); building it normally", cls.__name__, error)
-    model = cls()
+        logger.debug("meta-device construction of %r failed (%s); building it normally", factory, error)
+    model = factory()
     model.load_state_dict(state_dict)
     return model
 
@@ -107,6 +108,15 @@ def _source_file(cls: type) -> Optional[str]:
         return inspect.getsourcefile(cls)
     except (TypeError, OSError):
         return None
+
+
+class ModelSource(NamedTuple):
+    """How a snapshot rebuilds its model: a code file or an import path, plus JSON constructor arguments."""
+
+    code: Optional[FileReference]
+    model_import: Optional[str]
+    init_args: Optional[dict]
+    package: Optional[dict]
 
 
 class AbstractSaveService(ABC):
@@ -207,6 +217,29 @@ class AbstractSaveService(ABC):
             f"cannot find the source file of {cls.__qualname__} (defined in {cls.__module__!r}, e.g. a notebook); "
             "move the class into a .py module or pass its file with add_model_info(code=...)")
 
+    def _model_source(self, save_info: ModelSaveInfo) -> ModelSource:
+        """How the snapshot will rebuild the model: given import path or code, else what its base used."""
+        init_args = save_info.init_args
+        try:
+            json.dumps(init_args)
+        except (TypeError, ValueError) as error:
+            raise InvalidSaveInfoError(f"init_args must be JSON values (numbers, strings, lists, dicts): {error}; "
+                                       "pass objects the constructor needs through a factory function instead") \
+                from error
+        if save_info.model_import is not None:
+            try:
+                import_object(save_info.model_import)
+            except (ImportError, AttributeError) as error:
+                raise InvalidSaveInfoError(f"cannot import {save_info.model_import!r}: {error}; give an import path "
+                                           "'package.module:ClassOrFactory' of an installed package") from error
+            return ModelSource(None, save_info.model_import, init_args, distribution_of(save_info.model_import))
+        if save_info.model_code is None and save_info.base_model is not None:
+            root = self._root_snapshot(save_info.base_model)
+            init_args = init_args if init_args is not None else root.model_init_args
+            if root.model_import is not None and root.model_class_name == type(save_info.model).__name__:
+                return ModelSource(None, root.model_import, init_args, root.model_package)
+        return ModelSource(self._model_code(save_info), None, init_args, None)
+
     def _root_snapshot(self, model_id: str) -> FullModelRecoverInfo:
         """The full snapshot at the root of a model's lineage (where its code and class name live)."""
         model_info = self._load_model_info(model_id)
@@ -218,12 +251,14 @@ class AbstractSaveService(ABC):
         """Store a full snapshot: weights, code, class name and environment; the model document last."""
         model = save_info.model
         class_name = check_class_name(type(model).__name__)
-        code = self._model_code(save_info)
+        source = self._model_source(save_info)
         state_dict = detached_state_dict(model)
         with self._timed("save_weights"):
             parameters = self._save_weights(state_dict)
-        recover_info = FullModelRecoverInfo(parameters_file=parameters, model_code=code,
-                                            model_class_name=class_name, environment=save_info.environment)
+        recover_info = FullModelRecoverInfo(parameters_file=parameters, model_code=source.code,
+                                            model_class_name=class_name, environment=save_info.environment,
+                                            model_import=source.model_import, model_init_args=source.init_args,
+                                            model_package=source.package)
         model_info = ModelInfo(store_type=ModelStoreType.FULL_MODEL, recover_info=recover_info,
                                derived_from_id=save_info.base_model,
                                weights_hash_info=WeightDictMerkleTree.from_state_dict(state_dict))
@@ -237,13 +272,24 @@ class AbstractSaveService(ABC):
         buffer = io.BytesIO(self._file_pers_service.read_bytes(reference.reference_id))
         return read_state_dict(buffer.getbuffer())
 
-    def _model_class(self, snapshot: FullModelRecoverInfo) -> type:
-        """The model class from the snapshot's stored code (imported under a name unique to the code)."""
-        code = FileReference(reference_id=snapshot.model_code.reference_id)
-        self._file_pers_service.recover_file(code, os.path.join(self._restore_root, code.reference_id[:16]))
-        cls = create_type(code.path, snapshot.model_class_name)
-        _CODE_OF_RECOVERED_CLASS[cls] = code.reference_id
-        return cls
+    def _model_factory(self, snapshot: FullModelRecoverInfo) -> Callable[[], torch.nn.Module]:
+        """Builds the snapshot's model: its class from stored code (imported under a name unique to the code) or
+        its installed import path, called with the recorded constructor arguments."""
+        if snapshot.model_import is not None:
+            check_package(snapshot.model_package, distribution_of(snapshot.model_import),
+                          f"model class {snapshot.model_import}", self.strict_env)
+            try:
+                target = import_object(snapshot.model_import)
+            except (ImportError, AttributeError) as error:
+                raise IncompatibleModelError(f"cannot import {snapshot.model_import!r} to rebuild the model: {error}; "
+                                             f"install {snapshot.model_package or 'the package that provides it'}") \
+                    from error
+        else:
+            code = FileReference(reference_id=snapshot.model_code.reference_id)
+            self._file_pers_service.recover_file(code, os.path.join(self._restore_root, code.reference_id[:16]))
+            target = create_type(code.path, snapshot.model_class_name)
+            _CODE_OF_RECOVERED_CLASS[target] = code.reference_id
+        return functools.partial(target, **(snapshot.model_init_args or {}))
 
     def _recover_snapshot(self, model_info: ModelInfo, execute_checks: bool) -> torch.nn.Module:
         if model_info.store_type != ModelStoreType.FULL_MODEL:
@@ -255,7 +301,7 @@ class AbstractSaveService(ABC):
         if execute_checks:
             self._check_weights(model_info, state_dict)
             check_environment(snapshot.environment, f"model {model_info.store_id}", self.strict_env)
-        return build_model(self._model_class(snapshot), state_dict)
+        return build_model(self._model_factory(snapshot), state_dict)
 
     def _check_weights(self, model_info: ModelInfo, state_dict: dict[str, torch.Tensor]) -> None:
         """Raise IntegrityError unless the weights hash to the Merkle tree stored at save time."""

@@ -377,7 +377,7 @@ class WeightUpdateSaveService(AbstractSaveService):
                 if execute_checks:
                     self._check_weights(model_info, state)
                     check_environment(snapshot.environment, f"model {model_id}", self.strict_env)
-                model = build_model(self._model_class(snapshot), state)
+                model = build_model(self._model_factory(snapshot), state)
         self._cache.put(model_id, _CachedVersion(_private_copy(detached_state_dict(model)), locations, snapshot_id))
         return RestoredModelInfo(model=model, model_id=model_id)
 
@@ -446,7 +446,14 @@ class WeightUpdateSaveService(AbstractSaveService):
         if class_name != snapshot.model_class_name:
             raise IncompatibleModelError(f"the model is a {class_name}, base model {base_id} a "
                                          f"{snapshot.model_class_name}")
-        code = self._model_code(save_info)
+        source = self._model_source(save_info)
+        if (source.model_import, source.init_args) != (snapshot.model_import, snapshot.model_init_args):
+            raise IncompatibleModelError(f"the model is built from {source.model_import or 'its code'} with "
+                                         f"{source.init_args}, base model {base_id} from "
+                                         f"{snapshot.model_import or 'its code'} with {snapshot.model_init_args}")
+        if source.code is None:
+            return
+        code = source.code
         if code.reference_id is not None:
             digest = split_reference_id(code.reference_id)[0]
         else:

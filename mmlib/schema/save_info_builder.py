@@ -20,14 +20,22 @@ class ModelSaveInfoBuilder:
         self._env: Optional[Environment] = None
         self._raw_data_path: Optional[str] = None
         self._train_info: Optional[TrainSaveInfo] = None
+        self._model_options: dict = {}
 
     def add_model_info(self, env: Optional[Environment] = None, model: Optional[torch.nn.Module] = None,
-                       code: Optional[str] = None, base_model_id: Optional[str] = None) -> "ModelSaveInfoBuilder":
-        """Set the model, its code file, its base model id and the environment (default: the current one)."""
+                       code: Optional[str] = None, base_model_id: Optional[str] = None, *,
+                       init_args: Optional[dict] = None,
+                       model_import: Optional[str] = None) -> "ModelSaveInfoBuilder":
+        """Set the model, its code file, its base model id and the environment (default: the current one).
+
+        For a class that needs constructor arguments pass them as JSON `init_args`; for a class (or factory)
+        from an installed package pass `model_import='package.module:Name'` instead of copying its code.
+        """
         self._env = env
         self._model = model
         self._code = code
         self._base_model_id = base_model_id
+        self._model_options = {"init_args": init_args, "model_import": model_import}
         return self
 
     def add_prov_data(self, raw_data_path: str, train_kwargs: Optional[dict],
@@ -42,5 +50,5 @@ class ModelSaveInfoBuilder:
         env = self._env if self._env is not None else track_current_environment()
         if self._train_info is not None:
             return ProvModelSaveInfo(self._model, self._base_model_id, env, self._code, self._raw_data_path,
-                                     self._train_info)
-        return ModelSaveInfo(self._model, self._base_model_id, env, self._code)
+                                     self._train_info, **self._model_options)
+        return ModelSaveInfo(self._model, self._base_model_id, env, self._code, **self._model_options)

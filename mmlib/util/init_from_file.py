@@ -1,6 +1,7 @@
 """Build classes and objects from stored code without exec/eval: importlib only, names checked first."""
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -93,6 +94,31 @@ def import_type(import_cmd: str, class_name: str) -> type:
         raise UnsafeCodeError(f"class name {class_name!r} is not what {import_cmd!r} imports")
     value = getattr(module, imported_name)
     return _attribute_path(value, rest) if rest else value
+
+
+def parse_import_path(import_path: str) -> tuple[str, str]:
+    """Split `package.module:Name` (a class or factory function) into its module and attribute path."""
+    module_name, sep, attribute = import_path.partition(":") if isinstance(import_path, str) else ("", "", "")
+    if not sep or not re.fullmatch(_DOTTED_NAME, module_name) or not re.fullmatch(_DOTTED_NAME, attribute):
+        raise UnsafeCodeError(
+            f"refusing import path {import_path!r}: write it as 'package.module:ClassOrFactory', "
+            "e.g. 'torchvision.models:resnet18'")
+    return module_name, attribute
+
+
+def import_object(import_path: str) -> Any:
+    """The class or factory named by `package.module:Name`, imported with importlib."""
+    module_name, attribute = parse_import_path(import_path)
+    return _attribute_path(importlib.import_module(module_name), attribute)
+
+
+def distribution_of(import_path: str) -> Optional[dict]:
+    """{'name', 'version'} of the installed distribution providing `import_path`'s top-level package, if any."""
+    top_level = parse_import_path(import_path)[0].split(".")[0]
+    names = importlib.metadata.packages_distributions().get(top_level)
+    if not names:
+        return None
+    return {"name": names[0], "version": importlib.metadata.version(names[0])}
 
 
 def create_object_with_parameters(class_name: str, init_args: dict, code_file: Optional[str] = None,
