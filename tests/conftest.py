@@ -93,6 +93,15 @@ def mongo_database(request) -> tuple[str, str]:
     return mongo_test_database(request)
 
 
+@pytest.fixture(params=["sqlite+files", "mongodb+gridfs"])
+def location(request, tmp_path):
+    """A store location string: an embedded store directory, or a URI naming a fresh MongoDB database."""
+    if request.param == "sqlite+files":
+        return str(tmp_path / "store")
+    uri, name = request.getfixturevalue("mongo_database")
+    return f"{uri}/{name}"
+
+
 DICT_BACKENDS = ["sqlite", "mongo"]
 FILE_BACKENDS = ["filesystem", "gridfs"]
 

@@ -47,15 +47,6 @@ def _populate(location: str) -> dict:
     return saved
 
 
-@pytest.fixture(params=["directory", "mongodb"])
-def location(request, tmp_path):
-    """An embedded store directory, or a MongoDB URI naming a fresh database (blobs in GridFS)."""
-    if request.param == "directory":
-        return str(tmp_path / "store")
-    uri, name = request.getfixturevalue("mongo_database")
-    return f"{uri}/{name}"
-
-
 def _start(location: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mmlib", "--store", location, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

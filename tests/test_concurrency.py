@@ -41,14 +41,6 @@ def save_versions(location: str, approach: str, seed: int, barrier, result_path:
         json.dump(saved, out)
 
 
-@pytest.fixture(params=["sqlite+files", "mongodb+gridfs"])
-def location(request, tmp_path):
-    if request.param == "sqlite+files":
-        return str(tmp_path / "store")
-    uri, name = request.getfixturevalue("mongo_database")
-    return f"{uri}/{name}"
-
-
 def test_concurrent_saves_are_all_listed_and_recover_exactly(location, tmp_path):
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
