@@ -150,12 +150,9 @@ class Approach:
 
 
 def without_cache(service: AbstractSaveService) -> AbstractSaveService:
-    """Drop whatever in-process cache of recent weights the service keeps, so a recovery reads the store.
-
-    Looks for the known method names; services without a cache are returned unchanged.
-    """
-    for name in ("clear_cache", "cache_clear"):
-        clear = getattr(service, name, None)
-        if callable(clear):
-            clear()
+    """Empty the service's in-process cache of recent versions (`clear_cache`, where it has one), so the next
+    save or recovery reads from the store; services without a cache are returned unchanged."""
+    clear = getattr(service, "clear_cache", None)
+    if callable(clear):
+        clear()
     return service

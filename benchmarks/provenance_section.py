@@ -157,6 +157,8 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
     `baseline_bytes` maps each model to the storage of one baseline snapshot (from the main relations), to
     compare all provenance versions against as many snapshots.
     """
+    if not models:
+        return _unavailable(progress, "no model was chosen for it (--provenance-models)")
     service_type = getattr(mmlib.save, "ProvenanceSaveService", None)
     if service_type is None:
         return _unavailable(progress, "mmlib.save has no ProvenanceSaveService in this build")

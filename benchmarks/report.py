@@ -113,22 +113,39 @@ def _relation_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list
     return rows
 
 
+def _slowest(seconds: list[float]) -> str:
+    """The longest recovery in a chain and the version it belongs to."""
+    depth = max(range(len(seconds)), key=seconds.__getitem__)
+    return f"{fmt_seconds(seconds[depth])} (v{depth})"
+
+
 def _chain_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list[str]]:
     rows = []
     for model in results["models"].values():
         chain = model.get("chain")
         if chain is None:
             continue
-        rows.append([model["label"], "raw torch (anchor)", fmt_seconds(chain[ANCHOR]["ttr_s"][0]),
-                     fmt_seconds(chain[ANCHOR]["ttr_s"][1]), fmt_seconds(chain[ANCHOR]["ttr_s"][-1]),
-                     fmt_ratio(chain[ANCHOR]["ttr_s"][-1] / chain[ANCHOR]["ttr_s"][1]), "1.00x", "", ""])
+        anchor = chain[ANCHOR]["ttr_s"]
+        rows.append([model["label"], "raw torch (anchor)", fmt_seconds(anchor[0]), fmt_seconds(anchor[1]),
+                     fmt_seconds(anchor[-1]), _slowest(anchor), fmt_ratio(anchor[-1] / anchor[1]), "1.00x",
+                     "", ""])
         for name, entry in chain["approaches"].items():
             seconds = entry["ttr_checks_s"]
             rows.append([model["label"], labels.get(name, name), fmt_seconds(seconds[0]), fmt_seconds(seconds[1]),
-                         fmt_seconds(seconds[-1]), fmt_ratio(entry["growth_last_over_first"]),
+                         fmt_seconds(seconds[-1]), _slowest(seconds),
+                         fmt_ratio(entry["growth_last_over_first"]),
                          fmt_ratio(entry["ttr_ratio_to_anchor"][-1]), fmt_bytes(entry["storage_total_bytes"]),
                          "yes" if entry["recovered_equal"] else "NO"])
     return rows
+
+
+def _chain_section(results: dict[str, Any], labels: dict[str, str], chain_length: int) -> str:
+    rows = _chain_rows(results, labels)
+    if not rows:
+        return "Not run (no model was chosen for it with --chain-models)."
+    return table(["model", "approach", "TTR v0 (base)", "TTR v1", f"TTR v{chain_length}", "slowest version",
+                  f"TTR(v{chain_length})/TTR(v1)", f"v{chain_length} x anchor", "storage, all versions",
+                  f"v{chain_length} exact"], rows)
 
 
 def _provenance_section(provenance: dict[str, Any]) -> list[str]:
@@ -182,10 +199,7 @@ def markdown(results: dict[str, Any]) -> str:
                      "TTR checks", "x anchor", "TTR no checks", "x anchor", "exact"],
                     _relation_rows(results, labels)),
               "", f"## U4: version chain of {chain_length} fine-tuned versions (TTR with checks)", "",
-              table(["model", "approach", "TTR v0 (base)", "TTR v1", f"TTR v{chain_length}",
-                     f"TTR(v{chain_length})/TTR(v1)", f"v{chain_length} x anchor", "storage, all versions",
-                     f"v{chain_length} exact"],
-                    _chain_rows(results, labels)),
+              _chain_section(results, labels, chain_length),
               "", "## Provenance", "", *_provenance_section(results["provenance"]),
               "", "## Targets (ResNet-50)", "",
               table(["target", "measured", "threshold", "status"],
