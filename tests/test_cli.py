@@ -66,8 +66,13 @@ def test_the_command_in_a_real_process(location, tmp_path, corrupt_blob):
     root_id, grandchild_id = saved["root"][0], saved["grandchild"][0]
     output = tmp_path / "weights.safetensors"
 
-    ls, show, recover = (_start(location, "ls", "--json"), _start(location, "show", grandchild_id, "--json"),
-                         _start(location, "recover", grandchild_id, "-o", str(output)))
+    ls, show, recover, tree, dry_run = (
+        _start(location, "ls", "--json"), _start(location, "show", grandchild_id, "--json"),
+        _start(location, "recover", grandchild_id, "-o", str(output)), _start(location, "tree", "--json"),
+        _start(location, "gc", "--dry-run", "--json"))
+    assert [root["model_id"] for root in json.loads(_finish(tree))] == [root_id]
+    preview = json.loads(_finish(dry_run))
+    assert preview["dry_run"] and preview["blobs"] == [orphan]
     listed = json.loads(_finish(ls))
     assert [m["model_id"] for m in listed] == [model_id for model_id, _ in reversed(saved.values())]
     assert all(m["size"] > 0 for m in listed)
