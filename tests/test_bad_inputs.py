@@ -11,6 +11,8 @@ from mmlib.models import MobileNetV2
 from mmlib.save import BaselineSaveService
 from mmlib.schema.recover_info import MODEL_CLASS_NAME, RECOVER_INFO
 from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID
+from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
+from mmlib.track_env import track_current_environment
 from save_helpers import save_info, store_contents
 
 
@@ -98,9 +100,11 @@ def test_class_name_edited_to_carry_code_is_refused_before_import(populated, cla
 
 
 def test_environment_mismatch_warns_with_differences_and_strict_mode_raises(populated):
-    service, model_id, file_service, dict_service = populated
-    environment_id = dict_service.all_ids_for_type("environment")[0]
-    dict_service.add_field(environment_id, "environment", "pytorch_version", "1.0.0")
+    service, _, file_service, dict_service = populated
+    elsewhere = track_current_environment()
+    elsewhere.pytorch_version = "1.0.0"
+    info = ModelSaveInfoBuilder().add_model_info(env=elsewhere, model=MobileNetV2()).build()
+    model_id = service.save_model(info)
     with pytest.warns(EnvironmentMismatchWarning, match="pytorch_version: saved '1.0.0'"):
         service.recover_model(model_id)
     strict = BaselineSaveService(file_service, dict_service, strict_env=True)

@@ -74,3 +74,15 @@ def test_every_blob_flip_is_an_integrity_error_on_recovery_and_in_verify(stores,
     assert maintenance.verify(store) == []
     blob_counts = {name: len(blobs) for name, blobs in own_blobs.items()}
     assert blob_counts["snapshot"] == 2 and blob_counts["update"] == 1 and blob_counts["provenance"] >= 3, blob_counts
+
+
+def test_an_edited_environment_document_is_an_integrity_error(stores):
+    file_service, dict_service = stores
+    service = BaselineSaveService(file_service, dict_service)
+    model_id = service.save_model(save_info(TinyNet()))
+    environment_id = dict_service.all_ids_for_type("environment")[0]
+    dict_service.add_field(environment_id, "environment", "pytorch_version", "9.9.9")
+    with pytest.raises(IntegrityError, match=f"environment document {environment_id} was changed"):
+        service.recover_model(model_id)
+    problems = maintenance.verify(Store(file_service, dict_service))
+    assert [problem.model_id for problem in problems] == [model_id] and environment_id in str(problems[0])

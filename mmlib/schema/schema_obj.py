@@ -10,6 +10,7 @@ import os
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 from mmlib.constants import ID
+from mmlib.errors import IntegrityError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
 from mmlib.util.hash import new_hasher
 
@@ -202,9 +203,7 @@ class SchemaObj:
             return self.store_id
         document = self._document(file_pers_service, dict_pers_service)
         if self._content_addressed:
-            hasher = new_hasher()
-            hasher.update(json.dumps(document, sort_keys=True).encode())
-            self.store_id = f"{self._representation_type}-{hasher.hexdigest()[:32]}"
+            self.store_id = self._content_id(document)
             if dict_pers_service.id_exists(self.store_id, self._representation_type):
                 return self.store_id
         elif self.store_id is None:
@@ -213,6 +212,13 @@ class SchemaObj:
         dict_pers_service.save_dict(document, self._representation_type)
         logger.debug("stored %s document %s", self._representation_type, self.store_id)
         return self.store_id
+
+    @classmethod
+    def _content_id(cls, document: dict) -> str:
+        """The id of a content-addressed document: its type and a digest of its fields."""
+        hasher = new_hasher()
+        hasher.update(json.dumps(document, sort_keys=True).encode())
+        return f"{cls._representation_type}-{hasher.hexdigest()[:32]}"
 
     @classmethod
     def load_placeholder(cls, obj_id: str) -> "SchemaObj":
@@ -230,8 +236,14 @@ class SchemaObj:
 
     def load_all_fields(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
                         restore_root: str, load_recursive: bool = False, load_files: bool = False) -> None:
-        """Fill every field of a placeholder from its stored document."""
+        """Fill every field of a placeholder from its stored document (content-addressed ones re-hashed first)."""
         document = dict_pers_service.recover_dict(self.store_id, self._representation_type)
+        if self._content_addressed:
+            fields = {key: value for key, value in document.items() if key != ID}
+            if self._content_id(fields) != self.store_id:
+                raise IntegrityError(
+                    f"{self._representation_type} document {self.store_id} was changed after it was stored (its "
+                    "fields no longer match its id); run `mmlib verify` and restore the store from a backup")
         for field in self._fields:
             setattr(self, field.attr, field.load(document, file_pers_service, dict_pers_service, restore_root,
                                                  load_recursive, load_files))
