@@ -19,7 +19,7 @@ from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.util.hash import state_dict_hash
 
 RUNS = 50
-MAX_KILL_DELAY_S = 1.5
+MAX_KILL_DELAY_S = 0.8
 SEEDS = 4
 
 
