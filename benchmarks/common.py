@@ -3,7 +3,9 @@
 Kept apart from `benchmarks.run` so the timing protocol (one helper for every figure) is in one place.
 """
 
+import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -156,3 +158,10 @@ def without_cache(service: AbstractSaveService) -> AbstractSaveService:
     if callable(clear):
         clear()
     return service
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write a benchmark's results as indented JSON, creating the folder first."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)

@@ -6,7 +6,6 @@ from other processes affects both alike; the medians and their ratio are printed
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -16,6 +15,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from benchmarks.common import write_json
 from mmlib.models import ResNet18
 from mmlib.probe import probe_inference
 
@@ -80,9 +80,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"plain forward:   {result['plain_forward_s']:.3f} s (median of {args.runs})")
     print(f"probe_inference: {result['probe_inference_s']:.3f} s (median of {args.runs}, all layers recorded)")
     print(f"ratio: {result['ratio']:.2f} (target <= {TARGET_RATIO}: {'met' if result['target_met'] else 'NOT met'})")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(args.output, result)
     print(f"results written to {args.output}")
 
 

@@ -11,7 +11,6 @@ Writes ``benchmarks/results/provenance.json``.
 """
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -22,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from benchmarks.common import Progress, total_bytes
+from benchmarks.common import Progress, total_bytes, write_json
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG, VALUES
 from mmlib.deterministic import deterministic
@@ -223,9 +222,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
         "machine": platform.machine(), "cpu_count": os.cpu_count(), "results": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as handle:
-        json.dump(output, handle, indent=2)
+    write_json(args.output, output)
     print(f"\nresults written to {args.output}")
 
 

@@ -19,7 +19,6 @@ is the baseline's save of the same trained model. Prints a table and writes JSON
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.common import Progress, median_seconds, total_bytes, train_steps
+from benchmarks.common import Progress, median_seconds, total_bytes, train_steps, write_json
 from mmlib.equal import state_dict_equal
 from mmlib.models import ResNet18, ResNet50
 from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
@@ -210,9 +209,7 @@ def main(argv=None) -> dict:
     result["all_targets_met"] = (all(scenario["target_met"] for scenario in result["scenarios"].values())
                                  and result["chain"]["target_met"])
     result["seconds"] = progress.elapsed
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(args.out, result)
     print_report(result)
     print(f"\nwrote {args.out} after {progress.elapsed:.0f} s", file=sys.stderr)
     return result
