@@ -53,7 +53,9 @@ def median_seconds(steps: Mapping[str, Step], repeats: int) -> dict[str, dict[st
     """Time every step `repeats` times after one untimed warm-up round; rounds interleave the steps.
 
     Interleaving (anchor, approach 1, approach 2, ... per round) means page cache state and load from other
-    processes affect every contender alike. Returns, per step name, the median and every measured run.
+    processes affect every contender alike. Before each run, data earlier steps left unwritten is flushed
+    (untimed): otherwise the anchor's unsynced `torch.save` would be written to disk inside the next
+    contender's timing. Returns, per step name, the median and every measured run.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -61,6 +63,7 @@ def median_seconds(steps: Mapping[str, Step], repeats: int) -> dict[str, dict[st
     for round_index in range(repeats + 1):
         for name, prepare in steps.items():
             action = prepare(round_index)
+            os.sync()
             start = time.perf_counter()
             action()
             elapsed = time.perf_counter() - start

@@ -165,7 +165,8 @@ def _provenance_section(provenance: dict[str, Any]) -> list[str]:
                   "", f"{model['label']}: all {len(model['versions'])} versions together "
                       f"{fmt_bytes(model['storage_total_bytes'])} (dataset counted once) vs "
                       f"{fmt_bytes(model['baseline_total_bytes'])} as baseline snapshots "
-                      f"({fmt_share(model['storage_ratio_to_baseline'])})."]
+                      f"({fmt_share(model['storage_ratio_to_baseline'])}); the store's files grew by "
+                      f"{fmt_bytes(model['store_bytes_on_disk'])} on disk for them."]
     return lines
 
 

@@ -1,9 +1,11 @@
 """The child side of the fault-injection test: saves a deterministic lineage until it is killed."""
 
 import copy
+import functools
 import itertools
 import logging
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 import torch
 
@@ -13,6 +15,17 @@ from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from save_helpers import save_info
 
 MAX_VERSIONS = 6
+# Each metadata write waits this long first: saves are fast, and the wait widens the windows between a save's
+# blob and document commits so that random kills land in all of them, not only inside the big weights write.
+METADATA_DELAY_S = 0.02
+
+
+def _delayed(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        time.sleep(METADATA_DELAY_S)
+        return method(*args, **kwargs)
+    return call
 
 
 def lineage(seed: int) -> Iterator[torch.nn.Module]:
@@ -37,6 +50,7 @@ def save_until_killed(store_dir: str, log_path: str, seed: int, ready) -> None:
     mmlib_logger.addHandler(handler)
     mmlib_logger.setLevel(logging.DEBUG)
     store = open_store(store_dir)
+    store.dict_pers_service.save_dict = _delayed(store.dict_pers_service.save_dict)
     services = [BaselineSaveService(*store), WeightUpdateSaveService(*store)]
     versions = lineage(seed)
     first = next(versions)

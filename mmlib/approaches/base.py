@@ -4,10 +4,10 @@ Every save writes blobs first, then metadata documents in dependency order, and
 the model document last: a model is listed only once all it needs is stored.
 """
 
+import concurrent.futures
 import contextlib
 import functools
 import inspect
-import io
 import json
 import logging
 import os
@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 
@@ -52,6 +52,17 @@ def detached_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         seen.add(key)
         state_dict[name] = tensor
     return state_dict
+
+
+def run_beside(background: Callable[[], Any], foreground: Callable[[], Any]) -> tuple[Any, Any]:
+    """Run `background` in a thread while `foreground` runs here; returns both results.
+
+    Pays off for hashing beside file I/O: both release the GIL, so they share the cores.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib") as pool:
+        pending = pool.submit(background)
+        result = foreground()
+        return pending.result(), result
 
 
 _INIT_FUNCTION_NAMES = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
@@ -254,14 +265,15 @@ class AbstractSaveService(ABC):
         source = self._model_source(save_info)
         state_dict = detached_state_dict(model)
         with self._timed("save_weights"):
-            parameters = self._save_weights(state_dict)
+            weights_hash_info, parameters = run_beside(lambda: WeightDictMerkleTree.from_state_dict(state_dict),
+                                                       lambda: self._save_weights(state_dict))
         recover_info = FullModelRecoverInfo(parameters_file=parameters, model_code=source.code,
                                             model_class_name=class_name, environment=save_info.environment,
                                             model_import=source.model_import, model_init_args=source.init_args,
                                             model_package=source.package)
         model_info = ModelInfo(store_type=ModelStoreType.FULL_MODEL, recover_info=recover_info,
                                derived_from_id=save_info.base_model,
-                               weights_hash_info=WeightDictMerkleTree.from_state_dict(state_dict))
+                               weights_hash_info=weights_hash_info)
         return model_info.persist(self._file_pers_service, self._dict_pers_service)
 
     def _save_weights(self, state_dict: dict[str, torch.Tensor]) -> FileReference:
@@ -269,8 +281,7 @@ class AbstractSaveService(ABC):
         return FileReference(reference_id=f"{digest}/{PARAMETERS_FILE_NAME}")
 
     def _read_weights(self, reference: FileReference) -> dict[str, torch.Tensor]:
-        buffer = io.BytesIO(self._file_pers_service.read_bytes(reference.reference_id))
-        return read_state_dict(buffer.getbuffer())
+        return read_state_dict(memoryview(self._file_pers_service.read_bytes(reference.reference_id)))
 
     def _model_factory(self, snapshot: FullModelRecoverInfo) -> Callable[[], torch.nn.Module]:
         """Builds the snapshot's model: its class from stored code (imported under a name unique to the code) or

@@ -2,10 +2,11 @@
 
 An update blob holds a header and one payload per changed tensor. For every tensor of the
 state dict the header says where its value lives: either in this blob (with its codec, the
-model whose copy it is a delta of, and its depth in that delta chain) or in the newest earlier
-version that stores it. Recovering version k therefore reads version k's header and, per
-tensor, the blobs of one delta chain; a chain is cut by a full copy (a keyframe) every
-`keyframe_interval` deltas, so recovery cost does not grow with the depth of the lineage.
+model holding the full copy, the keyframe, it is a delta of, and how many changes it is from
+that keyframe) or in the newest earlier version that stores it. Every delta is taken against
+the tensor's keyframe, not against the previous version, so recovering any version decodes at
+most one delta per tensor: recovery time does not grow along a lineage. The `keyframe_interval`-th
+change of a tensor stores it in full again, which keeps deltas small as weights drift away.
 
 Layout: `MMLIBUPD`, an 8-byte little-endian header length, the zstd-compressed JSON header,
 padding to 8 bytes, then the payloads (each padded to 8 bytes; offsets count from the first).
@@ -47,7 +48,7 @@ DEFAULT_KEYFRAME_INTERVAL = 8
 DEFAULT_CACHE_SIZE = 2
 
 _MAGIC = b"MMLIBUPD"
-_FORMAT = 1
+_FORMAT = 2
 _ALIGNMENT = 8
 _KEYFRAME_CODEC = DeltaCodec()
 _WORKERS = os.cpu_count() or 1
@@ -71,15 +72,18 @@ def _padding(size: int) -> int:
 
 @dataclass(frozen=True)
 class _Location:
-    """Where one tensor of a version is stored: the model whose blob holds it, and its depth in its delta chain."""
+    """Where one tensor of a version is stored: the model whose blob holds it, the number of changes since its
+    last full copy (0: this is one), and the model holding that full copy (the keyframe)."""
 
     holder: str
     depth: int
+    keyframe: str
 
 
 @dataclass(frozen=True)
 class _StoredTensor:
-    """A tensor stored in an update blob: its codec, the model whose copy it is a delta of, dtype, shape, payload."""
+    """A tensor stored in an update blob: its codec, the keyframe model it is a delta of (None for a full copy),
+    changes since that keyframe, dtype, shape and payload."""
 
     codec: DeltaCodec
     delta_of: Optional[str]
@@ -87,6 +91,17 @@ class _StoredTensor:
     dtype: torch.dtype
     shape: tuple
     payload: Buffer
+
+
+@dataclass(frozen=True)
+class _UpdatePlan:
+    """What a save on top of a base stores: the base's tensor locations, the snapshot with the code, the
+    encoded changed tensors, and the keyframe values known for the base's tensors."""
+
+    base_locations: dict[str, _Location]
+    snapshot_id: str
+    stored: dict[str, _StoredTensor]
+    keyframes: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -100,11 +115,13 @@ class _UpdateIndex:
 
 @dataclass(frozen=True)
 class _CachedVersion:
-    """A recently saved or recovered version: private copies of its tensors and where each is stored."""
+    """A recently saved or recovered version: private copies of its tensors, where each is stored, and the values
+    of those tensors' keyframes where known (shared with the versions that use the same keyframe)."""
 
     state: dict[str, torch.Tensor]
     locations: dict[str, _Location]
     snapshot_id: str
+    keyframes: dict[str, torch.Tensor]
 
 
 def _private_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,7 +130,7 @@ def _private_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _snapshot_locations(model_id: str, keys) -> dict[str, _Location]:
-    return {key: _Location(model_id, 0) for key in keys}
+    return {key: _Location(model_id, 0, model_id) for key in keys}
 
 
 def _write_update(sink: BinaryIO, snapshot_id: str, keys: list[str], base_locations: dict[str, _Location],
@@ -128,7 +145,8 @@ def _write_update(sink: BinaryIO, snapshot_id: str, keys: list[str], base_locati
     for key in keys:
         if key not in stored:
             location = base_locations[key]
-            tensors[key] = {"src": model_index(location.holder), "depth": location.depth}
+            tensors[key] = {"src": model_index(location.holder), "depth": location.depth,
+                            "keyframe": model_index(location.keyframe)}
             continue
         tensor = stored[key]
         length = memoryview(tensor.payload).nbytes
@@ -169,7 +187,7 @@ def _read_update(data: bytes, model_id: str) -> _UpdateIndex:
         for key, entry in header["tensors"].items():
             depth = int(entry["depth"])
             if "src" in entry:
-                locations[key] = _Location(model_at(entry["src"]), depth)
+                locations[key] = _Location(model_at(entry["src"]), depth, model_at(entry["keyframe"]))
                 continue
             begin = data_start + int(entry["offset"])
             end = begin + int(entry["length"])
@@ -180,7 +198,7 @@ def _read_update(data: bytes, model_id: str) -> _UpdateIndex:
                                         None if delta_of is None else model_at(delta_of), depth,
                                         DTYPES[entry["dtype"]], tuple(int(n) for n in entry["shape"]),
                                         buffer[begin:end])
-            locations[key] = _Location(model_id, depth)
+            locations[key] = _Location(model_id, depth, model_id if delta_of is None else model_at(delta_of))
         if not isinstance(header["snapshot"], str):
             raise ValueError("it names no snapshot model")
         return _UpdateIndex(header["snapshot"], locations, stored)
@@ -260,19 +278,18 @@ class _Reader:
     def _chain(self, holder: str, key: str) -> tuple[Optional[torch.Tensor], list, torch.dtype, tuple]:
         """The arguments of `decode_chain` for tensor `key` of model `holder`.
 
-        Reads the blobs along the tensor's delta chain back to its last full copy: at most one keyframe
-        interval of them.
+        Reads at most two blobs: the holder's and, for a delta, the one with the keyframe it is a delta of.
         """
         chain, model_id, start = [], holder, None
         while True:
             info = self.info(model_id)
             if info.store_type == ModelStoreType.FULL_MODEL:
                 start = self._snapshot_state(model_id).get(key)
-                if start is None or (chain and chain[-1].depth != 1):
+                if start is None:
                     raise self._broken_chain(holder, key)
                 break
             stored = self._update(model_id).stored.get(key)
-            if stored is None or (chain and stored.depth != chain[-1].depth - 1):
+            if stored is None or (chain and stored.delta_of is not None):
                 raise self._broken_chain(holder, key)
             chain.append(stored)
             if stored.delta_of is None:
@@ -286,7 +303,7 @@ class _Reader:
 
     @staticmethod
     def _broken_chain(holder: str, key: str) -> IntegrityError:
-        return IntegrityError(f"the stored delta chain of tensor {key!r} of model {holder} is broken; run "
+        return IntegrityError(f"the stored delta of tensor {key!r} of model {holder} has no keyframe to apply it to; run "
                               "`mmlib verify` and restore the store from a backup")
 
     def _update(self, model_id: str) -> _UpdateIndex:
@@ -341,7 +358,7 @@ class WeightUpdateSaveService(AbstractSaveService):
             tree = WeightDictMerkleTree.from_state_dict(state)
             reader = self._reader()
             try:
-                base_locations, snapshot_id, stored = self._plan_update(save_info, state, tree, reader)
+                plan = self._plan_update(save_info, state, tree, reader)
             except IncompatibleModelError as error:
                 if self.updates_only:
                     raise IncompatibleModelError(
@@ -351,18 +368,26 @@ class WeightUpdateSaveService(AbstractSaveService):
                 return self._save_full(save_info)
             with self._timed("save_weights"):
                 digest = self._file_pers_service.write_stream(
-                    lambda sink: _write_update(sink, snapshot_id, list(state), base_locations, stored))
+                    lambda sink: _write_update(sink, plan.snapshot_id, list(state), plan.base_locations, plan.stored))
             recover_info = WeightsUpdateRecoverInfo(update=FileReference(reference_id=f"{digest}/{UPDATE_FILE_NAME}"),
                                                     update_type=self.codec.name)
             model_info = ModelInfo(store_type=ModelStoreType.WEIGHT_UPDATES, recover_info=recover_info,
                                    derived_from_id=save_info.base_model, weights_hash_info=tree)
             model_id = model_info.persist(self._file_pers_service, self._dict_pers_service)
-        locations = {key: _Location(model_id, stored[key].depth) if key in stored else base_locations[key]
-                     for key in state}
-        self._cache.put(model_id, _CachedVersion(_private_copy(state), locations, snapshot_id))
+        stored = plan.stored
+        locations = {key: _Location(model_id, stored[key].depth, stored[key].delta_of or model_id)
+                     if key in stored else plan.base_locations[key] for key in state}
+        self._remember(model_id, _private_copy(state), locations, plan.snapshot_id, plan.keyframes)
         logger.debug("saved model %s as an update of %s: %d of %d tensors stored", model_id, save_info.base_model,
                      len(stored), len(state))
         return model_id
+
+    def _remember(self, model_id: str, state: dict[str, torch.Tensor], locations: dict[str, _Location],
+                  snapshot_id: str, keyframes: dict[str, torch.Tensor]) -> None:
+        """Cache a version; a tensor that is its own keyframe is that keyframe's value too."""
+        known = {key: state[key] if location.depth == 0 else keyframes.get(key) for key, location in locations.items()}
+        self._cache.put(model_id, _CachedVersion(state, locations, snapshot_id,
+                                                 {key: value for key, value in known.items() if value is not None}))
 
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
         with self._recovering(model_id):
@@ -378,7 +403,7 @@ class WeightUpdateSaveService(AbstractSaveService):
                     self._check_weights(model_info, state)
                     check_environment(snapshot.environment, f"model {model_id}", self.strict_env)
                 model = build_model(self._model_factory(snapshot), state)
-        self._cache.put(model_id, _CachedVersion(_private_copy(detached_state_dict(model)), locations, snapshot_id))
+        self._remember(model_id, _private_copy(detached_state_dict(model)), locations, snapshot_id, {})
         return RestoredModelInfo(model=model, model_id=model_id)
 
     def _reader(self) -> _Reader:
@@ -387,22 +412,23 @@ class WeightUpdateSaveService(AbstractSaveService):
     def _save_full(self, save_info: ModelSaveInfo) -> str:
         model_id = self._save_snapshot(save_info)
         state = _private_copy(detached_state_dict(save_info.model))
-        self._cache.put(model_id, _CachedVersion(state, _snapshot_locations(model_id, state), model_id))
+        self._remember(model_id, state, _snapshot_locations(model_id, state), model_id, {})
         logger.debug("saved model %s as a full snapshot", model_id)
         return model_id
 
     def _plan_update(self, save_info: ModelSaveInfo, state: dict[str, torch.Tensor], tree: WeightDictMerkleTree,
-                     reader: _Reader) -> tuple[dict[str, _Location], str, dict[str, _StoredTensor]]:
-        """Where the base's tensors live, the snapshot holding the code, and the encoded changed tensors.
+                     reader: _Reader) -> "_UpdatePlan":
+        """Where the base's tensors live, the snapshot holding the code, the encoded changed tensors and the
+        keyframe values they were encoded against.
 
         Raises IncompatibleModelError when the model cannot be stored as an update of its base.
         """
         base_id = save_info.base_model
         cached = self._cache.get(base_id)
         if cached is not None:
-            base_locations, snapshot_id = cached.locations, cached.snapshot_id
+            base_locations, snapshot_id, keyframes = cached.locations, cached.snapshot_id, dict(cached.keyframes)
         else:
-            base_locations, snapshot_id = reader.locations(base_id)
+            (base_locations, snapshot_id), keyframes = reader.locations(base_id), {}
         self._check_same_code(save_info, reader.snapshot(snapshot_id), base_id)
         if base_locations.keys() != state.keys():
             added, missing = sorted(state.keys() - base_locations.keys()), sorted(base_locations.keys() - state.keys())
@@ -428,15 +454,22 @@ class WeightUpdateSaveService(AbstractSaveService):
                 raise IncompatibleModelError(
                     f"tensor {key!r} is {new.dtype} {tuple(new.shape)}, in base model {base_id} it is {base.dtype} "
                     f"{tuple(base.shape)}")
-        encoded = _parallel_map(lambda key: self._encode(state[key], base_tensors[key], base_locations[key]), changed)
-        return base_locations, snapshot_id, dict(zip(changed, encoded))
+        missing = {key: base_locations[key].keyframe for key in changed
+                   if self._stores_delta(base_locations[key]) and key not in keyframes}
+        keyframes.update(reader.tensors(missing))
+        encoded = _parallel_map(lambda key: self._encode(state[key], keyframes.get(key), base_locations[key]), changed)
+        return _UpdatePlan(base_locations, snapshot_id, dict(zip(changed, encoded)), keyframes)
 
-    def _encode(self, tensor: torch.Tensor, base: torch.Tensor, base_location: _Location) -> _StoredTensor:
-        """A delta against the base's copy, or a full copy when the delta chain has reached the keyframe interval."""
-        depth = base_location.depth + 1
-        if self.codec.needs_base and depth < self.keyframe_interval:
-            return _StoredTensor(self.codec, base_location.holder, depth, tensor.dtype, tuple(tensor.shape),
-                                 self.codec.encode(tensor, base))
+    def _stores_delta(self, base_location: _Location) -> bool:
+        """Whether a change of a tensor stored at `base_location` is stored as a delta (else in full)."""
+        return self.codec.needs_base and base_location.depth + 1 < self.keyframe_interval
+
+    def _encode(self, tensor: torch.Tensor, keyframe: Optional[torch.Tensor],
+                base_location: _Location) -> _StoredTensor:
+        """A delta against the tensor's keyframe, or a full copy once the keyframe interval is reached."""
+        if self._stores_delta(base_location):
+            return _StoredTensor(self.codec, base_location.keyframe, base_location.depth + 1, tensor.dtype,
+                                 tuple(tensor.shape), self.codec.encode(tensor, keyframe))
         codec = _KEYFRAME_CODEC if self.codec.needs_base else self.codec
         return _StoredTensor(codec, None, 0, tensor.dtype, tuple(tensor.shape), codec.encode(tensor))
 

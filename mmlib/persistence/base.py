@@ -6,6 +6,7 @@ dependency order, the model document last. A model exists once its document
 does, so a crash leaves only unreferenced blobs and documents behind.
 """
 
+import concurrent.futures
 import io
 import logging
 import os
@@ -22,6 +23,7 @@ from mmlib.util.hash import new_hasher
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 * 1024 * 1024
+PARALLEL_HASH_BYTES = 1024 * 1024
 DIGEST_LENGTH = 64
 DIRECTORY_MARK = "/"
 
@@ -67,18 +69,39 @@ def _directory_archive(directory: str, fileobj: BinaryIO) -> None:
 
 
 class _HashingWriter:
-    """File-like wrapper that hashes and counts every byte on its way into a blob writer."""
+    """File-like wrapper that hashes and counts every byte on its way into a blob writer.
+
+    A large write is hashed in a helper thread while it is written (both release the GIL), so hashing
+    adds little to the time a big blob takes.
+    """
 
     def __init__(self, sink: BinaryIO):
         self._sink = sink
         self.hasher = new_hasher()
         self.size = 0
+        self._helper: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     def write(self, data: bytes) -> int:
-        self.hasher.update(data)
-        self._sink.write(data)
-        self.size += len(data)
-        return len(data)
+        size = memoryview(data).nbytes
+        if size < PARALLEL_HASH_BYTES:
+            self.hasher.update(data)
+            self._sink.write(data)
+        else:
+            if self._helper is None:
+                self._helper = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash")
+            hashed = self._helper.submit(self.hasher.update, data)
+            try:
+                self._sink.write(data)
+            finally:
+                hashed.result()
+        self.size += size
+        return size
+
+    def close(self) -> None:
+        """Stop the helper thread (the sink stays open)."""
+        if self._helper is not None:
+            self._helper.shutdown()
+            self._helper = None
 
     def tell(self) -> int:
         return self.size
@@ -123,12 +146,14 @@ class FilePersistenceService(ABC):
     def write_stream(self, produce: Callable[[BinaryIO], None]) -> str:
         """Store the bytes that `produce(fileobj)` writes, hashing on the way; returns their digest."""
         handle = self._open_blob_writer()
+        writer = _HashingWriter(handle)
         try:
-            writer = _HashingWriter(handle)
             produce(writer)
         except BaseException:
             self._abort_blob(handle)
             raise
+        finally:
+            writer.close()
         digest = writer.hasher.hexdigest()
         self._commit_blob(handle, digest)
         logger.debug("stored blob %s (%d bytes)", digest, writer.size)
@@ -155,12 +180,31 @@ class FilePersistenceService(ABC):
                 raise
         file_ref.path = target
 
-    def read_bytes(self, reference_id: str) -> bytes:
-        """All bytes of a stored file, checked against its digest."""
+    def read_bytes(self, reference_id: str) -> bytearray:
+        """All bytes of a stored file, read straight into one writable buffer and checked against its digest.
+
+        Chunks are hashed in a helper thread while the next one is read, so the check costs little time.
+        """
         digest, _, _ = split_reference_id(reference_id)
-        buffer = io.BytesIO()
-        self._copy_verified(digest, buffer)
-        return buffer.getvalue()
+        size = self._blob_size(digest)
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        hasher = new_hasher()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash") as helper, \
+                self._open_blob_reader(digest) as source:
+            offset = 0
+            while offset < size:
+                count = _read_into(source, view[offset:offset + CHUNK_SIZE])
+                if not count:
+                    break
+                helper.submit(hasher.update, view[offset:offset + count])
+                offset += count
+            complete = offset == size and not source.read(1)
+        if not complete or hasher.hexdigest() != digest:
+            raise IntegrityError(
+                f"blob {digest} is corrupted: its bytes no longer match their digest or its recorded size "
+                f"({size} bytes); run `mmlib verify` to find affected models and restore the blob from a backup")
+        return buffer
 
     def file_size(self, file_ref: FileReference) -> None:
         """Set `file_ref.size` to the number of bytes the referenced blob takes in the store."""
@@ -229,6 +273,16 @@ class _NullSink:
 
     def write(self, data: bytes) -> int:
         return len(data)
+
+
+def _read_into(source: BinaryIO, view: memoryview) -> int:
+    """Fill `view` from `source` (with `readinto` where the stream has it); the number of bytes read."""
+    readinto = getattr(source, "readinto", None)
+    if readinto is not None:
+        return readinto(view) or 0
+    chunk = source.read(len(view))
+    view[:len(chunk)] = chunk
+    return len(chunk)
 
 
 def _copy_stream(source: BinaryIO, sink) -> None:
