@@ -326,9 +326,10 @@ class WeightUpdateSaveService(AbstractSaveService):
     (the paper's parameter update approach). A model without a base, or one whose architecture differs
     from its base's, is stored as a full snapshot (with `updates_only=True` the latter raises
     IncompatibleModelError instead). `codec` names how changed tensors are encoded (see
-    `mmlib.util.delta`; `"plain"` stores them as they are); every `keyframe_interval`-th change of a
-    tensor stores it in full, which bounds the blobs a recovery reads per tensor. The last
-    `cache_size` saved or recovered versions stay in memory so that saving on top of them reads nothing.
+    `mmlib.util.delta`; `"plain"` stores them as they are). Deltas are taken against the tensor's last full
+    copy (its keyframe), so a recovery decodes at most one delta per tensor; every `keyframe_interval`-th
+    change stores the tensor in full again. The last `cache_size` saved or recovered versions (and the
+    keyframes of saved ones) stay in memory so that saving on top of them reads nothing.
     """
 
     def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
