@@ -122,7 +122,7 @@ def provenance_plot(provenance: dict[str, Any], path: str) -> str:
             bottom = [b + v for b, v in zip(bottom, values)]
         axes[0][column].set_ylabel("storage (MB)")
         axes[0][column].set_title(f"{model['label']}: storage per version")
-        axes[1][column].bar(names, [version["ttr_checks_s"] for version in versions])
+        axes[1][column].bar(names, [version["ttr_checks_s"] for version in versions], color="dimgray")
         axes[1][column].set_ylabel("TTR with checks incl. retraining (s)")
         axes[1][column].set_title(f"{model['label']}: time to recover")
     return _save(figure, axes[0][0], path)

@@ -143,8 +143,10 @@ class DeltaCodec:
         if self.op == XOR:
             return np.bitwise_xor(bits, delta, out=bits)
         if self.zigzag:
-            sign = np.negative((delta & 1).view(_SIGNED[delta.dtype.itemsize])).view(delta.dtype)
-            delta = np.bitwise_xor(delta >> 1, sign, out=sign)
+            sign = np.bitwise_and(delta, 1)
+            np.negative(sign.view(_SIGNED[delta.dtype.itemsize]), out=sign.view(_SIGNED[delta.dtype.itemsize]))
+            np.bitwise_xor(np.right_shift(delta, 1, out=delta if owned else None), sign, out=sign)
+            delta = sign
         return np.add(bits, delta, out=bits)
 
 
