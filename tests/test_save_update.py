@@ -112,6 +112,18 @@ def test_improved_version_finds_changes_without_reading_the_base(local_stores, m
     assert update_reference(local_stores, improved_id, tmp_path) == update_reference(local_stores, paper_id, tmp_path)
 
 
+def test_saving_a_chain_from_the_cache_reads_no_keyframe_from_the_store(local_stores, monkeypatch):
+    service = WeightUpdateSaveService(*local_stores, keyframe_interval=3)
+    model = MobileNetV2()
+    ids = [service.save_model(save_info(model))]
+    reads = count_reads(monkeypatch, local_stores[0])
+    for _ in range(5):
+        ids.append(service.save_model(save_info(drift(model), base_model_id=ids[-1])))
+    assert reads == []
+    assert state_dict_equal(WeightUpdateSaveService(*local_stores).recover_model(ids[-1]).model.state_dict(),
+                            model.state_dict())
+
+
 def test_deltas_are_smaller_than_plain_changed_tensors(local_stores):
     model = MobileNetV2()
     base_id = BaselineSaveService(*local_stores).save_model(save_info(model))
