@@ -10,6 +10,7 @@ from mmlib.errors import StoreUnavailableError
 from mmlib.persistence.base import DictPersistenceService, document_id, missing_document
 
 _BUSY_TIMEOUT_S = 60.0
+_WAL_RETRY_S = 0.01
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     type TEXT NOT NULL,
@@ -19,6 +20,23 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (type, id)
 )
 """
+
+
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, retrying for up to the busy timeout.
+
+    When several processes open a new database at once, the switch to WAL can report the database as locked
+    at once instead of waiting, so the busy timeout alone does not cover it.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(_WAL_RETRY_S)
 
 
 class SQLiteDictPersistenceService(DictPersistenceService):
@@ -44,7 +62,7 @@ class SQLiteDictPersistenceService(DictPersistenceService):
         connection = getattr(self._local, "connection", None)
         if connection is None or self._local.pid != os.getpid():
             connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(connection)
             connection.execute("PRAGMA synchronous=FULL")
             self._local.connection = connection
             self._local.pid = os.getpid()
