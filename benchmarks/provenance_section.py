@@ -195,9 +195,9 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
                             f"{DATASET['image_size']}x{DATASET['image_size']}; batch {TRAIN_BATCH_SIZE}, "
                             f"{TRAIN_KWARGS['number_batches']} batches per version, SGD with momentum). TTS is "
                             "save_model + add_weights_hash_info; TTR recovers the base and retrains every version "
-                            f"up to the one asked for (checks on); medians of {repeats} runs, each save round in a fresh store; "
-                            "the dataset is counted once in the totals, and the store's files on disk (less the base "
-                            "snapshot) show what it really takes."),
+                            f"up to the one asked for (checks on); medians of {repeats} runs, each save round in a "
+                            "fresh store; the dataset is counted once in the totals, and the store's files on disk "
+                            "(less the base snapshot) show what it really takes."),
             "dataset": DATASET, "train_kwargs": TRAIN_KWARGS, "train_batch_size": TRAIN_BATCH_SIZE,
             "versions": versions, "models": {},
         }

@@ -303,8 +303,8 @@ class _Reader:
 
     @staticmethod
     def _broken_chain(holder: str, key: str) -> IntegrityError:
-        return IntegrityError(f"the stored delta of tensor {key!r} of model {holder} has no keyframe to apply it to; run "
-                              "`mmlib verify` and restore the store from a backup")
+        return IntegrityError(f"the stored delta of tensor {key!r} of model {holder} has no keyframe to apply it "
+                              "to; run `mmlib verify` and restore the store from a backup")
 
     def _update(self, model_id: str) -> _UpdateIndex:
         if model_id not in self._updates:
@@ -418,7 +418,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         return model_id
 
     def _plan_update(self, save_info: ModelSaveInfo, state: dict[str, torch.Tensor], tree: WeightDictMerkleTree,
-                     reader: _Reader) -> "_UpdatePlan":
+                     reader: _Reader) -> _UpdatePlan:
         """Where the base's tensors live, the snapshot holding the code, the encoded changed tensors and the
         keyframe values they were encoded against.
 
@@ -455,6 +455,7 @@ class WeightUpdateSaveService(AbstractSaveService):
                 raise IncompatibleModelError(
                     f"tensor {key!r} is {new.dtype} {tuple(new.shape)}, in base model {base_id} it is {base.dtype} "
                     f"{tuple(base.shape)}")
+        keyframes.update({key: base_tensors[key] for key in changed if base_locations[key].depth == 0})
         missing = {key: base_locations[key].keyframe for key in changed
                    if self._stores_delta(base_locations[key]) and key not in keyframes}
         keyframes.update(reader.tensors(missing))

@@ -15,8 +15,8 @@ WRITEBACK_BYTES = 8 * 1024 * 1024
 class _WritebackFile:
     """A blob being written whose data a background thread pushes to disk (fdatasync) while more arrives.
 
-    The fsync before the blob is published then waits only for the last few megabytes, so a durable save
-    costs about as much as an unsynced one instead of write time plus a full flush to disk.
+    The fsync before the blob is published then waits only for what the disk has not taken yet, instead of
+    the time to write plus a full flush of the blob.
     """
 
     def __init__(self, path: str):
