@@ -200,10 +200,10 @@ class FilePersistenceService(ABC):
                 helper.submit(hasher.update, view[offset:offset + count])
                 offset += count
             complete = offset == size and not source.read(1)
-        if not complete or hasher.hexdigest() != digest:
-            raise IntegrityError(
-                f"blob {digest} is corrupted: its bytes no longer match their digest or its recorded size "
-                f"({size} bytes); run `mmlib verify` to find affected models and restore the blob from a backup")
+        if not complete:
+            raise _corrupted_blob(digest, f"it no longer holds its recorded {size} bytes")
+        if hasher.hexdigest() != digest:
+            raise _corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
         return buffer
 
     def file_size(self, file_ref: FileReference) -> None:
@@ -223,9 +223,7 @@ class FilePersistenceService(ABC):
                 hasher.update(chunk)
                 out.write(chunk)
         if hasher.hexdigest() != digest:
-            raise IntegrityError(
-                f"blob {digest} is corrupted: its bytes hash to {hasher.hexdigest()}; "
-                "run `mmlib verify` to find affected models and restore the blob from a backup")
+            raise _corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
 
     @abstractmethod
     def blob_exists(self, digest: str) -> bool:
@@ -273,6 +271,12 @@ class _NullSink:
 
     def write(self, data: bytes) -> int:
         return len(data)
+
+
+def _corrupted_blob(digest: str, detail: str) -> IntegrityError:
+    """The error for a stored blob whose bytes are not the ones its digest names."""
+    return IntegrityError(f"blob {digest} is corrupted: {detail}; run `mmlib verify` to find affected models and "
+                          "restore the blob from a backup")
 
 
 def _read_into(source: BinaryIO, view: memoryview) -> int:
