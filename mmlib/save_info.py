@@ -8,11 +8,18 @@ from mmlib.schema.environment import Environment
 from mmlib.schema.restorable_object import StateDictRestorableObjectWrapper
 
 
+def unwrap_compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a `torch.compile` wrapper runs (compiling is not needed to save or rebuild it)."""
+    original = getattr(model, "_orig_mod", None)
+    return original if isinstance(original, torch.nn.Module) else model
+
+
 class ModelSaveInfo:
     """A model to save, its base model id (or None), the environment, and optionally how to build it.
 
     `model_code` is the .py file defining the class; `model_import` (`package.module:ClassOrFactory`)
-    names it in an installed package instead; `init_args` are the JSON constructor arguments.
+    names it in an installed package instead; `init_args` are the JSON constructor arguments. A
+    `torch.compile` wrapper is unwrapped: the module it runs is what is saved.
     """
 
     def __init__(self, model: torch.nn.Module, base_model: Optional[str], environment: Optional[Environment],
@@ -24,6 +31,14 @@ class ModelSaveInfo:
         self.model_code = model_code
         self.init_args = init_args
         self.model_import = model_import
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._model
+
+    @model.setter
+    def model(self, model: torch.nn.Module) -> None:
+        self._model = unwrap_compiled(model) if isinstance(model, torch.nn.Module) else model
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={type(self.model).__name__}, base_model={self.base_model!r}, "

@@ -12,7 +12,7 @@ from mmlib.schema.model_info import MODEL_INFO, WEIGHTS_HASH_INFO, ModelInfo
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.delta import DEFAULT_CODEC, UnknownCodecError
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
-from save_helpers import perturb, save_info, store_contents
+from save_helpers import equal, perturb, save_info, store_contents
 
 VARIANTS = {"update": False, "improved_update": True}
 
@@ -138,24 +138,20 @@ def test_deltas_are_smaller_than_plain_changed_tensors(local_stores):
     assert sizes[DEFAULT_CODEC] < 0.6 * sizes["plain"]
 
 
-def _mobilenet_with_10_classes() -> MobileNetV2:
-    model = MobileNetV2()
-    model.classifier[1] = torch.nn.Linear(1280, 10)
-    return model
-
-
-@pytest.mark.parametrize("make_model", [ResNet18, _mobilenet_with_10_classes], ids=["other class", "other shape"])
-def test_other_architecture_is_stored_as_a_snapshot_with_a_warning(local_stores, improved, make_model):
+@pytest.mark.parametrize("make_model, init_args", [(ResNet18, None), (MobileNetV2, {"num_classes": 10})],
+                         ids=["other class", "other shape"])
+def test_other_architecture_is_stored_as_a_snapshot_with_a_warning(local_stores, improved, make_model, init_args):
     service = WeightUpdateSaveService(*local_stores, improved_version=improved)
     base_id = service.save_model(save_info(MobileNetV2()))
-    model = make_model()
+    model = make_model(**(init_args or {}))
     with pytest.warns(UserWarning, match="full snapshot"):
-        model_id = service.save_model(save_info(model, base_model_id=base_id))
+        model_id = service.save_model(save_info(model, base_model_id=base_id, init_args=init_args))
     assert "parameters" in service.model_save_size(model_id)["recover_info"]
+    assert equal(service.recover_model(model_id).model, model)
     strict = WeightUpdateSaveService(*local_stores, improved_version=improved, updates_only=True)
     before = store_contents(*local_stores)
     with pytest.raises(IncompatibleModelError, match="updates_only=False"):
-        strict.save_model(save_info(model, base_model_id=base_id))
+        strict.save_model(save_info(model, base_model_id=base_id, init_args=init_args))
     assert store_contents(*local_stores) == before
 
 

@@ -12,47 +12,33 @@ import json
 import logging
 import os
 import tempfile
-import threading
+import sys
 import time
-import weakref
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 
+from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, rebuild
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
+from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.track_env import check_environment, check_package
-from mmlib.util.init_from_file import check_class_name, create_type, distribution_of, import_object
+from mmlib.util.hash import new_hasher
+from mmlib.util.init_from_file import (check_class_name, create_type, distribution_of, import_object,
+                                       stored_code_of)
 from mmlib.util.safetensors_io import read_state_dict, write_state_dict
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 
 logger = logging.getLogger(__name__)
 
 PARAMETERS_FILE_NAME = "parameters.safetensors"
-
-# Classes built from stored code remember the code blob they came from, so saving a
-# recovered model (whose code lives in a temp dir that may be gone) reuses that blob.
-_CODE_OF_RECOVERED_CLASS: "weakref.WeakKeyDictionary[type, str]" = weakref.WeakKeyDictionary()
-
-
-def detached_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict as detached CPU tensors that own their memory (no two share storage)."""
-    state_dict, seen = {}, set()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu")
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if key in seen and tensor.numel() > 0:
-            tensor = tensor.clone()
-        seen.add(key)
-        state_dict[name] = tensor
-    return state_dict
-
+_REBUILDABLE_CACHE_SIZE = 64
 
 def run_beside(background: Callable[[], Any], foreground: Callable[[], Any]) -> tuple[Any, Any]:
     """Run `background` in a thread while `foreground` runs here; returns both results.
@@ -65,52 +51,6 @@ def run_beside(background: Callable[[], Any], foreground: Callable[[], Any]) -> 
         return pending.result(), result
 
 
-_INIT_FUNCTION_NAMES = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
-_INIT_PATCH_LOCK = threading.Lock()
-
-
-def _skip_on_meta(init_function):
-    def init_unless_meta(tensor, *args, **kwargs):
-        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
-            return tensor
-        return init_function(tensor, *args, **kwargs)
-    return init_unless_meta
-
-
-@contextlib.contextmanager
-def _meta_construction() -> Iterator[None]:
-    """Build modules on the meta device with torch.nn.init skipped for meta tensors.
-
-    Initialising a meta tensor has no effect but is slow (the first call imports torch's reference kernels).
-    """
-    with _INIT_PATCH_LOCK:
-        originals = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTION_NAMES}
-        for name, function in originals.items():
-            setattr(torch.nn.init, name, _skip_on_meta(function))
-        try:
-            with torch.device("meta"):
-                yield
-        finally:
-            for name, function in originals.items():
-                setattr(torch.nn.init, name, function)
-
-
-def build_model(factory: Callable[[], torch.nn.Module], state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Build the model without paying for random init (meta device + assign) where it allows, else normally."""
-    try:
-        with _meta_construction():
-            model = factory()
-        model.load_state_dict(state_dict, assign=True)
-        tensors = list(model.parameters()) + list(model.buffers())
-        if not any(tensor.is_meta for tensor in tensors):
-            return model
-    except (RuntimeError, NotImplementedError, TypeError, ValueError) as error:
-        logger.debug("meta-device construction of %r failed (%s); building it normally", factory, error)
-    model = factory()
-    model.load_state_dict(state_dict)
-    return model
-
-
 def _source_file(cls: type) -> Optional[str]:
     """The .py file defining `cls`, or None for classes from `__main__` (scripts, notebooks) or without a file."""
     if cls.__module__ == "__main__":
@@ -121,13 +61,27 @@ def _source_file(cls: type) -> Optional[str]:
         return None
 
 
+def _check_top_level(cls: type) -> None:
+    """Recovery imports the class by its name from its module: refuse nested, local or renamed classes."""
+    module = sys.modules.get(cls.__module__)
+    if getattr(module, cls.__name__, None) is not cls:
+        raise InvalidSaveInfoError(
+            f"{cls.__qualname__} is not a top-level name of its module {cls.__module__!r} (a nested or local "
+            "class, or one renamed after definition), so it could not be imported at recovery; define it at "
+            "module level, or save with a factory: add_model_info(model_import='package.module:factory')")
+
+
 class ModelSource(NamedTuple):
-    """How a snapshot rebuilds its model: a code file or an import path, plus JSON constructor arguments."""
+    """How a snapshot rebuilds its model: a code file or an import path, plus JSON constructor arguments.
+
+    `target` is the class or factory that recovery will call, here in this process (for validation).
+    """
 
     code: Optional[FileReference]
     model_import: Optional[str]
     init_args: Optional[dict]
     package: Optional[dict]
+    target: Callable[..., Any]
 
 
 class AbstractSaveService(ABC):
@@ -140,6 +94,7 @@ class AbstractSaveService(ABC):
         self.logging = logging
         self.strict_env = strict_env
         self._restore_dir = tempfile.TemporaryDirectory(prefix="mmlib-restore-")
+        self._rebuildable: set = set()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._file_pers_service!r}, {self._dict_pers_service!r})"
@@ -209,47 +164,80 @@ class AbstractSaveService(ABC):
         if save_info.base_model is not None:
             self._require_model(save_info.base_model)
 
-    def _model_code(self, save_info: ModelSaveInfo) -> FileReference:
-        """The code file that defines the model's class: given, its source file, or the base model's code."""
+    def _model_code(self, save_info: ModelSaveInfo) -> tuple[FileReference, Callable[..., Any]]:
+        """The code file that defines the model's class, and the class itself, from the first source that has them:
+        the file given with the save info, the stored code the class was recovered from (stored again in this
+        store, or found there), the class's source file, or the code of the base model."""
         cls = type(save_info.model)
         if save_info.model_code is not None:
             if not os.path.isfile(save_info.model_code):
                 raise InvalidSaveInfoError(f"model code file {save_info.model_code!r} does not exist; pass the .py "
                                            f"file that defines {cls.__name__}")
-            return FileReference(path=save_info.model_code)
-        if cls in _CODE_OF_RECOVERED_CLASS:
-            return FileReference(reference_id=_CODE_OF_RECOVERED_CLASS[cls])
+            try:
+                target = create_type(save_info.model_code, check_class_name(cls.__name__))
+            except (ImportError, AttributeError, SyntaxError) as error:
+                raise InvalidSaveInfoError(f"the code file {save_info.model_code!r} does not define {cls.__name__} "
+                                           f"({error}); pass the .py file that defines the model's class") from error
+            return FileReference(path=save_info.model_code), target
+        stored_code = stored_code_of(cls)
+        if stored_code is not None:
+            _check_top_level(cls)
+            return FileReference(path=self._stored_code_copy(*stored_code)), cls
         source = _source_file(cls)
         if source and os.path.isfile(source):
-            return FileReference(path=source)
+            _check_top_level(cls)
+            return FileReference(path=source), cls
         if save_info.base_model is not None:
-            return FileReference(reference_id=self._root_snapshot(save_info.base_model).model_code.reference_id)
+            return FileReference(reference_id=self._root_snapshot(save_info.base_model).model_code.reference_id), cls
         raise InvalidSaveInfoError(
             f"cannot find the source file of {cls.__qualname__} (defined in {cls.__module__!r}, e.g. a notebook); "
             "move the class into a .py module or pass its file with add_model_info(code=...)")
 
+    def _stored_code_copy(self, file_name: str, source: bytes) -> str:
+        """A file holding code a class was recovered from, so the save stores it (content-addressed: once)."""
+        directory = os.path.join(self._restore_root, "recovered-code", new_hasher().update(source).hexdigest()[:16])
+        path = os.path.join(directory, file_name)
+        if not os.path.isfile(path):
+            os.makedirs(directory, exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(source)
+        return path
+
     def _model_source(self, save_info: ModelSaveInfo) -> ModelSource:
         """How the snapshot will rebuild the model: given import path or code, else what its base used."""
         init_args = save_info.init_args
-        try:
-            json.dumps(init_args)
-        except (TypeError, ValueError) as error:
-            raise InvalidSaveInfoError(f"init_args must be JSON values (numbers, strings, lists, dicts): {error}; "
-                                       "pass objects the constructor needs through a factory function instead") \
-                from error
         if save_info.model_import is not None:
             try:
-                import_object(save_info.model_import)
+                target = import_object(save_info.model_import)
             except (ImportError, AttributeError) as error:
                 raise InvalidSaveInfoError(f"cannot import {save_info.model_import!r}: {error}; give an import path "
                                            "'package.module:ClassOrFactory' of an installed package") from error
-            return ModelSource(None, save_info.model_import, init_args, distribution_of(save_info.model_import))
+            return ModelSource(None, save_info.model_import, _checked_init_args(init_args, target),
+                               distribution_of(save_info.model_import), target)
         if save_info.model_code is None and save_info.base_model is not None:
             root = self._root_snapshot(save_info.base_model)
             init_args = init_args if init_args is not None else root.model_init_args
             if root.model_import is not None and root.model_class_name == type(save_info.model).__name__:
-                return ModelSource(None, root.model_import, init_args, root.model_package)
-        return ModelSource(self._model_code(save_info), None, init_args, None)
+                target = self._import_target(root)
+                return ModelSource(None, root.model_import, _checked_init_args(init_args, target), root.model_package,
+                                   target)
+        code, target = self._model_code(save_info)
+        return ModelSource(code, None, _checked_init_args(init_args, target), None, target)
+
+    def _check_rebuildable(self, source: ModelSource, captured: CapturedState) -> None:
+        """Refuse, before anything is written, a model that `source` would not rebuild (checked once per
+        architecture and service)."""
+        signature = (source.target, json.dumps(source.init_args, sort_keys=True),
+                     tuple((name, tuple(value.shape) if isinstance(value, torch.Tensor) else None)
+                           for name, value in captured.named_values().items()))
+        if signature in self._rebuildable:
+            return
+        arguments = ", ".join(f"{name}={value!r}" for name, value in (source.init_args or {}).items())
+        describe = f"{getattr(source.target, '__qualname__', source.target)}({arguments})"
+        check_rebuildable(functools.partial(source.target, **(source.init_args or {})), captured, describe)
+        if len(self._rebuildable) >= _REBUILDABLE_CACHE_SIZE:
+            self._rebuildable.clear()
+        self._rebuildable.add(signature)
 
     def _root_snapshot(self, model_id: str) -> FullModelRecoverInfo:
         """The full snapshot at the root of a model's lineage (where its code and class name live)."""
@@ -258,22 +246,23 @@ class AbstractSaveService(ABC):
             model_info = self._load_model_info(model_info.derived_from)
         return model_info.recover_info
 
-    def _save_snapshot(self, save_info: ModelSaveInfo) -> str:
+    def _save_snapshot(self, save_info: ModelSaveInfo, captured: Optional[CapturedState] = None) -> str:
         """Store a full snapshot: weights, code, class name and environment; the model document last."""
         model = save_info.model
         class_name = check_class_name(type(model).__name__)
         source = self._model_source(save_info)
-        state_dict = detached_state_dict(model)
+        captured = captured if captured is not None else capture(model)
+        self._check_rebuildable(source, captured)
         with self._timed("save_weights"):
-            weights_hash_info, parameters = run_beside(lambda: WeightDictMerkleTree.from_state_dict(state_dict),
-                                                       lambda: self._save_weights(state_dict))
+            weights_hash_info, parameters = run_beside(lambda: merkle_tree(captured),
+                                                       lambda: self._save_weights(captured.tensors))
         recover_info = FullModelRecoverInfo(parameters_file=parameters, model_code=source.code,
                                             model_class_name=class_name, environment=save_info.environment,
                                             model_import=source.model_import, model_init_args=source.init_args,
                                             model_package=source.package)
         model_info = ModelInfo(store_type=ModelStoreType.FULL_MODEL, recover_info=recover_info,
                                derived_from_id=save_info.base_model,
-                               weights_hash_info=weights_hash_info)
+                               weights_hash_info=weights_hash_info, state_layout=captured.layout)
         return model_info.persist(self._file_pers_service, self._dict_pers_service)
 
     def _save_weights(self, state_dict: dict[str, torch.Tensor]) -> FileReference:
@@ -283,41 +272,90 @@ class AbstractSaveService(ABC):
     def _read_weights(self, reference: FileReference) -> dict[str, torch.Tensor]:
         return read_state_dict(memoryview(self._file_pers_service.read_bytes(reference.reference_id)))
 
+    def _import_target(self, snapshot: FullModelRecoverInfo) -> Callable[..., Any]:
+        """The class or factory a snapshot names by import path, after checking the installed package version."""
+        check_package(snapshot.model_package, distribution_of(snapshot.model_import),
+                      f"model class {snapshot.model_import}", self.strict_env)
+        try:
+            return import_object(snapshot.model_import)
+        except (ImportError, AttributeError) as error:
+            raise IncompatibleModelError(f"cannot import {snapshot.model_import!r} to rebuild the model: {error}; "
+                                         f"install {snapshot.model_package or 'the package that provides it'}") \
+                from error
+
     def _model_factory(self, snapshot: FullModelRecoverInfo) -> Callable[[], torch.nn.Module]:
         """Builds the snapshot's model: its class from stored code (imported under a name unique to the code) or
         its installed import path, called with the recorded constructor arguments."""
         if snapshot.model_import is not None:
-            check_package(snapshot.model_package, distribution_of(snapshot.model_import),
-                          f"model class {snapshot.model_import}", self.strict_env)
-            try:
-                target = import_object(snapshot.model_import)
-            except (ImportError, AttributeError) as error:
-                raise IncompatibleModelError(f"cannot import {snapshot.model_import!r} to rebuild the model: {error}; "
-                                             f"install {snapshot.model_package or 'the package that provides it'}") \
-                    from error
+            target = self._import_target(snapshot)
         else:
             code = FileReference(reference_id=snapshot.model_code.reference_id)
             self._file_pers_service.recover_file(code, os.path.join(self._restore_root, code.reference_id[:16]))
             target = create_type(code.path, snapshot.model_class_name)
-            _CODE_OF_RECOVERED_CLASS[target] = code.reference_id
         return functools.partial(target, **(snapshot.model_init_args or {}))
 
-    def _recover_snapshot(self, model_info: ModelInfo, execute_checks: bool) -> torch.nn.Module:
+    def _recover_snapshot(self, model_info: ModelInfo, execute_checks: bool) -> tuple[torch.nn.Module, dict]:
+        """The model a full snapshot stores, and the stored tensors it was given."""
         if model_info.store_type != ModelStoreType.FULL_MODEL:
             raise IncompatibleModelError(
                 f"model {model_info.store_id} is stored as {model_info.store_type.value}, not as a full snapshot; "
                 "recover it with the save service that stored it (e.g. WeightUpdateSaveService)")
-        snapshot = model_info.recover_info
-        state_dict = self._read_weights(snapshot.parameters_file)
-        if execute_checks:
-            self._check_weights(model_info, state_dict)
-            check_environment(snapshot.environment, f"model {model_info.store_id}", self.strict_env)
-        return build_model(self._model_factory(snapshot), state_dict)
+        tensors = self._read_weights(model_info.recover_info.parameters_file)
+        return self._rebuild(model_info, model_info.recover_info, tensors, execute_checks), tensors
 
-    def _check_weights(self, model_info: ModelInfo, state_dict: dict[str, torch.Tensor]) -> None:
-        """Raise IntegrityError unless the weights hash to the Merkle tree stored at save time."""
+    def _rebuild(self, model_info: ModelInfo, snapshot: FullModelRecoverInfo, tensors: dict[str, torch.Tensor],
+                 execute_checks: bool) -> torch.nn.Module:
+        """Build `model_info`'s model with the code of `snapshot` and the stored tensors; checked when asked."""
+        if execute_checks:
+            check_environment(snapshot.environment, f"model {model_info.store_id}", self.strict_env)
+        model = rebuild(self._model_factory(snapshot), tensors, model_info.state_layout or StateLayout())
+        if execute_checks:
+            self._check_model(model_info, model)
+        return model
+
+    def _check_model(self, model_info: ModelInfo, model: torch.nn.Module) -> None:
+        """Raise IntegrityError unless the rebuilt model's state dict hashes to the Merkle tree stored at save
+        time and its tensors are shared, typed and frozen as they were saved."""
         stored = model_info.weights_hash_info
-        if stored is None or not stored.check_integrity() or WeightDictMerkleTree.from_state_dict(state_dict) != stored:
+        captured = capture(model)
+        if stored is None or not stored.check_integrity() or merkle_tree(captured) != stored:
             raise IntegrityError(
                 f"the recovered weights of model {model_info.store_id} do not match the hashes stored when it was "
                 "saved; run `mmlib verify` and restore the store from a backup")
+        if model_info.state_layout is not None:
+            differences = captured.layout.differences(model_info.state_layout)
+            if differences:
+                raise IntegrityError(
+                    f"the recovered model {model_info.store_id} differs from the saved one in {differences} (tied "
+                    "tensors, buffer dtypes, frozen parameters or train/eval modes); its code may have changed: "
+                    "run `mmlib verify`")
+
+
+def _checked_init_args(init_args: Any, target: Callable[..., Any]) -> Optional[dict]:
+    """`init_args` if they are a JSON dict that the signature of `target` accepts; InvalidSaveInfoError otherwise."""
+    if init_args is None:
+        return None
+    if not isinstance(init_args, dict) or not all(isinstance(name, str) for name in init_args):
+        raise InvalidSaveInfoError(f"init_args must be a dict of keyword arguments, got {init_args!r:.80}; e.g. "
+                                   "add_model_info(..., init_args={'num_classes': 10})")
+    try:
+        json.dumps(init_args, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidSaveInfoError(f"init_args must be JSON values (numbers, strings, lists, dicts): {error}; "
+                                   "pass objects the constructor needs through a factory function instead") \
+            from error
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return init_args
+    try:
+        signature.bind(**init_args)
+    except TypeError as error:
+        raise InvalidSaveInfoError(f"{getattr(target, '__qualname__', target)}{signature} does not accept init_args "
+                                   f"{init_args!r:.200}: {error}; pass the keyword arguments it takes") from error
+    return init_args
+
+
+def merkle_tree(captured: CapturedState) -> WeightDictMerkleTree:
+    """The Merkle tree of a model's whole state dict (every name, extra states too), each shared tensor hashed once."""
+    return WeightDictMerkleTree.from_state_dict(captured.named_values())

@@ -22,5 +22,5 @@ class BaselineSaveService(AbstractSaveService):
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
         with self._recovering(model_id):
             model_info = self._load_model_info(model_id)
-            model = self._recover_snapshot(model_info, execute_checks)
+            model, _ = self._recover_snapshot(model_info, execute_checks)
         return RestoredModelInfo(model=model, model_id=model_id)

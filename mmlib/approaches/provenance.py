@@ -17,7 +17,8 @@ import tempfile
 
 import torch
 
-from mmlib.approaches.base import AbstractSaveService, detached_state_dict
+from mmlib.approaches.base import AbstractSaveService, merkle_tree
+from mmlib.approaches.model_state import capture
 from mmlib.config import config_value
 from mmlib.constants import CURRENT_DATA_ROOT
 from mmlib.deterministic import set_deterministic
@@ -35,7 +36,6 @@ from mmlib.schema.store_type import ModelStoreType
 from mmlib.schema.train_info import TrainInfo
 from mmlib.track_env import check_environment
 from mmlib.util.init_from_file import check_class_name, create_type
-from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class ProvenanceSaveService(AbstractSaveService):
         """Record the hash of the weights the stored training produced (call it after training `model`)."""
         self._require_model(model_id)
         model_info = ModelInfo.load(model_id, self._file_pers_service, self._dict_pers_service, self._restore_root)
-        tree = WeightDictMerkleTree.from_state_dict(detached_state_dict(model))
+        tree = merkle_tree(capture(model))
         if model_info.store_type != ModelStoreType.PROVENANCE:
             if model_info.weights_hash_info != tree:
                 raise InvalidSaveInfoError(
@@ -81,7 +81,7 @@ class ProvenanceSaveService(AbstractSaveService):
         with self._recovering(model_id):
             chain = self._lineage(model_id)
             data_root = self._data_root() if len(chain) > 1 else None
-            model = self._recover_snapshot(chain[0], execute_checks)
+            model, _ = self._recover_snapshot(chain[0], execute_checks)
             for position, model_info in enumerate(chain[1:], start=1):
                 logger.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
                             len(chain) - 1, model_info.derived_from)
@@ -184,7 +184,7 @@ class ProvenanceSaveService(AbstractSaveService):
 
     def _check_retrained(self, model_info: ModelInfo, model: torch.nn.Module) -> None:
         try:
-            self._check_weights(model_info, detached_state_dict(model))
+            self._check_model(model_info, model)
         except IntegrityError as error:
             raise IntegrityError(
                 f"re-running the recorded training of model {model_info.store_id} did not reproduce the weights "

@@ -25,7 +25,8 @@ from typing import BinaryIO, Callable, Iterable, Optional, TypeVar
 import torch
 import zstandard
 
-from mmlib.approaches.base import AbstractSaveService, build_model, detached_state_dict
+from mmlib.approaches.base import AbstractSaveService, merkle_tree
+from mmlib.approaches.model_state import CapturedState, capture
 from mmlib.equal import tensor_equal
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
@@ -34,11 +35,11 @@ from mmlib.schema.model_info import ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecoverInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.track_env import check_environment
 from mmlib.util.delta import DEFAULT_CODEC, Buffer, DeltaCodec, decode_chain
 from mmlib.util.hash import new_hasher
 from mmlib.util.init_from_file import check_class_name
-from mmlib.util.safetensors_io import DTYPE_NAMES, DTYPES
+from mmlib.util.dtypes import dtype_from_name, dtype_name
+from mmlib.util.safetensors_io import DTYPES
 from mmlib.util.weight_dict_merkle_tree import THIS, WeightDictMerkleTree
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ DEFAULT_KEYFRAME_INTERVAL = 8
 DEFAULT_CACHE_SIZE = 2
 
 _MAGIC = b"MMLIBUPD"
-_FORMAT = 2
+_FORMAT = 3
+_READABLE_FORMATS = (2, 3)  # format 2 named dtypes as safetensors does ("F32"); 3 as torch does ("float32")
 _ALIGNMENT = 8
 _KEYFRAME_CODEC = DeltaCodec()
 _WORKERS = os.cpu_count() or 1
@@ -152,7 +154,7 @@ def _write_update(sink: BinaryIO, snapshot_id: str, keys: list[str], base_locati
         length = memoryview(tensor.payload).nbytes
         tensors[key] = {"codec": tensor.codec.name, "depth": tensor.depth,
                         "delta_of": None if tensor.delta_of is None else model_index(tensor.delta_of),
-                        "dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "dtype": dtype_name(tensor.dtype), "shape": list(tensor.shape),
                         "offset": offset, "length": length}
         payloads.append(tensor.payload)
         offset += length + _padding(length)
@@ -173,8 +175,8 @@ def _read_update(data: bytes, model_id: str) -> _UpdateIndex:
         (length,) = struct.unpack_from("<Q", buffer, len(_MAGIC))
         start = len(_MAGIC) + 8
         header = json.loads(zstandard.ZstdDecompressor().decompress(buffer[start:start + length]))
-        if header["format"] != _FORMAT:
-            raise ValueError(f"format {header['format']} is not the supported format {_FORMAT}")
+        if header["format"] not in _READABLE_FORMATS:
+            raise ValueError(f"format {header['format']} is not one of the supported formats {_READABLE_FORMATS}")
         data_start = start + length + _padding(length)
         models = header["models"]
 
@@ -196,7 +198,8 @@ def _read_update(data: bytes, model_id: str) -> _UpdateIndex:
             delta_of = entry["delta_of"]
             stored[key] = _StoredTensor(DeltaCodec.from_name(entry["codec"]),
                                         None if delta_of is None else model_at(delta_of), depth,
-                                        DTYPES[entry["dtype"]], tuple(int(n) for n in entry["shape"]),
+                                        DTYPES.get(entry["dtype"]) or dtype_from_name(entry["dtype"]),
+                                        tuple(int(n) for n in entry["shape"]),
                                         buffer[begin:end])
             locations[key] = _Location(model_id, depth, model_id if delta_of is None else model_at(delta_of))
         if not isinstance(header["snapshot"], str):
@@ -259,8 +262,10 @@ class _Reader:
         """Where each tensor of a version is stored, and the snapshot whose code the version uses."""
         info = self.info(model_id)
         if info.store_type == ModelStoreType.FULL_MODEL:
-            keys = (info.weights_hash_info.layer_hashes() if info.weights_hash_info is not None
-                    else self._snapshot_state(model_id))
+            if info.weights_hash_info is not None and info.state_layout is not None:
+                keys = info.state_layout.stored_keys(list(info.weights_hash_info.layer_hashes()))
+            else:
+                keys = self._snapshot_state(model_id)
             return _snapshot_locations(model_id, keys), model_id
         if info.store_type == ModelStoreType.WEIGHT_UPDATES:
             index = self._update(model_id)
@@ -355,8 +360,8 @@ class WeightUpdateSaveService(AbstractSaveService):
         with self._timed("save_model"):
             if save_info.base_model is None:
                 return self._save_full(save_info)
-            state = detached_state_dict(save_info.model)
-            tree = WeightDictMerkleTree.from_state_dict(state)
+            captured = capture(save_info.model)
+            state, tree = captured.tensors, merkle_tree(captured)
             reader = self._reader()
             try:
                 plan = self._plan_update(save_info, state, tree, reader)
@@ -366,14 +371,15 @@ class WeightUpdateSaveService(AbstractSaveService):
                         f"{error}; save it on a base model of the same architecture, or use a service with "
                         "updates_only=False to store a full snapshot") from error
                 warnings.warn(f"{error}; storing a full snapshot instead", stacklevel=2)
-                return self._save_full(save_info)
+                return self._save_full(save_info, captured)
             with self._timed("save_weights"):
                 digest = self._file_pers_service.write_stream(
                     lambda sink: _write_update(sink, plan.snapshot_id, list(state), plan.base_locations, plan.stored))
             recover_info = WeightsUpdateRecoverInfo(update=FileReference(reference_id=f"{digest}/{UPDATE_FILE_NAME}"),
                                                     update_type=self.codec.name)
             model_info = ModelInfo(store_type=ModelStoreType.WEIGHT_UPDATES, recover_info=recover_info,
-                                   derived_from_id=save_info.base_model, weights_hash_info=tree)
+                                   derived_from_id=save_info.base_model, weights_hash_info=tree,
+                                   state_layout=captured.layout)
             model_id = model_info.persist(self._file_pers_service, self._dict_pers_service)
         stored = plan.stored
         locations = {key: _Location(model_id, stored[key].depth, stored[key].delta_of or model_id)
@@ -396,23 +402,20 @@ class WeightUpdateSaveService(AbstractSaveService):
             model_info = reader.info(model_id)
             locations, snapshot_id = reader.locations(model_id)
             if model_info.store_type == ModelStoreType.FULL_MODEL:
-                model = self._recover_snapshot(model_info, execute_checks)
+                model, state = self._recover_snapshot(model_info, execute_checks)
             else:
                 state = reader.tensors({key: location.holder for key, location in locations.items()})
-                snapshot = reader.snapshot(snapshot_id)
-                if execute_checks:
-                    self._check_weights(model_info, state)
-                    check_environment(snapshot.environment, f"model {model_id}", self.strict_env)
-                model = build_model(self._model_factory(snapshot), state)
-        self._remember(model_id, _private_copy(detached_state_dict(model)), locations, snapshot_id, {})
+                model = self._rebuild(model_info, reader.snapshot(snapshot_id), state, execute_checks)
+        self._remember(model_id, _private_copy(state), locations, snapshot_id, {})
         return RestoredModelInfo(model=model, model_id=model_id)
 
     def _reader(self) -> _Reader:
         return _Reader(self._load_model_info, self._file_pers_service.read_bytes, self._read_weights)
 
-    def _save_full(self, save_info: ModelSaveInfo) -> str:
-        model_id = self._save_snapshot(save_info)
-        state = _private_copy(detached_state_dict(save_info.model))
+    def _save_full(self, save_info: ModelSaveInfo, captured: Optional[CapturedState] = None) -> str:
+        captured = captured if captured is not None else capture(save_info.model)
+        model_id = self._save_snapshot(save_info, captured)
+        state = _private_copy(captured.tensors)
         self._remember(model_id, state, _snapshot_locations(model_id, state), model_id, {})
         logger.debug("saved model %s as a full snapshot", model_id)
         return model_id

@@ -1,6 +1,7 @@
 """Fast digests of tensors, state dicts and model outputs (BLAKE3 over raw tensor bytes)."""
 
-from typing import Callable, Mapping
+import json
+from typing import Any, Callable, Mapping
 
 import blake3
 import torch
@@ -26,6 +27,14 @@ def tensor_hash(tensor: torch.Tensor) -> str:
     hasher = new_hasher()
     hasher.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
     hasher.update(tensor_bytes(tensor))
+    return hasher.hexdigest()
+
+
+def json_value_hash(value: Any) -> str:
+    """Digest of a JSON value (an extra state that is not a tensor), marked so no tensor hashes the same."""
+    hasher = new_hasher()
+    hasher.update(b"json\0")
+    hasher.update(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
     return hasher.hexdigest()
 
 

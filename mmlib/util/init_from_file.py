@@ -13,6 +13,9 @@ from mmlib.errors import UnsafeCodeError
 from mmlib.util.hash import new_hasher
 
 CODE_MODULE_PREFIX = "mmlib_code_"
+# Set on every module imported from stored code: (file name, source bytes), so a model of a recovered class
+# can be saved into any store, with its code, after the restore directory is gone.
+STORED_CODE_ATTRIBUTE = "__mmlib_stored_code__"
 _DOTTED_NAME = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _FROM_IMPORT = re.compile(rf"\s*from\s+({_DOTTED_NAME})\s+import\s+([A-Za-z_]\w*)\s*")
 _PLAIN_IMPORT = re.compile(rf"\s*import\s+({_DOTTED_NAME})\s*")
@@ -53,6 +56,7 @@ def load_code_module(code: str) -> ModuleType:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, code)
     module = importlib.util.module_from_spec(spec)
+    setattr(module, STORED_CODE_ATTRIBUTE, (os.path.basename(code), source))
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
@@ -60,6 +64,13 @@ def load_code_module(code: str) -> ModuleType:
         del sys.modules[module_name]
         raise
     return module
+
+
+def stored_code_of(cls: type) -> Optional[tuple[str, bytes]]:
+    """(file name, source bytes) of the stored code `cls` was imported from, or None for other classes."""
+    module = sys.modules.get(getattr(cls, "__module__", ""))
+    stored = getattr(module, STORED_CODE_ATTRIBUTE, None)
+    return stored if isinstance(stored, tuple) else None
 
 
 def _attribute_path(root: Any, dotted_name: str) -> Any:

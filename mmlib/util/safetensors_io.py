@@ -1,7 +1,10 @@
 """Stream a state dict into safetensors bytes and read it back without copies or pickles.
 
 Format: 8-byte little-endian header length, a JSON header (name -> dtype, shape,
-data_offsets), padding to 8 bytes, then the raw tensor bytes.
+data_offsets), padding to 8 bytes, then the raw tensor bytes. A tensor whose dtype safetensors
+lacks (complex, float8 variants, bit types, ...) is stored as its raw bytes, U8 with one more
+dimension of the element size, and its real dtype is recorded in `__metadata__` under
+`mmlib.dtypes` (a JSON object name -> torch dtype name).
 """
 
 import json
@@ -11,27 +14,36 @@ from typing import BinaryIO, Mapping
 import torch
 
 from mmlib.errors import IntegrityError
+from mmlib.util.dtypes import dtype_from_name, dtype_name
 from mmlib.util.hash import tensor_bytes
 
 DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-    torch.complex64: "C64", torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
+    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
 }
 DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+RAW_DTYPES_KEY = "mmlib.dtypes"
+_METADATA = "__metadata__"
 _ALIGNMENT = 8
 
 
 def write_state_dict(state_dict: Mapping[str, torch.Tensor], sink: BinaryIO) -> None:
     """Write `state_dict` to `sink` in safetensors format, tensor by tensor (no full in-memory copy)."""
-    header, offset, payloads = {}, 0, []
+    header, offset, payloads, raw_dtypes = {}, 0, [], {}
     for name, tensor in state_dict.items():
         data = tensor_bytes(tensor)
-        header[name] = {"dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + data.nbytes]}
+        if tensor.dtype in DTYPE_NAMES:
+            stored_dtype, shape = DTYPE_NAMES[tensor.dtype], list(tensor.shape)
+        else:
+            raw_dtypes[name] = dtype_name(tensor.dtype)
+            stored_dtype, shape = "U8", [*tensor.shape, tensor.element_size()]
+        header[name] = {"dtype": stored_dtype, "shape": shape, "data_offsets": [offset, offset + data.nbytes]}
         offset += data.nbytes
         payloads.append(data)
+    if raw_dtypes:
+        header[_METADATA] = {RAW_DTYPES_KEY: json.dumps(raw_dtypes, separators=(",", ":"))}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % _ALIGNMENT)
     sink.write(struct.pack("<Q", len(encoded)))
@@ -45,18 +57,21 @@ def read_state_dict(buffer: memoryview) -> dict[str, torch.Tensor]:
     try:
         (header_length,) = struct.unpack_from("<Q", buffer, 0)
         header = json.loads(bytes(buffer[8:8 + header_length]))
-    except (struct.error, ValueError) as error:
-        raise IntegrityError(f"weights blob is not valid safetensors data: {error}") from error
-    start = 8 + header_length
-    state_dict = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = DTYPES[entry["dtype"]]
-        begin, end = entry["data_offsets"]
-        if end == begin:
-            state_dict[name] = torch.empty(entry["shape"], dtype=dtype)
-            continue
-        flat = torch.frombuffer(buffer, dtype=torch.uint8, count=end - begin, offset=start + begin)
-        state_dict[name] = flat.view(dtype).reshape(entry["shape"])
-    return state_dict
+        raw_dtypes = json.loads((header.pop(_METADATA, None) or {}).get(RAW_DTYPES_KEY, "{}"))
+        start = 8 + header_length
+        return {name: _tensor_at(buffer, start, entry, raw_dtypes.get(name)) for name, entry in header.items()}
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as error:
+        raise IntegrityError(f"weights blob is not valid safetensors data: {error!r}") from error
+
+
+def _tensor_at(buffer: memoryview, start: int, entry: dict, raw_dtype: str = None) -> torch.Tensor:
+    """The tensor a header entry describes, viewing `buffer`; `raw_dtype` names the real dtype of raw bytes."""
+    begin, end = entry["data_offsets"]
+    shape = entry["shape"]
+    dtype = DTYPES[entry["dtype"]]
+    if raw_dtype is not None:
+        dtype, shape = dtype_from_name(raw_dtype), shape[:-1]
+    if end == begin:
+        return torch.empty(shape, dtype=dtype)
+    flat = torch.frombuffer(buffer, dtype=torch.uint8, count=end - begin, offset=start + begin)
+    return flat.view(dtype).reshape(shape)

@@ -1,10 +1,10 @@
 """A Merkle tree over the per-tensor hashes of a state dict: finds changed layers without loading weights."""
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
-from mmlib.util.hash import new_hasher, tensor_hash
+from mmlib.util.hash import json_value_hash, new_hasher, tensor_hash
 
 THIS = "this"
 OTHER = "other"
@@ -70,9 +70,19 @@ class WeightDictMerkleTree:
         self.root = root
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "WeightDictMerkleTree":
-        """Hash every tensor and build the tree."""
-        return cls.from_layer_hashes({key: tensor_hash(tensor) for key, tensor in state_dict.items()})
+    def from_state_dict(cls, state_dict: Mapping[str, Any]) -> "WeightDictMerkleTree":
+        """Hash every entry (a tensor, or a JSON extra state) and build the tree; a tensor object listed under
+        several names (tied weights) is hashed once."""
+        known: dict[int, str] = {}
+        layer_hashes = {}
+        for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor):
+                layer_hashes[key] = json_value_hash(value)
+                continue
+            if id(value) not in known:
+                known[id(value)] = tensor_hash(value)
+            layer_hashes[key] = known[id(value)]
+        return cls.from_layer_hashes(layer_hashes)
 
     @classmethod
     def from_layer_hashes(cls, layer_hashes: Mapping[str, str]) -> "WeightDictMerkleTree":
@@ -87,9 +97,9 @@ class WeightDictMerkleTree:
                      for left, right in pairs]
         return cls(level[0])
 
-    def to_python_dict(self) -> Optional[dict]:
-        """The tree as nested dicts (JSON/BSON friendly)."""
-        return self.root.to_python_dict() if self.root else None
+    def to_python_dict(self) -> dict:
+        """The tree as nested dicts (JSON/BSON friendly); `{}` for the tree of an empty state dict."""
+        return self.root.to_python_dict() if self.root else {}
 
     @classmethod
     def from_python_dict(cls, python_dict: Optional[dict]) -> "WeightDictMerkleTree":

@@ -1,0 +1,273 @@
+"""A model's state as mmlib stores it, and rebuilding the very same model from it.
+
+`capture(model)` splits `model.state_dict()` into the tensors to store, each once however many names
+share it, and a JSON-able `StateLayout` with the rest a faithful rebuild needs: which names share a tensor
+(tied weights), per-module versions (`state_dict()._metadata`, which `_load_from_state_dict` migrations
+read), JSON extra states, the dtypes of non-persistent buffers, frozen parameters and modules in eval mode.
+`rebuild` constructs the model (on the meta device where that is safe, so no random initialisation is paid
+for), assigns the stored tensors and restores the layout. `check_rebuildable` runs before a save writes
+anything, so a model that could not come back is refused instead of getting an id.
+
+While a model is built on the meta device, `torch.nn.init`'s functions are patched process-wide (under a
+lock) to skip meta tensors.
+"""
+
+import collections
+import contextlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import torch
+
+from mmlib.errors import IntegrityError, InvalidSaveInfoError
+from mmlib.save_info import unwrap_compiled
+from mmlib.schema.state_layout import StateLayout
+from mmlib.util.dtypes import dtype_from_name, dtype_name
+
+logger = logging.getLogger(__name__)
+
+EXTRA_STATE_SUFFIX = "_extra_state"
+
+_INIT_FUNCTION_NAMES = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
+_INIT_PATCH_LOCK = threading.Lock()
+_CONSTRUCTION_ERRORS = (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError, IndexError)
+
+
+@dataclass
+class CapturedState:
+    """A model's state split for storage: `tensors` (detached CPU tensors, one per sharing group, in
+    state-dict order), its `layout`, and `names`, every state-dict name in order."""
+
+    tensors: dict[str, torch.Tensor]
+    layout: StateLayout
+    names: list[str]
+
+    def named_values(self) -> dict[str, Any]:
+        """name -> tensor (aliases give their group's tensor object) or JSON extra state, in state-dict order."""
+        values = {}
+        for name in self.names:
+            if name in self.layout.extra_states:
+                values[name] = self.layout.extra_states[name]
+            else:
+                values[name] = self.tensors[self.layout.aliases.get(name, name)]
+        return values
+
+
+def _sharing_key(tensor: torch.Tensor) -> Optional[tuple]:
+    """Equal for two tensors that view the same memory in the same way (None for empty tensors)."""
+    if tensor.numel() == 0:
+        return None
+    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tensor.stride(), tensor.dtype)
+
+
+def _check_storable(name: str, tensor: torch.Tensor) -> None:
+    if tensor.is_quantized or tensor.layout != torch.strided or tensor.is_meta:
+        kind = "quantized" if tensor.is_quantized else "on the meta device" if tensor.is_meta else str(tensor.layout)
+        raise InvalidSaveInfoError(
+            f"tensor {name!r} is {kind}, which mmlib cannot store exactly; dequantize it, make it dense "
+            "(to_dense()) or load real weights into it before saving")
+
+
+def _json_extra_state(name: str, value: Any) -> Any:
+    """`value` if it survives a JSON round trip unchanged; raises InvalidSaveInfoError otherwise."""
+    try:
+        same = json.loads(json.dumps(value, allow_nan=False)) == value
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise InvalidSaveInfoError(
+            f"the extra state {name!r} (from get_extra_state) is a {type(value).__name__} that does not survive a "
+            "JSON round trip unchanged; return a tensor or plain JSON values (dicts with string keys, lists, "
+            "numbers, strings) from get_extra_state, and nothing was saved")
+    return value
+
+
+def _non_persistent_buffers(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name in module._non_persistent_buffers_set:
+            buffer = module._buffers.get(name)
+            if buffer is not None:
+                yield (f"{prefix}.{name}" if prefix else name), buffer
+
+
+def capture(model: torch.nn.Module) -> CapturedState:
+    """Split the model's state into tensors to store and their layout; refuses what cannot be stored exactly."""
+    model = unwrap_compiled(model)
+    state = model.state_dict(keep_vars=True)
+    layout = StateLayout(module_metadata={prefix: dict(entry)
+                                          for prefix, entry in getattr(state, "_metadata", {}).items()})
+    tensors, first_of = {}, {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            if not name.endswith(EXTRA_STATE_SUFFIX):
+                raise InvalidSaveInfoError(f"state-dict entry {name!r} is a {type(value).__name__}, not a tensor; "
+                                           "only tensors and extra states can be saved")
+            layout.extra_states[name] = _json_extra_state(name, value)
+            continue
+        _check_storable(name, value)
+        key = _sharing_key(value)
+        if key in first_of:
+            layout.aliases[name] = first_of[key]
+            if value is state[first_of[key]]:
+                layout.tied.append(name)
+            continue
+        if key is not None:
+            first_of[key] = name
+        tensors[name] = value.detach().to("cpu")
+    layout.buffer_dtypes = {name: dtype_name(buffer.dtype) for name, buffer in _non_persistent_buffers(model)}
+    layout.frozen = [name for name, parameter in model.named_parameters(remove_duplicate=False)
+                     if not parameter.requires_grad]
+    layout.eval_modules = [name for name, module in model.named_modules(remove_duplicate=False) if not module.training]
+    return CapturedState(tensors, layout, list(state))
+
+
+def _skip_on_meta(init_function):
+    def init_unless_meta(tensor, *args, **kwargs):
+        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return init_function(tensor, *args, **kwargs)
+    return init_unless_meta
+
+
+@contextlib.contextmanager
+def meta_construction() -> Iterator[None]:
+    """Build modules on the meta device, with `torch.nn.init` skipped for meta tensors (process-wide, locked).
+
+    Initialising a meta tensor has no effect but is slow (the first call imports torch's reference kernels).
+    """
+    with _INIT_PATCH_LOCK:
+        originals = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTION_NAMES}
+        for name, function in originals.items():
+            setattr(torch.nn.init, name, _skip_on_meta(function))
+        try:
+            with torch.device("meta"):
+                yield
+        finally:
+            for name, function in originals.items():
+                setattr(torch.nn.init, name, function)
+
+
+def _plain_tensor_attributes(module: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """Tensors a module keeps as plain attributes (outside parameters and buffers), one level into containers."""
+    for value in vars(module).values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        yield from (item for item in items if isinstance(item, torch.Tensor))
+
+
+def _left_on_meta(model: torch.nn.Module) -> bool:
+    """Whether any tensor of the model, stored or not, is still on the meta device."""
+    return any(tensor.is_meta for module in model.modules()
+               for tensor in (*module._parameters.values(), *module._buffers.values(),
+                              *_plain_tensor_attributes(module)) if tensor is not None)
+
+
+def _state_to_load(tensors: Mapping[str, torch.Tensor], layout: StateLayout) -> "collections.OrderedDict":
+    """The state dict `load_state_dict` gets: stored tensors, aliases, JSON extra states and module versions."""
+    state = collections.OrderedDict(tensors)
+    for name, first in layout.aliases.items():
+        if first not in tensors:
+            raise IntegrityError(f"state-dict name {name!r} shares the tensor {first!r}, which is not stored; "
+                                 "run `mmlib verify` and restore the store from a backup")
+        state[name] = tensors[first]
+    state.update(layout.extra_states)
+    state._metadata = collections.OrderedDict(
+        (prefix, dict(entry)) for prefix, entry in layout.module_metadata.items())
+    return state
+
+
+def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return model.get_submodule(path), leaf
+
+
+def _restore_layout(model: torch.nn.Module, layout: StateLayout) -> None:
+    """Tie shared tensors, cast non-persistent buffers, freeze parameters and set train/eval as saved."""
+    for name in layout.tied:
+        first_owner, first_leaf = _owner(model, layout.aliases[name])
+        shared = first_owner._parameters.get(first_leaf, first_owner._buffers.get(first_leaf))
+        owner, leaf = _owner(model, name)
+        slots = owner._parameters if leaf in owner._parameters else owner._buffers
+        slots[leaf] = shared
+    for name, dtype in layout.buffer_dtypes.items():
+        owner, leaf = _owner(model, name)
+        buffer = owner._buffers.get(leaf)
+        if buffer is not None:
+            owner._buffers[leaf] = buffer.to(dtype=dtype_from_name(dtype))
+    frozen = set(layout.frozen)
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        parameter.requires_grad_(name not in frozen)
+    in_eval = set(layout.eval_modules)
+    for name, module in model.named_modules(remove_duplicate=False):
+        module.training = name not in in_eval
+
+
+def rebuild(factory: Callable[[], torch.nn.Module], tensors: Mapping[str, torch.Tensor],
+            layout: StateLayout) -> torch.nn.Module:
+    """The saved model, built by `factory` and given the stored tensors (assigned, so they keep their dtype).
+
+    Built on the meta device first; when anything is left there (a tensor attribute, a non-persistent buffer),
+    meta construction is not safe for the class, and it is built normally instead.
+    """
+    state = _state_to_load(tensors, layout)
+    try:
+        with meta_construction():
+            model = factory()
+        model.load_state_dict(state, assign=True)
+        if not _left_on_meta(model):
+            _restore_layout(model, layout)
+            return model
+        logger.debug("%r keeps tensors outside its state dict; building it normally", factory)
+    except _CONSTRUCTION_ERRORS as error:
+        logger.debug("meta-device construction of %r failed (%s); building it normally", factory, error)
+    model = factory()
+    model.load_state_dict(state, assign=True)
+    _restore_layout(model, layout)
+    return model
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, Optional[list[int]]]:
+    """State-dict name -> tensor shape (None for an extra state that is not a tensor)."""
+    return {name: list(value.shape) if isinstance(value, torch.Tensor) else None
+            for name, value in model.state_dict(keep_vars=True).items()}
+
+
+def check_rebuildable(factory: Callable[[], torch.nn.Module], captured: CapturedState, describe: str) -> None:
+    """Raise InvalidSaveInfoError unless `factory` builds a model with the captured state-dict names and shapes.
+
+    `describe` names the factory call in the message (e.g. `ResNet18()`). Dtypes may differ: the stored
+    tensors are assigned, so they keep theirs.
+    """
+    try:
+        with meta_construction():
+            built = factory()
+    except _CONSTRUCTION_ERRORS:
+        built = None
+    try:
+        built = built if built is not None else factory()
+    except Exception as error:  # noqa: BLE001 - any constructor failure means the model cannot be rebuilt
+        raise InvalidSaveInfoError(f"{describe} raises {type(error).__name__}: {error}; save with init_args the "
+                                   "constructor accepts, or with a class or factory that builds this model") \
+            from error
+    if not isinstance(built, torch.nn.Module):
+        raise InvalidSaveInfoError(f"{describe} returns a {type(built).__name__}, not a torch.nn.Module; save with "
+                                   "a class or a factory function that returns the model")
+    expected = _shapes(built)
+    saved = {name: list(value.shape) if isinstance(value, torch.Tensor) else None
+             for name, value in captured.named_values().items()}
+    hint = "save with a class or factory that builds this architecture, or pass init_args"
+    for name, shape in saved.items():
+        if name not in expected:
+            raise InvalidSaveInfoError(f"the model has {name!r}, which {describe} does not build (was a layer added "
+                                       f"or replaced after construction?): {hint}")
+        if shape != expected[name]:
+            raise InvalidSaveInfoError(f"{name!r} has shape {shape} but {describe} builds {expected[name]}: {hint}")
+    missing = [name for name in expected if name not in saved]
+    if missing:
+        raise InvalidSaveInfoError(f"{describe} builds {missing[:5]}, which the model lacks: {hint}")
+    if list(expected) != captured.names:
+        raise InvalidSaveInfoError(f"{describe} registers the model's layers in another order than the saved model; "
+                                   f"{hint}")
