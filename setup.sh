@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install mmlib into it. `--test` adds the test and benchmark tools
-# (pytest, the secantusdb MongoDB wire-protocol server the tests start, matplotlib).
+# (pytest, the secantusdb MongoDB wire-protocol server the tests start, transformers for the model zoo
+# tests, matplotlib).
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv .venv

@@ -6,14 +6,13 @@ import torch
 
 
 def tensor_equal(tensor1: torch.Tensor, tensor2: torch.Tensor) -> bool:
-    """True when both tensors have the same dtype, shape and values (bit patterns, so NaNs compare equal)."""
+    """True when both tensors have the same dtype, shape and bit patterns (so NaNs compare equal, and dtypes
+    without comparison kernels such as bits8 or float8 compare too)."""
     if tensor1.dtype != tensor2.dtype or tensor1.shape != tensor2.shape:
         return False
     if tensor1.device != tensor2.device:
         tensor2 = tensor2.to(tensor1.device)
-    if tensor1.is_floating_point() or tensor1.is_complex():
-        return torch.equal(_bit_view(tensor1), _bit_view(tensor2))
-    return torch.equal(tensor1, tensor2)
+    return torch.equal(_bit_view(tensor1), _bit_view(tensor2))
 
 
 def _bit_view(tensor: torch.Tensor) -> torch.Tensor:

@@ -236,6 +236,47 @@ class MixedPrecisionMLP(nn.Module):
         return self.layers(features)
 
 
+class DriftingLinear(nn.Linear):
+    """A layer whose load hook changes the values it is given: rebuilding it gives other weights than were saved."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        if prefix + "weight" in state_dict:
+            state_dict[prefix + "weight"] = state_dict[prefix + "weight"] + 1
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+# Every dtype torch.save accepts (the sub-byte int1..7 / uint1..7 it refuses).
+STORABLE_DTYPES = [
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex128, torch.complex64, torch.complex32,
+    torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.float8_e5m2fnuz, torch.float8_e8m0fnu,
+    torch.float4_e2m1fn_x2, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint64, torch.uint32,
+    torch.uint16, torch.uint8, torch.bool, torch.bits8, torch.bits16, torch.bits1x8, torch.bits2x4, torch.bits4x2,
+]
+
+
+class EveryDtype(nn.Module):
+    """One buffer of every dtype torch.save accepts (a 3x5 tensor each), and a float parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(5))
+        for index, dtype in enumerate(STORABLE_DTYPES):
+            self.register_buffer(f"buffer_{index}", torch.zeros(3, 5, dtype=dtype))
+
+    def randomize(self, seed: int) -> "EveryDtype":
+        """Give every buffer random bit patterns (NaNs, infinities and denormals included; bools 0 or 1, as any
+        other byte in a bool is undefined behaviour for torch)."""
+        generator = torch.Generator().manual_seed(seed)
+        for buffer in self.buffers():
+            raw = buffer.view(torch.uint8)
+            high = 2 if buffer.dtype == torch.bool else 256
+            raw.copy_(torch.randint(0, high, raw.shape, dtype=torch.uint8, generator=generator))
+        return self
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features * self.weight
+
+
 def tiny_gpt2(layers: int = 2, width: int = 16, vocab: int = VOCAB):
     """transformers' GPT2LMHeadModel from a tiny config (no download; embeddings tied to the LM head)."""
     from transformers import GPT2Config, GPT2LMHeadModel

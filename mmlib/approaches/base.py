@@ -4,6 +4,7 @@ Every save writes blobs first, then metadata documents in dependency order, and
 the model document last: a model is listed only once all it needs is stored.
 """
 
+import ast
 import concurrent.futures
 import contextlib
 import functools
@@ -19,7 +20,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 
-from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, rebuild
+from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, module_types, rebuild
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
@@ -59,6 +60,30 @@ def _source_file(cls: type) -> Optional[str]:
         return inspect.getsourcefile(cls)
     except (TypeError, OSError):
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _imports_relatively(path: str, modified: float) -> bool:
+    """Whether the Python file at `path` (as of mtime `modified`) has relative imports (`from . import x`)."""
+    with open(path, "rb") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    return any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
+
+
+def _package_import_path(cls: type) -> Optional[str]:
+    """`module:Class` for a class whose source file cannot be loaded on its own (it imports relatively, as modules
+    of installed packages such as torch.nn or transformers do), so recovery imports it instead; else None."""
+    source = _source_file(cls)
+    if stored_code_of(cls) is not None or not source or not os.path.isfile(source):
+        return None
+    try:
+        relative = _imports_relatively(source, os.path.getmtime(source))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    if not relative:
+        return None
+    _check_top_level(cls)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _check_top_level(cls: type) -> None:
@@ -221,20 +246,27 @@ class AbstractSaveService(ABC):
                 target = self._import_target(root)
                 return ModelSource(None, root.model_import, _checked_init_args(init_args, target), root.model_package,
                                    target)
+        package_import = _package_import_path(type(save_info.model)) if save_info.model_code is None else None
+        if package_import is not None:
+            logger.info("%s comes from a package module that cannot be loaded on its own; saving it by import path "
+                        "%s", type(save_info.model).__qualname__, package_import)
+            return ModelSource(None, package_import, _checked_init_args(init_args, type(save_info.model)),
+                               distribution_of(package_import), type(save_info.model))
         code, target = self._model_code(save_info)
         return ModelSource(code, None, _checked_init_args(init_args, target), None, target)
 
-    def _check_rebuildable(self, source: ModelSource, captured: CapturedState) -> None:
+    def _check_rebuildable(self, model: torch.nn.Module, source: ModelSource, captured: CapturedState) -> None:
         """Refuse, before anything is written, a model that `source` would not rebuild (checked once per
         architecture and service)."""
-        signature = (source.target, json.dumps(source.init_args, sort_keys=True),
+        modules = module_types(model)
+        signature = (source.target, json.dumps(source.init_args, sort_keys=True), tuple(modules.items()),
                      tuple((name, tuple(value.shape) if isinstance(value, torch.Tensor) else None)
                            for name, value in captured.named_values().items()))
         if signature in self._rebuildable:
             return
         arguments = ", ".join(f"{name}={value!r}" for name, value in (source.init_args or {}).items())
         describe = f"{getattr(source.target, '__qualname__', source.target)}({arguments})"
-        check_rebuildable(functools.partial(source.target, **(source.init_args or {})), captured, describe)
+        check_rebuildable(functools.partial(source.target, **(source.init_args or {})), captured, modules, describe)
         if len(self._rebuildable) >= _REBUILDABLE_CACHE_SIZE:
             self._rebuildable.clear()
         self._rebuildable.add(signature)
@@ -252,7 +284,7 @@ class AbstractSaveService(ABC):
         class_name = check_class_name(type(model).__name__)
         source = self._model_source(save_info)
         captured = captured if captured is not None else capture(model)
-        self._check_rebuildable(source, captured)
+        self._check_rebuildable(model, source, captured)
         with self._timed("save_weights"):
             weights_hash_info, parameters = run_beside(lambda: merkle_tree(captured),
                                                        lambda: self._save_weights(captured.tensors))

@@ -235,8 +235,15 @@ def _shapes(model: torch.nn.Module) -> dict[str, Optional[list[int]]]:
             for name, value in model.state_dict(keep_vars=True).items()}
 
 
-def check_rebuildable(factory: Callable[[], torch.nn.Module], captured: CapturedState, describe: str) -> None:
-    """Raise InvalidSaveInfoError unless `factory` builds a model with the captured state-dict names and shapes.
+def module_types(model: torch.nn.Module) -> dict[str, str]:
+    """Module name -> class name of every submodule: the architecture, parameter-free layers included."""
+    return {name: type(module).__qualname__ for name, module in model.named_modules(remove_duplicate=False)}
+
+
+def check_rebuildable(factory: Callable[[], torch.nn.Module], captured: CapturedState,
+                      saved_modules: dict[str, str], describe: str) -> None:
+    """Raise InvalidSaveInfoError unless `factory` builds the saved architecture: the same modules
+    (`saved_modules`, from `module_types`) and the captured state-dict names and shapes.
 
     `describe` names the factory call in the message (e.g. `ResNet18()`). Dtypes may differ: the stored
     tensors are assigned, so they keep theirs.
@@ -255,10 +262,19 @@ def check_rebuildable(factory: Callable[[], torch.nn.Module], captured: Captured
     if not isinstance(built, torch.nn.Module):
         raise InvalidSaveInfoError(f"{describe} returns a {type(built).__name__}, not a torch.nn.Module; save with "
                                    "a class or a factory function that returns the model")
+    hint = "save with a class or factory that builds this architecture, or pass init_args"
+    built_modules = module_types(built)
+    for name, class_name in saved_modules.items():
+        if built_modules.get(name) != class_name:
+            built_as = f"a {built_modules[name]}" if name in built_modules else "nothing"
+            raise InvalidSaveInfoError(f"module {name!r} is a {class_name} in the model but {describe} builds "
+                                       f"{built_as} there (was it replaced or added after construction?): {hint}")
+    extra = [name for name in built_modules if name not in saved_modules]
+    if extra:
+        raise InvalidSaveInfoError(f"{describe} builds modules {extra[:5]}, which the model lacks: {hint}")
     expected = _shapes(built)
     saved = {name: list(value.shape) if isinstance(value, torch.Tensor) else None
              for name, value in captured.named_values().items()}
-    hint = "save with a class or factory that builds this architecture, or pass init_args"
     for name, shape in saved.items():
         if name not in expected:
             raise InvalidSaveInfoError(f"the model has {name!r}, which {describe} does not build (was a layer added "
