@@ -39,7 +39,8 @@ def measure(model_key: str, repeats: int) -> list[tuple[str, float, str]]:
             "check: capture + hash the rebuilt model": lambda _: lambda: merkle_tree(capture(model)),
         }
         medians = {name: result["median_s"] for name, result in median_seconds(steps, repeats).items()}
-    save_anchor, load_anchor = medians["anchor: torch.save"], medians["anchor: torch.load + construct + load_state_dict"]
+    save_anchor = medians["anchor: torch.save"]
+    load_anchor = medians["anchor: torch.load + construct + load_state_dict"]
     rows = []
     for name, seconds in medians.items():
         anchor = load_anchor if name.startswith(("anchor: torch.load", "rebuild", "check")) else save_anchor

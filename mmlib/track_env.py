@@ -3,7 +3,6 @@
 import functools
 import importlib.metadata
 import platform
-import sys
 import warnings
 from typing import Optional
 

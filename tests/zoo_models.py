@@ -10,14 +10,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from mmlib.examples.image_classification import SGDOptimizer
+from mmlib.examples.image_classification import OPTIMIZER, ImageClassificationTrainService, SGDOptimizer
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
-from mmlib.schema.restorable_object import (StateDictRestorableObjectWrapper, StateFileRestorableObjectWrapper,
-                                            TrainService)
+from mmlib.schema.restorable_object import StateDictRestorableObjectWrapper, StateFileRestorableObjectWrapper
 from mmlib.util.init_from_file import create_object
 
 VOCAB = 50
-OPTIMIZER = "optimizer"
 
 
 class TiedDecoderLM(nn.Module):
@@ -331,7 +329,7 @@ def loss_of(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return sum(tensor.float().square().mean() for tensor in output_tensors(model(model_input(model, batch))))
 
 
-class ZooTrainService(TrainService):
+class ZooTrainService(ImageClassificationTrainService):
     """Trains any zoo model for a few steps on seeded inputs with the stored SGD optimizer."""
 
     def train(self, model: nn.Module, inputs: str = "features", steps: int = 2, seed: int = 0) -> None:
@@ -341,12 +339,6 @@ class ZooTrainService(TrainService):
             optimizer.zero_grad()
             loss_of(model, INPUTS[inputs](step)).backward()
             optimizer.step()
-
-    def _optimizer(self, model: nn.Module) -> SGDOptimizer:
-        wrapper = self.state_objs[OPTIMIZER]
-        if wrapper.instance is None:
-            wrapper.restore_instance({"params": model.parameters()})
-        return wrapper.instance
 
 
 class ZooTrainWrapper(StateDictRestorableObjectWrapper):
