@@ -4,9 +4,12 @@ The zoo (test_model_zoo.py) covers models that must round-trip; this file covers
 save time, checks that must catch a rebuilt model that differs, every dtype, and the caches.
 """
 
+import io
+
 import pytest
 import torch
 
+from mmlib.approaches import model_state
 from mmlib.equal import state_dict_equal
 from mmlib.errors import IntegrityError, InvalidSaveInfoError
 from mmlib.maintenance import verify
@@ -15,9 +18,11 @@ from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenc
 from mmlib.persistence.base import split_reference_id
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import ModelInfo
+from mmlib.schema.state_layout import StateLayout
+from mmlib.util.safetensors_io import read_state_dict, write_state_dict
 from save_helpers import save_info, store_contents
 from test_model_zoo import ZOO, assert_same_model, fine_tune
-from zoo_models import STORABLE_DTYPES, DriftingLinear, EveryDtype, NoParameters, Recurrent
+from zoo_models import STORABLE_DTYPES, DriftingCounter, DriftingLinear, EveryDtype, NoParameters, Recurrent
 
 SERVICES = {
     "baseline": BaselineSaveService,
@@ -72,10 +77,13 @@ def test_a_model_its_class_does_not_build_is_refused(service, local_stores, make
     _refused(service, local_stores, save_info(make_model()), match)
 
 
-@pytest.mark.parametrize("init_args", [5, [4], {"unknown": 1}, {"cell": "lstm", "layers": 2}, {1: "lstm"}],
-                         ids=str)
-def test_init_args_the_constructor_does_not_accept_are_refused(service, local_stores, init_args):
-    _refused(service, local_stores, save_info(Recurrent("lstm"), init_args=init_args), "init_args")
+@pytest.mark.parametrize("init_args, match", [
+    (5, "init_args must be a dict"), ([4], "init_args must be a dict"), ({1: "lstm"}, "init_args must be a dict"),
+    ({"unknown": 1}, "does not accept init_args"), ({"cell": "lstm", "layers": 2}, "does not accept init_args"),
+    ({"cell": {1, 2}}, "JSON values"),
+], ids=str)
+def test_init_args_the_constructor_does_not_accept_are_refused(service, local_stores, init_args, match):
+    _refused(service, local_stores, save_info(Recurrent("lstm"), init_args=init_args), match)
 
 
 def test_init_args_that_build_another_architecture_are_refused(service, local_stores):
@@ -125,6 +133,15 @@ def test_checked_recovery_verifies_the_rebuilt_model_not_the_stored_tensors(loca
         service.recover_model(model_id, execute_checks=True)
     drifted = service.recover_model(model_id, execute_checks=False).model
     assert torch.equal(drifted.weight, model.weight + 1)
+
+
+@pytest.mark.parametrize("approach", ["baseline", "update"])
+def test_checked_recovery_verifies_the_rebuilt_extra_state(local_stores, approach):
+    service = SERVICES[approach](*local_stores)
+    model_id = service.save_model(save_info(DriftingCounter()))
+    with pytest.raises(IntegrityError, match=model_id):
+        service.recover_model(model_id, execute_checks=True)
+    assert service.recover_model(model_id, execute_checks=False).model.steps == 1
 
 
 def test_every_dtype_round_trips_in_snapshots_and_deltas(local_stores):
@@ -199,3 +216,28 @@ def test_a_model_recovered_from_one_store_saves_with_its_code_into_another(tmp_p
     code = ModelInfo.load(model_id, *store_b, "", load_recursive=True).recover_info.model_code
     assert store_b.file_pers_service.blob_exists(split_reference_id(code.reference_id)[0])
     assert_same_model(BaselineSaveService(*store_b).recover_model(model_id).model, model, "tokens")
+
+
+def test_a_rebuild_that_loses_a_tie_fails_the_check(local_stores, monkeypatch):
+    service = BaselineSaveService(*local_stores)
+    model_id = service.save_model(save_info(ZOO["tied_decoder_lm"].build()))
+    monkeypatch.setattr(model_state, "_restore_layout", lambda model, layout: None)
+    with pytest.raises(IntegrityError, match="tied"):
+        service.recover_model(model_id, execute_checks=True)
+
+
+@pytest.mark.parametrize("document", [
+    {"buffer_dtypes": [["mask", "os.system"]]}, {"aliases": {"a": "b"}}, {"tied": "a"},
+    {"module_metadata": [[{"version": 1}, [3]]]}, {"extra_states": [["a"]]},
+], ids=str)
+def test_a_damaged_state_layout_is_an_integrity_error(document):
+    with pytest.raises(IntegrityError, match="state layout"):
+        StateLayout.from_document(document)
+
+
+def test_a_weights_blob_naming_an_unknown_dtype_is_an_integrity_error():
+    sink = io.BytesIO()
+    write_state_dict({"z": torch.zeros(2, dtype=torch.complex128)}, sink)
+    damaged = sink.getvalue().replace(b"complex128", b"complex999")
+    with pytest.raises(IntegrityError):
+        read_state_dict(memoryview(bytearray(damaged)))

@@ -243,6 +243,14 @@ class DriftingLinear(nn.Linear):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
+class DriftingCounter(Counter):
+    """A counter whose set_extra_state counts the load as a step: rebuilding it gives another extra state."""
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        self.steps += 1
+
+
 # Every dtype torch.save accepts (the sub-byte int1..7 / uint1..7 it refuses).
 STORABLE_DTYPES = [
     torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex128, torch.complex64, torch.complex32,
