@@ -62,6 +62,14 @@ def _added_layer() -> torch.nn.Module:
     return model
 
 
+def _reregistered_layer() -> torch.nn.Module:
+    model = ResNet18()
+    layer = model.layer1
+    del model.layer1
+    model.layer1 = layer
+    return model
+
+
 def _replaced_activation() -> torch.nn.Module:
     model = NoParameters()
     model.activation = torch.nn.ReLU()
@@ -72,7 +80,8 @@ def _replaced_activation() -> torch.nn.Module:
     (_replaced_head, r"'fc.weight' has shape \[10, 512\] but ResNet18\(\) builds \[1000, 512\]"),
     (_added_layer, "adapter"),
     (_replaced_activation, "module 'activation' is a ReLU in the model but NoParameters.* builds a GELU"),
-], ids=["replaced head", "added layer", "replaced parameter-free layer"])
+    (_reregistered_layer, "registers the model's layers in another order"),
+], ids=["replaced head", "added layer", "replaced parameter-free layer", "layers in another order"])
 def test_a_model_its_class_does_not_build_is_refused(service, local_stores, make_model, match):
     _refused(service, local_stores, save_info(make_model()), match)
 

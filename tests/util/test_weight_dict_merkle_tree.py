@@ -56,3 +56,17 @@ def test_tampered_leaf_fails_the_integrity_check():
         node = node[LEFT]
     node[LAYER_WEIGHT_HASH] = "0" * 64
     assert not WeightDictMerkleTree.from_python_dict(python_dict).check_integrity()
+
+
+def test_json_extra_states_are_leaves_whose_values_count():
+    state = dict(_state_dict(), **{"counter._extra_state": {"steps": 3}})
+    changed = dict(state, **{"counter._extra_state": {"steps": 4}})
+    tree, other = WeightDictMerkleTree.from_state_dict(state), WeightDictMerkleTree.from_state_dict(changed)
+    assert tree != other
+    assert tree.diff(other)[0] == {THIS: {"counter._extra_state"}, OTHER: {"counter._extra_state"}}
+
+
+def test_an_empty_state_dict_has_a_tree_that_survives_a_round_trip():
+    tree = WeightDictMerkleTree.from_state_dict({})
+    restored = WeightDictMerkleTree.from_python_dict(tree.to_python_dict())
+    assert tree.to_python_dict() == {} and restored == tree and restored.check_integrity()
