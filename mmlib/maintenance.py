@@ -20,6 +20,7 @@ from mmlib.approaches.base import AbstractSaveService
 from mmlib.errors import (EnvironmentMismatchWarning, IncompatibleModelError, IntegrityError, ModelNotFoundError,
                           StoreUnavailableError)
 from mmlib.persistence.store import Store
+from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, STORE_TYPE, ModelInfo
 from mmlib.schema.schema_obj import BLOB, StoredItem
 from mmlib.schema.store_type import ModelStoreType
@@ -144,13 +145,7 @@ def list_models(store: Store) -> list[ModelSummary]:
 
 def lineage(store: Store, model_id: str) -> list[Version]:
     """The model, its base, its base's base, ... up to the root."""
-    chain = [version(store, model_id)]
-    while chain[-1].base_id is not None:
-        if any(v.model_id == chain[-1].base_id for v in chain):
-            raise IntegrityError(f"the base models of {model_id} form a cycle at {chain[-1].base_id}; "
-                                 "the metadata is damaged: restore the store from a backup")
-        chain.append(version(store, chain[-1].base_id))
-    return chain
+    return walk_lineage(model_id, lambda some_id: version(store, some_id), lambda entry: entry.base_id)
 
 
 def _environment_summary(store: Store, chain: list[Version]) -> dict:
@@ -220,10 +215,10 @@ def export_weights(store: Store, model_id: str, path: str) -> int:
 
 def _needed_items(store: Store, model_id: str) -> Iterator[StoredItem]:
     """Every document and blob recovering the model reads: its own and, for updates, its bases' up to a snapshot."""
-    for entry in lineage(store, model_id):
+    needed = walk_lineage(model_id, lambda some_id: version(store, some_id), lambda entry: entry.base_id,
+                          stop=lambda entry: entry.store_type == ModelStoreType.FULL_MODEL.value)
+    for entry in needed:
         yield from ModelInfo.load_placeholder(entry.model_id).stored_items(store.dict_pers_service)
-        if entry.store_type == ModelStoreType.FULL_MODEL.value:
-            return
 
 
 def _blob_problem(store: Store, digest: str) -> Optional[str]:
@@ -268,7 +263,7 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
         found = []
         try:
             blobs = sorted({item.item_id for item in _needed_items(store, model_id) if item.kind == BLOB})
-        except ModelNotFoundError as error:
+        except (ModelNotFoundError, IntegrityError) as error:
             found.append(Problem(model_id, "metadata", f"{error}; the model cannot be recovered: restore the "
                                                        "store from a backup"))
             blobs = []

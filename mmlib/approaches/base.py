@@ -24,6 +24,7 @@ from mmlib.approaches.model_state import CapturedState, capture, check_rebuildab
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
+from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
@@ -272,11 +273,14 @@ class AbstractSaveService(ABC):
         self._rebuildable.add(signature)
 
     def _root_snapshot(self, model_id: str) -> FullModelRecoverInfo:
-        """The full snapshot at the root of a model's lineage (where its code and class name live)."""
-        model_info = self._load_model_info(model_id)
-        while model_info.store_type != ModelStoreType.FULL_MODEL:
-            model_info = self._load_model_info(model_info.derived_from)
-        return model_info.recover_info
+        """The nearest full snapshot in a model's lineage (where its code and class name live)."""
+        root = walk_lineage(model_id, self._load_model_info, lambda info: info.derived_from,
+                            stop=lambda info: info.store_type == ModelStoreType.FULL_MODEL)[-1]
+        if root.store_type != ModelStoreType.FULL_MODEL:
+            raise IntegrityError(f"the lineage of model {model_id} ends at {root.store_id}, which is stored as "
+                                 f"{root.store_type.value}, not as a full snapshot; the metadata was changed, run "
+                                 "`mmlib verify`")
+        return root.recover_info
 
     def _save_snapshot(self, save_info: ModelSaveInfo, captured: Optional[CapturedState] = None) -> str:
         """Store a full snapshot: weights, code, class name and environment; the model document last."""

@@ -27,6 +27,7 @@ from mmlib.errors import (ConfigurationError, IncompatibleModelError, IntegrityE
 from mmlib.persistence.base import FileReference
 from mmlib.save_info import ModelSaveInfo, ProvModelSaveInfo
 from mmlib.schema.dataset import Dataset
+from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import MODEL_INFO, WEIGHTS_HASH_INFO, ModelInfo
 from mmlib.schema.recover_info import ProvenanceRecoverInfo
 from mmlib.schema.restorable_object import (StateDictRestorableObjectWrapper, check_json_value,
@@ -143,15 +144,8 @@ class ProvenanceSaveService(AbstractSaveService):
 
     def _lineage(self, model_id: str) -> list[ModelInfo]:
         """The model infos from the full snapshot at the root up to `model_id`."""
-        chain = [self._load_model_info(model_id)]
-        seen = {model_id}
-        while chain[0].store_type == ModelStoreType.PROVENANCE:
-            base_id = chain[0].derived_from
-            if base_id is None or base_id in seen:
-                raise IntegrityError(f"the lineage of model {model_id} is broken at {chain[0].store_id} (no base "
-                                     "or a cycle); the metadata was changed, run `mmlib verify`")
-            seen.add(base_id)
-            chain.insert(0, self._load_model_info(base_id))
+        chain = walk_lineage(model_id, self._load_model_info, lambda info: info.derived_from,
+                             stop=lambda info: info.store_type != ModelStoreType.PROVENANCE)[::-1]
         if chain[0].store_type != ModelStoreType.FULL_MODEL:
             raise IncompatibleModelError(
                 f"model {chain[0].store_id} in the lineage of {model_id} is stored as {chain[0].store_type.value}; "

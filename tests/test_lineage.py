@@ -1,0 +1,74 @@
+"""Lineage walks: a loop or a missing base is a typed error naming the broken link, never a hang."""
+
+import threading
+
+import pytest
+import torch
+
+from mmlib.errors import IntegrityError
+from mmlib.maintenance import lineage, verify
+from mmlib.persistence import open_store
+from mmlib.save import BaselineSaveService, WeightUpdateSaveService
+from mmlib.schema.model_info import DERIVED_FROM, MODEL_INFO
+from save_helpers import perturb, save_info
+from tiny_models import TinyNet
+
+WALK_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def store(tmp_path):
+    return open_store(str(tmp_path / "store"))
+
+
+def _raises_promptly(action, match: str) -> None:
+    """`action` raises IntegrityError matching `match` and does not run on (a loop would never end)."""
+    outcome = {}
+
+    def run() -> None:
+        try:
+            action()
+        except IntegrityError as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(WALK_TIMEOUT_S)
+    assert not worker.is_alive(), "the lineage walk did not end"
+    assert "error" in outcome and match in str(outcome["error"])
+
+
+def _chain(store, length: int) -> tuple[list[str], torch.nn.Module]:
+    service = WeightUpdateSaveService(*store)
+    model = TinyNet()
+    ids = [service.save_model(save_info(model))]
+    for _ in range(length - 1):
+        perturb(model)
+        ids.append(service.save_model(save_info(model, base_model_id=ids[-1])))
+    return ids, model
+
+
+def test_a_version_that_names_itself_as_base_stops_saves_and_lineage(store):
+    ids, model = _chain(store, 2)
+    store.dict_pers_service.add_field(ids[1], MODEL_INFO, DERIVED_FROM, ids[1])
+    service = WeightUpdateSaveService(*store, cache_size=0)
+    _raises_promptly(lambda: service.save_model(save_info(model, base_model_id=ids[1])), "loops")
+    _raises_promptly(lambda: lineage(store, ids[1]), "loops")
+
+
+def test_a_missing_base_is_named(store):
+    ids, model = _chain(store, 3)
+    store.dict_pers_service.delete_dict(ids[1], MODEL_INFO)
+    service = WeightUpdateSaveService(*store, cache_size=0)
+    _raises_promptly(lambda: service.save_model(save_info(model, base_model_id=ids[2])), ids[1])
+    _raises_promptly(lambda: lineage(store, ids[2]), ids[1])
+
+
+def test_verify_does_not_flag_a_version_that_does_not_need_the_missing_document(store):
+    ids, model = _chain(store, 2)
+    perturb(model)
+    snapshot_id = BaselineSaveService(*store).save_model(save_info(model, base_model_id=ids[1]))
+    perturb(model)
+    update_id = WeightUpdateSaveService(*store).save_model(save_info(model, base_model_id=snapshot_id))
+    store.dict_pers_service.delete_dict(ids[1], MODEL_INFO)
+    assert verify(store, [snapshot_id, update_id]) == []
