@@ -299,7 +299,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
-            return args.handler(args)
+            code = args.handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_OK
     except _UsageError as error:
         return _fail(error, EXIT_USAGE)
     except ModelNotFoundError as error:
@@ -311,6 +316,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous_level)
+
+
+def _discard_stdout() -> None:
+    """The reader of our output went away (`mmlib ls | head -1`): send what is left to /dev/null, so the
+    interpreter's final flush does not fail too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _fail(error: Exception, code: int) -> int:

@@ -5,6 +5,7 @@ parallel); the other subcommands, output formats and error paths are checked in-
 """
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -57,6 +58,19 @@ def _finish(process: subprocess.Popen, expected_code: int = EXIT_OK) -> str:
     assert process.returncode == expected_code, f"{process.args}: exit {process.returncode}\n{stderr}"
     assert "Traceback" not in stderr
     return stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    location = str(tmp_path / "store")
+    _populate(location)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        process = subprocess.run([sys.executable, "-m", "mmlib", "--store", location, "ls"], stdout=write_end,
+                                 stderr=subprocess.PIPE, text=True, timeout=_SUBPROCESS_TIMEOUT_S)
+    finally:
+        os.close(write_end)
+    assert (process.returncode, process.stderr) == (EXIT_OK, "")
 
 
 def test_the_command_in_a_real_process(location, tmp_path, corrupt_blob):
