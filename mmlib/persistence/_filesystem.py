@@ -1,5 +1,6 @@
 """Blob store on a local or shared file system: `<base>/<d[:2]>/<d[2:]>`, written to a temp name, fsynced, renamed."""
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -157,8 +158,10 @@ class FileSystemPersistenceService(FilePersistenceService):
         _sync_directory(folder)
 
     def _abort_blob(self, handle: _WritebackFile) -> None:
-        handle.close()
-        os.unlink(handle.name)
+        with contextlib.suppress(OSError):
+            handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.name)
 
     def _open_blob_reader(self, digest: str) -> BinaryIO:
         try:

@@ -5,6 +5,7 @@ digest; a crash leaves a `partial-*` file, or chunks of an upload that never clo
 collection removes.
 """
 
+import contextlib
 import uuid
 from typing import BinaryIO, Iterator
 
@@ -78,7 +79,11 @@ class GridFSFilePersistenceService(FilePersistenceService):
             self._run(lambda: self._bucket.rename(handle.upload._id, digest))
 
     def _abort_blob(self, handle: "_UploadWriter") -> None:
-        self._run(handle.upload.abort)
+        if not handle.upload.closed:
+            self._run(handle.upload.abort)
+            return
+        with contextlib.suppress(gridfs.errors.NoFile):
+            self._run(lambda: self._bucket.delete(handle.upload._id))
 
     def _open_blob_reader(self, digest: str) -> BinaryIO:
         try:

@@ -137,25 +137,27 @@ class FilePersistenceService(ABC):
         hasher.update(data)
         digest = hasher.hexdigest()
         if not self.blob_exists(digest):
-            handle = self._open_blob_writer()
-            handle.write(data)
-            self._commit_blob(handle, digest)
-            logger.debug("stored blob %s (%d bytes)", digest, len(data))
+            self.write_stream(lambda sink: sink.write(data))
         return FileReference(reference_id=f"{digest}/{name}")
 
     def write_stream(self, produce: Callable[[BinaryIO], None]) -> str:
-        """Store the bytes that `produce(fileobj)` writes, hashing on the way; returns their digest."""
+        """Store the bytes that `produce(fileobj)` writes, hashing on the way; returns their digest.
+
+        When producing or committing fails (a full disk, an exception in `produce`), the unfinished blob is
+        removed before the error propagates: a failed save leaves nothing behind.
+        """
         handle = self._open_blob_writer()
         writer = _HashingWriter(handle)
         try:
-            produce(writer)
+            try:
+                produce(writer)
+            finally:
+                writer.close()
+            digest = writer.hasher.hexdigest()
+            self._commit_blob(handle, digest)
         except BaseException:
             self._abort_blob(handle)
             raise
-        finally:
-            writer.close()
-        digest = writer.hasher.hexdigest()
-        self._commit_blob(handle, digest)
         logger.debug("stored blob %s (%d bytes)", digest, writer.size)
         return digest
 
@@ -255,7 +257,7 @@ class FilePersistenceService(ABC):
 
     @abstractmethod
     def _abort_blob(self, handle: BinaryIO) -> None:
-        """Discard a blob being written."""
+        """Discard a blob being written, whatever state writing or committing it failed in."""
 
     @abstractmethod
     def _open_blob_reader(self, digest: str) -> BinaryIO:

@@ -91,3 +91,27 @@ def test_delete_blob(file_service):
     file_service.delete_blob(digest)
     assert not file_service.blob_exists(digest)
     assert list(file_service.blob_digests()) == []
+
+
+class _WriteFailed(Exception):
+    pass
+
+
+def test_a_failed_write_leaves_no_blob_and_no_partial_upload(file_service):
+    def produce(sink) -> None:
+        sink.write(b"x" * (3 * 1024 * 1024))
+        raise _WriteFailed("the producer failed half way")
+
+    with pytest.raises(_WriteFailed):
+        file_service.write_stream(produce)
+    assert (list(file_service.blob_digests()), file_service.partial_uploads()) == ([], [])
+
+
+def test_a_failed_commit_leaves_no_blob_and_no_partial_upload(file_service, monkeypatch):
+    def fail(service, handle, digest) -> None:
+        raise _WriteFailed("committing failed")
+
+    monkeypatch.setattr(type(file_service), "_commit_blob", fail)
+    with pytest.raises(_WriteFailed):
+        file_service.save_bytes(b"never stored", "lost.bin")
+    assert (list(file_service.blob_digests()), file_service.partial_uploads()) == ([], [])
