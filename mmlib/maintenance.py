@@ -17,8 +17,8 @@ import torch
 
 import mmlib.save
 from mmlib.approaches.base import AbstractSaveService
-from mmlib.errors import (EnvironmentMismatchWarning, IncompatibleModelError, IntegrityError, ModelNotFoundError,
-                          StoreUnavailableError)
+from mmlib.errors import (ConfigurationError, EnvironmentMismatchWarning, IncompatibleModelError, IntegrityError,
+                          ModelNotFoundError, StoreUnavailableError)
 from mmlib.persistence.store import Store
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, STORE_TYPE, ModelInfo
@@ -76,6 +76,12 @@ class TreeNode:
         return {**self.version.__dict__, "children": [child.as_dict() for child in self.children]}
 
 
+# What kind of problem verify found, so the fix is clear: restore from a backup, set a setting, install a package.
+CORRUPTION = "corruption"
+CONFIGURATION = "configuration"
+DEPENDENCY = "dependency"
+
+
 @dataclass(frozen=True)
 class Problem:
     """Something `verify` found: the model affected, the stored item at fault, what is wrong and what to do."""
@@ -83,9 +89,10 @@ class Problem:
     model_id: str
     item: str
     message: str
+    kind: str = CORRUPTION
 
     def __str__(self) -> str:
-        return f"model {self.model_id}: {self.item}: {self.message}"
+        return f"model {self.model_id}: {self.item}: {self.kind}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -232,8 +239,8 @@ def _blob_problem(store: Store, digest: str) -> Optional[str]:
     return None
 
 
-def _recovery_problem(store: Store, services: dict, model_id: str) -> Optional[str]:
-    """None when the model recovers with checks, else why it does not."""
+def _recovery_problem(store: Store, services: dict, model_id: str) -> Optional[tuple[str, str]]:
+    """None when the model recovers with checks, else the kind of problem that stops it and what to do."""
     store_type = ModelStoreType(version(store, model_id).store_type)
     try:
         if store_type not in services:
@@ -243,8 +250,13 @@ def _recovery_problem(store: Store, services: dict, model_id: str) -> Optional[s
             services[store_type].recover_model(model_id, execute_checks=True)
     except StoreUnavailableError:
         raise
+    except ConfigurationError as error:
+        return CONFIGURATION, f"recovery needs a setting that is missing here ({error}); the store is fine"
     except Exception as error:  # verify reports whatever stops a recovery instead of stopping at the first one
-        return f"recovery fails ({type(error).__name__}: {error}); restore the store from a backup"
+        if isinstance(error, ImportError) or isinstance(error.__cause__, ImportError):
+            return DEPENDENCY, (f"recovery needs code that is not installed here ({type(error).__name__}: {error}); "
+                                "the store is fine: install it")
+        return CORRUPTION, f"recovery fails ({type(error).__name__}: {error}); restore the store from a backup"
     return None
 
 
@@ -273,9 +285,10 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
             if blob_problems[digest] is not None:
                 found.append(Problem(model_id, f"blob {digest}", blob_problems[digest]))
         if not found:
-            message = _recovery_problem(store, services, model_id)
-            if message is not None:
-                found.append(Problem(model_id, "recovery", message))
+            problem = _recovery_problem(store, services, model_id)
+            if problem is not None:
+                kind, message = problem
+                found.append(Problem(model_id, "recovery", message, kind))
         logger.debug("verified model %s: %d problem(s)", model_id, len(found))
         problems += found
     return problems
