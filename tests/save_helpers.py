@@ -11,9 +11,10 @@ def small_input() -> torch.Tensor:
     return torch.rand(2, 3, 64, 64)
 
 
-def save_info(model, base_model_id=None, code=None, init_args=None):
+def save_info(model, base_model_id=None, code=None, init_args=None, model_import=None):
     return ModelSaveInfoBuilder().add_model_info(env=track_current_environment(), model=model, code=code,
-                                                 base_model_id=base_model_id, init_args=init_args).build()
+                                                 base_model_id=base_model_id, init_args=init_args,
+                                                 model_import=model_import).build()
 
 
 def perturb(model: torch.nn.Module, scale: float = 1e-3, only: str = "") -> torch.nn.Module:

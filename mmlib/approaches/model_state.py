@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
-from mmlib.errors import IntegrityError, InvalidSaveInfoError
+from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
 from mmlib.save_info import unwrap_compiled
 from mmlib.schema.state_layout import StateLayout
 from mmlib.util.dtypes import dtype_from_name, dtype_name
@@ -215,17 +215,28 @@ def rebuild(factory: Callable[[], torch.nn.Module], tensors: Mapping[str, torch.
     state = _state_to_load(tensors, layout)
     try:
         with meta_construction():
-            model = factory()
+            model = _module_from(factory)
         model.load_state_dict(state, assign=True)
         if not _left_on_meta(model):
             _restore_layout(model, layout)
             return model
         logger.debug("%r keeps tensors outside its state dict; building it normally", factory)
+    except IncompatibleModelError:
+        raise
     except _CONSTRUCTION_ERRORS as error:
         logger.debug("meta-device construction of %r failed (%s); building it normally", factory, error)
-    model = factory()
+    model = _module_from(factory)
     model.load_state_dict(state, assign=True)
     _restore_layout(model, layout)
+    return model
+
+
+def _module_from(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """What `factory` builds, which must be a module (a stored factory may have been changed to build another)."""
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise IncompatibleModelError(f"{factory!r} builds a {type(model).__name__}, not a torch.nn.Module; the stored "
+                                     "class or factory is not the model's: run `mmlib verify`")
     return model
 
 

@@ -3,6 +3,7 @@
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -16,6 +17,7 @@ CODE_MODULE_PREFIX = "mmlib_code_"
 # Set on every module imported from stored code: (file name, source bytes), so a model of a recovered class
 # can be saved into any store, with its code, after the restore directory is gone.
 STORED_CODE_ATTRIBUTE = "__mmlib_stored_code__"
+_IDENTIFIER = r"[A-Za-z_]\w*"
 _DOTTED_NAME = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _FROM_IMPORT = re.compile(rf"\s*from\s+({_DOTTED_NAME})\s+import\s+([A-Za-z_]\w*)\s*")
 _PLAIN_IMPORT = re.compile(rf"\s*import\s+({_DOTTED_NAME})\s*")
@@ -81,10 +83,27 @@ def _attribute_path(root: Any, dotted_name: str) -> Any:
     return value
 
 
+def _check_defined_in(value: Any, package: str, what: str, functions: bool = True) -> Any:
+    """`value` if it is a class (or, with `functions`, a function) whose module is `package` or inside it;
+    UnsafeCodeError otherwise. Stops a stored name from reaching what a module merely imports (`os`, ...)."""
+    module = getattr(value, "__module__", None) or ""
+    kinds = "class or function" if functions else "class"
+    if not (inspect.isclass(value) or (functions and inspect.isfunction(value))) or not (
+            module == package or module.startswith(package + ".")):
+        raise UnsafeCodeError(f"refusing {what}: it is not a {kinds} defined in {package!r}; the stored metadata "
+                              "may have been changed, run `mmlib verify`")
+    return value
+
+
 def create_type(code: str, type_name: str) -> type:
-    """The class (or function) named `type_name` defined in the code file `code`."""
-    check_class_name(type_name)
-    return _attribute_path(load_code_module(code), type_name)
+    """The class named `type_name` defined in the code file `code` itself (not imported there)."""
+    if not isinstance(type_name, str) or not re.fullmatch(_IDENTIFIER, type_name):
+        raise UnsafeCodeError(f"refusing class name {type_name!r}: stored code is entered by one plain name such as "
+                              "'ResNet18'; the stored metadata may have been changed, run `mmlib verify`")
+    module = load_code_module(code)
+    value = getattr(module, type_name, None)
+    return _check_defined_in(value, module.__name__, f"{type_name!r} of the stored code {os.path.basename(code)!r}",
+                             functions=False)
 
 
 def create_object(code: str, class_name: str) -> Any:
@@ -108,19 +127,27 @@ def import_type(import_cmd: str, class_name: str) -> type:
 
 
 def parse_import_path(import_path: str) -> tuple[str, str]:
-    """Split `package.module:Name` (a class or factory function) into its module and attribute path."""
+    """Split `package.module:Name` (a class or factory function) into its module and attribute name.
+
+    Refuses modules of the standard library and dotted attribute walks (`torch:os.system`).
+    """
     module_name, sep, attribute = import_path.partition(":") if isinstance(import_path, str) else ("", "", "")
-    if not sep or not re.fullmatch(_DOTTED_NAME, module_name) or not re.fullmatch(_DOTTED_NAME, attribute):
+    if not sep or not re.fullmatch(_DOTTED_NAME, module_name) or not re.fullmatch(_IDENTIFIER, attribute):
         raise UnsafeCodeError(
             f"refusing import path {import_path!r}: write it as 'package.module:ClassOrFactory', "
             "e.g. 'torchvision.models:resnet18'")
+    if module_name.split(".")[0] in sys.stdlib_module_names:
+        raise UnsafeCodeError(f"refusing import path {import_path!r}: models come from installed packages or "
+                              "stored code, never from the standard library; the stored metadata may have been "
+                              "changed, run `mmlib verify`")
     return module_name, attribute
 
 
 def import_object(import_path: str) -> Any:
-    """The class or factory named by `package.module:Name`, imported with importlib."""
+    """The class or factory named by `package.module:Name`: one defined in that package, imported with importlib."""
     module_name, attribute = parse_import_path(import_path)
-    return _attribute_path(importlib.import_module(module_name), attribute)
+    value = getattr(importlib.import_module(module_name), attribute)
+    return _check_defined_in(value, module_name.split(".")[0], f"import path {import_path!r}")
 
 
 def distribution_of(import_path: str) -> Optional[dict]:
