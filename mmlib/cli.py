@@ -192,7 +192,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    report = maintenance.collect_garbage(_open(args), dry_run=args.dry_run)
+    report = maintenance.collect_garbage(_open(args), dry_run=args.dry_run, grace_seconds=args.grace)
     if args.json:
         _print_json(asdict(report))
         return EXIT_OK
@@ -204,7 +204,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     for upload_id in report.partial_uploads:
         print(f"{verb} unfinished upload {upload_id}")
     print(f"{verb} {len(report.documents)} document(s), {len(report.blobs)} blob(s), "
-          f"{len(report.partial_uploads)} unfinished upload(s)")
+          f"{len(report.partial_uploads)} unfinished upload(s); kept {report.kept_young} unreferenced item(s) "
+          f"younger than {args.grace:g} s (a save may still need them)")
     return EXIT_OK
 
 
@@ -267,9 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command("verify", _cmd_verify, "re-hash every blob the models need and recover each model; "
                      "exit code 1 on any problem", "mmlib --store ./models verify MODEL_ID")
     verify.add_argument("model_ids", nargs="*", metavar="ID", help="models to verify (default: all)")
-    gc = command("gc", _cmd_gc, "remove blobs, documents and unfinished uploads no model references "
-                 "(run it while no process saves)", "mmlib --store ./models gc --dry-run")
+    gc = command("gc", _cmd_gc, "remove blobs, documents and unfinished uploads no model references and no "
+                 "save wrote or reused within the grace period (safe while other processes save)",
+                 "mmlib --store ./models gc --dry-run")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument("--grace", type=float, default=maintenance.DEFAULT_GC_GRACE_S, metavar="SECONDS",
+                    help="keep what was written less than this long ago (default: %(default)g, a day; "
+                         "0 when no process saves)")
     command("bench", _cmd_bench, f"run the benchmark ({BENCHMARK_MODULE}) from a source checkout; other "
             "arguments go to the benchmark", "python -m mmlib bench --quick", json_output=False)
     return parser

@@ -8,6 +8,7 @@ a save that is still running: run it while no process saves into the store.
 import logging
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -76,6 +77,11 @@ class TreeNode:
         return {**self.version.__dict__, "children": [child.as_dict() for child in self.children]}
 
 
+# gc keeps what was written less than this long ago: a save may still be running (a day, like a long training
+# job's last save; pass grace_seconds=0 when no process saves).
+DEFAULT_GC_GRACE_S = 24 * 3600.0
+_PARTIAL_UPLOAD = "partial upload"
+
 # What kind of problem verify found, so the fix is clear: restore from a backup, set a setting, install a package.
 CORRUPTION = "corruption"
 CONFIGURATION = "configuration"
@@ -103,6 +109,7 @@ class GarbageReport:
     blobs: list[str]
     documents: list[dict]
     partial_uploads: list[str]
+    kept_young: int = 0
 
     @property
     def count(self) -> int:
@@ -307,17 +314,26 @@ def _live_items(store: Store) -> set[StoredItem]:
     return live
 
 
-def collect_garbage(store: Store, dry_run: bool = False) -> GarbageReport:
+def collect_garbage(store: Store, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_S) -> GarbageReport:
     """Remove every blob and document no model references, and unfinished uploads; returns what was removed.
 
+    Safe while other processes save: what was written or reused less than `grace_seconds` ago is kept (a save
+    still running may need it) and counted in `kept_young`. Items are listed with their times before the live
+    set is computed, and listed again just before removal, so an item a save reuses meanwhile is kept too.
     With `dry_run` nothing is removed. Documents go first, so an interrupted run leaves only garbage behind.
     """
     fps, dps = store
+    before = _item_times(store)
     live = _live_items(store)
-    documents = [{"type": kind, "id": item_id} for kind in dps.all_types() for item_id in dps.all_ids_for_type(kind)
-                 if StoredItem(kind, item_id) not in live]
-    blobs = [digest for digest in fps.blob_digests() if StoredItem(BLOB, digest) not in live]
-    partial_uploads = fps.partial_uploads()
+    after = _item_times(store)
+    deadline = time.time() - grace_seconds
+    unreferenced = [item for item in before if item not in live and item.kind != _PARTIAL_UPLOAD]
+    partial = [item for item in before if item.kind == _PARTIAL_UPLOAD]
+    old = [item for item in unreferenced + partial
+           if before[item] <= deadline and after.get(item, before[item]) == before[item]]
+    documents = [{"type": item.kind, "id": item.item_id} for item in old if item.kind not in (BLOB, _PARTIAL_UPLOAD)]
+    blobs = [item.item_id for item in old if item.kind == BLOB]
+    partial_uploads = [item.item_id for item in old if item.kind == _PARTIAL_UPLOAD]
     if not dry_run:
         for document in documents:
             dps.delete_dict(document["id"], document["type"])
@@ -328,4 +344,16 @@ def collect_garbage(store: Store, dry_run: bool = False) -> GarbageReport:
         for upload_id in partial_uploads:
             fps.delete_partial_upload(upload_id)
             logger.info("removed unfinished upload %s", upload_id)
-    return GarbageReport(dry_run=dry_run, blobs=blobs, documents=documents, partial_uploads=partial_uploads)
+    return GarbageReport(dry_run=dry_run, blobs=blobs, documents=documents, partial_uploads=partial_uploads,
+                         kept_young=len(unreferenced) + len(partial) - len(old))
+
+
+def _item_times(store: Store) -> dict[StoredItem, float]:
+    """Every document, blob and unfinished upload of the store, with when it was last written or reused."""
+    fps, dps = store
+    times = {StoredItem(kind, item_id): moment for kind in dps.all_types()
+             for item_id, moment in dps.document_times(kind).items()}
+    times.update({StoredItem(BLOB, digest): moment for digest, moment in fps.blob_times().items()})
+    times.update({StoredItem(_PARTIAL_UPLOAD, upload_id): moment
+                  for upload_id, moment in fps.partial_upload_times().items()})
+    return times

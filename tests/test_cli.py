@@ -83,7 +83,7 @@ def test_the_command_in_a_real_process(location, tmp_path, corrupt_blob):
     ls, show, recover, tree, dry_run = (
         _start(location, "ls", "--json"), _start(location, "show", grandchild_id, "--json"),
         _start(location, "recover", grandchild_id, "-o", str(output)), _start(location, "tree", "--json"),
-        _start(location, "gc", "--dry-run", "--json"))
+        _start(location, "gc", "--dry-run", "--json", "--grace", "0"))
     assert [root["model_id"] for root in json.loads(_finish(tree))] == [root_id]
     preview = json.loads(_finish(dry_run))
     assert preview["dry_run"] and preview["blobs"] == [orphan]
@@ -96,7 +96,7 @@ def test_the_command_in_a_real_process(location, tmp_path, corrupt_blob):
     assert grandchild_id in _finish(recover)
     assert state_dict_hash(load_file(str(output))) == saved["grandchild"][1]
 
-    removed = json.loads(_finish(_start(location, "gc", "--json")))
+    removed = json.loads(_finish(_start(location, "gc", "--json", "--grace", "0")))
     assert not removed["dry_run"] and removed["blobs"] == [orphan] and removed["documents"] == []
     assert not store.file_pers_service.blob_exists(orphan)
     assert maintenance.verify(store) == []
@@ -129,9 +129,9 @@ def test_tree_gc_and_verify_in_process(location, capsys):
     assert lines[0].startswith(ids["root"]) and lines[1].startswith(f"|-- {ids['child']}")
     assert lines[2].startswith(f"|   `-- {ids['grandchild']}") and lines[-1].startswith(f"`-- {ids['sibling']}")
 
-    code, out, _ = _run(capsys, "--store", location, "gc", "--dry-run", "--json")
+    code, out, _ = _run(capsys, "--store", location, "gc", "--dry-run", "--json", "--grace", "0")
     assert code == EXIT_OK and json.loads(out)["blobs"] == [orphan] and json.loads(out)["dry_run"]
-    code, out, _ = _run(capsys, "--store", location, "gc", "--dry-run")
+    code, out, _ = _run(capsys, "--store", location, "gc", "--dry-run", "--grace", "0")
     assert f"would remove blob {orphan}" in out and "would remove 0 document(s), 1 blob(s)" in out
     assert open_store(location).file_pers_service.blob_exists(orphan)
 

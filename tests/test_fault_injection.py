@@ -64,8 +64,8 @@ def test_killed_saves_leave_only_recoverable_models(tmp_path, forkserver):
             recovered = WeightUpdateSaveService(*store).recover_model(model_id, execute_checks=True).model
             assert state_dict_hash(recovered.state_dict()) in expected[seed], f"run {run}: {model_id} differs"
         assert maintenance.verify(store) == []
-        maintenance.collect_garbage(store)
-        assert maintenance.collect_garbage(store, dry_run=True).count == 0
+        maintenance.collect_garbage(store, grace_seconds=0)
+        assert maintenance.collect_garbage(store, dry_run=True, grace_seconds=0).count == 0
     print(f"\n{RUNS} SIGKILL runs; kill points: {dict(sorted(kill_points.items()))}")
     assert sum(kill_points.values()) == RUNS
     assert len(kill_points) >= 4, f"kills landed in too few places: {dict(kill_points)}"

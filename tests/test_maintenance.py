@@ -159,18 +159,18 @@ def test_collect_garbage_removes_only_what_no_model_references(populated):
     partial_count = _leave_partial_uploads(fps)
     blobs_before = set(fps.blob_digests())
 
-    preview = maintenance.collect_garbage(store, dry_run=True)
+    preview = maintenance.collect_garbage(store, dry_run=True, grace_seconds=0)
     assert preview.dry_run and preview.blobs == [orphan_blob]
     assert preview.documents == [{"type": "recover_info", "id": orphan_document}]
     assert len(preview.partial_uploads) == partial_count and preview.count == 2 + partial_count
     assert set(fps.blob_digests()) == blobs_before and dps.id_exists(orphan_document, "recover_info")
 
-    report = maintenance.collect_garbage(store)
+    report = maintenance.collect_garbage(store, grace_seconds=0)
     assert (report.blobs, report.documents, report.partial_uploads) == (
         preview.blobs, preview.documents, preview.partial_uploads)
     assert set(fps.blob_digests()) == blobs_before - {orphan_blob}
     assert not dps.id_exists(orphan_document, "recover_info") and fps.partial_uploads() == []
-    assert maintenance.collect_garbage(store).count == 0
+    assert maintenance.collect_garbage(store, grace_seconds=0).count == 0
     for model_id in ids.values():
         assert state_dict_hash(maintenance.recover_model(store, model_id).state_dict()) == hashes[model_id]
 
@@ -180,7 +180,7 @@ def test_collect_garbage_keeps_everything_of_every_model(populated):
     needed = {item.item_id for model_id in ids.values()
               for item in ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service)
               if item.kind == BLOB}
-    assert maintenance.collect_garbage(store).count == 0
+    assert maintenance.collect_garbage(store, grace_seconds=0).count == 0
     assert needed <= set(store.file_pers_service.blob_digests())
 
 
@@ -189,7 +189,7 @@ def test_collect_garbage_refuses_a_store_with_a_dangling_reference(populated):
     environment_id = store.dict_pers_service.all_ids_for_type("environment")[0]
     store.dict_pers_service.delete_dict(environment_id, "environment")
     with pytest.raises(IntegrityError, match="mmlib verify"):
-        maintenance.collect_garbage(store, dry_run=True)
+        maintenance.collect_garbage(store, dry_run=True, grace_seconds=0)
 
 
 def test_missing_save_service_is_a_typed_error(tmp_path, monkeypatch):

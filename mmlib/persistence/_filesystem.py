@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
 from typing import BinaryIO, Iterator, Optional
@@ -10,6 +11,10 @@ from mmlib.errors import ModelNotFoundError, StoreUnavailableError
 from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
 
 _TEMP_DIR = "tmp"
+_TEMP_PREFIX = "mmlib-"
+_TEMP_SUFFIX = ".partial"
+# Only files of this pattern in tmp/ are mmlib's: garbage collection never touches anything else there.
+_TEMP_NAME = re.compile(rf"{re.escape(_TEMP_PREFIX)}[A-Za-z0-9_]+{re.escape(_TEMP_SUFFIX)}")
 WRITEBACK_BYTES = 8 * 1024 * 1024
 
 
@@ -127,11 +132,26 @@ class FileSystemPersistenceService(FilePersistenceService):
         except FileNotFoundError:
             pass
 
-    def partial_uploads(self) -> list[str]:
-        return sorted(os.listdir(os.path.join(self.base_path, _TEMP_DIR)))
+    def blob_times(self) -> dict[str, float]:
+        times = {}
+        for digest in self.blob_digests():
+            with contextlib.suppress(FileNotFoundError):
+                times[digest] = os.lstat(self._blob_path(digest)).st_mtime
+        return times
+
+    def partial_upload_times(self) -> dict[str, float]:
+        """mmlib's own temp files (its name pattern, regular files, never through a symlink) and their ages."""
+        folder = os.path.join(self.base_path, _TEMP_DIR)
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            return {}
+        times = {}
+        for entry in os.scandir(folder):
+            if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                times[entry.name] = entry.stat(follow_symlinks=False).st_mtime
+        return times
 
     def delete_partial_upload(self, upload_id: str) -> None:
-        if os.path.basename(upload_id) != upload_id or upload_id in ("", ".", ".."):
+        if not isinstance(upload_id, str) or not _TEMP_NAME.fullmatch(upload_id):
             raise ModelNotFoundError(
                 f"{upload_id!r} is not an upload id of this store; list them with partial_uploads()")
         try:
@@ -140,7 +160,8 @@ class FileSystemPersistenceService(FilePersistenceService):
             pass
 
     def _open_blob_writer(self) -> _WritebackFile:
-        fd, temp_path = tempfile.mkstemp(dir=os.path.join(self.base_path, _TEMP_DIR), suffix=".partial")
+        fd, temp_path = tempfile.mkstemp(dir=os.path.join(self.base_path, _TEMP_DIR), prefix=_TEMP_PREFIX,
+                                         suffix=_TEMP_SUFFIX)
         os.close(fd)
         return _WritebackFile(temp_path)
 
@@ -150,12 +171,17 @@ class FileSystemPersistenceService(FilePersistenceService):
         if os.path.exists(target):
             handle.close()
             os.unlink(temp_path)
+            self._touch_blob(digest)
             return
         handle.sync_and_close()
         folder = os.path.dirname(target)
         os.makedirs(folder, exist_ok=True)
         os.replace(temp_path, target)
         _sync_directory(folder)
+
+    def _touch_blob(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._blob_path(digest))
 
     def _abort_blob(self, handle: _WritebackFile) -> None:
         with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ collection removes.
 """
 
 import contextlib
+import datetime
 import uuid
 from typing import BinaryIO, Iterator
 
@@ -45,13 +46,26 @@ class GridFSFilePersistenceService(FilePersistenceService):
         names = self._run(lambda: self._files.distinct("filename"))
         return iter(sorted(name for name in names if len(name) == DIGEST_LENGTH))
 
-    def partial_uploads(self) -> list[str]:
-        """Uploads closed but never renamed to their digest, and chunks whose upload never closed."""
-        never_renamed = self._run(lambda: self._files.distinct("_id", {"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}}))
+    def blob_times(self) -> dict[str, float]:
+        documents = self._run(lambda: list(self._files.find({}, {"filename": 1, "uploadDate": 1})))
+        times: dict[str, float] = {}
+        for document in documents:
+            name = document.get("filename")
+            if isinstance(name, str) and len(name) == DIGEST_LENGTH:
+                times[name] = max(times.get(name, 0.0), _epoch_seconds(document["uploadDate"]))
+        return times
+
+    def partial_upload_times(self) -> dict[str, float]:
+        """Uploads closed but never renamed to their digest (by upload time), and chunks whose upload never closed
+        (by the time in their upload's ObjectId)."""
+        never_renamed = self._run(lambda: list(self._files.find({"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}},
+                                                                {"uploadDate": 1})))
         closed = set(self._run(lambda: self._files.distinct("_id")))
         never_closed = [file_id for file_id in self._run(lambda: self._chunks.distinct("files_id"))
-                        if file_id not in closed]
-        return sorted(str(file_id) for file_id in never_renamed + never_closed)
+                        if file_id not in closed and isinstance(file_id, bson.ObjectId)]
+        times = {str(document["_id"]): _epoch_seconds(document["uploadDate"]) for document in never_renamed}
+        times.update({str(file_id): file_id.generation_time.timestamp() for file_id in never_closed})
+        return times
 
     def delete_partial_upload(self, upload_id: str) -> None:
         if not bson.ObjectId.is_valid(upload_id):
@@ -75,8 +89,13 @@ class GridFSFilePersistenceService(FilePersistenceService):
         self._run(handle.upload.close)
         if self.blob_exists(digest):
             self._run(lambda: self._bucket.delete(handle.upload._id))
+            self._touch_blob(digest)
         else:
             self._run(lambda: self._bucket.rename(handle.upload._id, digest))
+
+    def _touch_blob(self, digest: str) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self._run(lambda: self._files.update_many({"filename": digest}, {"$set": {"uploadDate": now}}))
 
     def _abort_blob(self, handle: "_UploadWriter") -> None:
         if not handle.upload.closed:
@@ -100,6 +119,13 @@ class GridFSFilePersistenceService(FilePersistenceService):
         if document is None:
             raise ModelNotFoundError(f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}")
         return int(document["length"])
+
+
+def _epoch_seconds(moment: datetime.datetime) -> float:
+    """Seconds since the epoch of a time MongoDB returned (naive datetimes are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
 
 
 class _UploadWriter:

@@ -39,6 +39,9 @@ class MongoDictPersistenceService(DictPersistenceService):
     def all_ids_for_type(self, represent_type: str) -> list[str]:
         return self._mongo_service.get_ids(represent_type)
 
+    def document_times(self, represent_type: str) -> dict[str, float]:
+        return self._mongo_service.created_times(represent_type)
+
     def add_field(self, dict_id: str, represent_type: str, field: str, value) -> None:
         if not self.id_exists(dict_id, represent_type):
             raise missing_document(dict_id, represent_type)

@@ -78,7 +78,7 @@ class SQLiteDictPersistenceService(DictPersistenceService):
         dict_id = document_id(insert_dict, self.generate_id)
         body = json.dumps(insert_dict, sort_keys=True)
         self._query("INSERT INTO documents (type, id, body, created) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (type, id) DO UPDATE SET body = excluded.body",
+                    "ON CONFLICT (type, id) DO UPDATE SET body = excluded.body, created = excluded.created",
                     (represent_type, dict_id, body, time.time()))
         return dict_id
 
@@ -100,6 +100,10 @@ class SQLiteDictPersistenceService(DictPersistenceService):
     def all_ids_for_type(self, represent_type: str) -> list[str]:
         rows = self._query("SELECT id FROM documents WHERE type = ? ORDER BY created, rowid", (represent_type,))
         return [row[0] for row in rows]
+
+    def document_times(self, represent_type: str) -> dict[str, float]:
+        rows = self._query("SELECT id, created FROM documents WHERE type = ?", (represent_type,))
+        return {row[0]: row[1] for row in rows}
 
     def add_field(self, dict_id: str, represent_type: str, field: str, value) -> None:
         connection = self._connection()

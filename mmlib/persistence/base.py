@@ -136,7 +136,9 @@ class FilePersistenceService(ABC):
         hasher = new_hasher()
         hasher.update(data)
         digest = hasher.hexdigest()
-        if not self.blob_exists(digest):
+        if self.blob_exists(digest):
+            self._touch_blob(digest)
+        else:
             self.write_stream(lambda sink: sink.write(data))
         return FileReference(reference_id=f"{digest}/{name}")
 
@@ -240,8 +242,19 @@ class FilePersistenceService(ABC):
         """Remove a blob (garbage collection); a missing blob is not an error."""
 
     @abstractmethod
+    def blob_times(self) -> dict[str, float]:
+        """digest -> when the blob was last written or reused by a save (seconds since the epoch).
+
+        Garbage collection keeps blobs younger than its grace period: a save still running may need them.
+        """
+
     def partial_uploads(self) -> list[str]:
         """Ids of uploads that were started but never committed (a crash, or a save still running)."""
+        return sorted(self.partial_upload_times())
+
+    @abstractmethod
+    def partial_upload_times(self) -> dict[str, float]:
+        """Upload id -> when the unfinished upload was started (seconds since the epoch)."""
 
     @abstractmethod
     def delete_partial_upload(self, upload_id: str) -> None:
@@ -254,6 +267,10 @@ class FilePersistenceService(ABC):
     @abstractmethod
     def _commit_blob(self, handle: BinaryIO, digest: str) -> None:
         """Durably publish the written bytes under `digest` (no-op if it exists) and close the handle."""
+
+    @abstractmethod
+    def _touch_blob(self, digest: str) -> None:
+        """Mark a stored blob as just written: a save reuses it, so garbage collection must keep it a while."""
 
     @abstractmethod
     def _abort_blob(self, handle: BinaryIO) -> None:
@@ -323,6 +340,11 @@ class DictPersistenceService(ABC):
     @abstractmethod
     def all_ids_for_type(self, represent_type: str) -> list[str]:
         """Ids of all documents of one type, oldest first."""
+
+    @abstractmethod
+    def document_times(self, represent_type: str) -> dict[str, float]:
+        """id -> when each document of one type was last saved (seconds since the epoch); saving a document that
+        exists again refreshes it, so garbage collection keeps a document a running save reuses."""
 
     @abstractmethod
     def add_field(self, dict_id: str, represent_type: str, field: str, value) -> None:

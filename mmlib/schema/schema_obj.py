@@ -198,14 +198,17 @@ class SchemaObj:
         return {field.key: field.persist(self, fps, dps) for field in self._fields}
 
     def persist(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> str:
-        """Store this object (and everything it references, first) and return its id."""
-        if self.store_id is not None and dict_pers_service.id_exists(self.store_id, self._representation_type):
+        """Store this object (and everything it references, first) and return its id.
+
+        A content-addressed document that is stored already is saved again: that refreshes its time, so garbage
+        collection running meanwhile keeps it for this save.
+        """
+        if (self.store_id is not None and not self._content_addressed
+                and dict_pers_service.id_exists(self.store_id, self._representation_type)):
             return self.store_id
         document = self._document(file_pers_service, dict_pers_service)
         if self._content_addressed:
             self.store_id = self._content_id(document)
-            if dict_pers_service.id_exists(self.store_id, self._representation_type):
-                return self.store_id
         elif self.store_id is None:
             self.store_id = dict_pers_service.generate_id()
         document[ID] = self.store_id

@@ -64,13 +64,18 @@ class MongoService:
         document = {key: value for key, value in insert_dict.items() if key not in ("_id", _CREATED)}
         object_id = str(object_id or insert_dict.get("_id") or bson.ObjectId())
         self._run(lambda: self._db[collection].update_one(
-            {"_id": object_id}, {"$set": document, "$setOnInsert": {_CREATED: time.time()}}, upsert=True))
+            {"_id": object_id}, {"$set": {**document, _CREATED: time.time()}}, upsert=True))
         return object_id
 
     def get_ids(self, collection: str) -> list[str]:
         """All document ids of a collection in insertion order."""
         documents = self._run(lambda: list(self._db[collection].find({}, {"_id": 1}).sort([(_CREATED, 1), ("_id", 1)])))
         return [str(document["_id"]) for document in documents]
+
+    def created_times(self, collection: str) -> dict[str, float]:
+        """id -> when each document of a collection was last saved (seconds since the epoch)."""
+        documents = self._run(lambda: list(self._db[collection].find({}, {_CREATED: 1})))
+        return {str(document["_id"]): float(document.get(_CREATED, 0.0)) for document in documents}
 
     def get_dict(self, object_id: str, collection: str) -> Optional[dict]:
         """The document without its `_id`, or None."""

@@ -1,5 +1,7 @@
 """Conformance suite for DictPersistenceService, run against every backend."""
 
+import time
+
 import pytest
 
 from mmlib.errors import ModelNotFoundError
@@ -72,3 +74,12 @@ def test_delete_and_types(dict_service):
     dict_service.delete_dict(dict_id, "thing")
     dict_service.delete_dict(dict_id, "thing")
     assert not dict_service.id_exists(dict_id, "thing")
+
+
+def test_saving_a_document_again_refreshes_its_time(dict_service):
+    dict_id = dict_service.save_dict({"id": "content-1", "value": 1}, "thing")
+    first = dict_service.document_times("thing")[dict_id]
+    time.sleep(0.02)
+    dict_service.save_dict({"id": "content-1", "value": 1}, "thing")
+    assert dict_service.document_times("thing")[dict_id] > first
+    assert abs(first - time.time()) < 60

@@ -1,6 +1,7 @@
 """Conformance suite for FilePersistenceService, run against every backend."""
 
 import os
+import time
 
 import pytest
 
@@ -115,3 +116,14 @@ def test_a_failed_commit_leaves_no_blob_and_no_partial_upload(file_service, monk
     with pytest.raises(_WriteFailed):
         file_service.save_bytes(b"never stored", "lost.bin")
     assert (list(file_service.blob_digests()), file_service.partial_uploads()) == ([], [])
+
+
+def test_reusing_a_stored_blob_refreshes_its_time(file_service):
+    digest = file_service.save_bytes(b"shared bytes", "a.bin").reference_id.split("/")[0]
+    first = file_service.blob_times()[digest]
+    time.sleep(0.05)
+    file_service.save_bytes(b"shared bytes", "b.bin")
+    assert file_service.blob_times()[digest] > first
+    time.sleep(0.05)
+    file_service.write_stream(lambda sink: sink.write(b"shared bytes"))
+    assert file_service.blob_times()[digest] > first and abs(first - time.time()) < 60
