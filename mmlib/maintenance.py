@@ -317,20 +317,23 @@ def _live_items(store: Store) -> set[StoredItem]:
 def collect_garbage(store: Store, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_S) -> GarbageReport:
     """Remove every blob and document no model references, and unfinished uploads; returns what was removed.
 
-    Safe while other processes save: what was written or reused less than `grace_seconds` ago is kept (a save
-    still running may need it) and counted in `kept_young`. Items are listed with their times before the live
-    set is computed, and listed again just before removal, so an item a save reuses meanwhile is kept too.
+    Safe while other processes save, as long as no save takes longer than `grace_seconds` from writing (or
+    reusing) a blob or document to writing its model document: what was written or reused less than
+    `grace_seconds` before this run began is kept and counted in `kept_young`. Items are listed with their times before the live
+    set is computed, and listed again just before removal: an item a save reused, committed or removed meanwhile
+    is kept.
     With `dry_run` nothing is removed. Documents go first, so an interrupted run leaves only garbage behind.
     """
     fps, dps = store
+    # Ages count up to when listing began: a save that used an item before then and finished within the grace
+    # period is in the live set; one that finishes while the live set is computed used the item too recently.
+    deadline = time.time() - grace_seconds
     before = _item_times(store)
     live = _live_items(store)
     after = _item_times(store)
-    deadline = time.time() - grace_seconds
     unreferenced = [item for item in before if item not in live and item.kind != _PARTIAL_UPLOAD]
     partial = [item for item in before if item.kind == _PARTIAL_UPLOAD]
-    old = [item for item in unreferenced + partial
-           if before[item] <= deadline and after.get(item, before[item]) == before[item]]
+    old = [item for item in unreferenced + partial if before[item] <= deadline and after.get(item) == before[item]]
     documents = [{"type": item.kind, "id": item.item_id} for item in old if item.kind not in (BLOB, _PARTIAL_UPLOAD)]
     blobs = [item.item_id for item in old if item.kind == BLOB]
     partial_uploads = [item.item_id for item in old if item.kind == _PARTIAL_UPLOAD]

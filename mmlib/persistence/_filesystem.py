@@ -146,8 +146,9 @@ class FileSystemPersistenceService(FilePersistenceService):
             return {}
         times = {}
         for entry in os.scandir(folder):
-            if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                times[entry.name] = entry.stat(follow_symlinks=False).st_mtime
+            with contextlib.suppress(FileNotFoundError):
+                if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    times[entry.name] = entry.stat(follow_symlinks=False).st_mtime
         return times
 
     def delete_partial_upload(self, upload_id: str) -> None:

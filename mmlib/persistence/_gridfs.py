@@ -19,6 +19,8 @@ from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
 from mmlib.util.mongo import DEFAULT_DB_NAME, MongoService, unreachable
 
 _PARTIAL_PREFIX = "partial-"
+# An ObjectId keeps whole seconds: an upload started up to this much later than its id says.
+_OBJECT_ID_RESOLUTION_S = 1.0
 
 
 class GridFSFilePersistenceService(FilePersistenceService):
@@ -64,15 +66,20 @@ class GridFSFilePersistenceService(FilePersistenceService):
         never_closed = [file_id for file_id in self._run(lambda: self._chunks.distinct("files_id"))
                         if file_id not in closed and isinstance(file_id, bson.ObjectId)]
         times = {str(document["_id"]): _epoch_seconds(document["uploadDate"]) for document in never_renamed}
-        times.update({str(file_id): file_id.generation_time.timestamp() for file_id in never_closed})
+        times.update({str(file_id): file_id.generation_time.timestamp() + _OBJECT_ID_RESOLUTION_S
+                      for file_id in never_closed})
         return times
 
     def delete_partial_upload(self, upload_id: str) -> None:
         if not bson.ObjectId.is_valid(upload_id):
             raise ModelNotFoundError(
                 f"{upload_id!r} is not an upload id of this store; list them with partial_uploads()")
+        file_id = bson.ObjectId(upload_id)
+        document = self._run(lambda: self._files.find_one({"_id": file_id}, {"filename": 1}))
+        if document is not None and not str(document.get("filename", "")).startswith(_PARTIAL_PREFIX):
+            return  # committed since it was listed: a blob now, not an unfinished upload
         try:
-            self._bucket.delete(bson.ObjectId(upload_id))
+            self._bucket.delete(file_id)
         except gridfs.errors.NoFile:
             pass  # an upload that never closed has no file document; its chunks are deleted all the same
         except PyMongoError as error:
