@@ -6,6 +6,7 @@ a save that is still running: run it while no process saves into the store.
 """
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -143,7 +144,15 @@ def version(store: Store, model_id: str) -> Version:
     """Store type, base id and creation time of one model, from its model document alone."""
     require_model(store, model_id)
     document = store.dict_pers_service.recover_dict(model_id, MODEL_INFO)
-    return Version(model_id, document[STORE_TYPE], document.get(DERIVED_FROM), _iso_time(document.get(CREATED)))
+    try:
+        store_type = ModelStoreType(document[STORE_TYPE]).value
+        base_id = document.get(DERIVED_FROM)
+        if base_id is not None and not isinstance(base_id, str):
+            raise TypeError(f"its base id is a {type(base_id).__name__}")
+        return Version(model_id, store_type, base_id, _iso_time(document.get(CREATED)))
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as error:
+        raise IntegrityError(f"the document of model {model_id} is damaged ({error!r}); run `mmlib verify` and "
+                             "restore the store from a backup") from error
 
 
 def _model_sizes(store: Store, model_id: str) -> dict:
@@ -319,15 +328,16 @@ def collect_garbage(store: Store, dry_run: bool = False, grace_seconds: float = 
 
     Safe while other processes save, as long as no save takes longer than `grace_seconds` from writing (or
     reusing) a blob or document to writing its model document: what was written or reused less than
-    `grace_seconds` before this run began is kept and counted in `kept_young`. Items are listed with their times before the live
-    set is computed, and listed again just before removal: an item a save reused, committed or removed meanwhile
-    is kept.
-    With `dry_run` nothing is removed. Documents go first, so an interrupted run leaves only garbage behind.
+    `grace_seconds` before this run began is kept and counted in `kept_young`. Items are listed with their
+    times before the live set is computed, and listed again just before removal: an item a save reused,
+    committed or removed meanwhile is kept. With `dry_run` nothing is removed. Documents go first, so an
+    interrupted run leaves only garbage behind.
     """
     fps, dps = store
     # Ages count up to when listing began: a save that used an item before then and finished within the grace
     # period is in the live set; one that finishes while the live set is computed used the item too recently.
-    deadline = time.time() - grace_seconds
+    # With no grace period nobody saves: everything unreferenced goes, even what a clock a little ahead stamped.
+    deadline = time.time() - grace_seconds if grace_seconds > 0 else math.inf
     before = _item_times(store)
     live = _live_items(store)
     after = _item_times(store)

@@ -122,7 +122,8 @@ def test_gc_in_a_loop_while_processes_save_loses_nothing(location, tmp_path):
             outcome = json.load(result)
         saved.update(outcome["saved"])
         longest = max(longest, outcome["longest_save_s"])
-    print(f"\n{len(saved)} saves (longest {longest:.2f} s), {collections_run} collections removed {removed_blobs} blobs")
+    print(f"\n{len(saved)} saves (longest {longest:.2f} s); {collections_run} collections removed {removed_blobs} "
+          "blobs")
     assert sorted(maintenance.all_model_ids(store)) == sorted(saved)
     for model_id, expected_hash in saved.items():
         assert state_dict_hash(maintenance.recover_model(store, model_id).state_dict()) == expected_hash

@@ -7,7 +7,7 @@ import tempfile
 import threading
 from typing import BinaryIO, Iterator, Optional
 
-from mmlib.errors import ModelNotFoundError, StoreUnavailableError
+from mmlib.errors import IntegrityError, ModelNotFoundError, StoreUnavailableError
 from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
 
 _TEMP_DIR = "tmp"
@@ -197,6 +197,9 @@ class FileSystemPersistenceService(FilePersistenceService):
             raise ModelNotFoundError(
                 f"blob {digest} is missing from {self.base_path}; restore it from a backup "
                 "or run `mmlib verify` to list the models that need it") from error
+        except IsADirectoryError as error:
+            raise IntegrityError(f"blob {digest} in {self.base_path} is a directory, not a file; the store is "
+                                 "damaged: restore the blob from a backup") from error
 
     def _blob_size(self, digest: str) -> int:
         try:

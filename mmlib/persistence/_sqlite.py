@@ -6,7 +6,7 @@ import sqlite3
 import threading
 import time
 
-from mmlib.errors import StoreUnavailableError
+from mmlib.errors import IntegrityError, StoreUnavailableError
 from mmlib.persistence.base import DictPersistenceService, document_id, missing_document
 
 _BUSY_TIMEOUT_S = 60.0
@@ -73,6 +73,9 @@ class SQLiteDictPersistenceService(DictPersistenceService):
             return self._connection().execute(sql, params).fetchall()
         except sqlite3.OperationalError as error:
             raise StoreUnavailableError(f"SQLite store {self.path} failed: {error}") from error
+        except sqlite3.DatabaseError as error:
+            raise IntegrityError(f"the SQLite store {self.path} is damaged ({error}); restore it from a "
+                                 "backup") from error
 
     def save_dict(self, insert_dict: dict, represent_type: str) -> str:
         dict_id = document_id(insert_dict, self.generate_id)

@@ -170,8 +170,13 @@ class FilePersistenceService(ABC):
         target = os.path.join(dst_dir, name)
         if is_directory:
             archive = io.BytesIO(self.read_bytes(file_ref.reference_id))
-            with tarfile.open(fileobj=archive, mode="r") as tar:
-                tar.extractall(target, filter="data")
+            try:
+                with tarfile.open(fileobj=archive, mode="r") as tar:
+                    tar.extractall(target, filter="data")
+            except tarfile.TarError as error:
+                raise IntegrityError(f"the stored directory {file_ref.reference_id} is not an archive mmlib would "
+                                     f"write ({error}); nothing outside {dst_dir} was written: run `mmlib verify` "
+                                     "and restore the store from a backup") from error
         else:
             fd, temp_path = tempfile.mkstemp(dir=dst_dir, prefix=f".{name}.", suffix=".partial")
             try:

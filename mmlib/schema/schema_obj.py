@@ -10,7 +10,7 @@ import os
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 from mmlib.constants import ID
-from mmlib.errors import IntegrityError
+from mmlib.errors import IntegrityError, MMLibError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
 from mmlib.util.hash import new_hasher
 
@@ -248,8 +248,16 @@ class SchemaObj:
                     f"{self._representation_type} document {self.store_id} was changed after it was stored (its "
                     "fields no longer match its id); run `mmlib verify` and restore the store from a backup")
         for field in self._fields:
-            setattr(self, field.attr, field.load(document, file_pers_service, dict_pers_service, restore_root,
-                                                 load_recursive, load_files))
+            try:
+                value = field.load(document, file_pers_service, dict_pers_service, restore_root, load_recursive,
+                                   load_files)
+            except MMLibError:
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                raise IntegrityError(
+                    f"{self._representation_type} document {self.store_id} has a damaged field {field.key!r} "
+                    f"({error!r}); run `mmlib verify` and restore the store from a backup") from error
+            setattr(self, field.attr, value)
 
     def stored_items(self, dict_pers_service: DictPersistenceService) -> Iterator[StoredItem]:
         """This object's document and every blob and document it references, recursively."""

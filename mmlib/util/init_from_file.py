@@ -98,8 +98,8 @@ def _check_defined_in(value: Any, package: str, what: str, functions: bool = Tru
 def create_type(code: str, type_name: str) -> type:
     """The class named `type_name` defined in the code file `code` itself (not imported there)."""
     if not isinstance(type_name, str) or not re.fullmatch(_IDENTIFIER, type_name):
-        raise UnsafeCodeError(f"refusing class name {type_name!r}: stored code is entered by one plain name such as "
-                              "'ResNet18'; the stored metadata may have been changed, run `mmlib verify`")
+        raise UnsafeCodeError(f"refusing class name {type_name!r}: stored code is entered by one plain identifier "
+                              "such as 'ResNet18'; the stored metadata may have been changed, run `mmlib verify`")
     module = load_code_module(code)
     value = getattr(module, type_name, None)
     return _check_defined_in(value, module.__name__, f"{type_name!r} of the stored code {os.path.basename(code)!r}",

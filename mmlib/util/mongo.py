@@ -42,8 +42,13 @@ class MongoService:
     def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME):
         self.host = host
         self.db_name = db_name
-        self._client = mongo_client(host)
-        self._db = self._client.get_database(db_name, write_concern=_DURABLE)
+        try:
+            self._client = mongo_client(host)
+            self._db = self._client.get_database(db_name, write_concern=_DURABLE)
+        except (PyMongoError, ValueError, TypeError) as error:
+            raise StoreUnavailableError(f"cannot use MongoDB at {host!r} with database {db_name!r}: {error}; fix "
+                                        "the URI (mongodb://host:port/database, a database name without spaces "
+                                        "or dots)") from error
 
     def __repr__(self) -> str:
         return f"MongoService({self.host!r}, {self.db_name!r})"
