@@ -20,13 +20,15 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 
-from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, module_types, rebuild
+from mmlib.approaches.model_state import (CapturedState, capture, check_rebuildable, module_types, rebuild,
+                                          state_shapes)
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
+from mmlib.schema.restorable_object import check_json_value
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_type import ModelStoreType
@@ -261,8 +263,7 @@ class AbstractSaveService(ABC):
         architecture and service)."""
         modules = module_types(model)
         signature = (source.target, json.dumps(source.init_args, sort_keys=True), tuple(modules.items()),
-                     tuple((name, tuple(value.shape) if isinstance(value, torch.Tensor) else None)
-                           for name, value in captured.named_values().items()))
+                     json.dumps(state_shapes(captured.named_values())))
         if signature in self._rebuildable:
             return
         arguments = ", ".join(f"{name}={value!r}" for name, value in (source.init_args or {}).items())
@@ -374,12 +375,8 @@ def _checked_init_args(init_args: Any, target: Callable[..., Any]) -> Optional[d
     if not isinstance(init_args, dict) or not all(isinstance(name, str) for name in init_args):
         raise InvalidSaveInfoError(f"init_args must be a dict of keyword arguments, got {init_args!r:.80}; e.g. "
                                    "add_model_info(..., init_args={'num_classes': 10})")
-    try:
-        json.dumps(init_args, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidSaveInfoError(f"init_args must be JSON values (numbers, strings, lists, dicts): {error}; "
-                                   "pass objects the constructor needs through a factory function instead") \
-            from error
+    check_json_value(init_args, "init_args",
+                     hint="pass objects the constructor needs through a factory function instead")
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):

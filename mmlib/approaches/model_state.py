@@ -240,10 +240,9 @@ def _module_from(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     return model
 
 
-def _shapes(model: torch.nn.Module) -> dict[str, Optional[list[int]]]:
+def state_shapes(values: Mapping[str, Any]) -> dict[str, Optional[list[int]]]:
     """State-dict name -> tensor shape (None for an extra state that is not a tensor)."""
-    return {name: list(value.shape) if isinstance(value, torch.Tensor) else None
-            for name, value in model.state_dict(keep_vars=True).items()}
+    return {name: list(value.shape) if isinstance(value, torch.Tensor) else None for name, value in values.items()}
 
 
 def module_types(model: torch.nn.Module) -> dict[str, str]:
@@ -283,9 +282,8 @@ def check_rebuildable(factory: Callable[[], torch.nn.Module], captured: Captured
     extra = [name for name in built_modules if name not in saved_modules]
     if extra:
         raise InvalidSaveInfoError(f"{describe} builds modules {extra[:5]}, which the model lacks: {hint}")
-    expected = _shapes(built)
-    saved = {name: list(value.shape) if isinstance(value, torch.Tensor) else None
-             for name, value in captured.named_values().items()}
+    expected = state_shapes(built.state_dict(keep_vars=True))
+    saved = state_shapes(captured.named_values())
     for name, shape in saved.items():
         if name not in expected:
             raise InvalidSaveInfoError(f"the model has {name!r}, which {describe} does not build (was a layer added "

@@ -39,14 +39,15 @@ CONFIG_ARGS = "config_args"
 INIT_REF_TYPE_ARGS = "init_ref_type_args"
 
 
-def check_json_value(value: Any, what: str) -> None:
-    """Raise InvalidSaveInfoError unless `value` can be stored as JSON (documents hold no pickles)."""
+def check_json_value(value: Any, what: str, hint: str = "pass objects by name with init_ref_type_args instead") -> None:
+    """Raise InvalidSaveInfoError unless `value` can be stored as JSON (documents hold no pickles); `hint` says how
+    to pass what JSON cannot hold."""
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise InvalidSaveInfoError(
             f"{what} must hold only JSON values (str, int, float, bool, None, lists, dicts with str keys): "
-            f"{error}; pass objects by name with init_ref_type_args instead") from error
+            f"{error}; {hint}") from error
 
 
 def add_params_from_config(init_args: dict, config_args: Optional[dict]) -> dict:

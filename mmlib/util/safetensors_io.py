@@ -9,7 +9,7 @@ dimension of the element size, and its real dtype is recorded in `__metadata__` 
 
 import json
 import struct
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Mapping, Optional
 
 import torch
 
@@ -64,7 +64,7 @@ def read_state_dict(buffer: memoryview) -> dict[str, torch.Tensor]:
         raise IntegrityError(f"weights blob is not valid safetensors data: {error!r}") from error
 
 
-def _tensor_at(buffer: memoryview, start: int, entry: dict, raw_dtype: str = None) -> torch.Tensor:
+def _tensor_at(buffer: memoryview, start: int, entry: dict, raw_dtype: Optional[str] = None) -> torch.Tensor:
     """The tensor a header entry describes, viewing `buffer`; `raw_dtype` names the real dtype of raw bytes."""
     begin, end = entry["data_offsets"]
     shape = entry["shape"]
