@@ -32,6 +32,10 @@ class StoreUnavailableError(MMLibError, OSError):
     """The store cannot be opened, written or reached."""
 
 
+class StoreFormatError(StoreUnavailableError):
+    """The store is in a format this mmlib does not read (written by an older or newer version)."""
+
+
 class EnvironmentMismatchError(MMLibError, RuntimeError):
     """Strict mode: the current environment differs from the one a model was saved in."""
 

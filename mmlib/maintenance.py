@@ -25,6 +25,7 @@ from mmlib.persistence.store import Store
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, STORE_TYPE, ModelInfo
 from mmlib.schema.schema_obj import BLOB, StoredItem
+from mmlib.schema.store_format import FORMAT_DOCUMENT_ID, STORE_FORMAT, check_store_format
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.safetensors_io import write_state_dict
 
@@ -131,12 +132,14 @@ def _iso_time(timestamp: Optional[float]) -> Optional[str]:
 
 def require_model(store: Store, model_id: str) -> None:
     """Raise ModelNotFoundError unless `model_id` is a stored model."""
+    check_store_format(store.dict_pers_service)
     if not store.dict_pers_service.id_exists(model_id, MODEL_INFO):
         raise ModelNotFoundError(f"no model with id {model_id!r} in this store; list the stored models with `mmlib ls`")
 
 
 def all_model_ids(store: Store) -> list[str]:
     """Ids of every stored model, oldest first."""
+    check_store_format(store.dict_pers_service)
     return store.dict_pers_service.all_ids_for_type(MODEL_INFO)
 
 
@@ -311,8 +314,8 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
 
 
 def _live_items(store: Store) -> set[StoredItem]:
-    """Every document and blob some model references (the models' own documents included)."""
-    live: set[StoredItem] = set()
+    """Every document and blob some model references (the models' own documents included), and the store format."""
+    live = {StoredItem(STORE_FORMAT, FORMAT_DOCUMENT_ID)}
     for model_id in all_model_ids(store):
         try:
             live.update(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))

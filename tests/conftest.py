@@ -1,4 +1,4 @@
-"""Shared fixtures: a real MongoDB wire-protocol server (secantusdb, or MMLIB_TEST_MONGO_URI) and every store backend."""
+"""Shared fixtures: a real MongoDB wire-protocol server (secantusdb, or MMLIB_TEST_MONGO_URI), every store backend."""
 
 import os
 import random

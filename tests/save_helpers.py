@@ -2,7 +2,10 @@
 
 import torch
 
+from mmlib.constants import ID
 from mmlib.equal import model_equal
+from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID, ModelInfo
+from mmlib.schema.recover_info import RECOVER_INFO, AbstractRecoverInfo
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.track_env import track_current_environment
 
@@ -42,3 +45,23 @@ def store_contents(file_service, dict_service) -> tuple:
                               for doc_id in dict_service.all_ids_for_type(kind))
                  for kind in dict_service.all_types()}
     return sorted(file_service.blob_digests()), documents
+
+
+def forge_record(dict_service, model_id: str, model_fields: dict = None, **recover_info_fields) -> str:
+    """What an editor of the metadata who recomputes digests can do: store a new, self-consistent model record like
+    `model_id`'s but with edited model-document and recover-info fields. Returns the new record's model id (the
+    old record is unchanged)."""
+    model_document = {**dict_service.recover_dict(model_id, MODEL_INFO), **(model_fields or {})}
+    if recover_info_fields:
+        recover_document = dict_service.recover_dict(model_document[RECOVER_INFO_ID], RECOVER_INFO)
+        recover_document.update(recover_info_fields)
+        model_document[RECOVER_INFO_ID] = _store_rehashed(dict_service, recover_document, RECOVER_INFO,
+                                                          AbstractRecoverInfo)
+    return _store_rehashed(dict_service, model_document, MODEL_INFO, ModelInfo)
+
+
+def _store_rehashed(dict_service, document: dict, kind: str, schema_class) -> str:
+    fields = {key: value for key, value in document.items() if key != ID}
+    new_id = schema_class._content_id(fields)
+    dict_service.save_dict({**fields, ID: new_id}, kind)
+    return new_id

@@ -9,11 +9,11 @@ from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning, I
     ModelNotFoundError, UnsafeCodeError
 from mmlib.models import MobileNetV2
 from mmlib.save import BaselineSaveService
-from mmlib.schema.recover_info import MODEL_CLASS_NAME, RECOVER_INFO
+from mmlib.schema.recover_info import MODEL_CLASS_NAME
 from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.track_env import track_current_environment
-from save_helpers import save_info, store_contents
+from save_helpers import forge_record, save_info, store_contents
 
 
 @pytest.fixture
@@ -93,10 +93,9 @@ def test_id_of_another_kind_of_document_is_not_a_model(populated):
 @pytest.mark.parametrize("class_name", ["MobileNetV2; import os", "MobileNetV2()", "__import__('os')"])
 def test_class_name_edited_to_carry_code_is_refused_before_import(populated, class_name):
     service, model_id, file_service, dict_service = populated
-    recover_info_id = dict_service.recover_dict(model_id, MODEL_INFO)[RECOVER_INFO_ID]
-    dict_service.add_field(recover_info_id, RECOVER_INFO, MODEL_CLASS_NAME, class_name)
+    forged_id = forge_record(dict_service, model_id, **{MODEL_CLASS_NAME: class_name})
     with pytest.raises(UnsafeCodeError, match="identifier"):
-        BaselineSaveService(file_service, dict_service).recover_model(model_id)
+        BaselineSaveService(file_service, dict_service).recover_model(forged_id)
 
 
 def test_environment_mismatch_warns_with_differences_and_strict_mode_raises(populated):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import types
 
-import pytest
 from safetensors.torch import load_file
 
 import mmlib.save

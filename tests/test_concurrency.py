@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import time
 
-import pytest
 import torch
 
 import mmlib.save

@@ -3,7 +3,6 @@
 import random
 
 import numpy
-import pytest
 import torch
 from torch import nn
 

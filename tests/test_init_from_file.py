@@ -28,7 +28,8 @@ def test_class_names_must_be_identifiers(tmp_path, class_name):
 
 
 def test_plain_imports_and_json_arguments():
-    parsed = create_object_with_parameters("OrderedDict", {"a": "1", "b": 2}, import_cmd="from collections import OrderedDict")
+    parsed = create_object_with_parameters("OrderedDict", {"a": "1", "b": 2},
+                                           import_cmd="from collections import OrderedDict")
     assert parsed == {"a": "1", "b": 2}
     counter = create_object_with_parameters("collections.Counter", {}, import_cmd="import collections")
     assert counter == {}
@@ -45,6 +46,8 @@ def test_two_files_with_one_name_do_not_collide(tmp_path):
 
 def test_reference_objects_are_passed_by_name(tmp_path):
     code = tmp_path / "holder.py"
-    code.write_text("class Holder:\n    def __init__(self, size, inner):\n        self.size, self.inner = size, inner\n")
-    holder = create_object_with_parameters("Holder", {"size": 3}, code_file=str(code), init_ref_type_args={"inner": [1]})
+    code.write_text("class Holder:\n    def __init__(self, size, inner):\n"
+                    "        self.size, self.inner = size, inner\n")
+    holder = create_object_with_parameters("Holder", {"size": 3}, code_file=str(code),
+                                           init_ref_type_args={"inner": [1]})
     assert (holder.size, holder.inner) == (3, [1])

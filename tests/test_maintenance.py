@@ -13,7 +13,7 @@ from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.track_env import track_current_environment
 from mmlib.util.hash import state_dict_hash
-from save_helpers import perturb, save_info
+from save_helpers import forge_record, perturb, save_info
 from tiny_models import TinyNet
 
 UPDATE_SERVICE = getattr(mmlib.save, "WeightUpdateSaveService", None)
@@ -130,9 +130,9 @@ def test_verify_reports_a_missing_blob_and_a_failing_recovery(populated):
     store.file_pers_service.delete_blob(_blob(store, ids["sibling"]))
     problems = maintenance.verify(store, [ids["sibling"], ids["root"]])
     assert [(p.model_id, "missing" in p.message) for p in problems] == [(ids["sibling"], True)]
-    store.dict_pers_service.add_field(ids["child"], "model_info", "weights_hash_info", None)
-    problems = maintenance.verify(store, [ids["child"]])
-    assert [(p.model_id, p.item) for p in problems] == [(ids["child"], "recovery")]
+    forged_id = forge_record(store.dict_pers_service, ids["child"], {"weights_hash_info": None})
+    problems = maintenance.verify(store, [forged_id])
+    assert [(p.model_id, p.item) for p in problems] == [(forged_id, "recovery")]
     assert "IntegrityError" in problems[0].message
 
 

@@ -11,7 +11,7 @@ from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID
 from mmlib.schema.recover_info import MODEL_PACKAGE, RECOVER_INFO
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
-from save_helpers import equal, perturb, store_contents
+from save_helpers import equal, forge_record, perturb, store_contents
 
 ENCODER_ARGS = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "batch_first": True}
 ENCODER_IMPORT = "torch.nn:TransformerEncoderLayer"
@@ -64,7 +64,7 @@ def test_package_version_difference_warns_and_strict_mode_raises(stores):
     recover_info_id = dict_service.recover_dict(model_id, MODEL_INFO)[RECOVER_INFO_ID]
     package = dict_service.recover_dict(recover_info_id, RECOVER_INFO)[MODEL_PACKAGE]
     assert package == {"name": "torch", "version": importlib.metadata.version("torch")}
-    dict_service.add_field(recover_info_id, RECOVER_INFO, MODEL_PACKAGE, {"name": "torch", "version": "1.0.0"})
+    model_id = forge_record(dict_service, model_id, **{MODEL_PACKAGE: {"name": "torch", "version": "1.0.0"}})
     with pytest.warns(EnvironmentMismatchWarning, match="torch==1.0.0"):
         service.recover_model(model_id)
     with pytest.raises(EnvironmentMismatchError, match="torch==1.0.0"):

@@ -5,16 +5,22 @@ import os
 import pytest
 import torch
 
-from mmlib.constants import MMLIB_CONFIG
+import mmlib.approaches.base
+import mmlib.approaches.provenance
+from mmlib.approaches.base import merkle_tree
+from mmlib.approaches.model_state import capture
+from mmlib.constants import ID, MMLIB_CONFIG
 from mmlib.deterministic import deterministic
 from mmlib.errors import ConfigurationError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.examples.image_classification import ImageClassificationTrainWrapper, image_classification_train_wrapper
 from mmlib.examples.image_data import generate_image_dataset
 from mmlib.models import MobileNetV2, ResNet18
-from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
+from mmlib.maintenance import collect_garbage
+from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService, Store
 from mmlib.save import ProvenanceSaveService
-from mmlib.schema.dataset import DATASET
-from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID, STORE_TYPE
+from mmlib.schema.dataset import DATASET, RAW_DATA
+from mmlib.schema.model_info import (MODEL_ID, MODEL_INFO, RECORDED_WEIGHTS_HASH, RECOVER_INFO_ID, STORE_TYPE,
+                                     WEIGHTS_HASH_INFO, ModelInfo)
 from mmlib.schema.recover_info import RECOVER_INFO, TRAIN_INFO
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.schema.store_type import ModelStoreType
@@ -135,13 +141,66 @@ def tiny_version(embedded, raw_data):
     return service, version_id, model
 
 
-def test_changed_train_kwargs_fail_the_check(tiny_version, embedded):
+def test_changed_train_kwargs_stop_recovery_before_any_code_runs(tiny_version, embedded, monkeypatch):
     service, version_id, model = tiny_version
     assert equal(model, service.recover_model(version_id).model)
-    embedded[1].add_field(train_info_id(embedded[1], version_id), TRAIN_INFO, TRAIN_KWARGS, {"number_batches": 3})
+    train_info = train_info_id(embedded[1], version_id)
+    embedded[1].add_field(train_info, TRAIN_INFO, TRAIN_KWARGS, {"number_batches": 3})
+    _refuse_code(monkeypatch)
+    for checks in (True, False):
+        with pytest.raises(IntegrityError, match=f"train_info document {train_info} was changed"):
+            service.recover_model(version_id, execute_checks=checks)
+
+
+def _refuse_code(monkeypatch) -> None:
+    """Any import of stored code or of an import path fails: a recovery must have stopped before."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"code imported: {args}")
+
+    for module in (mmlib.approaches.base, mmlib.approaches.provenance):
+        monkeypatch.setattr(module, "create_type", refuse)
+    monkeypatch.setattr(mmlib.approaches.base, "import_object", refuse)
+
+
+def test_a_corrupted_dataset_stops_recovery_before_the_base_is_built(tiny_version, embedded, corrupt_blob,
+                                                                     monkeypatch):
+    service, version_id, _ = tiny_version
+    dataset_id = embedded[1].recover_dict(embedded[1].recover_dict(version_id, MODEL_INFO)[RECOVER_INFO_ID],
+                                          RECOVER_INFO)[DATASET]
+    digest = embedded[1].recover_dict(dataset_id, DATASET)[RAW_DATA].split("/")[0]
+    corrupt_blob(embedded[0], digest)
+    _refuse_code(monkeypatch)
+    for checks in (True, False):
+        with pytest.raises(IntegrityError, match=digest):
+            service.recover_model(version_id, execute_checks=checks)
+
+
+def test_the_weights_hash_recorded_after_the_save_leaves_the_id_alone(tiny_version, embedded):
+    service, version_id, model = tiny_version
+    file_service, dict_service = embedded
+    document = dict_service.recover_dict(version_id, MODEL_INFO)
+    assert document.get(WEIGHTS_HASH_INFO) is None
+    assert ModelInfo._content_id({key: value for key, value in document.items() if key != ID}) == version_id
+    assert dict_service.recover_dict(version_id, RECORDED_WEIGHTS_HASH)[MODEL_ID] == version_id
+    assert service.model_save_size(version_id)[WEIGHTS_HASH_INFO]["metadata_size"] > 0
+    collect_garbage(Store(*embedded), grace_seconds=0)
+    assert equal(model, service.recover_model(version_id, execute_checks=True).model)
+
+
+def test_an_edited_recorded_weights_hash_fails_the_checked_recovery(tiny_version, embedded):
+    service, version_id, model = tiny_version
+    dict_service = embedded[1]
+    recorded = dict_service.recover_dict(version_id, RECORDED_WEIGHTS_HASH)
+    dict_service.save_dict({**recorded, MODEL_ID: "another-model"}, RECORDED_WEIGHTS_HASH)
+    with pytest.raises(IntegrityError, match="names another model"):
+        service.recover_model(version_id)
+    other = merkle_tree(capture(TinyNet())).to_python_dict()
+    dict_service.save_dict({**recorded, WEIGHTS_HASH_INFO: other}, RECORDED_WEIGHTS_HASH)
     with pytest.raises(IntegrityError, match="did not reproduce"):
-        service.recover_model(version_id, execute_checks=True)
-    assert not equal(model, service.recover_model(version_id, execute_checks=False).model)
+        service.recover_model(version_id)
+    assert equal(model, service.recover_model(version_id, execute_checks=False).model)
+    service.add_weights_hash_info(version_id, model)
+    assert equal(model, service.recover_model(version_id).model)
 
 
 def test_non_deterministic_training_fails_the_check(embedded, raw_data):

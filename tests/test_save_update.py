@@ -12,7 +12,7 @@ from mmlib.schema.model_info import MODEL_INFO, WEIGHTS_HASH_INFO, ModelInfo
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.delta import DEFAULT_CODEC, UnknownCodecError
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
-from save_helpers import equal, perturb, save_info, store_contents
+from save_helpers import equal, forge_record, perturb, save_info, store_contents
 
 VARIANTS = {"update": False, "improved_update": True}
 
@@ -162,10 +162,15 @@ def test_execute_checks_verifies_every_version_of_a_chain(local_stores, improved
     _, dict_service = local_stores
     wrong = WeightDictMerkleTree.from_state_dict(states[0]).to_python_dict()
     for model_id, state in zip(ids[1:], states[1:]):
+        forged_id = forge_record(dict_service, model_id, {WEIGHTS_HASH_INFO: wrong})
+        with pytest.raises(IntegrityError, match=forged_id):
+            service.recover_model(forged_id, execute_checks=True)
+        assert state_dict_equal(service.recover_model(forged_id, execute_checks=False).model.state_dict(), state)
+    for model_id in ids[1:]:
         dict_service.add_field(model_id, MODEL_INFO, WEIGHTS_HASH_INFO, wrong)
-        with pytest.raises(IntegrityError, match=model_id):
-            service.recover_model(model_id, execute_checks=True)
-        assert state_dict_equal(service.recover_model(model_id, execute_checks=False).model.state_dict(), state)
+        for checks in (True, False):
+            with pytest.raises(IntegrityError, match=f"{model_id} was changed"):
+                service.recover_model(model_id, execute_checks=checks)
 
 
 def test_corrupted_update_blob_raises_integrity_error(stores, corrupt_blob, tmp_path):

@@ -1,15 +1,16 @@
-"""An edited metadata document never runs code: import paths and class names reach only what the record names."""
+"""An edited metadata document never runs code: an edit in place breaks the id that commits to it, and even a
+record forged with recomputed digests reaches with its import path or class name only what the record names."""
 
 import pytest
 
-from mmlib.errors import IncompatibleModelError, UnsafeCodeError
+from mmlib.errors import IncompatibleModelError, IntegrityError, UnsafeCodeError
 from mmlib.maintenance import verify
 from mmlib.persistence import open_store
 from mmlib.save import BaselineSaveService
 from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID
 from mmlib.schema.recover_info import MODEL_CLASS_NAME, MODEL_IMPORT, MODEL_INIT_ARGS, RECOVER_INFO
 from mmlib.util.init_from_file import import_object
-from save_helpers import save_info
+from save_helpers import forge_record, save_info
 from tiny_models import TinyNet
 
 
@@ -31,11 +32,15 @@ def test_an_edited_import_path_runs_nothing(store, tmp_path, model_import):
     service = BaselineSaveService(*store)
     model_id = service.save_model(save_info(TinyNet()))
     commands = {"command": f"touch {marker}", "args": ["touch", str(marker)]}
-    _edit_recover_info(store, model_id, **{MODEL_IMPORT: model_import, MODEL_INIT_ARGS: commands})
+    fields = {MODEL_IMPORT: model_import, MODEL_INIT_ARGS: commands}
+    forged_id = forge_record(store.dict_pers_service, model_id, **fields)
+    _edit_recover_info(store, model_id, **fields)
     for checks in (True, False):
-        with pytest.raises((UnsafeCodeError, IncompatibleModelError)):
+        with pytest.raises(IntegrityError, match="changed after it was stored"):
             service.recover_model(model_id, execute_checks=checks)
-    assert [problem.model_id for problem in verify(store)] == [model_id]
+        with pytest.raises((UnsafeCodeError, IncompatibleModelError)):
+            service.recover_model(forged_id, execute_checks=checks)
+    assert sorted(problem.model_id for problem in verify(store)) == sorted([model_id, forged_id])
     assert not marker.exists()
 
 
@@ -43,9 +48,9 @@ def test_an_edited_import_path_runs_nothing(store, tmp_path, model_import):
 def test_an_edited_class_name_reaches_only_classes_defined_in_the_stored_code(store, class_name):
     service = BaselineSaveService(*store)
     model_id = service.save_model(save_info(TinyNet()))
-    _edit_recover_info(store, model_id, **{MODEL_CLASS_NAME: class_name})
+    forged_id = forge_record(store.dict_pers_service, model_id, **{MODEL_CLASS_NAME: class_name})
     with pytest.raises(UnsafeCodeError):
-        service.recover_model(model_id, execute_checks=False)
+        service.recover_model(forged_id, execute_checks=False)
 
 
 def test_import_paths_of_installed_packages_still_work():
@@ -64,6 +69,6 @@ def test_a_factory_that_builds_no_module_is_a_typed_error(store, tmp_path, monke
     service = BaselineSaveService(*store)
     model = import_object("odd_factories:linear")()
     model_id = service.save_model(save_info(model, model_import="odd_factories:linear"))
-    _edit_recover_info(store, model_id, **{MODEL_IMPORT: "odd_factories:tensor"})
+    forged_id = forge_record(store.dict_pers_service, model_id, **{MODEL_IMPORT: "odd_factories:tensor"})
     with pytest.raises(IncompatibleModelError, match="not a torch.nn.Module"):
-        service.recover_model(model_id, execute_checks=False)
+        service.recover_model(forged_id, execute_checks=False)

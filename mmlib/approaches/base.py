@@ -31,6 +31,7 @@ from mmlib.schema.recover_info import FullModelRecoverInfo
 from mmlib.schema.restorable_object import check_json_value
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.state_layout import StateLayout
+from mmlib.schema.store_format import check_store_format
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.track_env import check_environment, check_package
 from mmlib.util.hash import new_hasher
@@ -123,6 +124,7 @@ class AbstractSaveService(ABC):
         self.strict_env = strict_env
         self._restore_dir = tempfile.TemporaryDirectory(prefix="mmlib-restore-")
         self._rebuildable: set = set()
+        self._store_format_recorded = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._file_pers_service!r}, {self._dict_pers_service!r})"
@@ -167,9 +169,22 @@ class AbstractSaveService(ABC):
 
     def all_model_ids(self) -> list[str]:
         """Ids of every stored model, oldest first."""
+        self._check_store_format()
         return self._dict_pers_service.all_ids_for_type(MODEL_INFO)
 
+    def _check_store_format(self, record: bool = False) -> None:
+        """StoreFormatError unless the store is in the format this mmlib reads; `record` writes it into an empty
+        store (once it is recorded, nothing is read again)."""
+        if not self._store_format_recorded:
+            self._store_format_recorded = check_store_format(self._dict_pers_service, record)
+
+    def _persist_model(self, model_info: ModelInfo) -> str:
+        """Store a model document (after everything it references) in a store that records its format; its id."""
+        self._check_store_format(record=True)
+        return model_info.persist(self._file_pers_service, self._dict_pers_service)
+
     def _require_model(self, model_id: str) -> None:
+        self._check_store_format()
         if not isinstance(model_id, str) or not self._dict_pers_service.id_exists(model_id, MODEL_INFO):
             raise ModelNotFoundError(
                 f"no model with id {model_id!r} in this store; list stored models with `mmlib ls` or all_model_ids()")
@@ -181,6 +196,7 @@ class AbstractSaveService(ABC):
 
     def _validate(self, save_info: ModelSaveInfo) -> None:
         """Reject a save request before anything is written."""
+        self._check_store_format()
         if not isinstance(save_info, ModelSaveInfo):
             raise InvalidSaveInfoError(
                 f"save_model expects a ModelSaveInfo, got {type(save_info).__name__}; build one with "
@@ -273,10 +289,16 @@ class AbstractSaveService(ABC):
             self._rebuildable.clear()
         self._rebuildable.add(signature)
 
+    def _lineage_to_snapshot(self, model_id: str,
+                             load: Optional[Callable[[str], ModelInfo]] = None) -> list[ModelInfo]:
+        """The model infos from `model_id` back to the nearest full snapshot, each checked against its id as it is
+        loaded (with `load`, default `_load_model_info`): a recovery refuses an edit anywhere in this lineage."""
+        return walk_lineage(model_id, load or self._load_model_info, lambda info: info.derived_from,
+                            stop=lambda info: info.store_type == ModelStoreType.FULL_MODEL)
+
     def _root_snapshot(self, model_id: str) -> FullModelRecoverInfo:
         """The nearest full snapshot in a model's lineage (where its code and class name live)."""
-        root = walk_lineage(model_id, self._load_model_info, lambda info: info.derived_from,
-                            stop=lambda info: info.store_type == ModelStoreType.FULL_MODEL)[-1]
+        root = self._lineage_to_snapshot(model_id)[-1]
         if root.store_type != ModelStoreType.FULL_MODEL:
             raise IntegrityError(f"the lineage of model {model_id} ends at {root.store_id}, which is stored as "
                                  f"{root.store_type.value}, not as a full snapshot; the metadata was changed, run "
@@ -300,7 +322,7 @@ class AbstractSaveService(ABC):
         model_info = ModelInfo(store_type=ModelStoreType.FULL_MODEL, recover_info=recover_info,
                                derived_from_id=save_info.base_model,
                                weights_hash_info=weights_hash_info, state_layout=captured.layout)
-        return model_info.persist(self._file_pers_service, self._dict_pers_service)
+        return self._persist_model(model_info)
 
     def _save_weights(self, state_dict: dict[str, torch.Tensor]) -> FileReference:
         digest = self._file_pers_service.write_stream(lambda sink: write_state_dict(state_dict, sink))

@@ -28,10 +28,11 @@ from mmlib.persistence.base import FileReference
 from mmlib.save_info import ModelSaveInfo, ProvModelSaveInfo
 from mmlib.schema.dataset import Dataset
 from mmlib.schema.lineage import walk_lineage
-from mmlib.schema.model_info import MODEL_INFO, WEIGHTS_HASH_INFO, ModelInfo
+from mmlib.schema.model_info import ModelInfo, record_weights_hash
 from mmlib.schema.recover_info import ProvenanceRecoverInfo
 from mmlib.schema.restorable_object import (StateDictRestorableObjectWrapper, check_json_value,
                                             source_file_reference)
+from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.schema.train_info import TrainInfo
@@ -76,11 +77,12 @@ class ProvenanceSaveService(AbstractSaveService):
                     "was saved, and the given model differs from it; add_weights_hash_info is for provenance "
                     "versions (saved with a base model and add_prov_data)")
             return
-        self._dict_pers_service.add_field(model_id, MODEL_INFO, WEIGHTS_HASH_INFO, tree.to_python_dict())
+        record_weights_hash(model_id, tree, self._dict_pers_service)
 
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
         with self._recovering(model_id):
             chain = self._lineage(model_id)
+            self._verify_retraining_inputs(chain[1:])
             data_root = self._data_root() if len(chain) > 1 else None
             model, _ = self._recover_snapshot(chain[0], execute_checks)
             for position, model_info in enumerate(chain[1:], start=1):
@@ -88,6 +90,16 @@ class ProvenanceSaveService(AbstractSaveService):
                             len(chain) - 1, model_info.derived_from)
                 self._retrain(model, model_info, data_root, execute_checks)
         return RestoredModelInfo(model=model, model_id=model_id)
+
+    def _verify_retraining_inputs(self, versions: list[ModelInfo]) -> None:
+        """Check every document and blob that retraining `versions` reads (data, train code, stored objects) against
+        the ids that name them, before any code runs: a recovery builds nothing from an edited record."""
+        checked: set[str] = set()
+        for model_info in versions:
+            for item in model_info.stored_items(self._dict_pers_service):
+                if item.kind == BLOB and item.item_id not in checked:
+                    self._file_pers_service.verify_blob(item.item_id)
+                    checked.add(item.item_id)
 
     def _validate(self, save_info: ModelSaveInfo) -> None:
         """Reject a provenance save before anything is written."""
@@ -140,7 +152,7 @@ class ProvenanceSaveService(AbstractSaveService):
         model_info = ModelInfo(store_type=ModelStoreType.PROVENANCE, recover_info=recover_info,
                                derived_from_id=save_info.base_model)
         with self._timed("save_provenance"):
-            return model_info.persist(self._file_pers_service, self._dict_pers_service)
+            return self._persist_model(model_info)
 
     def _lineage(self, model_id: str) -> list[ModelInfo]:
         """The model infos from the full snapshot at the root up to `model_id`."""

@@ -380,7 +380,7 @@ class WeightUpdateSaveService(AbstractSaveService):
             model_info = ModelInfo(store_type=ModelStoreType.WEIGHT_UPDATES, recover_info=recover_info,
                                    derived_from_id=save_info.base_model, weights_hash_info=tree,
                                    state_layout=captured.layout)
-            model_id = model_info.persist(self._file_pers_service, self._dict_pers_service)
+            model_id = self._persist_model(model_info)
         stored = plan.stored
         locations = {key: _Location(model_id, stored[key].depth, stored[key].delta_of or model_id)
                      if key in stored else plan.base_locations[key] for key in state}
@@ -400,6 +400,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         with self._recovering(model_id):
             reader = self._reader()
             model_info = reader.info(model_id)
+            self._lineage_to_snapshot(model_id, reader.info)
             locations, snapshot_id = reader.locations(model_id)
             if model_info.store_type == ModelStoreType.FULL_MODEL:
                 model, state = self._recover_snapshot(model_info, execute_checks)

@@ -3,7 +3,7 @@
 from mmlib.persistence.base import FileReference
 from mmlib.schema.dataset import Dataset
 from mmlib.schema.environment import Environment
-from mmlib.schema.model_info import ModelInfo, register_recover_info
+from mmlib.schema.model_info import ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo, ProvenanceRecoverInfo, WeightsUpdateRecoverInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.schema_obj import SchemaObj
@@ -23,6 +23,3 @@ __all__ = [
     "TrainInfo",
     "WeightsUpdateRecoverInfo",
 ]
-
-# Registered here, where every import of mmlib.schema passes, so any reader of a store can load provenance models.
-register_recover_info(ModelStoreType.PROVENANCE, ProvenanceRecoverInfo)

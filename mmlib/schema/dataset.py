@@ -13,7 +13,6 @@ class Dataset(SchemaObj):
     """Raw training data; stored by content, so versions trained on the same data share one blob and document."""
 
     _representation_type = DATASET
-    _content_addressed = True
     _fields = (FileField("raw_data", key=RAW_DATA),)
 
     def __init__(self, raw_data: Optional[FileReference] = None, store_id: Optional[str] = None):

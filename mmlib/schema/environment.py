@@ -12,7 +12,6 @@ class Environment(SchemaObj):
 
     _representation_type = ENVIRONMENT
     _fields = tuple(ValueField(name) for name in ENVIRONMENT_FIELDS)
-    _content_addressed = True
 
     def __init__(self, python_version=None, pytorch_version=None, processor_info=None, gpu_types=None,
                  pytorch_info=None, python_platform_info=None, pip_freeze=None, store_id=None):

@@ -80,7 +80,6 @@ class AbstractRestorableObjectWrapper(SchemaObj):
     """
 
     _representation_type = RESTORABLE_OBJECT
-    _content_addressed = True
     _fields = (
         ValueField("class_name", key=CLASS_NAME),
         IsolatedFileField("code", key=CODE_FILE),

@@ -2,6 +2,10 @@
 
 A document holds plain JSON values, blob reference ids and ids of other documents,
 never pickles. `persist` writes referenced blobs and documents before its own.
+Every document is stored by content, like a git object: its id is a digest of its
+fields, which name the digests of its blobs and the ids of the documents it refers to.
+An id therefore commits to everything reachable from it, and every read checks that
+the document still hashes to its id.
 """
 
 import json
@@ -18,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 METADATA_SIZE = "metadata_size"
 BLOB = "blob"
+
+
+def content_digest(document: dict) -> str:
+    """The BLAKE3 digest (64 hex digits) of a JSON document, independent of key order."""
+    hasher = new_hasher()
+    hasher.update(json.dumps(document, sort_keys=True, separators=(",", ":")).encode())
+    return hasher.hexdigest()
 
 
 class StoredItem(NamedTuple):
@@ -185,7 +196,6 @@ class SchemaObj:
 
     _representation_type: str = ""
     _fields: tuple = ()
-    _content_addressed = False
 
     def __init__(self, store_id: Optional[str] = None):
         self.store_id = store_id
@@ -198,19 +208,13 @@ class SchemaObj:
         return {field.key: field.persist(self, fps, dps) for field in self._fields}
 
     def persist(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> str:
-        """Store this object (and everything it references, first) and return its id.
+        """Store this object (and everything it references, first) and return its id, a digest of its content.
 
-        A content-addressed document that is stored already is saved again: that refreshes its time, so garbage
-        collection running meanwhile keeps it for this save.
+        A document that is stored already is saved again: that refreshes its time, so garbage collection
+        running meanwhile keeps it for this save.
         """
-        if (self.store_id is not None and not self._content_addressed
-                and dict_pers_service.id_exists(self.store_id, self._representation_type)):
-            return self.store_id
         document = self._document(file_pers_service, dict_pers_service)
-        if self._content_addressed:
-            self.store_id = self._content_id(document)
-        elif self.store_id is None:
-            self.store_id = dict_pers_service.generate_id()
+        self.store_id = self._content_id(document)
         document[ID] = self.store_id
         dict_pers_service.save_dict(document, self._representation_type)
         logger.debug("stored %s document %s", self._representation_type, self.store_id)
@@ -218,10 +222,8 @@ class SchemaObj:
 
     @classmethod
     def _content_id(cls, document: dict) -> str:
-        """The id of a content-addressed document: its type and a digest of its fields."""
-        hasher = new_hasher()
-        hasher.update(json.dumps(document, sort_keys=True).encode())
-        return f"{cls._representation_type}-{hasher.hexdigest()[:32]}"
+        """The id of a document: its type and the BLAKE3 digest of its fields."""
+        return f"{cls._representation_type}-{content_digest(document)}"
 
     @classmethod
     def load_placeholder(cls, obj_id: str) -> "SchemaObj":
@@ -240,13 +242,7 @@ class SchemaObj:
     def load_all_fields(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
                         restore_root: str, load_recursive: bool = False, load_files: bool = False) -> None:
         """Fill every field of a placeholder from its stored document (content-addressed ones re-hashed first)."""
-        document = dict_pers_service.recover_dict(self.store_id, self._representation_type)
-        if self._content_addressed:
-            fields = {key: value for key, value in document.items() if key != ID}
-            if self._content_id(fields) != self.store_id:
-                raise IntegrityError(
-                    f"{self._representation_type} document {self.store_id} was changed after it was stored (its "
-                    "fields no longer match its id); run `mmlib verify` and restore the store from a backup")
+        document = self.stored_document(dict_pers_service)
         for field in self._fields:
             try:
                 value = field.load(document, file_pers_service, dict_pers_service, restore_root, load_recursive,
@@ -259,9 +255,20 @@ class SchemaObj:
                     f"({error!r}); run `mmlib verify` and restore the store from a backup") from error
             setattr(self, field.attr, value)
 
-    def stored_items(self, dict_pers_service: DictPersistenceService) -> Iterator[StoredItem]:
-        """This object's document and every blob and document it references, recursively."""
+    def stored_document(self, dict_pers_service: DictPersistenceService) -> dict:
+        """The stored document of this object; IntegrityError when it no longer hashes to its id."""
         document = dict_pers_service.recover_dict(self.store_id, self._representation_type)
+        fields = {key: value for key, value in document.items() if key != ID}
+        if self._content_id(fields) != self.store_id:
+            raise IntegrityError(
+                f"{self._representation_type} document {self.store_id} was changed after it was stored (its "
+                "fields no longer hash to its id); run `mmlib verify` and restore the store from a backup")
+        return document
+
+    def stored_items(self, dict_pers_service: DictPersistenceService) -> Iterator[StoredItem]:
+        """This object's document and every blob and document it references, recursively (each document checked
+        against its id)."""
+        document = self.stored_document(dict_pers_service)
         yield StoredItem(self._representation_type, self.store_id)
         for field in self._fields:
             yield from field.references(document, dict_pers_service)

@@ -22,7 +22,9 @@ def test_equal_and_different_models():
     model = MobileNetV2()
     same = copy.deepcopy(model)
     other = MobileNetV2()
-    produce = lambda: torch.rand(1, 3, 64, 64)
+    def produce():
+        return torch.rand(1, 3, 64, 64)
+
     assert model_equal(model, same, produce) and whitebox_model_equal(model, same)
     assert blackbox_model_equal(model, same, produce)
     assert not whitebox_model_equal(model, other) and not model_equal(model, other, produce)
