@@ -5,7 +5,10 @@ A recovery, with checks on or off, checks every document it reads against the id
 document's fields) and every blob against its digest, before it imports code or builds anything. This times
 (medians, rounds interleaved, SQLite + files in a temporary directory) those two checks beside the same reads
 without them, and the whole unchecked and checked recovery beside the anchor, ``torch.load`` + construct +
-``load_state_dict`` of the same weights from one ``torch.save`` file. Prints a markdown table.
+``load_state_dict`` of the same weights from one ``torch.save`` file. An update recovery also checks every
+version back to its snapshot: the last rows time that walk for the tip of a chain of `--chain` versions
+(version 1 the full snapshot, each later one the classifier changed) next to the tip's whole recovery.
+Prints a markdown table.
 """
 
 import argparse
@@ -14,11 +17,11 @@ import tempfile
 
 import torch
 
-from benchmarks.common import MODEL_LABELS, median_seconds, raw_load, ratio
+from benchmarks.common import MODEL_LABELS, classifier_head, median_seconds, raw_load, ratio
 from mmlib.models import REFERENCE_MODELS
 from mmlib.persistence import open_store
 from mmlib.persistence.base import split_reference_id
-from mmlib.save import BaselineSaveService
+from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import ModelInfo
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.schema.schema_obj import BLOB
@@ -36,7 +39,25 @@ def _read_unchecked(store, digest: str, size: int) -> bytearray:
     return buffer
 
 
-def measure(model_key: str, repeats: int) -> list[tuple[str, float, str]]:
+def _save(service, model, base_id=None) -> str:
+    info = ModelSaveInfoBuilder().add_model_info(env=track_current_environment(), model=model,
+                                                 base_model_id=base_id).build()
+    return service.save_model(info)
+
+
+def _update_chain(store, model: torch.nn.Module, length: int) -> list[str]:
+    """A snapshot and `length - 1` updates of it, each with the classifier changed."""
+    service = WeightUpdateSaveService(*store)
+    ids = [_save(service, model)]
+    for _ in range(length - 1):
+        with torch.no_grad():
+            for parameter in classifier_head(model).parameters():
+                parameter.add_(1e-3)
+        ids.append(_save(service, model, ids[-1]))
+    return ids
+
+
+def measure(model_key: str, repeats: int, chain: int) -> list[tuple[str, float, str]]:
     """(step, median milliseconds, ratio to the anchor) for every step."""
     cls = REFERENCE_MODELS[model_key]
     model = cls()
@@ -45,8 +66,9 @@ def measure(model_key: str, repeats: int) -> list[tuple[str, float, str]]:
         torch.save(model.state_dict(), path)
         store = open_store(os.path.join(directory, "store"))
         service = BaselineSaveService(*store)
-        info = ModelSaveInfoBuilder().add_model_info(env=track_current_environment(), model=model).build()
-        model_id = service.save_model(info)
+        model_id = _save(service, model)
+        chain_ids = _update_chain(store, cls(), chain)
+        updates = WeightUpdateSaveService(*store, cache_size=0)
         items = list(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))
         documents = [item for item in items if item.kind != BLOB]
         weights_ref = service._load_model_info(model_id).recover_info.parameters_file
@@ -65,6 +87,11 @@ def measure(model_key: str, repeats: int) -> list[tuple[str, float, str]]:
             "weights blob: BLAKE3 alone, one thread": lambda _: lambda: new_hasher().update(payload).hexdigest(),
             "recover_model(execute_checks=False)": lambda _: lambda: service.recover_model(model_id, False),
             "recover_model(execute_checks=True)": lambda _: lambda: service.recover_model(model_id, True),
+            f"update chain of {chain}: load and check the {chain} model documents back to the snapshot":
+                lambda _: lambda: [ModelInfo.load(chain_id, *store, restore_root=directory, load_recursive=True)
+                                   for chain_id in chain_ids],
+            f"update chain of {chain}: recover_model(tip, execute_checks=False)":
+                lambda _: lambda: updates.recover_model(chain_ids[-1], False),
         }
         medians = {name: result["median_s"] for name, result in median_seconds(steps, repeats).items()}
     return [(name, seconds * 1e3, f"{ratio(seconds, medians[ANCHOR]):.3f}") for name, seconds in medians.items()]
@@ -74,10 +101,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50", choices=sorted(REFERENCE_MODELS))
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--chain", type=int, default=10)
     arguments = parser.parse_args()
     print(f"## Record verification at recovery, {MODEL_LABELS.get(arguments.model, arguments.model)}\n")
     print("| step | median ms | ratio to the anchor |\n|---|---|---|")
-    for name, milliseconds, share in measure(arguments.model, arguments.repeats):
+    for name, milliseconds, share in measure(arguments.model, arguments.repeats, arguments.chain):
         print(f"| {name} | {milliseconds:.1f} | {share} |")
 
 

@@ -41,7 +41,7 @@ def report(summary1: ProbeSummary, summary2: ProbeSummary) -> None:
 def print_a_summary() -> None:
     print("== summary of the first 10 layer calls of GoogLeNet (inference)")
     model = GoogLeNet().eval()
-    summary = probe_inference(model, small_input(), forward_indices=range(10))
+    summary = probe_inference(model, small_input(), forward_indices=range(1, 11))
     summary.print_summary([ProbeInfo.FORWARD_INDEX, ProbeInfo.LAYER_NAME, ProbeInfo.INPUT_SHAPE,
                            ProbeInfo.OUTPUT_SHAPE, ProbeInfo.OUTPUT_TENSOR])
     print()

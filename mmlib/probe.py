@@ -1,14 +1,24 @@
 """Record what every layer sees and produces in one inference or training step, to find where two runs diverge.
 
-A probe hooks every leaf module (a module without children; containers and the model itself are skipped) and records
-its inputs, outputs and, in training, the gradients w.r.t. its inputs and outputs. Recorded tensors are detached CPU
-copies taken when the layer runs, so later in-place operations (``ReLU(inplace=True)``, ``out += identity``) do not
-change them.
+A probe hooks the same modules as the original MMlib: every module except the model itself and ``nn.Sequential`` /
+``nn.ModuleList`` containers, so a ResNet ``BasicBlock`` is recorded as well as its convolutions
+(``leaf_only=True`` records only modules without children). Like the original, ``probe_inference`` switches the
+model to eval mode and ``probe_training`` to train mode, and leaves it in that mode.
+
+Each layer call gets a forward index when it finishes, counting from 1, as the original's forward hooks number it:
+a block comes after the layers it runs. Backward indices count from 1 in the order the gradients w.r.t. the calls'
+outputs arrive. The probe records a call's inputs, outputs and, in training, the gradients w.r.t. its inputs and
+outputs. Recorded tensors are detached CPU copies taken when the layer runs (inputs before it runs), so later
+in-place operations (``ReLU(inplace=True)``, ``out += identity``) do not change them.
 
 Gradients follow the semantics of ``nn.Module.register_full_backward_hook`` (gradient w.r.t. each output, and the
-gradient each input receives through this layer), but they are collected with tensor and autograd-node hooks:
-PyTorch's full backward hooks raise an error as soon as a layer's input or output is modified in place, which
+gradient each input receives through this module), but they are collected with tensor and autograd-node hooks:
+PyTorch's full backward hooks raise an error as soon as a module's input or output is modified in place, which
 ResNet and GoogLeNet do in every block.
+
+Saved summaries are ``{"format": "mmlib.probe_summary/2", "layers": {key: {ProbeInfo name: value}}}``. Files in
+format 1 numbered calls from 0 and hold leaf modules only; they load with their indices shifted by one, so they
+compare equal to a ``leaf_only=True`` probe of the same step.
 """
 
 import hashlib
@@ -32,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_FORMAT = "mmlib.probe_summary/1"
+_FORMAT = "mmlib.probe_summary/2"
+_ZERO_BASED_FORMAT = "mmlib.probe_summary/1"
 _GREEN = "\033[32m"
 _RED = "\033[31m"
 _RESET = "\033[0m"
@@ -166,7 +177,8 @@ class ProbeSummary:
     def load(self, path: PathLike) -> None:
         """Replace this summary with the one saved at `path` (read without unpickling arbitrary objects)."""
         payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        file_format = payload.get("format") if isinstance(payload, dict) else None
+        if file_format not in (_FORMAT, _ZERO_BASED_FORMAT):
             raise ValueError(f"{path} is not a probe summary written by ProbeSummary.save ({_FORMAT})")
         summary: Dict[str, LayerInfo] = {}
         for key, fields in payload["layers"].items():
@@ -174,6 +186,8 @@ class ProbeSummary:
                 summary[key] = {ProbeInfo[name]: value for name, value in fields.items()}
             except KeyError as err:
                 raise ValueError(f"{path}: layer {key!r} has unknown field {err.args[0]!r}") from None
+            if file_format == _ZERO_BASED_FORMAT:
+                _count_from_one(summary[key])
         self.summary = summary
 
     def _ordered(self) -> List[Tuple[str, LayerInfo]]:
@@ -196,17 +210,18 @@ class ProbeSummary:
 
 
 def probe_inference(model: nn.Module, inp: torch.Tensor, device: Optional[Union[str, torch.device]] = None,
-                    forward_indices: Optional[Iterable[int]] = None) -> ProbeSummary:
-    """Run one forward pass (without autograd) and record every leaf layer call.
+                    forward_indices: Optional[Iterable[int]] = None, *, leaf_only: bool = False) -> ProbeSummary:
+    """Switch the model to eval mode (it stays there, as in the original) and record one forward pass without autograd.
 
-    `forward_indices` restricts recording to those leaf calls (numbered in call order); the model's current
-    train/eval mode is used as is. With `device` the model and input are moved there first.
+    `forward_indices` restricts recording to those layer calls (numbered from 1 as they finish); `leaf_only`
+    records only modules without children. With `device` the model and input are moved there first.
     """
     selected = _selected_indices(forward_indices)
     if device is not None:
         model.to(device)
         inp = inp.to(device)
-    with _Probe(model, ProbeMode.INFERENCE, selected) as probe, torch.no_grad():
+    model.eval()
+    with _Probe(model, ProbeMode.INFERENCE, selected, leaf_only) as probe, torch.no_grad():
         model(inp)
     return probe.summary()
 
@@ -214,11 +229,12 @@ def probe_inference(model: nn.Module, inp: torch.Tensor, device: Optional[Union[
 def probe_training(model: nn.Module, inp: torch.Tensor, optimizer: torch.optim.Optimizer,
                    loss_func: Callable[[Any, Any], torch.Tensor], target: Any,
                    device: Optional[Union[str, torch.device]] = None,
-                   forward_indices: Optional[Iterable[int]] = None) -> ProbeSummary:
-    """Run one training step (zero_grad, forward, loss, backward, optimizer step) and record every leaf layer call.
+                   forward_indices: Optional[Iterable[int]] = None, *, leaf_only: bool = False) -> ProbeSummary:
+    """Switch the model to train mode (it stays there, as in the original) and record one training step.
 
-    `forward_indices` restricts recording to those leaf calls (numbered in call order); the model's current
-    train/eval mode is used as is. With `device` the model, input and target are moved there first.
+    The step is zero_grad, forward, loss, backward, optimizer step. `forward_indices` restricts recording to those
+    layer calls (numbered from 1 as they finish); `leaf_only` records only modules without children. With `device`
+    the model, input and target are moved there first.
     """
     selected = _selected_indices(forward_indices)
     if device is not None:
@@ -226,8 +242,9 @@ def probe_training(model: nn.Module, inp: torch.Tensor, optimizer: torch.optim.O
         inp = inp.to(device)
         if isinstance(target, torch.Tensor):
             target = target.to(device)
+    model.train()
     optimizer.zero_grad()
-    with _Probe(model, ProbeMode.TRAINING, selected) as probe:
+    with _Probe(model, ProbeMode.TRAINING, selected, leaf_only) as probe:
         loss = loss_func(model(inp), target)
         loss.backward()
     optimizer.step()
@@ -248,12 +265,12 @@ def _selected_indices(forward_indices: Optional[Iterable[int]]) -> Optional[froz
 
 @dataclass(eq=False)
 class _Call:
-    """What the probe records about one call of one leaf module."""
+    """What the probe records about one call of one recorded module."""
 
     path: str
     call_index: int
     layer_name: str
-    forward_index: int
+    forward_index: Optional[int] = None  # set when the call finishes
     inputs: Tuple[torch.Tensor, ...] = ()
     outputs: Tuple[torch.Tensor, ...] = ()
     input_edges: List[Optional[GradientEdge]] = field(default_factory=list)
@@ -267,33 +284,38 @@ class _CpuCopies:
     """Detached CPU copies of tensors, made once per tensor object and version.
 
     A layer's input is usually the previous layer's output, unchanged; it then shares that copy instead of paying
-    for a second clone.
+    for a second clone. Copies are held weakly, so one that no record keeps (the inputs of a block whose forward
+    index turned out not to be selected) is freed at once.
     """
 
     def __init__(self) -> None:
-        self._copies: Dict[int, Tuple[weakref.ref, int, torch.Tensor]] = {}
+        self._copies: Dict[int, Tuple[weakref.ref, int, weakref.ref]] = {}
 
     def copy(self, tensor: torch.Tensor) -> torch.Tensor:
         """A detached CPU copy of `tensor` as it is now."""
         version = tensor._version
         known = self._copies.get(id(tensor))
         if known is not None and known[0]() is tensor and known[1] == version:
-            return known[2]
+            copied = known[2]()
+            if copied is not None:
+                return copied
         detached = tensor.detach()
         copied = detached.clone() if detached.device.type == "cpu" else detached.to("cpu")
-        self._copies[id(tensor)] = (weakref.ref(tensor), version, copied)
+        self._copies[id(tensor)] = (weakref.ref(tensor), version, weakref.ref(copied))
         return copied
 
 
 class _Probe:
-    """Context manager that hooks every leaf module and collects `_Call` records; removes all hooks on exit."""
+    """Context manager that hooks the recorded modules and collects `_Call` records; removes all hooks on exit."""
 
-    def __init__(self, model: nn.Module, mode: ProbeMode, selected: Optional[frozenset]) -> None:
+    def __init__(self, model: nn.Module, mode: ProbeMode, selected: Optional[frozenset], leaf_only: bool) -> None:
         self._model = model
         self._mode = mode
         self._selected = selected
+        self._last_selected = max(selected, default=0) if selected is not None else 0
+        self._leaf_only = leaf_only
         self._calls: List[_Call] = []
-        self._running: Dict[str, List[_Call]] = {}
+        self._running: Dict[str, List[Optional[_Call]]] = {}
         self._call_counts: Dict[str, int] = {}
         self._handles: List[Any] = []
         self._copies = _CpuCopies()
@@ -304,7 +326,7 @@ class _Probe:
     def __enter__(self) -> "_Probe":
         try:
             for path, module in self._model.named_modules():
-                if module is self._model or next(module.children(), None) is not None:
+                if not self._records(module):
                     continue
                 self._handles.append(module.register_forward_pre_hook(partial(self._before_forward, path),
                                                                       with_kwargs=True))
@@ -312,8 +334,8 @@ class _Probe:
         except BaseException:
             self._remove_hooks()
             raise
-        logger.debug("probing %d leaf modules of %s (%s)", len(self._handles) // 2, type(self._model).__name__,
-                     self._mode.value)
+        logger.debug("probing %d modules of %s (%s, leaf_only=%s)", len(self._handles) // 2,
+                     type(self._model).__name__, self._mode.value, self._leaf_only)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -323,6 +345,14 @@ class _Probe:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _records(self, module: nn.Module) -> bool:
+        """The original's rule: every module except the model and Sequential/ModuleList containers (or only leaves)."""
+        if module is self._model:
+            return False
+        if self._leaf_only:
+            return _is_leaf(module)
+        return not isinstance(module, (nn.Sequential, nn.ModuleList))
 
     def summary(self) -> ProbeSummary:
         """The records as a ProbeSummary; modules called several times get a '#<call index>' key suffix."""
@@ -352,14 +382,12 @@ class _Probe:
         return result
 
     def _before_forward(self, path: str, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-        forward_index = self._forward_count
-        self._forward_count += 1
         call_index = self._call_counts.get(path, 0)
         self._call_counts[path] = call_index + 1
-        if self._selected is not None and forward_index not in self._selected:
+        if not self._may_be_selected(module):
             self._running.setdefault(path, []).append(None)
             return
-        call = _Call(path, call_index, type(module).__name__, forward_index)
+        call = _Call(path, call_index, type(module).__name__)
         tensors = _tensors_in((args, kwargs))
         call.inputs = tuple(self._copies.copy(tensor) for tensor in tensors)
         if self._tracks_gradients():
@@ -367,16 +395,36 @@ class _Probe:
             # autograd nodes are numbered in creation order: those created from here on belong to this call
             call.sequence_marker = self._marker_leaf.view(()).grad_fn._sequence_nr()
         self._running.setdefault(path, []).append(call)
-        self._calls.append(call)
+
+    def _may_be_selected(self, module: nn.Module) -> bool:
+        """Whether the call starting now can get a selected forward index (it gets its index when it finishes).
+
+        A module without children finishes before any other call does, so its index is known now; a block finishes
+        after the calls it runs, so it is captured while a selected index lies ahead and dropped if it misses them.
+        """
+        if self._selected is None:
+            return True
+        next_index = self._forward_count + 1
+        if _is_leaf(module):
+            return next_index in self._selected
+        return next_index <= self._last_selected
 
     def _after_forward(self, path: str, module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+        self._forward_count += 1
+        forward_index = self._forward_count
         call = self._running[path].pop()
-        if call is None:
+        if self._selected is not None and forward_index not in self._selected:
             return
+        if call is None:
+            warnings.warn(f"layer call {forward_index} ({path}) is not recorded: its module has no children but ran "
+                          "other recorded modules, so its forward index was not known when it started", UserWarning)
+            return
+        call.forward_index = forward_index
         tensors = _tensors_in(output)
         call.outputs = tuple(self._copies.copy(tensor) for tensor in tensors)
         if self._tracks_gradients():
             self._hook_gradients(call, tensors)
+        self._calls.append(call)
 
     def _tracks_gradients(self) -> bool:
         return self._mode is ProbeMode.TRAINING and torch.is_grad_enabled()
@@ -398,8 +446,8 @@ class _Probe:
 
     def _on_grad_output(self, call: _Call, position: int, passed_through: Optional[int], grad: torch.Tensor) -> None:
         if call.backward_index is None:
-            call.backward_index = self._backward_count
             self._backward_count += 1
+            call.backward_index = self._backward_count
         call.grad_outputs[position] = self._copies.copy(grad)
         if passed_through is not None:
             self._add_grad_input(call, passed_through, grad)
@@ -445,6 +493,10 @@ def _edges_to_inputs(roots: List[Any], input_positions: Dict[Tuple[int, int], in
     return result
 
 
+def _is_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None
+
+
 def _tensors_in(value: Any) -> List[torch.Tensor]:
     """The tensors in a (nested) tuple, list or dict, in order."""
     if isinstance(value, torch.Tensor):
@@ -454,6 +506,13 @@ def _tensors_in(value: Any) -> List[torch.Tensor]:
     if isinstance(value, dict):
         return [tensor for item in value.values() for tensor in _tensors_in(item)]
     return []
+
+
+def _count_from_one(info: LayerInfo) -> None:
+    """Shift the forward and backward index of a layer read from a format-1 file (which counted from 0)."""
+    for index_field in (ProbeInfo.FORWARD_INDEX, ProbeInfo.BACKWARD_INDEX):
+        if isinstance(info.get(index_field), int):
+            info[index_field] += 1
 
 
 def _shapes(tensors: Sequence[torch.Tensor]) -> List[List[int]]:

@@ -1,6 +1,7 @@
 """Tests of mmlib.probe: recording, comparing, saving and loading per-layer summaries."""
 
 import io
+import warnings
 
 import pytest
 import torch
@@ -37,6 +38,63 @@ class SharedActivation(nn.Module):
         return self.head(self.act(self.b(hidden)) + hidden)
 
 
+class ResidualBlock(nn.Module):
+    """Convolution, residual add and ReLU; the add and ReLU in place by default, like a ResNet BasicBlock."""
+
+    def __init__(self, in_place: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=in_place)
+        self.in_place = in_place
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        if self.in_place:
+            out += x
+        else:
+            out = out + x
+        return self.relu(out)
+
+
+class Branches(nn.ModuleDict):
+    """A ModuleDict with a forward: a container that is neither Sequential nor ModuleList, so it is recorded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(branch(x) for branch in self.values())
+
+
+class BlockModel(nn.Module):
+    """A Sequential stem, a residual block, a ModuleDict container and ModuleList heads."""
+
+    def __init__(self, in_place: bool = True) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=in_place))
+        self.block = ResidualBlock(in_place)
+        self.pool = Branches({"tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()})
+        self.heads = nn.ModuleList([nn.Flatten(), nn.Linear(4 * 8 * 8, 3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.block(self.stem(x)))
+        for head in self.heads:
+            x = head(x)
+        return x
+
+
+# forward indices as the original numbers them: a call gets its index when it finishes
+BLOCK_MODEL_CALLS = [("stem.0", 1), ("stem.1", 2), ("block.conv", 3), ("block.relu", 4), ("block", 5),
+                     ("pool.tanh", 6), ("pool.sigmoid", 7), ("pool", 8), ("heads.0", 9), ("heads.1", 10)]
+BLOCK_MODEL_LEAVES = ["stem.0", "stem.1", "block.conv", "block.relu", "pool.tanh", "pool.sigmoid", "heads.0",
+                      "heads.1"]
+
+
+def block_input() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8)
+
+
+def dropout_model() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 2))
+
+
 def train_probe(model: nn.Module, inp: torch.Tensor, target: torch.Tensor) -> ProbeSummary:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     return probe_training(model, inp, optimizer, nn.CrossEntropyLoss(), target)
@@ -62,7 +120,7 @@ def test_same_model_and_input_give_equal_inference_summaries():
     assert first.summary["0"][ProbeInfo.LAYER_NAME] == "Conv2d"
     assert first.summary["0"][ProbeInfo.INPUT_SHAPE] == [[2, 3, 8, 8]]
     assert first.summary["3"][ProbeInfo.OUTPUT_SHAPE] == [[2, 3]]
-    assert [info[ProbeInfo.FORWARD_INDEX] for info in first.summary.values()] == [0, 1, 2, 3]
+    assert [info[ProbeInfo.FORWARD_INDEX] for info in first.summary.values()] == [1, 2, 3, 4]
     assert ProbeInfo.GRAD_INPUT_TENSOR not in first.summary["0"]
 
 
@@ -82,7 +140,7 @@ def test_training_summaries_equal_only_when_deterministic():
 def test_training_records_forward_and_backward_fields():
     summary = deterministic_training_summary()
     assert set(summary.summary["3"]) == set(ALL_FIELDS)
-    assert [summary.summary[key][ProbeInfo.BACKWARD_INDEX] for key in ["3", "2", "1", "0"]] == [0, 1, 2, 3]
+    assert [summary.summary[key][ProbeInfo.BACKWARD_INDEX] for key in ["3", "2", "1", "0"]] == [1, 2, 3, 4]
     assert summary.summary["3"][ProbeInfo.GRAD_OUTPUT_SHAPE] == [[2, 3]]
     assert summary.summary["0"][ProbeInfo.GRAD_INPUT_TENSOR] == ()  # the input image needs no gradient
     linear_grad_in = summary.summary["3"][ProbeInfo.GRAD_INPUT_TENSOR][0]
@@ -171,7 +229,7 @@ def test_layer_called_twice_gets_two_keys():
 def test_forward_indices_limit_recording_and_warn_without_them():
     model, inp = tiny_model(), tiny_input()
     partial = probe_inference(model, inp, forward_indices=[1, 3])
-    assert list(partial.summary) == ["1", "3"]
+    assert list(partial.summary) == ["0", "2"]
     with pytest.warns(UserWarning, match="memory"):
         probe_inference(model, inp)
     with pytest.raises(TypeError):
@@ -265,3 +323,158 @@ def test_add_attribute_builds_a_summary_by_hand():
 
 def test_probe_mode_members():
     assert {mode.name for mode in ProbeMode} == {"INFERENCE", "TRAINING"}
+
+
+def test_inference_probe_switches_to_eval_mode_so_dropout_probes_are_equal():
+    torch.manual_seed(0)
+    model, inp = dropout_model(), torch.randn(4, 8)
+    assert model.training
+    first, second = probe_inference(model, inp), probe_inference(model, inp)
+    assert first == second
+    dropout = first.summary["1"]
+    assert torch.equal(dropout[ProbeInfo.OUTPUT_TENSOR][0], dropout[ProbeInfo.INPUT_TENSOR][0])
+    # like the original, the probe leaves the model in the mode it set
+    assert not any(module.training for module in model.modules())
+
+
+def test_training_probe_switches_an_eval_model_to_train_mode():
+    torch.manual_seed(0)
+    model = dropout_model().eval()
+    summary = train_probe(model, torch.randn(4, 8), torch.tensor([0, 1, 0, 1]))
+    dropout = summary.summary["1"]
+    assert not torch.equal(dropout[ProbeInfo.OUTPUT_TENSOR][0], dropout[ProbeInfo.INPUT_TENSOR][0])
+    assert all(module.training for module in model.modules())
+
+
+def test_indices_count_from_one_so_forward_indices_select_as_in_the_original():
+    model, inp = tiny_model(), tiny_input()
+    everything = probe_inference(model, inp)
+    assert everything.summary["0"][ProbeInfo.FORWARD_INDEX] == 1
+    first_only = probe_inference(model, inp, forward_indices=[1])
+    assert list(first_only.summary) == ["0"]
+    assert first_only.summary["0"][ProbeInfo.FORWARD_INDEX] == 1
+    assert first_only.first_divergence(probe_inference(model, inp, forward_indices=[1])) is None
+
+    training = deterministic_training_summary()
+    backward_indices = sorted(info[ProbeInfo.BACKWARD_INDEX] for info in training.summary.values())
+    assert backward_indices == [1, 2, 3, 4]
+    assert training.summary["3"][ProbeInfo.BACKWARD_INDEX] == 1
+
+
+def test_records_blocks_and_their_layers_but_not_sequential_module_list_or_the_model():
+    summary = probe_inference(BlockModel(), block_input())
+    assert [(key, info[ProbeInfo.FORWARD_INDEX]) for key, info in summary.summary.items()] == BLOCK_MODEL_CALLS
+    assert summary.summary["block"][ProbeInfo.LAYER_NAME] == "ResidualBlock"
+    assert summary.summary["pool"][ProbeInfo.LAYER_NAME] == "Branches"
+    assert not any(summary.has_layer_key(key) for key in ["", "stem", "heads"])
+    block_input_copy = summary.summary["block"][ProbeInfo.INPUT_TENSOR][0]
+    assert torch.equal(block_input_copy, summary.summary["stem.1"][ProbeInfo.OUTPUT_TENSOR][0])
+    # `out += x` changed the convolution's output after it was recorded
+    residual_sum = summary.summary["block.conv"][ProbeInfo.OUTPUT_TENSOR][0] + block_input_copy
+    assert torch.equal(summary.summary["block.relu"][ProbeInfo.INPUT_TENSOR][0], residual_sum)
+    assert torch.equal(summary.summary["block"][ProbeInfo.OUTPUT_TENSOR][0], residual_sum.clamp(min=0))
+
+
+def test_forward_indices_select_a_block_or_one_of_its_layers():
+    model, inp = BlockModel(), block_input()
+    everything = probe_inference(model, inp)
+    only_block = probe_inference(model, inp, forward_indices=[5])
+    assert list(only_block.summary) == ["block"]
+    expected = ProbeSummary()
+    expected.summary["block"] = everything.summary["block"]
+    assert only_block == expected
+    assert list(probe_inference(model, inp, forward_indices=[3, 8]).summary) == ["block.conv", "pool"]
+
+
+def test_first_divergence_names_the_layer_inside_a_block():
+    set_deterministic()
+    model, inp = BlockModel(), block_input()
+    reference = probe_inference(model, inp)
+    with torch.no_grad():
+        model.block.conv.bias += 1
+    assert reference.first_divergence(probe_inference(model, inp)) == ("block.conv", ProbeInfo.OUTPUT_TENSOR)
+
+
+def test_leaf_only_records_only_modules_without_children():
+    model, inp = BlockModel(), block_input()
+    leaves = probe_inference(model, inp, leaf_only=True)
+    assert list(leaves.summary) == BLOCK_MODEL_LEAVES
+    assert [info[ProbeInfo.FORWARD_INDEX] for info in leaves.summary.values()] == list(range(1, 9))
+    assert list(probe_inference(model, inp, None, [5], leaf_only=True).summary) == ["pool.tanh"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trained = probe_training(model, inp, optimizer, nn.CrossEntropyLoss(), torch.tensor([0, 2]), leaf_only=True)
+    assert list(trained.summary) == BLOCK_MODEL_LEAVES
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")  # the reference's first conv
+def test_gradients_of_blocks_with_in_place_ops_match_full_backward_hooks():
+    set_deterministic()
+    model = BlockModel(in_place=True)
+    reference = BlockModel(in_place=False)
+    reference.load_state_dict(model.state_dict())
+    inp, target = block_input(), torch.tensor([0, 2])
+    fired = {}
+    recorded_keys = [key for key, _ in BLOCK_MODEL_CALLS]
+    for key in recorded_keys:
+        reference.get_submodule(key).register_full_backward_hook(
+            lambda _module, grad_in, grad_out, key=key: fired.update({key: (grad_in, grad_out)}))
+    nn.CrossEntropyLoss()(reference(inp), target).backward()
+    summary = train_probe(model, inp, target)
+
+    assert set(summary.summary) == set(fired) == set(recorded_keys)
+    assert sorted(info[ProbeInfo.BACKWARD_INDEX] for info in summary.summary.values()) == list(range(1, 11))
+    for key, (grad_in, grad_out) in fired.items():
+        recorded = summary.summary[key]
+        expected_in = [grad for grad in grad_in if grad is not None]
+        assert len(recorded[ProbeInfo.GRAD_INPUT_TENSOR]) == len(expected_in), key
+        for got, expected in zip(recorded[ProbeInfo.GRAD_INPUT_TENSOR], expected_in):
+            assert torch.allclose(got, expected, rtol=0, atol=1e-6), key
+        assert torch.allclose(recorded[ProbeInfo.GRAD_OUTPUT_TENSOR][0], grad_out[0], rtol=0, atol=1e-6), key
+    assert summary.summary["stem.0"][ProbeInfo.GRAD_INPUT_TENSOR] == ()  # the input image needs no gradient
+
+
+def test_saved_format_is_2_and_format_1_files_load_with_indices_from_one(tmp_path):
+    summary = deterministic_training_summary()
+    path = tmp_path / "summary.pt"
+    summary.save(path)
+    assert torch.load(path, weights_only=True)["format"] == "mmlib.probe_summary/2"
+
+    zero_based = {key: {field.name: value - 1 if field in (ProbeInfo.FORWARD_INDEX, ProbeInfo.BACKWARD_INDEX)
+                        else value for field, value in info.items()}
+                  for key, info in summary.summary.items()}
+    old_path = tmp_path / "old.pt"
+    torch.save({"format": "mmlib.probe_summary/1", "layers": zero_based}, old_path)
+    old = ProbeSummary(old_path)
+    assert old == summary
+    assert old.summary["0"][ProbeInfo.FORWARD_INDEX] == 1
+
+
+def test_a_childless_module_that_runs_other_layers_warns_when_selected_but_not_recorded():
+    class Caller(nn.Module):
+        """Has no children but calls a module registered elsewhere in the model."""
+
+        def __init__(self, callee: nn.Module) -> None:
+            super().__init__()
+            self.callees = (callee,)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.callees[0](x) + 1
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 4)
+            self.caller = Caller(self.linear)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.caller(x)
+
+    model, inp = Model(), torch.randn(2, 4)
+    assert [(key, info[ProbeInfo.FORWARD_INDEX]) for key, info in probe_inference(model, inp).summary.items()] == [
+        ("linear", 1), ("caller", 2)]
+    with pytest.warns(UserWarning, match="caller"):
+        selected = probe_inference(model, inp, forward_indices=[2])
+    assert list(selected.summary) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(probe_inference(model, inp, forward_indices=[1]).summary) == ["linear"]

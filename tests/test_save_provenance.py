@@ -288,3 +288,19 @@ def test_recovery_reuses_and_replaces_the_unpacked_dataset(tiny_version, tmp_pat
     (data_root / "stale.txt").write_text("left from an older dataset")
     assert equal(model, service.recover_model(version_id).model)
     assert not (data_root / "stale.txt").exists()
+
+
+def test_the_original_flow_saves_provenance_without_a_model(embedded, raw_data):
+    service = ProvenanceSaveService(*embedded)
+    model = TinyNet()
+    base_id = service.save_model(save_info(model))
+    wrapper = image_classification_train_wrapper(model, raw_data)
+    info = (ModelSaveInfoBuilder().add_model_info(base_model_id=base_id, env=track_current_environment())
+            .add_prov_data(raw_data_path=raw_data, train_kwargs=TRAIN_KWARGS_2, train_service_wrapper=wrapper)
+            .build())
+    version_id = service.save_model(info)
+    deterministic(wrapper.instance.train, [model], TRAIN_KWARGS_2)
+    service.add_weights_hash_info(version_id, model)
+    assert equal(model, service.recover_model(version_id, execute_checks=True).model)
+    with pytest.raises(InvalidSaveInfoError, match="model"):
+        service.save_model(ModelSaveInfoBuilder().add_model_info(base_model_id=base_id).build())

@@ -15,6 +15,7 @@ import os
 import tempfile
 import sys
 import time
+import uuid
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
@@ -33,7 +34,7 @@ from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_format import check_store_format
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.track_env import check_environment, check_package
+from mmlib.track_env import check_environment, check_package, imported_distributions
 from mmlib.util.hash import new_hasher
 from mmlib.util.init_from_file import (check_class_name, create_type, distribution_of, import_object,
                                        stored_code_of)
@@ -43,6 +44,10 @@ from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 logger = logging.getLogger(__name__)
 
 PARAMETERS_FILE_NAME = "parameters.safetensors"
+# The original MMlib's timing log: one JSON object per line with these keys.
+START_STOP, EVENT_ID, APPROACH, METHOD, EVENT, TIME = "start-stop", "_id", "approach", "method", "event", "time"
+START, STOP, ALL_EVENTS = "start", "stop", "all"
+_LOGGED_METHODS = ("save_model", "recover_model")
 _REBUILDABLE_CACHE_SIZE = 64
 
 def run_beside(background: Callable[[], Any], foreground: Callable[[], Any]) -> tuple[Any, Any]:
@@ -116,6 +121,8 @@ class ModelSource(NamedTuple):
 class AbstractSaveService(ABC):
     """Saves model versions into a blob store plus a document store and recovers them exactly."""
 
+    _approach = ""
+
     def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
                  logging: bool = False, strict_env: bool = False):
         self._file_pers_service = file_pers_service
@@ -125,6 +132,12 @@ class AbstractSaveService(ABC):
         self._restore_dir = tempfile.TemporaryDirectory(prefix="mmlib-restore-")
         self._rebuildable: set = set()
         self._store_format_recorded = False
+        self._logged_method: Optional[str] = None
+
+    @property
+    def approach(self) -> str:
+        """The approach's name in timing logs, as the original MMlib writes it."""
+        return self._approach
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._file_pers_service!r}, {self._dict_pers_service!r})"
@@ -135,13 +148,24 @@ class AbstractSaveService(ABC):
 
     @contextlib.contextmanager
     def _timed(self, event: str, model_id: Optional[str] = None) -> Iterator[None]:
-        """Log JSON start/stop events (the original's timing log) when `logging` is on."""
+        """With `logging` on, print the original MMlib's JSON start/stop events of `event` on stdout and log them.
+
+        `save_model` and `recover_model` are logged as methods (event `all`); other events as steps of the
+        method running them. Each start/stop pair shares an `_id`; times are `time.time_ns()`.
+        """
         if not self.logging:
             yield
             return
-        logger.info(json.dumps({"event": event, "type": "start", "model_id": model_id, "time": time.time_ns()}))
-        yield
-        logger.info(json.dumps({"event": event, "type": "stop", "model_id": model_id, "time": time.time_ns()}))
+        method, step = (event, ALL_EVENTS) if event in _LOGGED_METHODS else (self._logged_method, event)
+        outer, self._logged_method = self._logged_method, method
+        record = {START_STOP: START, EVENT_ID: uuid.uuid4().hex, APPROACH: self.approach, METHOD: method,
+                  EVENT: step, TIME: time.time_ns()}
+        _emit(record, model_id)
+        try:
+            yield
+        finally:
+            self._logged_method = outer
+        _emit({**record, START_STOP: STOP, TIME: time.time_ns()}, model_id)
 
     @contextlib.contextmanager
     def _recovering(self, model_id: str) -> Iterator[None]:
@@ -194,14 +218,15 @@ class AbstractSaveService(ABC):
         return ModelInfo.load(model_id, self._file_pers_service, self._dict_pers_service, self._restore_root,
                               load_recursive=True)
 
-    def _validate(self, save_info: ModelSaveInfo) -> None:
-        """Reject a save request before anything is written."""
+    def _validate(self, save_info: ModelSaveInfo, model_required: bool = True) -> None:
+        """Reject a save request before anything is written (`model_required=False`: the model may be absent)."""
         self._check_store_format()
         if not isinstance(save_info, ModelSaveInfo):
             raise InvalidSaveInfoError(
                 f"save_model expects a ModelSaveInfo, got {type(save_info).__name__}; build one with "
                 "ModelSaveInfoBuilder")
-        if not isinstance(save_info.model, torch.nn.Module):
+        absent_allowed = save_info.model is None and not model_required
+        if not absent_allowed and not isinstance(save_info.model, torch.nn.Module):
             raise InvalidSaveInfoError(
                 f"the model to save must be a torch.nn.Module, got {type(save_info.model).__name__}; pass the "
                 "model with ModelSaveInfoBuilder.add_model_info(model=...)")
@@ -342,15 +367,21 @@ class AbstractSaveService(ABC):
                                          f"install {snapshot.model_package or 'the package that provides it'}") \
                 from error
 
-    def _model_factory(self, snapshot: FullModelRecoverInfo) -> Callable[[], torch.nn.Module]:
-        """Builds the snapshot's model: its class from stored code (imported under a name unique to the code) or
-        its installed import path, called with the recorded constructor arguments."""
+    def _restored_code(self, snapshot: FullModelRecoverInfo) -> Optional[str]:
+        """The snapshot's stored code file, restored (checked against its digest); None for an import path."""
         if snapshot.model_import is not None:
+            return None
+        code = FileReference(reference_id=snapshot.model_code.reference_id)
+        self._file_pers_service.recover_file(code, os.path.join(self._restore_root, code.reference_id[:16]))
+        return code.path
+
+    def _model_factory(self, snapshot: FullModelRecoverInfo, code_path: Optional[str]) -> Callable[[], torch.nn.Module]:
+        """Builds the snapshot's model: its class from the restored code file (imported under a name unique to the
+        code) or its installed import path, called with the recorded constructor arguments."""
+        if code_path is None:
             target = self._import_target(snapshot)
         else:
-            code = FileReference(reference_id=snapshot.model_code.reference_id)
-            self._file_pers_service.recover_file(code, os.path.join(self._restore_root, code.reference_id[:16]))
-            target = create_type(code.path, snapshot.model_class_name)
+            target = create_type(code_path, snapshot.model_class_name)
         return functools.partial(target, **(snapshot.model_init_args or {}))
 
     def _recover_snapshot(self, model_info: ModelInfo, execute_checks: bool) -> tuple[torch.nn.Module, dict]:
@@ -364,10 +395,14 @@ class AbstractSaveService(ABC):
 
     def _rebuild(self, model_info: ModelInfo, snapshot: FullModelRecoverInfo, tensors: dict[str, torch.Tensor],
                  execute_checks: bool) -> torch.nn.Module:
-        """Build `model_info`'s model with the code of `snapshot` and the stored tensors; checked when asked."""
+        """Build `model_info`'s model with the code of `snapshot` and the stored tensors; checked when asked (the
+        environment too: Python, torch, numpy and the packages the stored code imports; the model's own package
+        for an import path is compared whenever it is imported)."""
+        code_path = self._restored_code(snapshot)
         if execute_checks:
-            check_environment(snapshot.environment, f"model {model_info.store_id}", self.strict_env)
-        model = rebuild(self._model_factory(snapshot), tensors, model_info.state_layout or StateLayout())
+            check_environment(snapshot.environment, f"model {model_info.store_id}", self.strict_env,
+                              packages=imported_distributions(code_path) if code_path else ())
+        model = rebuild(self._model_factory(snapshot, code_path), tensors, model_info.state_layout or StateLayout())
         if execute_checks:
             self._check_model(model_info, model)
         return model
@@ -388,6 +423,12 @@ class AbstractSaveService(ABC):
                     f"the recovered model {model_info.store_id} differs from the saved one in {differences} (tied "
                     "tensors, buffer dtypes, frozen parameters or train/eval modes); its code may have changed: "
                     "run `mmlib verify`")
+
+
+def _emit(record: dict, model_id: Optional[str]) -> None:
+    """Print one timing event as the original MMlib does (a JSON line on stdout) and log it with the model id."""
+    print(json.dumps(record), flush=True)
+    logger.info(json.dumps({**record, "model_id": model_id}))
 
 
 def _checked_init_args(init_args: Any, target: Callable[..., Any]) -> Optional[dict]:

@@ -12,6 +12,8 @@ logger = logging.getLogger(__name__)
 class BaselineSaveService(AbstractSaveService):
     """Stores every model as a full snapshot (the paper's baseline approach)."""
 
+    _approach = "baseline"
+
     def save_model(self, save_info: ModelSaveInfo) -> str:
         self._validate(save_info)
         with self._timed("save_model"):

@@ -54,6 +54,8 @@ def _has_provenance(save_info: ModelSaveInfo) -> bool:
 class ProvenanceSaveService(AbstractSaveService):
     """Stores a derived model as the provenance of its training; a model without base or provenance as a snapshot."""
 
+    _approach = "provenance"
+
     def save_model(self, save_info: ModelSaveInfo) -> str:
         self._validate(save_info)
         with self._timed("save_model"):
@@ -102,9 +104,14 @@ class ProvenanceSaveService(AbstractSaveService):
                     checked.add(item.item_id)
 
     def _validate(self, save_info: ModelSaveInfo) -> None:
-        """Reject a provenance save before anything is written."""
-        super()._validate(save_info)
-        if save_info.base_model is None or not _has_provenance(save_info):
+        """Reject a provenance save before anything is written.
+
+        A provenance version needs no model (the original's flow: save it, then train the live model and call
+        `add_weights_hash_info`): its code and class are its base's.
+        """
+        provenance = _has_provenance(save_info) and save_info.base_model is not None
+        super()._validate(save_info, model_required=not provenance)
+        if not provenance:
             return
         raw_dataset, train_info = save_info.raw_dataset, save_info.train_info
         if not isinstance(raw_dataset, (str, os.PathLike)) or not os.path.exists(raw_dataset):

@@ -351,6 +351,10 @@ class WeightUpdateSaveService(AbstractSaveService):
         self.keyframe_interval = keyframe_interval
         self._cache = _VersionCache(cache_size)
 
+    @property
+    def approach(self) -> str:
+        return "param_update_improved" if self.improved_version else "param_update"
+
     def clear_cache(self) -> None:
         """Forget the versions kept in memory, so the next save reads its base from the store."""
         self._cache.clear()
@@ -445,8 +449,8 @@ class WeightUpdateSaveService(AbstractSaveService):
             base_tree = reader.info(base_id).weights_hash_info
             if base_tree is None:
                 raise IncompatibleModelError(f"base model {base_id} has no stored weight hashes to compare with")
-            diff_weights, _ = tree.diff(base_tree)
-            changed = [key for key in state if key in diff_weights[THIS]]
+            diff_weights, diff_nodes = tree.diff(base_tree)
+            changed = [key for key in state if key in diff_weights or key in diff_nodes[THIS]]
             if base_tensors is None:
                 base_tensors = reader.tensors({key: base_locations[key].holder for key in changed})
         else:

@@ -1,9 +1,14 @@
-"""A Merkle tree over the per-tensor hashes of a state dict: finds changed layers without loading weights."""
+"""A Merkle tree over the per-tensor hashes of a state dict: finds changed layers without loading weights.
+
+As in the original MMlib, a tree is its root node: every node is a `WeightDictMerkleTree`. A leaf holds one
+state dict entry (`layer_key`, `layer_weights_hash`), an inner node its `left` and `right` children.
+"""
 
 from typing import Any, Mapping, Optional
 
 import torch
 
+from mmlib.errors import IntegrityError
 from mmlib.util.hash import json_value_hash, new_hasher, tensor_hash
 
 THIS = "this"
@@ -14,8 +19,17 @@ LAYER_KEY = "layer_key"
 HASH_VALUE = "hash_value"
 LAYER_WEIGHT_HASH = "layer_weight_hash"
 
+_LEAF_KEYS = frozenset({HASH_VALUE, LAYER_KEY, LAYER_WEIGHT_HASH})
+_INNER_KEYS = frozenset({HASH_VALUE, LEFT, RIGHT})
+# Trees built by `from_layer_hashes` are balanced, so 64 levels hold 2**64 leaves; deeper dicts are not trees.
+_MAX_DEPTH = 64
+_EMPTY_TREE = object()
+_FIX_HINT = ("the stored weight hashes were edited or damaged; restore the store from a backup or save the model "
+             "again")
+
 
 def _combine(*parts: str) -> str:
+    """The hash of a node from its parts (a leaf's key and tensor hash, or its children's hashes)."""
     hasher = new_hasher()
     for part in parts:
         hasher.update(part.encode())
@@ -23,51 +37,20 @@ def _combine(*parts: str) -> str:
     return hasher.hexdigest()
 
 
-class MerkleNode:
-    """A leaf (one tensor: `layer_key`, `layer_weight_hash`) or an inner node (`left`, `right`)."""
+class WeightDictMerkleTree:
+    """A node, and the tree below it, of a Merkle tree whose leaves are a state dict's entries in key order.
 
-    def __init__(self, hash_value: str, layer_key: Optional[str] = None, layer_weight_hash: Optional[str] = None,
-                 left: Optional["MerkleNode"] = None, right: Optional["MerkleNode"] = None):
+    Equal root hashes mean equal weights. The tree of an empty state dict is a node with no field set.
+    """
+
+    def __init__(self, hash_value: Optional[str] = None, left: Optional["WeightDictMerkleTree"] = None,
+                 right: Optional["WeightDictMerkleTree"] = None, layer_key: Optional[str] = None,
+                 layer_weights_hash: Optional[str] = None):
         self.hash_value = hash_value
-        self.layer_key = layer_key
-        self.layer_weight_hash = layer_weight_hash
         self.left = left
         self.right = right
-
-    @property
-    def is_leaf(self) -> bool:
-        return self.left is None
-
-    def expected_hash(self) -> str:
-        """The hash this node must carry given its children (or its layer)."""
-        if self.is_leaf:
-            return _combine(self.layer_key, self.layer_weight_hash)
-        return _combine(self.left.hash_value, self.right.hash_value if self.right else "")
-
-    def to_python_dict(self) -> dict:
-        if self.is_leaf:
-            return {HASH_VALUE: self.hash_value, LAYER_KEY: self.layer_key, LAYER_WEIGHT_HASH: self.layer_weight_hash}
-        node = {HASH_VALUE: self.hash_value, LEFT: self.left.to_python_dict()}
-        node[RIGHT] = self.right.to_python_dict() if self.right else None
-        return node
-
-    @classmethod
-    def from_python_dict(cls, node: dict) -> "MerkleNode":
-        if LEFT not in node:
-            return cls(node[HASH_VALUE], layer_key=node[LAYER_KEY], layer_weight_hash=node[LAYER_WEIGHT_HASH])
-        right = node.get(RIGHT)
-        return cls(node[HASH_VALUE], left=cls.from_python_dict(node[LEFT]),
-                   right=cls.from_python_dict(right) if right else None)
-
-    def __repr__(self) -> str:
-        return f"MerkleNode({self.layer_key or 'inner'}, {self.hash_value[:12]})"
-
-
-class WeightDictMerkleTree:
-    """Leaves are the state dict's tensors in key order; equal roots mean equal weights."""
-
-    def __init__(self, root: Optional[MerkleNode] = None):
-        self.root = root
+        self.layer_key = layer_key
+        self.layer_weights_hash = layer_weights_hash
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Any]) -> "WeightDictMerkleTree":
@@ -86,73 +69,162 @@ class WeightDictMerkleTree:
 
     @classmethod
     def from_layer_hashes(cls, layer_hashes: Mapping[str, str]) -> "WeightDictMerkleTree":
-        """Build the tree from precomputed per-tensor hashes."""
-        level = [MerkleNode(_combine(key, weight_hash), layer_key=key, layer_weight_hash=weight_hash)
-                 for key, weight_hash in layer_hashes.items()]
+        """Build the tree from precomputed per-entry hashes, pairing neighbours level by level."""
+        level = [cls._leaf(key, weights_hash) for key, weights_hash in layer_hashes.items()]
         if not level:
-            return cls(None)
+            return cls()
         while len(level) > 1:
-            pairs = [(level[i], level[i + 1] if i + 1 < len(level) else None) for i in range(0, len(level), 2)]
-            level = [MerkleNode(_combine(left.hash_value, right.hash_value if right else ""), left=left, right=right)
-                     for left, right in pairs]
-        return cls(level[0])
-
-    def to_python_dict(self) -> dict:
-        """The tree as nested dicts (JSON/BSON friendly); `{}` for the tree of an empty state dict."""
-        return self.root.to_python_dict() if self.root else {}
+            level = [cls._parent(level[i], level[i + 1] if i + 1 < len(level) else None)
+                     for i in range(0, len(level), 2)]
+        return level[0]
 
     @classmethod
-    def from_python_dict(cls, python_dict: Optional[dict]) -> "WeightDictMerkleTree":
-        """Rebuild a tree from `to_python_dict` output."""
-        return cls(MerkleNode.from_python_dict(python_dict) if python_dict else None)
+    def _leaf(cls, layer_key: str, layer_weights_hash: str) -> "WeightDictMerkleTree":
+        return cls(_combine(layer_key, layer_weights_hash), layer_key=layer_key,
+                   layer_weights_hash=layer_weights_hash)
 
-    def get_all_leaves(self) -> list[MerkleNode]:
-        """The leaves in key order."""
-        leaves, stack = [], [self.root] if self.root else []
+    @classmethod
+    def _parent(cls, left: "WeightDictMerkleTree", right: Optional["WeightDictMerkleTree"]) -> "WeightDictMerkleTree":
+        return cls(_combine(left.hash_value, right.hash_value if right else ""), left=left, right=right)
+
+    def _is_inner(self) -> bool:
+        return self.left is not None or self.right is not None
+
+    def _is_empty(self) -> bool:
+        """Whether this is the tree of an empty state dict (no field set)."""
+        return (not self._is_inner() and self.hash_value is None and self.layer_key is None
+                and self.layer_weights_hash is None)
+
+    def _expected_hash(self) -> Optional[str]:
+        """The hash this node must carry given its children (or its layer); None when the node is malformed."""
+        if self._is_inner():
+            if not isinstance(self.left, WeightDictMerkleTree) or not isinstance(self.left.hash_value, str):
+                return None
+            if self.right is None:
+                return _combine(self.left.hash_value, "")
+            if not isinstance(self.right, WeightDictMerkleTree) or not isinstance(self.right.hash_value, str):
+                return None
+            return _combine(self.left.hash_value, self.right.hash_value)
+        if not isinstance(self.layer_key, str) or not isinstance(self.layer_weights_hash, str):
+            return None
+        return _combine(self.layer_key, self.layer_weights_hash)
+
+    def to_python_dict(self) -> dict:
+        """The tree as nested dicts with string keys (JSON/BSON friendly); `{}` for the tree of an empty state
+        dict."""
+        if self._is_empty():
+            return {}
+        if not self._is_inner():
+            return {HASH_VALUE: self.hash_value, LAYER_KEY: self.layer_key, LAYER_WEIGHT_HASH: self.layer_weights_hash}
+        return {HASH_VALUE: self.hash_value, LEFT: self.left.to_python_dict() if self.left else None,
+                RIGHT: self.right.to_python_dict() if self.right else None}
+
+    @classmethod
+    def from_python_dict(cls, python_dict: dict) -> "WeightDictMerkleTree":
+        """Rebuild a tree from `to_python_dict` output, recomputing every hash bottom-up.
+
+        Raises IntegrityError when the dict is malformed or a layer key or hash was edited.
+        """
+        if not isinstance(python_dict, dict):
+            raise IntegrityError(f"a stored Merkle tree must be a dict, got {type(python_dict).__name__}; "
+                                 f"{_FIX_HINT}")
+        if not python_dict:
+            return cls()
+        seen_keys: set[str] = set()
+        return cls._checked_node(python_dict, "root", 0, seen_keys)
+
+    @classmethod
+    def _checked_node(cls, node: Any, path: str, depth: int, seen_keys: set[str]) -> "WeightDictMerkleTree":
+        """The node stored at `path`, its children checked first; raises IntegrityError for anything amiss."""
+        if depth > _MAX_DEPTH:
+            raise IntegrityError(f"the stored Merkle tree is nested deeper than {_MAX_DEPTH} levels at {path}; "
+                                 f"{_FIX_HINT}")
+        if not isinstance(node, dict) or not isinstance(node.get(HASH_VALUE), str):
+            raise IntegrityError(f"the stored Merkle tree node at {path} is not a dict with a string "
+                                 f"{HASH_VALUE!r}; {_FIX_HINT}")
+        if LEFT in node:
+            if node.keys() != _INNER_KEYS:
+                raise IntegrityError(f"the stored Merkle tree node at {path} has keys {sorted(node)}, an inner node "
+                                     f"has {sorted(_INNER_KEYS)}; {_FIX_HINT}")
+            left = cls._checked_node(node[LEFT], f"{path}.{LEFT}", depth + 1, seen_keys)
+            right = None
+            if node[RIGHT] is not None:
+                right = cls._checked_node(node[RIGHT], f"{path}.{RIGHT}", depth + 1, seen_keys)
+            tree = cls(node[HASH_VALUE], left=left, right=right)
+        else:
+            if node.keys() != _LEAF_KEYS or not isinstance(node[LAYER_KEY], str) \
+                    or not isinstance(node[LAYER_WEIGHT_HASH], str):
+                raise IntegrityError(f"the stored Merkle tree node at {path} is neither an inner node (keys "
+                                     f"{sorted(_INNER_KEYS)}) nor a leaf (string values for {sorted(_LEAF_KEYS)}); "
+                                     f"{_FIX_HINT}")
+            if node[LAYER_KEY] in seen_keys:
+                raise IntegrityError(f"the stored Merkle tree lists layer {node[LAYER_KEY]!r} twice; {_FIX_HINT}")
+            seen_keys.add(node[LAYER_KEY])
+            tree = cls(node[HASH_VALUE], layer_key=node[LAYER_KEY], layer_weights_hash=node[LAYER_WEIGHT_HASH])
+        if tree.hash_value != tree._expected_hash():
+            what = f"layer {tree.layer_key!r}" if tree.layer_key is not None else f"the node at {path}"
+            raise IntegrityError(f"the stored Merkle tree does not add up at {what}: its hash is not the hash of "
+                                 f"its {'children' if tree._is_inner() else 'layer key and weights'}; {_FIX_HINT}")
+        return tree
+
+    def get_all_leaves(self) -> list["WeightDictMerkleTree"]:
+        """The leaves in key order (none for the tree of an empty state dict)."""
+        leaves, stack = [], [] if self._is_empty() else [self]
         while stack:
             node = stack.pop()
-            if node.is_leaf:
-                leaves.append(node)
+            if node._is_inner():
+                stack.extend(child for child in (node.right, node.left) if child is not None)
             else:
-                stack.extend(child for child in (node.right, node.left) if child)
+                leaves.append(node)
         return leaves
 
     def layer_hashes(self) -> dict[str, str]:
-        """Layer key -> tensor hash for every leaf."""
-        return {leaf.layer_key: leaf.layer_weight_hash for leaf in self.get_all_leaves()}
+        """Layer key -> weights hash for every leaf."""
+        return {leaf.layer_key: leaf.layer_weights_hash for leaf in self.get_all_leaves()}
 
     def check_integrity(self) -> bool:
         """True when every node's hash matches its children (or its layer)."""
-        stack = [self.root] if self.root else []
+        stack = [] if self._is_empty() else [self]
         while stack:
             node = stack.pop()
-            if node.hash_value != node.expected_hash():
+            if not isinstance(node, WeightDictMerkleTree) or node.hash_value != node._expected_hash():
                 return False
-            stack.extend(child for child in (node.left, node.right) if child)
+            stack.extend(child for child in (node.left, node.right) if child is not None)
         return True
 
-    def diff(self, other: "WeightDictMerkleTree") -> tuple[dict, dict]:
-        """Layers and leaves that differ: ({THIS: keys, OTHER: keys}, {THIS: nodes, OTHER: nodes}).
+    def diff(self, other: "WeightDictMerkleTree") -> tuple[set[str], dict[str, set[str]]]:
+        """Where two trees differ: (layer keys in both with different weights, {THIS: keys only in self, OTHER:
+        keys only in other}).
 
-        Equal roots cost one comparison; otherwise leaves are matched by their hashes.
+        Equal roots cost one comparison; otherwise the leaves' weights hashes are matched by layer key.
         """
-        diff_nodes = {THIS: set(), OTHER: set()}
+        if not isinstance(other, WeightDictMerkleTree):
+            raise TypeError(f"diff compares two WeightDictMerkleTrees, got {type(other).__name__}; build one with "
+                            "WeightDictMerkleTree.from_state_dict")
         if self == other:
-            return {THIS: set(), OTHER: set()}, diff_nodes
-        mine, theirs = self.get_all_leaves(), other.get_all_leaves()
-        their_hashes = {leaf.hash_value for leaf in theirs}
-        my_hashes = {leaf.hash_value for leaf in mine}
-        diff_nodes[THIS] = {leaf for leaf in mine if leaf.hash_value not in their_hashes}
-        diff_nodes[OTHER] = {leaf for leaf in theirs if leaf.hash_value not in my_hashes}
-        diff_weights = {side: {leaf.layer_key for leaf in nodes} for side, nodes in diff_nodes.items()}
-        return diff_weights, diff_nodes
+            return set(), {THIS: set(), OTHER: set()}
+        mine, theirs = self.layer_hashes(), other.layer_hashes()
+        diff_weights = {key for key in mine.keys() & theirs.keys() if mine[key] != theirs[key]}
+        return diff_weights, {THIS: set(mine.keys() - theirs.keys()), OTHER: set(theirs.keys() - mine.keys())}
+
+    def _root_identity(self) -> object:
+        """What `==` compares: the root hash, a marker for the empty tree, or None for a node that is neither."""
+        if isinstance(self.hash_value, str):
+            return self.hash_value
+        return _EMPTY_TREE if self._is_empty() else None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, WeightDictMerkleTree):
-            return NotImplemented
-        if self.root is None or other.root is None:
-            return self.root is other.root
-        return self.root.hash_value == other.root.hash_value
+            return False
+        identity = self._root_identity()
+        return identity is not None and identity == other._root_identity()
 
     def __hash__(self) -> int:
-        return hash(self.root.hash_value if self.root else None)
+        return hash(self._root_identity())
+
+    def __repr__(self) -> str:
+        if self._is_empty():
+            return "WeightDictMerkleTree()"
+        layer = f"layer_key={self.layer_key!r}, " if not self._is_inner() else ""
+        short_hash = self.hash_value[:12] + "..." if isinstance(self.hash_value, str) else self.hash_value
+        return f"WeightDictMerkleTree({layer}hash_value={short_hash!r})"

@@ -1,7 +1,11 @@
-"""WeightDictMerkleTree: equality, diff, serialisation and integrity."""
+"""WeightDictMerkleTree: node structure, equality, diff, serialisation and integrity."""
 
+import copy
+
+import pytest
 import torch
 
+from mmlib.errors import IntegrityError
 from mmlib.models import MobileNetV2
 from mmlib.util.weight_dict_merkle_tree import (HASH_VALUE, LAYER_KEY, LAYER_WEIGHT_HASH, LEFT, OTHER, RIGHT, THIS,
                                                 WeightDictMerkleTree)
@@ -11,12 +15,34 @@ def _state_dict():
     return {f"layer{i}.weight": torch.full((3, 3), float(i)) for i in range(5)}
 
 
+def _layers(count: int) -> dict:
+    return {f"layer{i}": torch.full((2, 2), float(i)) for i in range(1, count + 1)}
+
+
+def _first_leaf(python_dict: dict) -> dict:
+    node = python_dict
+    while LEFT in node:
+        node = node[LEFT]
+    return node
+
+
+def test_a_tree_is_its_root_node_built_from_nodes_like_the_original():
+    tree = WeightDictMerkleTree.from_state_dict(_layers(2))
+    assert isinstance(tree.left, WeightDictMerkleTree) and isinstance(tree.right, WeightDictMerkleTree)
+    assert (tree.left.layer_key, tree.right.layer_key) == ("layer1", "layer2")
+    leaves = [WeightDictMerkleTree(hash_value=leaf.hash_value, layer_key=leaf.layer_key,
+                                   layer_weights_hash=leaf.layer_weights_hash) for leaf in (tree.left, tree.right)]
+    by_hand = WeightDictMerkleTree(hash_value=tree.hash_value, left=leaves[0], right=leaves[1])
+    assert by_hand == tree and by_hand.check_integrity()
+    assert by_hand.to_python_dict() == tree.to_python_dict()
+    assert tree.get_all_leaves() == leaves
+
+
 def test_equal_weights_give_equal_trees_and_an_empty_diff():
     tree1 = WeightDictMerkleTree.from_state_dict(_state_dict())
     tree2 = WeightDictMerkleTree.from_state_dict(_state_dict())
-    assert tree1 == tree2
-    diff_weights, diff_nodes = tree1.diff(tree2)
-    assert diff_weights == {THIS: set(), OTHER: set()} and diff_nodes == {THIS: set(), OTHER: set()}
+    assert tree1 == tree2 and hash(tree1) == hash(tree2)
+    assert tree1.diff(tree2) == (set(), {THIS: set(), OTHER: set()})
 
 
 def test_diff_names_exactly_the_changed_layers():
@@ -24,38 +50,83 @@ def test_diff_names_exactly_the_changed_layers():
     changed["layer3.weight"] = changed["layer3.weight"] + 1
     tree, other = WeightDictMerkleTree.from_state_dict(_state_dict()), WeightDictMerkleTree.from_state_dict(changed)
     assert tree != other
-    diff_weights, diff_nodes = tree.diff(other)
-    assert diff_weights == {THIS: {"layer3.weight"}, OTHER: {"layer3.weight"}}
-    assert {node.layer_key for node in diff_nodes[OTHER]} == {"layer3.weight"}
+    assert tree.diff(other) == ({"layer3.weight"}, {THIS: set(), OTHER: set()})
+
+
+def test_diff_of_layers_1_to_5_against_1_to_7_with_layer_1_changed():
+    seven = _layers(7)
+    seven["layer1"] = seven["layer1"] + 1
+    tree, other = WeightDictMerkleTree.from_state_dict(_layers(5)), WeightDictMerkleTree.from_state_dict(seven)
+    assert tree.diff(other) == ({"layer1"}, {THIS: set(), OTHER: {"layer6", "layer7"}})
+    assert other.diff(tree) == ({"layer1"}, {THIS: {"layer6", "layer7"}, OTHER: set()})
 
 
 def test_added_layer_appears_only_on_its_side():
     bigger = dict(_state_dict(), extra=torch.zeros(2))
-    diff_weights, _ = WeightDictMerkleTree.from_state_dict(_state_dict()).diff(
-        WeightDictMerkleTree.from_state_dict(bigger))
-    assert diff_weights == {THIS: set(), OTHER: {"extra"}}
+    diff = WeightDictMerkleTree.from_state_dict(_state_dict()).diff(WeightDictMerkleTree.from_state_dict(bigger))
+    assert diff == (set(), {THIS: set(), OTHER: {"extra"}})
+
+
+def test_diff_against_the_empty_tree_lists_every_layer_on_one_side():
+    tree, empty = WeightDictMerkleTree.from_state_dict(_layers(3)), WeightDictMerkleTree.from_state_dict({})
+    assert tree.diff(empty) == (set(), {THIS: {"layer1", "layer2", "layer3"}, OTHER: set()})
 
 
 def test_python_dict_round_trip_uses_the_public_keys():
     tree = WeightDictMerkleTree.from_state_dict(MobileNetV2().state_dict())
     python_dict = tree.to_python_dict()
     assert set(python_dict) == {HASH_VALUE, LEFT, RIGHT}
-    leaf = python_dict
-    while LEFT in leaf:
-        leaf = leaf[LEFT]
-    assert set(leaf) == {HASH_VALUE, LAYER_KEY, LAYER_WEIGHT_HASH}
+    assert set(_first_leaf(python_dict)) == {HASH_VALUE, LAYER_KEY, LAYER_WEIGHT_HASH}
     restored = WeightDictMerkleTree.from_python_dict(python_dict)
     assert restored == tree and restored.check_integrity()
     assert [leaf.layer_key for leaf in restored.get_all_leaves()] == list(MobileNetV2().state_dict())
+    assert restored.layer_hashes() == tree.layer_hashes()
 
 
-def test_tampered_leaf_fails_the_integrity_check():
+def test_a_tampered_node_fails_the_integrity_check():
+    tree = WeightDictMerkleTree.from_state_dict(_state_dict())
+    tree.get_all_leaves()[0].layer_weights_hash = "0" * 64
+    assert not tree.check_integrity()
+
+
+@pytest.mark.parametrize("field", [LAYER_KEY, LAYER_WEIGHT_HASH, HASH_VALUE])
+def test_an_edited_leaf_is_refused_when_loading(field):
+    python_dict = WeightDictMerkleTree.from_state_dict(_state_dict()).to_python_dict()
+    leaf = _first_leaf(python_dict)
+    leaf[field] = "layer9.weight" if field == LAYER_KEY else "0" * 64
+    with pytest.raises(IntegrityError, match="restore the store from a backup"):
+        WeightDictMerkleTree.from_python_dict(python_dict)
+
+
+@pytest.mark.parametrize("path", [(), (LEFT,), (RIGHT, LEFT)], ids=["root", "left", "right.left"])
+def test_an_edited_inner_or_root_hash_is_refused_when_loading(path):
     python_dict = WeightDictMerkleTree.from_state_dict(_state_dict()).to_python_dict()
     node = python_dict
-    while LEFT in node:
-        node = node[LEFT]
-    node[LAYER_WEIGHT_HASH] = "0" * 64
-    assert not WeightDictMerkleTree.from_python_dict(python_dict).check_integrity()
+    for side in path:
+        node = node[side]
+    node[HASH_VALUE] = "f" * 64
+    with pytest.raises(IntegrityError, match="does not add up"):
+        WeightDictMerkleTree.from_python_dict(python_dict)
+
+
+def _malformed_dicts():
+    valid = WeightDictMerkleTree.from_state_dict(_state_dict()).to_python_dict()
+    without_right = copy.deepcopy(valid)
+    del without_right[RIGHT]
+    leaf_without_key = copy.deepcopy(valid)
+    del _first_leaf(leaf_without_key)[LAYER_KEY]
+    numeric_hash = copy.deepcopy(valid)
+    _first_leaf(numeric_hash)[LAYER_WEIGHT_HASH] = 5
+    list_child = dict(valid, **{LEFT: ["not", "a", "node"]})
+    duplicate_leaf = dict(valid, **{RIGHT: copy.deepcopy(valid[LEFT])})
+    return [None, "not a tree", [1, 2], {HASH_VALUE: 5}, {LEFT: {}}, without_right, leaf_without_key, numeric_hash,
+            list_child, duplicate_leaf]
+
+
+@pytest.mark.parametrize("python_dict", _malformed_dicts())
+def test_a_malformed_dict_is_an_integrity_error_not_a_raw_key_or_type_error(python_dict):
+    with pytest.raises(IntegrityError, match="Merkle tree"):
+        WeightDictMerkleTree.from_python_dict(python_dict)
 
 
 def test_json_extra_states_are_leaves_whose_values_count():
@@ -63,10 +134,52 @@ def test_json_extra_states_are_leaves_whose_values_count():
     changed = dict(state, **{"counter._extra_state": {"steps": 4}})
     tree, other = WeightDictMerkleTree.from_state_dict(state), WeightDictMerkleTree.from_state_dict(changed)
     assert tree != other
-    assert tree.diff(other)[0] == {THIS: {"counter._extra_state"}, OTHER: {"counter._extra_state"}}
+    assert tree.diff(other) == ({"counter._extra_state"}, {THIS: set(), OTHER: set()})
+
+
+def test_tied_tensors_are_hashed_once_and_listed_under_each_name():
+    shared = torch.ones(4)
+    tree = WeightDictMerkleTree.from_state_dict({"encoder.weight": shared, "decoder.weight": shared})
+    hashes = tree.layer_hashes()
+    assert list(hashes) == ["encoder.weight", "decoder.weight"] and len(set(hashes.values())) == 1
 
 
 def test_an_empty_state_dict_has_a_tree_that_survives_a_round_trip():
     tree = WeightDictMerkleTree.from_state_dict({})
     restored = WeightDictMerkleTree.from_python_dict(tree.to_python_dict())
     assert tree.to_python_dict() == {} and restored == tree and restored.check_integrity()
+    assert tree.get_all_leaves() == [] and tree.layer_hashes() == {}
+
+
+_ODD_OPERANDS = {
+    "None": lambda: None,
+    "a dict": dict,
+    "a string": lambda: "abc",
+    "an int": lambda: 5,
+    "an empty node": WeightDictMerkleTree,
+    "an int hash": lambda: WeightDictMerkleTree(hash_value=5),
+    "a leaf without hashes": lambda: WeightDictMerkleTree(layer_key="layer1"),
+    "another hash": lambda: WeightDictMerkleTree(hash_value="0" * 64),
+}
+
+
+@pytest.mark.parametrize("make_odd", _ODD_OPERANDS.values(), ids=_ODD_OPERANDS.keys())
+def test_equality_with_anything_but_a_tree_of_the_same_root_hash_is_false(make_odd):
+    tree, odd = WeightDictMerkleTree.from_state_dict(_layers(3)), make_odd()
+    assert tree.__eq__(odd) is False and odd != tree
+
+
+def test_two_empty_trees_are_equal_and_hash_alike():
+    empty = WeightDictMerkleTree.from_state_dict({})
+    assert empty == WeightDictMerkleTree() and hash(empty) == hash(WeightDictMerkleTree())
+    assert empty.__eq__({}) is False and empty != WeightDictMerkleTree(hash_value=5)
+
+
+def test_equality_of_nodes_built_from_odd_arguments_never_raises():
+    odd_nodes = [WeightDictMerkleTree(hash_value=5), WeightDictMerkleTree(hash_value=torch.zeros(3)),
+                 WeightDictMerkleTree(layer_key="layer1"), WeightDictMerkleTree(left=WeightDictMerkleTree())]
+    real = WeightDictMerkleTree.from_state_dict(_layers(1))
+    for node in odd_nodes:
+        assert node != real and real != node and isinstance(hash(node), int)
+        assert all(isinstance(node == other, bool) for other in odd_nodes)
+    assert WeightDictMerkleTree(hash_value="a" * 64) == WeightDictMerkleTree(hash_value="a" * 64)
