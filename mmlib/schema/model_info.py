@@ -52,8 +52,7 @@ class ModelInfo(SchemaObj):
         ValueField("store_type", key=STORE_TYPE, encode=lambda value: value.value, decode=ModelStoreType),
         ObjectField("recover_info", _recover_info_class, key=RECOVER_INFO_ID, size_key="recover_info"),
         ValueField("derived_from", key=DERIVED_FROM),
-        ValueField("weights_hash_info", key=WEIGHTS_HASH_INFO, encode=WeightDictMerkleTree.to_python_dict,
-                   decode=WeightDictMerkleTree.from_python_dict),
+        ValueField("weights_hash_document", key=WEIGHTS_HASH_INFO),
         ValueField("created", key=CREATED),
         ValueField("state_layout", key=STATE_LAYOUT, encode=StateLayout.to_document,
                    decode=StateLayout.from_document),
@@ -65,9 +64,23 @@ class ModelInfo(SchemaObj):
         self.store_type = store_type
         self.recover_info = recover_info
         self.derived_from = derived_from_id
+        self.weights_hash_document: Optional[dict] = None
         self.weights_hash_info = weights_hash_info
         self.created = created if created is not None else time.time()
         self.state_layout = state_layout
+
+    @property
+    def weights_hash_info(self) -> Optional[WeightDictMerkleTree]:
+        """The Merkle tree of the model's weights, checked and decoded on first use: a recovery walks many versions'
+        documents but needs few of their trees."""
+        if self._weights_hash is None and self.weights_hash_document is not None:
+            self._weights_hash = WeightDictMerkleTree.from_python_dict(self.weights_hash_document)
+        return self._weights_hash
+
+    @weights_hash_info.setter
+    def weights_hash_info(self, tree: Optional[WeightDictMerkleTree]) -> None:
+        self._weights_hash = tree
+        self.weights_hash_document = None if tree is None else tree.to_python_dict()
 
     @classmethod
     def _content_id(cls, document: dict) -> str:
