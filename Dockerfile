@@ -1,8 +1,17 @@
+# Build the wheel and sdist in one stage and install only the wheel in the image, so the image runs the
+# installed package and carries no source tree.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY . .
+RUN pip install --no-cache-dir build && python -m build --outdir /dist .
+
 FROM python:3.11-slim
-WORKDIR /mmlib
-COPY . /mmlib
-RUN pip install --no-cache-dir torch==2.13.0 \
-    && pip install --no-cache-dir build \
-    && python -m build --outdir dist . \
-    && pip install --no-cache-dir dist/*.whl
-CMD ["python", "examples/baseline_save.py"]
+# torch pinned and first, from PyTorch's CPU index: PyPI's torch on Linux is a CUDA build of several GB.
+# `--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128` builds an image with CUDA torch.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir torch==2.13.0 --index-url "$TORCH_INDEX_URL"
+COPY --from=build /dist /dist
+RUN pip install --no-cache-dir /dist/*.whl
+# Out of /dist, so the example's store (./mmlib-store) lands in a directory of its own.
+WORKDIR /data
+CMD ["python", "-m", "mmlib.examples.baseline"]

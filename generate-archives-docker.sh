@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 docker build -t mmlib-build .
 mkdir -p dist
-docker run --rm -v "$(pwd)/dist:/out" mmlib-build sh -c 'cp /mmlib/dist/* /out/'
+docker run --rm -v "$(pwd)/dist:/out" mmlib-build sh -c 'cp /dist/* /out/'
 ls -l dist

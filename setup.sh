@@ -2,15 +2,30 @@
 # Create .venv and install mmlib into it. `--test` adds the test and benchmark tools
 # (pytest, the secantusdb MongoDB wire-protocol server the tests start, transformers for the model zoo
 # tests, matplotlib).
+#
+# torch comes pinned and first: an unpinned torch, or PyPI's torch on Linux, is a CUDA build of several GB.
+# A torch wheel that pip finds without an index (its find-links, e.g. a local folder of wheels) is used if
+# there is one; else the CPU build from PyTorch's CPU index. TORCH_INDEX_URL names another index, such as
+# a CUDA one of PyTorch's (https://download.pytorch.org/whl/cu128).
 set -euo pipefail
 cd "$(dirname "$0")"
+torch_pin="torch==2.13.0"
+cpu_index="https://download.pytorch.org/whl/cpu"
 python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-# Pinned and first: an unpinned torch would pull several GB of CUDA packages.
-.venv/bin/python -m pip install --quiet torch==2.13.0
+pip=(.venv/bin/python -m pip)
+"${pip[@]}" install --quiet --upgrade pip
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "${pip[@]}" install --quiet "$torch_pin" --index-url "$TORCH_INDEX_URL"
+elif "${pip[@]}" install --quiet --dry-run --no-index --no-deps "$torch_pin" >/dev/null 2>&1; then
+    # The local wheel; its dependencies come from pip's usual sources.
+    "${pip[@]}" install --quiet "$torch_pin"
+else
+    echo "no local torch wheel: installing the CPU build of $torch_pin from $cpu_index"
+    "${pip[@]}" install --quiet "$torch_pin" --index-url "$cpu_index"
+fi
 extras="bench"
 if [ "${1:-}" = "--test" ]; then
     extras="test,bench"
 fi
-.venv/bin/python -m pip install --quiet -e ".[${extras}]"
-echo "mmlib is installed in $(pwd)/.venv"
+"${pip[@]}" install --quiet -e ".[${extras}]"
+echo "mmlib is installed in $(pwd)/.venv; activate it with: source .venv/bin/activate"

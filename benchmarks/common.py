@@ -28,6 +28,9 @@ IMAGE_SIZE = 64
 LEARNING_RATE = 1e-3
 MOMENTUM = 0.9
 NUM_CLASSES = 1000
+# Where the benchmarks write unless told otherwise: `bench-results/` at the repository root, which git ignores,
+# so a run never overwrites the published reference results committed in `benchmarks/results/`.
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench-results")
 
 # A timed step: called untimed with the round index (0 is the warm-up round), it returns the zero-argument
 # callable whose run time is measured. Preparing untimed keeps cache clearing and input choice out of the figure.

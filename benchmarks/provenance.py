@@ -7,7 +7,7 @@ saves the trained model as a baseline snapshot, and writes `torch.save(state_dic
 repeated per optimizer momentum (momentum buffers are training state the provenance version must store); times
 are medians over runs. Storage is shown two ways: `size_info` of each version (the dataset counted in every
 version) and the bytes the store actually grew by (the dataset, code and environment stored once).
-Writes ``benchmarks/results/provenance.json``.
+Writes ``bench-results/provenance.json`` (git ignores it; ``benchmarks/results/`` holds the published run).
 """
 
 import argparse
@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from benchmarks.common import Progress, total_bytes, write_json
+from benchmarks.common import RESULTS_DIR, Progress, total_bytes, write_json
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG, VALUES
 from mmlib.deterministic import deterministic
@@ -34,7 +34,7 @@ from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.schema.schema_obj import METADATA_SIZE
 from mmlib.track_env import track_current_environment
 
-DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "provenance.json")
+DEFAULT_OUTPUT = os.path.join(RESULTS_DIR, "provenance.json")
 
 # size_info keys of a provenance version, by what they hold
 CATEGORIES = {"raw_data": "dataset", "state_file": "training_state", "code_file": "code", "wrapper_code": "code",
@@ -188,7 +188,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice; 1 suits these tiny batches on a busy host)")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON file to write the results to")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT,
+                        help=f"JSON file to write the results to (default: {DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -8,7 +8,8 @@ into the store's directory; raw ``torch.load(weights_only=True)`` + constructing
 and reported also as a ratio to it. Rounds interleave the anchor and the approaches after one untimed warm-up
 round; each approach has its own fresh store; the environment is captured once beforehand; every timed save and
 recovery starts with the service's in-process cache of recent versions emptied, so it reads its base or its
-weights from the store. Writes ``benchmark[-quick].json`` and ``.md`` and PNG plots to the output directory and
+weights from the store. Writes ``benchmark[-quick].json`` and ``.md`` and PNG plots to the output directory
+(default ``bench-results/``, which git ignores; ``benchmarks/results/`` holds the published reference run) and
 prints the markdown report.
 """
 
@@ -27,8 +28,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from benchmarks import plots, provenance_section, report
-from benchmarks.common import (ANCHOR, BATCH_SIZE, IMAGE_SIZE, MODEL_LABELS, Approach, Progress, Step,
-                               median_seconds, ratio, raw_load, total_bytes, train_steps, without_cache)
+from benchmarks.common import (ANCHOR, BATCH_SIZE, IMAGE_SIZE, MODEL_LABELS, RESULTS_DIR, Approach, Progress,
+                               Step, median_seconds, ratio, raw_load, total_bytes, train_steps, without_cache)
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.equal import state_dict_equal
 from mmlib.models import REFERENCE_MODELS
@@ -39,7 +40,6 @@ from mmlib.track_env import track_current_environment
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FULL_MODELS = ["resnet18", "mobilenet_v2", "resnet50", "googlenet", "resnet152"]
 QUICK_MODELS = ["resnet18"]
 # Defaults that keep a full run near 20 minutes on 2 cores: ResNet-152's 10-version chain and any provenance
@@ -111,7 +111,7 @@ def parse_settings(argv: Optional[list[str]]) -> Settings:
                         help="ResNet-18 only, 2 timed runs, a 4-version chain: a smoke test of a few minutes")
     parser.add_argument("--models", nargs="+", type=_model_key, metavar="MODEL",
                         help=f"models to run (default: {' '.join(FULL_MODELS)}; quick: {' '.join(QUICK_MODELS)})")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", default=RESULTS_DIR, help=f"output directory (default: {RESULTS_DIR})")
     parser.add_argument("--repeats", type=_at_least(1),
                         help="timed runs per figure (default: 5, quick: 2; the chain and provenance: 2)")
     parser.add_argument("--chain-models", nargs="*", type=_model_key, metavar="MODEL",

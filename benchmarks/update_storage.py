@@ -15,7 +15,7 @@ Each trained model is saved once per encoding by one improved-update service (it
 saves, so every save finds the base in the service's cache), recovered with `execute_checks=True` from the store
 and compared bit by bit. Storage counts every byte `model_save_size` reports (documents and blobs); the snapshot
 is the baseline's save of the same trained model. Prints a table and writes JSON (default
-``benchmarks/results/update_storage.json``).
+``bench-results/update_storage.json``, which git ignores; ``benchmarks/results/`` holds the published run).
 """
 
 import argparse
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.common import Progress, median_seconds, total_bytes, train_steps, write_json
+from benchmarks.common import RESULTS_DIR, Progress, median_seconds, total_bytes, train_steps, write_json
 from mmlib.equal import state_dict_equal
 from mmlib.models import ResNet18, ResNet50
 from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
@@ -37,7 +37,7 @@ from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.track_env import track_current_environment
 from mmlib.util.delta import DEFAULT_CODEC, DeltaCodec
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "update_storage.json")
+DEFAULT_OUT = os.path.join(RESULTS_DIR, "update_storage.json")
 ENCODINGS = [
     "plain", "plain-shuffle-zstd1",
     "xor-zstd1", "xor-shuffle-zstd1", "xor-shuffle-zstd3", "xor-shuffle-zstd9",
@@ -195,7 +195,8 @@ def print_report(result: dict) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed recoveries per chain version (median)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="where to write the JSON results")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"where to write the JSON results (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     progress = Progress()
     with tempfile.TemporaryDirectory(prefix="mmlib-update-bench-") as root:

@@ -1,4 +1,4 @@
-"""The `mmlib` command: list, show, recover, verify and garbage-collect the models of a store.
+"""The `mmlib` command: list, show, recover, verify, remove and garbage-collect the models of a store.
 
 Only this module configures logging handlers (on the `mmlib` logger, for the duration of `main`).
 """
@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Callable, Optional, Sequence
 
 from mmlib import maintenance
+from mmlib.constants import PROGRESS_LOGGER
 from mmlib.errors import MMLibError, ModelNotFoundError, StoreUnavailableError
 from mmlib.persistence.store import MONGO_SCHEMES, Store, open_store
 
@@ -37,15 +38,16 @@ stores:
 
 examples:
   mmlib --store ./models ls
-  mmlib --store ./models show 3f2a9c...
+  mmlib --store ./models show 3f2a9c            (a unique prefix of an id, as git takes)
   mmlib --store mongodb://db.example:27017/team tree
-  mmlib --store ./models recover 3f2a9c... -o weights.safetensors
+  mmlib --store ./models recover 3f2a9c -o weights.safetensors
+  mmlib --store ./models rm 3f2a9c --with-descendants
   {STORE_ENV}=./models mmlib verify --json
   mmlib --store ./models gc --dry-run
 
 exit codes:
   0  success
-  1  problems found (verify) or an integrity error
+  1  problems found (verify), an integrity error, or a refused removal (rm)
   2  usage error or unknown model id
   3  store unavailable (missing directory, unreachable server)
 """
@@ -108,7 +110,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     elif not models:
         print("no models in this store")
     else:
-        rows = [(m.model_id, m.store_type, m.base_id or "-", _time(m.created), _human_size(m.size)) for m in models]
+        short = maintenance.abbreviated([m.model_id for m in models] + [m.base_id for m in models if m.base_id])
+        rows = [(short[m.model_id], m.store_type, short[m.base_id] if m.base_id else "-", _time(m.created),
+                 _human_size(m.size)) for m in models]
         print(format_table(("ID", "TYPE", "BASE", "CREATED (UTC)", "SIZE"), rows, right=(4,)))
     return EXIT_OK
 
@@ -125,7 +129,8 @@ def _size_lines(sizes: dict, indent: int) -> list[tuple[str, str]]:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    details = maintenance.model_details(_open(args), args.model_id)
+    store = _open(args)
+    details = maintenance.model_details(store, maintenance.resolve_model_id(store, args.model_id))
     if args.json:
         _print_json(asdict(details))
         return EXIT_OK
@@ -145,13 +150,19 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _tree_lines(node: maintenance.TreeNode, prefix: str, connector: str, child_prefix: str) -> list[str]:
+def _tree_lines(node: maintenance.TreeNode, short: dict[str, str], prefix: str, connector: str,
+                child_prefix: str) -> list[str]:
     v = node.version
-    lines = [f"{prefix}{connector}{v.model_id}  {v.store_type}  {_time(v.created)}"]
+    lines = [f"{prefix}{connector}{short[v.model_id]}  {v.store_type}  {_time(v.created)}"]
     for index, child in enumerate(node.children):
         last = index == len(node.children) - 1
-        lines += _tree_lines(child, prefix + child_prefix, "`-- " if last else "|-- ", "    " if last else "|   ")
+        lines += _tree_lines(child, short, prefix + child_prefix, "`-- " if last else "|-- ",
+                             "    " if last else "|   ")
     return lines
+
+
+def _tree_ids(node: maintenance.TreeNode) -> list[str]:
+    return [node.version.model_id] + [model_id for child in node.children for model_id in _tree_ids(child)]
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
@@ -161,24 +172,26 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     elif not roots:
         print("no models in this store")
     else:
+        short = maintenance.abbreviated(model_id for root in roots for model_id in _tree_ids(root))
         for root in roots:
-            print("\n".join(_tree_lines(root, "", "", "")))
+            print("\n".join(_tree_lines(root, short, "", "", "")))
     return EXIT_OK
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
     store = _open(args)
-    maintenance.require_model(store, args.model_id)
+    model_id = maintenance.resolve_model_id(store, args.model_id)
     if os.path.isdir(args.output) or not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise _UsageError(f"cannot write {args.output}: give a file path in an existing directory")
-    count = maintenance.export_weights(store, args.model_id, args.output)
-    print(f"wrote {count} tensors of model {args.model_id} to {args.output}")
+    count = maintenance.export_weights(store, model_id, args.output)
+    print(f"wrote {count} tensors of model {model_id} to {args.output}")
     return EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     store = _open(args)
-    model_ids = args.model_ids or maintenance.all_model_ids(store)
+    model_ids = ([maintenance.resolve_model_id(store, given) for given in args.model_ids]
+                 or maintenance.all_model_ids(store))
     problems = maintenance.verify(store, model_ids)
     if args.json:
         _print_json({"checked": model_ids, "problems": [asdict(problem) for problem in problems]})
@@ -189,6 +202,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     else:
         print(f"{len(model_ids)} model(s) verified: every blob matches its digest and every model recovers")
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _cmd_rm(args: argparse.Namespace) -> int:
+    store = _open(args)
+    removed = maintenance.remove_model(store, maintenance.resolve_model_id(store, args.model_id),
+                                       with_descendants=args.with_descendants)
+    if args.json:
+        _print_json({"removed": removed})
+        return EXIT_OK
+    for model_id in removed:
+        print(f"removed model {model_id}")
+    print("run `mmlib gc` to reclaim the space of what no other model uses")
+    return EXIT_OK
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
@@ -259,15 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
     command("ls", _cmd_ls, "list the stored models, newest first", "mmlib --store ./models ls")
     show = command("show", _cmd_show, "show a model: metadata, environment, size breakdown, lineage",
                    "mmlib --store ./models show MODEL_ID --json")
-    show.add_argument("model_id", metavar="ID", help="model id (see `mmlib ls`)")
+    show.add_argument("model_id", metavar="ID", help="model id or a unique prefix of it (see `mmlib ls`)")
     command("tree", _cmd_tree, "print the version graph as an indented tree", "mmlib --store ./models tree")
     recover = command("recover", _cmd_recover, "recover a model (with checks) and write its weights as safetensors",
                       "mmlib --store ./models recover MODEL_ID -o weights.safetensors", json_output=False)
-    recover.add_argument("model_id", metavar="ID", help="model id (see `mmlib ls`)")
+    recover.add_argument("model_id", metavar="ID", help="model id or a unique prefix of it (see `mmlib ls`)")
     recover.add_argument("-o", "--output", required=True, metavar="FILE", help="the .safetensors file to write")
     verify = command("verify", _cmd_verify, "re-hash every blob the models need and recover each model; "
                      "exit code 1 on any problem", "mmlib --store ./models verify MODEL_ID")
-    verify.add_argument("model_ids", nargs="*", metavar="ID", help="models to verify (default: all)")
+    verify.add_argument("model_ids", nargs="*", metavar="ID",
+                        help="models to verify, ids or unique prefixes (default: all)")
+    rm = command("rm", _cmd_rm, "remove a model (refused while other models derive from it); `gc` then reclaims "
+                 "its space", "mmlib --store ./models rm MODEL_ID --with-descendants")
+    rm.add_argument("model_id", metavar="ID", help="model id or a unique prefix of it (see `mmlib ls`)")
+    rm.add_argument("--with-descendants", action="store_true",
+                    help="also remove every model derived from it, directly or through others")
     gc = command("gc", _cmd_gc, "remove blobs, documents and unfinished uploads no model references and no "
                  "save wrote or reused within the grace period (safe while other processes save)",
                  "mmlib --store ./models gc --dry-run")
@@ -301,6 +333,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     previous_level = package_logger.level
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    progress_logger = logging.getLogger(PROGRESS_LOGGER)
+    previous_progress_level = progress_logger.level
+    if _stderr_is_terminal() and not getattr(args, "json", False):
+        progress_logger.setLevel(logging.INFO)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
@@ -321,6 +357,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous_level)
+        progress_logger.setLevel(previous_progress_level)
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether a person watches stderr (progress is shown then, never into a pipe or a file)."""
+    return sys.stderr.isatty()
 
 
 def _discard_stdout() -> None:

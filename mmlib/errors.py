@@ -12,6 +12,14 @@ class ModelNotFoundError(MMLibError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AmbiguousModelIdError(ModelNotFoundError):
+    """An id prefix matches several models; give more of the id."""
+
+
+class ModelInUseError(MMLibError, ValueError):
+    """A model cannot be removed: other stored models derive from it."""
+
+
 class IntegrityError(MMLibError, ValueError):
     """Stored bytes or recovered weights do not match the digest recorded at save time."""
 

@@ -1,8 +1,7 @@
-"""Store maintenance: list, inspect, verify, export and garbage-collect the models of a store.
+"""Store maintenance: list, inspect, verify, export, remove and garbage-collect the models of a store.
 
 These are the functions behind the `mmlib` command; each takes a `Store` (from `open_store`).
-Garbage collection deletes whatever no model references, including the blobs and documents of
-a save that is still running: run it while no process saves into the store.
+Garbage collection is safe while other processes save (see `collect_garbage`).
 """
 
 import logging
@@ -18,18 +17,21 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 import mmlib.save
+from mmlib.constants import PROGRESS_LOGGER
 from mmlib.approaches.base import AbstractSaveService
-from mmlib.errors import (ConfigurationError, EnvironmentMismatchWarning, IncompatibleModelError, IntegrityError,
-                          ModelNotFoundError, StoreUnavailableError)
+from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, EnvironmentMismatchWarning,
+                          IncompatibleModelError, IntegrityError, ModelInUseError, ModelNotFoundError,
+                          StoreUnavailableError)
 from mmlib.persistence.store import Store
 from mmlib.schema.lineage import walk_lineage
-from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, STORE_TYPE, ModelInfo
+from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, RECORDED_WEIGHTS_HASH, STORE_TYPE, ModelInfo
 from mmlib.schema.schema_obj import BLOB, StoredItem
 from mmlib.schema.store_format import FORMAT_DOCUMENT_ID, STORE_FORMAT, check_store_format
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.safetensors_io import write_state_dict
 
 logger = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 # The save service that recovers each store type; looked up by name in mmlib.save, which may not offer all of them.
 SAVE_SERVICE_NAMES = {
@@ -37,6 +39,9 @@ SAVE_SERVICE_NAMES = {
     ModelStoreType.WEIGHT_UPDATES: "WeightUpdateSaveService",
     ModelStoreType.PROVENANCE: "ProvenanceSaveService",
 }
+# Id prefixes: the shortest one accepted for a model id, and the length tables show.
+MIN_PREFIX = 4
+ABBREVIATED = 12
 _ENVIRONMENT_SUMMARY_FIELDS = ("python_version", "pytorch_version", "processor_info", "gpu_types",
                                "python_platform_info")
 
@@ -135,6 +140,70 @@ def require_model(store: Store, model_id: str) -> None:
     check_store_format(store.dict_pers_service)
     if not store.dict_pers_service.id_exists(model_id, MODEL_INFO):
         raise ModelNotFoundError(f"no model with id {model_id!r} in this store; list the stored models with `mmlib ls`")
+
+
+def resolve_model_id(store: Store, id_or_prefix: str) -> str:
+    """The model id that `id_or_prefix` names: an id, or a prefix of at least MIN_PREFIX digits that only one
+    stored model's id starts with (as git accepts abbreviated commit ids)."""
+    if not isinstance(id_or_prefix, str):
+        raise ModelNotFoundError(f"a model id is a string, got {type(id_or_prefix).__name__}")
+    if store.dict_pers_service.id_exists(id_or_prefix, MODEL_INFO) or len(id_or_prefix) < MIN_PREFIX:
+        require_model(store, id_or_prefix)
+        return id_or_prefix
+    matches = [model_id for model_id in all_model_ids(store) if model_id.startswith(id_or_prefix)]
+    if len(matches) > 1:
+        raise AmbiguousModelIdError(f"{id_or_prefix!r} is the start of {len(matches)} model ids "
+                                    f"({', '.join(match[:ABBREVIATED] for match in matches[:5])}, ...); give more "
+                                    "of the id")
+    if not matches:
+        require_model(store, id_or_prefix)
+    return matches[0]
+
+
+def abbreviated(model_ids: Iterable[str]) -> dict[str, str]:
+    """id -> its first ABBREVIATED characters, or more where that is needed to tell `model_ids` apart."""
+    model_ids = sorted(set(model_ids))
+    length = ABBREVIATED
+    while len({model_id[:length] for model_id in model_ids}) < len(model_ids):
+        length += 1
+    return {model_id: model_id[:length] for model_id in model_ids}
+
+
+def descendants(store: Store, model_id: str) -> list[str]:
+    """Ids of every stored model derived from `model_id`, directly or through others (children before theirs)."""
+    children: dict[str, list[str]] = {}
+    for other_id in all_model_ids(store):
+        children.setdefault(version(store, other_id).base_id, []).append(other_id)
+    found, queue = [], list(children.get(model_id, []))
+    while queue:
+        child = queue.pop(0)
+        if child not in found:
+            found.append(child)
+            queue += children.get(child, [])
+    return found
+
+
+def remove_model(store: Store, model_id: str, with_descendants: bool = False) -> list[str]:
+    """Remove a model (and, with `with_descendants`, every model derived from it); returns the removed ids.
+
+    Only the model documents go (a model no longer exists once its document is gone); `collect_garbage` then
+    reclaims the blobs and documents nothing else references. Refused with ModelInUseError while other models
+    derive from the model, since they could not be recovered or traced without it. Do not remove a model
+    that another process is deriving a new version from at the same time.
+    """
+    require_model(store, model_id)
+    derived = descendants(store, model_id)
+    if derived and not with_descendants:
+        raise ModelInUseError(
+            f"{len(derived)} stored model(s) derive from model {model_id} ({', '.join(derived[:3])}"
+            f"{', ...' if len(derived) > 3 else ''}); remove them first, or remove them with it "
+            "(remove_model(..., with_descendants=True), `mmlib rm --with-descendants`)")
+    removed = list(reversed(derived)) + [model_id]
+    for removed_id in removed:
+        store.dict_pers_service.delete_dict(removed_id, MODEL_INFO)
+        store.dict_pers_service.delete_dict(removed_id, RECORDED_WEIGHTS_HASH)
+        logger.info("removed model %s", removed_id)
+    return removed
 
 
 def all_model_ids(store: Store) -> list[str]:
@@ -290,7 +359,8 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
     blob_problems: dict[str, Optional[str]] = {}
     services: dict = {}
     problems = []
-    for model_id in model_ids:
+    for position, model_id in enumerate(model_ids, start=1):
+        progress.info("verifying model %d of %d: %s", position, len(model_ids), model_id)
         found = []
         try:
             blobs = sorted({item.item_id for item in _needed_items(store, model_id) if item.kind == BLOB})

@@ -12,12 +12,17 @@ import types
 
 from safetensors.torch import load_file
 
+import pytest
+
+import mmlib.cli
 import mmlib.save
 from mmlib import maintenance
+from mmlib.errors import AmbiguousModelIdError
 from mmlib.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_UNAVAILABLE, EXIT_USAGE, main
 from mmlib.persistence import open_store
-from mmlib.schema.model_info import ModelInfo
+from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.schema_obj import BLOB
+from mmlib.schema.store_format import check_store_format
 from mmlib.util.hash import state_dict_hash
 from save_helpers import perturb, save_info
 from tiny_models import TinyNet
@@ -125,8 +130,9 @@ def test_tree_gc_and_verify_in_process(location, capsys):
     assert [child["model_id"] for child in roots[0]["children"]] == [ids["child"], ids["sibling"]]
     code, out, _ = _run(capsys, "tree", "--store", location)
     lines = out.splitlines()
-    assert lines[0].startswith(ids["root"]) and lines[1].startswith(f"|-- {ids['child']}")
-    assert lines[2].startswith(f"|   `-- {ids['grandchild']}") and lines[-1].startswith(f"`-- {ids['sibling']}")
+    short = {name: model_id[:maintenance.ABBREVIATED] for name, model_id in ids.items()}
+    assert lines[0].startswith(f"{short['root']}  ") and lines[1].startswith(f"|-- {short['child']}  ")
+    assert lines[2].startswith(f"|   `-- {short['grandchild']}") and lines[-1].startswith(f"`-- {short['sibling']}")
 
     code, out, _ = _run(capsys, "--store", location, "gc", "--dry-run", "--json", "--grace", "0")
     assert code == EXIT_OK and json.loads(out)["blobs"] == [orphan] and json.loads(out)["dry_run"]
@@ -144,7 +150,8 @@ def test_tables_are_aligned_for_a_terminal(tmp_path, capsys):
     code, out, _ = _run(capsys, "--store", location, "ls")
     header, *rows = out.splitlines()
     assert code == EXIT_OK and header.split() == ["ID", "TYPE", "BASE", "CREATED", "(UTC)", "SIZE"]
-    assert len(rows) == len(saved) and rows[0].startswith(saved[list(saved)[-1]][0])
+    newest = saved[list(saved)[-1]][0]
+    assert len(rows) == len(saved) and rows[0].startswith(f"{newest[:maintenance.ABBREVIATED]}  ")
     assert {row.index(" full_model") if "full_model" in row else header.index(" TYPE") for row in rows} == \
         {header.index(" TYPE")}
     assert len({len(row) for row in rows}) == 1 and header.index("SIZE") + 4 == len(rows[0])
@@ -194,7 +201,7 @@ def test_store_from_the_environment_and_debug_logging(tmp_path, capsys, monkeypa
     saved = _populate(location)
     monkeypatch.setenv("MMLIB_STORE", location)
     code, out, err = _run(capsys, "ls", "-v")
-    assert code == EXIT_OK and saved["root"][0] in out and "mmlib: DEBUG: opened store" in err
+    assert code == EXIT_OK and saved["root"][0][:12] in out and "mmlib: DEBUG: opened store" in err
     code, out, err = _run(capsys, "ls")
     assert code == EXIT_OK and err == ""
 
@@ -221,3 +228,69 @@ def _blobs(store, model_id: str) -> set[str]:
     """Digests of the blobs a model references."""
     items = ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service)
     return {item.item_id for item in items if item.kind == BLOB}
+
+
+def test_unique_id_prefixes_name_models_as_in_git(tmp_path, capsys):
+    location = str(tmp_path / "store")
+    saved = _populate(location)
+    grandchild = saved["grandchild"][0]
+    code, out, _ = _run(capsys, "--store", location, "show", grandchild[:6], "--json")
+    assert code == EXIT_OK and json.loads(out)["model_id"] == grandchild
+    code, out, _ = _run(capsys, "--store", location, "verify", grandchild[:8])
+    assert code == EXIT_OK and "1 model(s) verified" in out
+    output = tmp_path / "weights.safetensors"
+    code, out, _ = _run(capsys, "--store", location, "recover", grandchild[:10], "-o", str(output))
+    assert code == EXIT_OK and grandchild in out
+    code, _, err = _run(capsys, "--store", location, "show", grandchild[:3])
+    assert code == EXIT_USAGE and "no model with id" in err
+    code, _, err = _run(capsys, "--store", location, "show", "ffff" if not grandchild.startswith("ffff") else "0000")
+    assert code == EXIT_USAGE
+
+
+def test_a_prefix_of_several_ids_is_ambiguous(tmp_path, capsys):
+    location = str(tmp_path / "store")
+    store = open_store(location)
+    twins = ["abcd1" + "0" * 59, "abcd2" + "0" * 59]
+    check_store_format(store.dict_pers_service, record=True)
+    for model_id in twins:
+        store.dict_pers_service.save_dict({"id": model_id}, MODEL_INFO)
+    with pytest.raises(AmbiguousModelIdError, match="give more"):
+        maintenance.resolve_model_id(store, "abcd")
+    assert [maintenance.resolve_model_id(store, prefix) for prefix in ("abcd1", "abcd2")] == twins
+    code, _, err = _run(capsys, "--store", location, "rm", "abcd")
+    assert code == EXIT_USAGE and "2 model ids" in err
+    assert maintenance.abbreviated(twins) == {model_id: model_id[:12] for model_id in twins}
+    assert maintenance.abbreviated(["a" * 20 + "1", "a" * 20 + "2"]) == {"a" * 20 + "1": "a" * 20 + "1",
+                                                                      "a" * 20 + "2": "a" * 20 + "2"}
+
+
+def test_rm_refuses_a_model_others_derive_from_unless_asked(tmp_path, capsys):
+    location = str(tmp_path / "store")
+    saved = _populate(location)
+    ids = {name: model_id for name, (model_id, _) in saved.items()}
+    store = open_store(location)
+    code, _, err = _run(capsys, "--store", location, "rm", ids["child"][:8])
+    assert code == EXIT_PROBLEMS and "derive from model" in err and "--with-descendants" in err
+    assert maintenance.all_model_ids(store) == list(ids.values())
+    code, out, _ = _run(capsys, "--store", location, "rm", ids["sibling"])
+    assert code == EXIT_OK and f"removed model {ids['sibling']}" in out and "mmlib gc" in out
+    code, out, _ = _run(capsys, "--store", location, "rm", ids["child"], "--with-descendants", "--json")
+    removed = json.loads(out)["removed"]
+    assert code == EXIT_OK and removed[-1] == ids["child"] and set(removed) == set(ids.values()) - {
+        ids["root"], ids["sibling"]}
+    assert maintenance.all_model_ids(store) == [ids["root"]]
+    report = maintenance.collect_garbage(store, grace_seconds=0)
+    assert report.blobs and maintenance.verify(store) == []
+    assert maintenance.remove_model(store, ids["root"]) == [ids["root"]] and maintenance.all_model_ids(store) == []
+
+
+def test_verify_shows_progress_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    location = str(tmp_path / "store")
+    saved = _populate(location)
+    code, _, err = _run(capsys, "--store", location, "verify")
+    assert code == EXIT_OK and err == ""
+    monkeypatch.setattr(mmlib.cli, "_stderr_is_terminal", lambda: True)
+    code, _, err = _run(capsys, "--store", location, "verify")
+    assert code == EXIT_OK and f"verifying model 1 of {len(saved)}" in err
+    code, _, err = _run(capsys, "--store", location, "verify", "--json")
+    assert code == EXIT_OK and err == ""

@@ -20,7 +20,7 @@ import torch
 from mmlib.approaches.base import AbstractSaveService, merkle_tree
 from mmlib.approaches.model_state import capture
 from mmlib.config import config_value
-from mmlib.constants import CURRENT_DATA_ROOT
+from mmlib.constants import CURRENT_DATA_ROOT, PROGRESS_LOGGER
 from mmlib.deterministic import set_deterministic
 from mmlib.errors import (ConfigurationError, IncompatibleModelError, IntegrityError, InvalidSaveInfoError,
                           RestoreError, UnsafeCodeError)
@@ -40,6 +40,7 @@ from mmlib.track_env import check_environment
 from mmlib.util.init_from_file import check_class_name, create_type
 
 logger = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 # Written into current_data_root after unpacking: which dataset blob it holds, so a directory mmlib did not
 # fill is never deleted and an already unpacked dataset is not unpacked again.
@@ -88,8 +89,8 @@ class ProvenanceSaveService(AbstractSaveService):
             data_root = self._data_root() if len(chain) > 1 else None
             model, _ = self._recover_snapshot(chain[0], execute_checks)
             for position, model_info in enumerate(chain[1:], start=1):
-                logger.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
-                            len(chain) - 1, model_info.derived_from)
+                progress.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
+                              len(chain) - 1, model_info.derived_from)
                 self._retrain(model, model_info, data_root, execute_checks)
         return RestoredModelInfo(model=model, model_id=model_id)
 
