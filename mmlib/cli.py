@@ -235,15 +235,30 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _source_checkout() -> Optional[str]:
+    """The root of the mmlib source checkout that holds the benchmark: the one mmlib runs from (an editable
+    install) or the current directory; None when neither has `benchmarks/run.py`."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(maintenance.__file__)))
+    for root in (package_parent, os.getcwd()):
+        if os.path.isfile(os.path.join(root, *BENCHMARK_MODULE.split(".")) + ".py"):
+            return root
+    return None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    root = _source_checkout()
+    if root is None:
+        raise _UsageError(
+            "the benchmark ships with mmlib's source, not with the installed package: clone mmlib's repository, "
+            "run `bash setup.sh` in it, then `.venv/bin/mmlib bench` there (or run `mmlib bench` from the root of "
+            "any mmlib source checkout)")
+    if root not in sys.path:
+        sys.path.insert(0, root)
     try:
         benchmark = importlib.import_module(BENCHMARK_MODULE)
     except ImportError as error:
-        if isinstance(error, ModuleNotFoundError) and error.name in ("benchmarks", BENCHMARK_MODULE):
-            raise _UsageError(f"the benchmark is not installed ({BENCHMARK_MODULE} cannot be imported); run "
-                              "`python -m mmlib bench` from the root of an mmlib source checkout") from error
-        raise _UsageError(f"the benchmark cannot be imported ({error}); install its dependencies with "
-                          "`pip install -e '.[bench]'` in the source checkout") from error
+        raise _UsageError(f"the benchmark in {root} cannot be imported ({error}); install its dependencies with "
+                          f"`pip install -e '{root}[bench]'`") from error
     return int(benchmark.main(args.bench_args) or EXIT_OK)
 
 
@@ -307,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--grace", type=float, default=maintenance.DEFAULT_GC_GRACE_S, metavar="SECONDS",
                     help="keep what was written less than this long ago (default: %(default)g, a day; "
                          "0 when no process saves)")
-    command("bench", _cmd_bench, f"run the benchmark ({BENCHMARK_MODULE}) from a source checkout; other "
-            "arguments go to the benchmark", "python -m mmlib bench --quick", json_output=False)
+    command("bench", _cmd_bench, f"run the benchmark ({BENCHMARK_MODULE}) of the mmlib source checkout mmlib runs "
+            "from, or of the current directory; other arguments go to the benchmark", "mmlib bench --quick",
+            json_output=False)
     return parser
 
 

@@ -213,15 +213,23 @@ def test_help_documents_exit_codes_and_examples(capsys):
         assert command in out
 
 
-def test_bench_runs_the_benchmark_main_or_says_it_is_missing(capsys, monkeypatch):
+def test_bench_runs_the_benchmark_main_or_says_how_to_get_it(capsys, monkeypatch):
     calls = []
     fake = types.ModuleType("benchmarks.run")
     fake.main = lambda argv: calls.append(argv) or 0
     monkeypatch.setitem(sys.modules, "benchmarks.run", fake)
     assert _run(capsys, "bench", "--quick")[0] == EXIT_OK and calls == [["--quick"]]
-    monkeypatch.setitem(sys.modules, "benchmarks.run", None)
+    monkeypatch.setattr(mmlib.cli, "_source_checkout", lambda: None)
     code, _, err = _run(capsys, "bench")
-    assert code == EXIT_USAGE and "benchmark is not installed" in err
+    assert code == EXIT_USAGE and "ships with mmlib's source" in err and "setup.sh" in err
+
+
+def test_the_console_script_finds_the_benchmark_from_any_directory(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "mmlib")
+    command = [script] if os.path.isfile(script) else [sys.executable, "-m", "mmlib"]
+    process = subprocess.run([*command, "bench", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=_SUBPROCESS_TIMEOUT_S)
+    assert process.returncode == EXIT_OK and "--quick" in process.stdout, process.stderr
 
 
 def _blobs(store, model_id: str) -> set[str]:
