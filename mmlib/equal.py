@@ -38,33 +38,33 @@ def state_dict_equal(dict1: Mapping[str, torch.Tensor], dict2: Mapping[str, torc
     return True
 
 
-def whitebox_model_equal(model1: torch.nn.Module, model2: torch.nn.Module,
+def whitebox_model_equal(m1: torch.nn.Module, m2: torch.nn.Module,
                          device: Optional[torch.device] = None) -> bool:
     """True when both models have equal state dicts."""
-    return state_dict_equal(model1.state_dict(), model2.state_dict(), device)
+    return state_dict_equal(m1.state_dict(), m2.state_dict(), device)
 
 
-def blackbox_model_equal(model1: torch.nn.Module, model2: torch.nn.Module,
+def blackbox_model_equal(m1: torch.nn.Module, m2: torch.nn.Module,
                          produce_input: Callable[[], torch.Tensor],
                          device: Optional[torch.device] = None) -> bool:
     """True when both models, in eval mode, give equal outputs for one input from `produce_input`."""
     inp = produce_input()
     if device is not None:
-        model1, model2, inp = model1.to(device), model2.to(device), inp.to(device)
-    was_training = model1.training, model2.training
-    model1.eval()
-    model2.eval()
+        m1, m2, inp = m1.to(device), m2.to(device), inp.to(device)
+    was_training = m1.training, m2.training
+    m1.eval()
+    m2.eval()
     try:
         with torch.no_grad():
-            return tensor_equal(model1(inp), model2(inp))
+            return tensor_equal(m1(inp), m2(inp))
     finally:
-        model1.train(was_training[0])
-        model2.train(was_training[1])
+        m1.train(was_training[0])
+        m2.train(was_training[1])
 
 
-def model_equal(model1: torch.nn.Module, model2: torch.nn.Module,
+def model_equal(m1: torch.nn.Module, m2: torch.nn.Module,
                 produce_input: Callable[[], torch.Tensor],
                 device: Optional[torch.device] = None) -> bool:
     """True when the models are equal by weights and by outputs."""
-    return (whitebox_model_equal(model1, model2, device)
-            and blackbox_model_equal(model1, model2, produce_input, device))
+    return (whitebox_model_equal(m1, m2, device)
+            and blackbox_model_equal(m1, m2, produce_input, device))

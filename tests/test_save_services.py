@@ -12,9 +12,12 @@ import pytest
 
 from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.models import GoogLeNet, MobileNetV2, ResNet18
-from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
+from mmlib.equal import state_dict_equal
+from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService, open_store
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
+from mmlib.save_info import ModelSaveInfo
 from save_helpers import equal, perturb, save_info, sizes_positive
+from tiny_models import TinyNet
 
 MODELS = [ResNet18, MobileNetV2, GoogLeNet]
 APPROACHES = {
@@ -137,3 +140,11 @@ def test_model_without_source_file_needs_code(service):
 def test_non_module_model_is_rejected(service):
     with pytest.raises(InvalidSaveInfoError):
         service.save_model(save_info(None))
+
+
+def test_a_save_info_without_environment_records_the_current_one(tmp_path):
+    service = BaselineSaveService(*open_store(str(tmp_path / "store")))
+    model = TinyNet()
+    model_id = service.save_model(ModelSaveInfo(model, None, None))
+    recovered = service.recover_model(model_id, execute_checks=True).model
+    assert state_dict_equal(recovered.state_dict(), model.state_dict())

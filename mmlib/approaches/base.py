@@ -26,6 +26,7 @@ from mmlib.approaches.model_state import (CapturedState, capture, check_rebuilda
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
+from mmlib.schema.environment import Environment
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
@@ -34,7 +35,7 @@ from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_format import check_store_format
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.track_env import check_environment, check_package, imported_distributions
+from mmlib.track_env import check_environment, check_package, imported_distributions, track_current_environment
 from mmlib.util.hash import new_hasher
 from mmlib.util.init_from_file import (check_class_name, create_type, distribution_of, import_object,
                                        stored_code_of)
@@ -341,7 +342,7 @@ class AbstractSaveService(ABC):
             weights_hash_info, parameters = run_beside(lambda: merkle_tree(captured),
                                                        lambda: self._save_weights(captured.tensors))
         recover_info = FullModelRecoverInfo(parameters_file=parameters, model_code=source.code,
-                                            model_class_name=class_name, environment=save_info.environment,
+                                            model_class_name=class_name, environment=recorded_environment(save_info),
                                             model_import=source.model_import, model_init_args=source.init_args,
                                             model_package=source.package)
         model_info = ModelInfo(store_type=ModelStoreType.FULL_MODEL, recover_info=recover_info,
@@ -423,6 +424,11 @@ class AbstractSaveService(ABC):
                     f"the recovered model {model_info.store_id} differs from the saved one in {differences} (tied "
                     "tensors, buffer dtypes, frozen parameters or train/eval modes); its code may have changed: "
                     "run `mmlib verify`")
+
+
+def recorded_environment(save_info: ModelSaveInfo) -> Environment:
+    """The environment a save records: the one given, or this process's when none was (recovery needs one)."""
+    return save_info.environment if save_info.environment is not None else track_current_environment()
 
 
 def _emit(record: dict, model_id: Optional[str]) -> None:

@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from mmlib.approaches.base import AbstractSaveService, merkle_tree
+from mmlib.approaches.base import AbstractSaveService, merkle_tree, recorded_environment
 from mmlib.approaches.model_state import capture
 from mmlib.config import config_value
 from mmlib.constants import CURRENT_DATA_ROOT, PROGRESS_LOGGER
@@ -156,7 +156,7 @@ class ProvenanceSaveService(AbstractSaveService):
                                ts_wrapper_class_name=check_class_name(type(wrapper).__name__),
                                train_kwargs=dict(train_save_info.train_kwargs or {}))
         recover_info = ProvenanceRecoverInfo(dataset=dataset, train_info=train_info,
-                                             environment=save_info.environment)
+                                             environment=recorded_environment(save_info))
         model_info = ModelInfo(store_type=ModelStoreType.PROVENANCE, recover_info=recover_info,
                                derived_from_id=save_info.base_model)
         with self._timed("save_provenance"):
