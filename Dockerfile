@@ -12,6 +12,6 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --no-cache-dir torch==2.13.0 --index-url "$TORCH_INDEX_URL"
 COPY --from=build /dist /dist
 RUN pip install --no-cache-dir /dist/*.whl
-# Out of /dist, so the example's store (./mmlib-store) lands in a directory of its own.
+# The example keeps its store in ./mmlib-store: under /data, where a volume can keep it (-v DIR:/data).
 WORKDIR /data
 CMD ["python", "-m", "mmlib.examples.baseline"]

@@ -38,18 +38,21 @@ Step = Callable[[int], Callable[[], Any]]
 
 
 class Progress:
-    """Writes one line per benchmark step to stderr with the seconds elapsed since the run started."""
+    """Writes one line per benchmark step to stderr with the seconds elapsed since the run started, when a person
+    watches stderr (a terminal) or `MMLIB_PROGRESS=1` asks for it; quiet when piped or redirected."""
 
     def __init__(self, stream=None):
         self._start = time.perf_counter()
         self._stream = stream if stream is not None else sys.stderr
+        self._shown = os.environ.get("MMLIB_PROGRESS") == "1" or bool(getattr(self._stream, "isatty", bool)())
 
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self._start
 
     def __call__(self, message: str) -> None:
-        print(f"[{self.elapsed:7.1f}s] {message}", file=self._stream, flush=True)
+        if self._shown:
+            print(f"[{self.elapsed:7.1f}s] {message}", file=self._stream, flush=True)
 
 
 def median_seconds(steps: Mapping[str, Step], repeats: int) -> dict[str, dict[str, Any]]:

@@ -3,12 +3,15 @@
 No performance thresholds: the figures depend on the machine; the test checks only that they exist and are positive.
 """
 
+import io
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from benchmarks.common import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELATION_FIGURES = ["storage_bytes", "tts_s", "ttr_checks_s", "ttr_no_checks_s", "tts_ratio_to_anchor",
@@ -21,7 +24,8 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     completed = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out),
                                 "--work-dir", str(out)],
-                               cwd=ROOT, capture_output=True, text=True, timeout=900)
+                               cwd=ROOT, capture_output=True, text=True, timeout=900,
+                               env={**os.environ, "MMLIB_PROGRESS": "1"})
     return out, completed
 
 
@@ -67,3 +71,19 @@ def test_quick_benchmark_writes_markdown_and_plots(quick_run):
         assert path.stat().st_size > 0
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [name for name in os.listdir(out) if name.startswith("mmlib-bench-")], "stores were not removed"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_shown_on_a_terminal_and_quiet_in_a_pipe(monkeypatch):
+    monkeypatch.delenv("MMLIB_PROGRESS", raising=False)
+    piped, terminal = io.StringIO(), _Terminal()
+    Progress(piped)("step one")
+    Progress(terminal)("step one")
+    assert piped.getvalue() == "" and "step one" in terminal.getvalue()
+    monkeypatch.setenv("MMLIB_PROGRESS", "1")
+    Progress(piped)("step two")
+    assert "step two" in piped.getvalue()
