@@ -25,8 +25,9 @@ class _WritebackFile:
     the time to write plus a full flush of the blob.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, durable: bool = True):
         self.name = path
+        self.durable = durable
         self._file = open(path, "wb")
         self._unsynced = 0
         self._wake = threading.Event()
@@ -37,7 +38,7 @@ class _WritebackFile:
     def write(self, data) -> int:
         written = self._file.write(data)
         self._unsynced += written
-        if self._unsynced >= WRITEBACK_BYTES:
+        if self.durable and self._unsynced >= WRITEBACK_BYTES:
             self._file.flush()
             self._unsynced = 0
             if self._thread is None:
@@ -66,13 +67,15 @@ class _WritebackFile:
             self._thread = None
 
     def sync_and_close(self) -> None:
-        """Make every written byte durable, then close; re-raises a failure of the background flushes."""
+        """Make every written byte durable (unless not `durable`), then close; re-raises a failure of the
+        background flushes."""
         self._stop_writeback()
         self._file.flush()
         if self._error is not None:
             self.close()
             raise self._error
-        os.fsync(self._file.fileno())
+        if self.durable:
+            os.fsync(self._file.fileno())
         self._file.close()
 
     def close(self) -> None:
@@ -93,11 +96,14 @@ class FileSystemPersistenceService(FilePersistenceService):
     """Content-addressed blobs under `base_path`; safe for several processes and nodes sharing the directory.
 
     Every blob and its directory entry are on disk before the save goes on, so a model is never listed with a
-    blob that a power failure could lose.
+    blob that a power failure could lose. `durable=False` skips those flushes, for scratch checkpoints: a crash
+    of the process loses nothing, a power failure or kernel crash may lose or truncate recent blobs (which
+    verification then reports).
     """
 
-    def __init__(self, base_path: str):
+    def __init__(self, base_path: str, durable: bool = True):
         self.base_path = os.path.abspath(base_path)
+        self.durable = durable
         try:
             os.makedirs(os.path.join(self.base_path, _TEMP_DIR), exist_ok=True)
         except OSError as error:
@@ -164,7 +170,7 @@ class FileSystemPersistenceService(FilePersistenceService):
         fd, temp_path = tempfile.mkstemp(dir=os.path.join(self.base_path, _TEMP_DIR), prefix=_TEMP_PREFIX,
                                          suffix=_TEMP_SUFFIX)
         os.close(fd)
-        return _WritebackFile(temp_path)
+        return _WritebackFile(temp_path, self.durable)
 
     def _commit_blob(self, handle: _WritebackFile, digest: str) -> None:
         temp_path = handle.name
@@ -178,7 +184,8 @@ class FileSystemPersistenceService(FilePersistenceService):
         folder = os.path.dirname(target)
         os.makedirs(folder, exist_ok=True)
         os.replace(temp_path, target)
-        _sync_directory(folder)
+        if self.durable:
+            _sync_directory(folder)
 
     def _touch_blob(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -40,10 +40,15 @@ def _enable_wal(connection: sqlite3.Connection) -> None:
 
 
 class SQLiteDictPersistenceService(DictPersistenceService):
-    """Documents as JSON rows of one table keyed by (type, id); the default store, needs no server."""
+    """Documents as JSON rows of one table keyed by (type, id); the default store, needs no server.
 
-    def __init__(self, path: str):
+    Every write is on disk when it returns; with `durable=False` (scratch stores) SQLite syncs only at
+    checkpoints, so a power failure may lose the last writes, never the file's consistency.
+    """
+
+    def __init__(self, path: str, durable: bool = True):
         self.path = os.path.abspath(path)
+        self.durable = durable
         self._local = threading.local()
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -63,7 +68,7 @@ class SQLiteDictPersistenceService(DictPersistenceService):
         if connection is None or self._local.pid != os.getpid():
             connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
             _enable_wal(connection)
-            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             self._local.connection = connection
             self._local.pid = os.getpid()
         return connection

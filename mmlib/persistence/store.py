@@ -30,13 +30,15 @@ def mongo_database_name(uri: str) -> str:
     return name or DEFAULT_DB_NAME
 
 
-def open_store(location: str, blob_dir: Optional[str] = None) -> Store:
+def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = True) -> Store:
     """Open the store at `location`: the one string every node needs.
 
     A directory gives SQLite + files inside it (created on first use). A MongoDB URI gives MongoDB documents
     (database from the URI path, default `mmlib`) with blobs in GridFS of the same database, so nodes need
     nothing else; the server is contacted once, so an unreachable one fails here, within seconds.
     `blob_dir` puts the blobs in that directory instead (e.g. a file system every node shares).
+    `durable=False` (scratch checkpoints) skips the flushes that make a save survive a power failure in the
+    embedded store and a blob directory; MongoDB and GridFS write as the server is configured either way.
     """
     if not isinstance(location, str) or not location:
         raise StoreUnavailableError("no store given: pass a directory or a mongodb:// URI (or set MMLIB_STORE)")
@@ -45,7 +47,7 @@ def open_store(location: str, blob_dir: Optional[str] = None) -> Store:
         dict_service = MongoDictPersistenceService(location, db_name=db_name)
         dict_service.all_types()
         if blob_dir is not None:
-            return Store(FileSystemPersistenceService(blob_dir), dict_service)
+            return Store(FileSystemPersistenceService(blob_dir, durable), dict_service)
         return Store(GridFSFilePersistenceService(location, db_name=db_name), dict_service)
     if "://" in location:
         raise StoreUnavailableError(
@@ -56,5 +58,5 @@ def open_store(location: str, blob_dir: Optional[str] = None) -> Store:
     except OSError as error:
         raise StoreUnavailableError(f"cannot create the store directory {directory}: {error}") from error
     blobs = blob_dir if blob_dir is not None else os.path.join(directory, BLOB_DIR)
-    return Store(FileSystemPersistenceService(blobs),
-                 SQLiteDictPersistenceService(os.path.join(directory, METADATA_FILE)))
+    return Store(FileSystemPersistenceService(blobs, durable),
+                 SQLiteDictPersistenceService(os.path.join(directory, METADATA_FILE), durable))

@@ -6,10 +6,14 @@ import time
 
 import pytest
 
+from mmlib.equal import state_dict_equal
 from mmlib.errors import StoreUnavailableError
 from mmlib.persistence import FileSystemPersistenceService, GridFSFilePersistenceService, \
     MongoDictPersistenceService, SQLiteDictPersistenceService, open_store
 from mmlib.persistence.store import mongo_database_name
+from mmlib.save import BaselineSaveService
+from save_helpers import save_info
+from tiny_models import TinyNet
 
 
 def test_directory_gives_sqlite_and_files_created_on_first_use(tmp_path):
@@ -68,3 +72,26 @@ def test_unusable_directory_is_reported(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StoreUnavailableError, match="store directory"):
         open_store(str(blocker / "store"))
+
+
+def _count_syncs(monkeypatch) -> list:
+    """Record every fsync/fdatasync of this process (file blobs, their directories; SQLite syncs in C)."""
+    calls = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda fd, real=real, name=name: calls.append(name) or real(fd))
+    return calls
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_durable_false_skips_the_flushes_and_still_round_trips(tmp_path, monkeypatch, durable):
+    store = open_store(str(tmp_path / "store"), durable=durable)
+    model = TinyNet()
+    service = BaselineSaveService(*store)
+    calls = _count_syncs(monkeypatch)
+    model_id = service.save_model(save_info(model))
+    assert (len(calls) > 0) == durable
+    assert store.file_pers_service.durable is durable and store.dict_pers_service.durable is durable
+    assert state_dict_equal(service.recover_model(model_id).model.state_dict(), model.state_dict())
+    mode = store.dict_pers_service._connection().execute("PRAGMA synchronous").fetchone()[0]
+    assert mode == (2 if durable else 1)
