@@ -249,16 +249,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     root = _source_checkout()
     if root is None:
         raise _UsageError(
-            "the benchmark ships with mmlib's source, not with the installed package: clone mmlib's repository, "
-            "run `bash setup.sh` in it, then `.venv/bin/mmlib bench` there (or run `mmlib bench` from the root of "
-            "any mmlib source checkout)")
+            "the benchmark ships with mmlib's source, not with the installed package: get the source (a clone of "
+            "mmlib's repository, or the unpacked sdist mmlib-<version>.tar.gz) and run in its root: bash setup.sh "
+            "&& .venv/bin/mmlib bench --quick (results go to bench-results/ there; see the README, section "
+            "Benchmark)")
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
         benchmark = importlib.import_module(BENCHMARK_MODULE)
     except ImportError as error:
-        raise _UsageError(f"the benchmark in {root} cannot be imported ({error}); install its dependencies with "
-                          f"`pip install -e '{root}[bench]'`") from error
+        raise _UsageError(f"the benchmark in {root} cannot be imported ({error}); run `bash setup.sh` in {root} "
+                          "to install its dependencies") from error
     return int(benchmark.main(args.bench_args) or EXIT_OK)
 
 
