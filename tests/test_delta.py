@@ -1,13 +1,17 @@
 """Delta codecs: every codec round-trips every dtype bit-exactly, and deltas of small changes are small."""
 
+import struct
+
 import pytest
 import torch
 
+import mmlib.util.delta
 from mmlib.errors import IncompatibleModelError, IntegrityError
 from mmlib.util.delta import DEFAULT_CODEC, DeltaCodec, UnknownCodecError, decode_chain
 
+PLANES_CODECS = ["plain-planes-zstd3", "xor-planes-zstd1", "sub-planes-zstd1", "sub-zigzag-planes-zstd1"]
 CODECS = ["plain", "plain-shuffle-zstd3", "xor", "xor-shuffle-zstd1", "xor-zstd3", "sub", "sub-shuffle-zstd1",
-          "sub-zigzag", "sub-zigzag-shuffle-zstd1", "sub-zigzag-zstd9"]
+          "sub-zigzag", "sub-zigzag-shuffle-zstd1", "sub-zigzag-zstd9"] + PLANES_CODECS
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
           torch.uint8, torch.bool, torch.complex64]
 
@@ -80,7 +84,8 @@ def test_names_round_trip_and_bad_names_are_rejected():
     for name in CODECS:
         assert DeltaCodec.from_name(name).name == name
     assert not DeltaCodec.from_name("plain").needs_base and DeltaCodec.from_name("xor").needs_base
-    for bad in ["zip", "xor-zstd", "xor-zstd99", "plain-zigzag", "xor-zigzag", "sub-shuffle-zigzag", "", None]:
+    for bad in ["zip", "xor-zstd", "xor-zstd99", "plain-zigzag", "xor-zigzag", "sub-shuffle-zigzag", "", None,
+                "sub-zigzag-planes", "sub-shuffle-planes-zstd1", "sub-planes-shuffle-zstd1", "sub-planes-zigzag-zstd1"]:
         with pytest.raises(UnknownCodecError) as info:
             DeltaCodec.from_name(bad)
         assert isinstance(info.value, ValueError) and DEFAULT_CODEC in str(info.value)
@@ -102,3 +107,106 @@ def test_damaged_or_inconsistent_payloads_raise_integrity_error():
 def test_encoding_against_a_base_of_another_shape_is_refused():
     with pytest.raises(IncompatibleModelError, match="plain"):
         DeltaCodec.from_name("xor").encode(torch.randn(4), torch.randn(5))
+
+
+def _planes_record(payload: bytes, planes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The methods and lengths of a `planes` payload's decision record."""
+    record = struct.unpack_from(f"<{planes}B{planes}Q", payload)
+    return record[:planes], record[planes:]
+
+
+@pytest.mark.parametrize("name", PLANES_CODECS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("size", [1, 3, 7, 1023, 65_537, 200_003], ids=str)
+def test_planes_codecs_round_trip_odd_sizes_across_chunks(name, dtype, size, monkeypatch):
+    monkeypatch.setattr(mmlib.util.delta, "_CHUNK_BYTES", 4096)  # many chunks, and a short last one
+    codec = DeltaCodec.from_name(name)
+    base, new = _tensor_pair(dtype, (size,))
+    assert _bits(codec.decode(codec.encode(new, base), dtype, (size,), base)) == _bits(new)
+
+
+@pytest.mark.parametrize("name", PLANES_CODECS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64], ids=str)
+def test_planes_codecs_round_trip_sliced_and_transposed_tensors(name, dtype):
+    codec = DeltaCodec.from_name(name)
+    base, new = _tensor_pair(dtype, (40, 30))
+    for view in (lambda t: t[::3, 1::2], lambda t: t.t(), lambda t: t[5:, :7].t()):
+        assert _bits(codec.decode(codec.encode(view(new), view(base)), dtype, view(new).shape,
+                                  view(base))) == _bits(view(new))
+
+
+@pytest.mark.parametrize("name", PLANES_CODECS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_planes_codecs_keep_nans_signed_zeros_infinities_and_denormals(name, dtype):
+    integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    bits = 8 * dtype.itemsize
+    patterns = [0, 1, 2, -1, 1 << (bits - 1), (1 << (bits - 1)) + 1, (1 << (bits - 2)) - 1, -(1 << (bits - 2)) + 3]
+    special = torch.tensor([value - (1 << bits) if value >= 1 << (bits - 1) else value for value in patterns],
+                           dtype=integer).view(dtype)  # denormals, -0.0, NaNs with payloads, both signs
+    base = torch.cat([special.flip(0), torch.tensor([float("nan"), -0.0, float("-inf"), 1e-45], dtype=dtype)])
+    new = torch.cat([special, torch.tensor([-0.0, float("inf"), float("nan"), 0.0], dtype=dtype)])
+    codec = DeltaCodec.from_name(name)
+    assert _bits(codec.decode(codec.encode(new, base), dtype, new.shape, base)) == _bits(new)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_planes_of_a_large_delta_are_stored_raw_or_compressed_by_how_they_compress(dtype):
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(300_000, generator=generator, dtype=dtype)
+    new = base - 1e-3 * torch.randn(300_000, generator=generator, dtype=dtype) * base
+    codec = DeltaCodec.from_name("sub-zigzag-planes-zstd1")
+    payload = bytes(codec.encode(new, base))
+    methods, lengths = _planes_record(payload, dtype.itemsize)
+    assert methods[0] == 0 and lengths[0] == new.numel(), "the lowest mantissa byte of a delta is noise: raw"
+    assert methods[-1] == 1 and lengths[-1] < new.numel() // 4, "the sign and exponent byte of a delta compresses"
+    assert _bits(codec.decode(payload, dtype, new.shape, base)) == _bits(new)
+    shuffled = len(DeltaCodec.from_name("sub-zigzag-shuffle-zstd1").encode(new, base))
+    assert len(payload) < 1.05 * shuffled
+
+
+def test_a_chain_mixing_planes_and_other_codecs_decodes_to_its_last_version():
+    versions = [torch.randn(5000)]
+    for _ in range(4):
+        versions.append(versions[-1] + torch.randn(5000) * 1e-4)
+    keyframe = DeltaCodec.from_name("plain-planes-zstd3")
+    steps = [(keyframe, keyframe.encode(versions[0]))]
+    for codec_name, (old, new) in zip(["sub-zigzag-planes-zstd1", "xor-planes-zstd1", DEFAULT_CODEC,
+                                       "sub-planes-zstd1"], zip(versions, versions[1:])):
+        codec = DeltaCodec.from_name(codec_name)
+        steps.append((codec, codec.encode(new, old)))
+    assert _bits(decode_chain(None, steps, torch.float32, (5000,))) == _bits(versions[-1])
+
+
+def _damaged_payloads(payload: bytes, planes: int):
+    """Every single-field corruption of a `planes` payload's decision record, plus truncations."""
+    record = struct.calcsize(f"<{planes}B{planes}Q")
+    methods, lengths = _planes_record(payload, planes)
+    for plane in range(planes):
+        flipped = bytearray(payload)
+        flipped[plane] = 1 - methods[plane]
+        yield f"method of plane {plane} flipped", bytes(flipped)
+        unknown = bytearray(payload)
+        unknown[plane] = 7
+        yield f"method of plane {plane} unknown", bytes(unknown)
+        longer = bytearray(payload)
+        struct.pack_into("<Q", longer, planes + 8 * plane, lengths[plane] + 1)
+        yield f"length of plane {plane} grown", bytes(longer) + b"\0"
+    yield "truncated record", payload[:record - 1]
+    yield "truncated planes", payload[:-1]
+    yield "empty", b""
+
+
+@pytest.mark.parametrize("name", ["sub-zigzag-planes-zstd1", "plain-planes-zstd3"])
+def test_damaged_planes_payloads_raise_integrity_error(name):
+    base = torch.randn(50_000)
+    new = base + torch.randn(50_000) * 1e-3
+    codec = DeltaCodec.from_name(name)
+    payload = bytes(codec.encode(new, base))
+    methods, _ = _planes_record(payload, 4)
+    assert set(methods) == {0, 1}, "both a raw and a compressed plane are needed to damage each kind"
+    for what, damaged in _damaged_payloads(payload, 4):
+        with pytest.raises(IntegrityError):
+            codec.decode(damaged, torch.float32, (50_000,), base)
+            pytest.fail(f"{what}: decoded without an error")
+    with pytest.raises(IntegrityError):
+        DeltaCodec.from_name("sub-zigzag-planes-zstd1").decode(payload, torch.float32, (50_000,), None)
