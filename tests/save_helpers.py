@@ -6,8 +6,10 @@ from mmlib.constants import ID
 from mmlib.equal import model_equal
 from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID, ModelInfo
 from mmlib.schema.recover_info import RECOVER_INFO, AbstractRecoverInfo
+from mmlib.save import WeightUpdateSaveService
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.track_env import track_current_environment
+from tiny_models import TinyNet
 
 
 def small_input() -> torch.Tensor:
@@ -45,6 +47,18 @@ def store_contents(file_service, dict_service) -> tuple:
                               for doc_id in dict_service.all_ids_for_type(kind))
                  for kind in dict_service.all_types()}
     return sorted(file_service.blob_digests()), documents
+
+
+def save_update_chain(stores, length: int) -> tuple[list[str], torch.nn.Module]:
+    """A TinyNet snapshot and `length - 1` perturbed updates of it (WeightUpdateSaveService); the ids and the
+    last model."""
+    service = WeightUpdateSaveService(*stores)
+    model = TinyNet()
+    ids = [service.save_model(save_info(model))]
+    for _ in range(length - 1):
+        perturb(model)
+        ids.append(service.save_model(save_info(model, base_model_id=ids[-1])))
+    return ids, model
 
 
 def forge_record(dict_service, model_id: str, model_fields: dict = None, **recover_info_fields) -> str:

@@ -19,7 +19,7 @@ from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, RECOVER_I
 from mmlib.schema.recover_info import ENVIRONMENT as ENVIRONMENT_ID, MODEL_CLASS_NAME, MODEL_CODE, PARAMETERS, \
     RECOVER_INFO
 from mmlib.schema.store_format import CURRENT_FORMAT, FORMAT_DOCUMENT_ID, FORMAT_VERSION, STORE_FORMAT
-from save_helpers import perturb, save_info
+from save_helpers import save_info, save_update_chain
 from tiny_models import TinyNet
 
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -39,17 +39,6 @@ def no_code_runs(monkeypatch):
     monkeypatch.setattr(mmlib.approaches.base, "import_object", refuse)
 
 
-def _chain(stores, length: int = 3) -> tuple[list[str], object]:
-    """A snapshot and `length - 1` updates of it; returns the ids and the last model."""
-    service = WeightUpdateSaveService(*stores)
-    model = TinyNet()
-    ids = [service.save_model(save_info(model))]
-    for _ in range(length - 1):
-        perturb(model)
-        ids.append(service.save_model(save_info(model, base_model_id=ids[-1])))
-    return ids, model
-
-
 def _snapshot_documents(dict_service, model_id: str) -> dict[str, tuple[str, str]]:
     """The documents a snapshot's recovery reads: name -> (type, id)."""
     recover_id = dict_service.recover_dict(model_id, MODEL_INFO)[RECOVER_INFO_ID]
@@ -59,7 +48,7 @@ def _snapshot_documents(dict_service, model_id: str) -> dict[str, tuple[str, str
 
 
 def test_model_ids_are_digests_of_their_documents(stores):
-    ids, _ = _chain(stores)
+    ids, _ = save_update_chain(stores, 3)
     assert all(HEX_DIGEST.fullmatch(model_id) for model_id in ids)
     assert WeightUpdateSaveService(*stores).all_model_ids() == ids
     for model_id in ids:
@@ -80,7 +69,7 @@ def test_equal_models_saved_twice_get_two_ids(stores):
                                                ("recovered version", "model")])
 def test_an_edited_document_anywhere_in_a_chain_stops_recovery_before_code_runs(stores, edited, document,
                                                                                 no_code_runs):
-    ids, _ = _chain(stores)
+    ids, _ = save_update_chain(stores, 3)
     if edited == "root snapshot":
         kind, document_id = _snapshot_documents(stores[1], ids[0])[document]
     else:
@@ -124,7 +113,7 @@ def test_a_weights_reference_pointing_at_another_models_weights_is_refused(store
 
 
 def test_a_base_id_rewritten_to_another_model_is_refused(stores, no_code_runs):
-    ids, _ = _chain(stores, 2)
+    ids, _ = save_update_chain(stores, 2)
     other_id = BaselineSaveService(*stores).save_model(save_info(TinyNet()))
     stores[1].add_field(ids[1], MODEL_INFO, DERIVED_FROM, other_id)
     with pytest.raises(IntegrityError, match=f"model_info document {ids[1]} was changed"):
@@ -133,7 +122,7 @@ def test_a_base_id_rewritten_to_another_model_is_refused(stores, no_code_runs):
 
 def test_verify_and_gc_see_an_edited_document(tmp_path):
     store = open_store(str(tmp_path / "store"))
-    ids, model = _chain(store, 2)
+    ids, model = save_update_chain(store, 2)
     documents = _snapshot_documents(store.dict_pers_service, ids[0])
     kind, environment_id = documents["environment"]
     store.dict_pers_service.add_field(environment_id, kind, "python_version", "0.0")
@@ -184,6 +173,6 @@ def test_a_newer_or_edited_store_format_is_refused(tmp_path, recorded, message):
 
 
 def test_an_untouched_chain_recovers_exactly_without_checks(stores):
-    ids, model = _chain(stores)
+    ids, model = save_update_chain(stores, 3)
     recovered = WeightUpdateSaveService(*stores, cache_size=0).recover_model(ids[-1], execute_checks=False).model
     assert state_dict_equal(model.state_dict(), recovered.state_dict())

@@ -4,15 +4,13 @@ import re
 import threading
 
 import pytest
-import torch
 
 from mmlib.errors import IntegrityError
 from mmlib.maintenance import lineage, verify
 from mmlib.persistence import open_store
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import DERIVED_FROM, MODEL_INFO
-from save_helpers import perturb, save_info
-from tiny_models import TinyNet
+from save_helpers import perturb, save_info, save_update_chain
 
 WALK_TIMEOUT_S = 60
 
@@ -39,18 +37,8 @@ def _raises_promptly(action, match: str) -> None:
     assert "error" in outcome and re.search(match, str(outcome["error"]))
 
 
-def _chain(store, length: int) -> tuple[list[str], torch.nn.Module]:
-    service = WeightUpdateSaveService(*store)
-    model = TinyNet()
-    ids = [service.save_model(save_info(model))]
-    for _ in range(length - 1):
-        perturb(model)
-        ids.append(service.save_model(save_info(model, base_model_id=ids[-1])))
-    return ids, model
-
-
 def test_a_version_that_names_itself_as_base_stops_saves_and_lineage(store):
-    ids, model = _chain(store, 2)
+    ids, model = save_update_chain(store, 2)
     store.dict_pers_service.add_field(ids[1], MODEL_INFO, DERIVED_FROM, ids[1])
     service = WeightUpdateSaveService(*store, cache_size=0)
     _raises_promptly(lambda: service.save_model(save_info(model, base_model_id=ids[1])), "loops|was changed")
@@ -58,7 +46,7 @@ def test_a_version_that_names_itself_as_base_stops_saves_and_lineage(store):
 
 
 def test_a_missing_base_is_named(store):
-    ids, model = _chain(store, 3)
+    ids, model = save_update_chain(store, 3)
     store.dict_pers_service.delete_dict(ids[1], MODEL_INFO)
     service = WeightUpdateSaveService(*store, cache_size=0)
     _raises_promptly(lambda: service.save_model(save_info(model, base_model_id=ids[2])), ids[1])
@@ -66,7 +54,7 @@ def test_a_missing_base_is_named(store):
 
 
 def test_verify_does_not_flag_a_version_that_does_not_need_the_missing_document(store):
-    ids, model = _chain(store, 2)
+    ids, model = save_update_chain(store, 2)
     perturb(model)
     snapshot_id = BaselineSaveService(*store).save_model(save_info(model, base_model_id=ids[1]))
     perturb(model)

@@ -228,10 +228,8 @@ class DeltaCodec:
         if self.op == XOR:
             return np.bitwise_xor(bits, delta, out=bits)
         if self.zigzag:
-            sign = np.bitwise_and(delta, 1)
-            np.negative(sign.view(_SIGNED[delta.dtype.itemsize]), out=sign.view(_SIGNED[delta.dtype.itemsize]))
-            np.bitwise_xor(np.right_shift(delta, 1, out=delta if owned else None), sign, out=sign)
-            delta = sign
+            delta = delta if owned else delta.copy()
+            _unzigzag_in_place(delta, np.empty_like(delta).view(_SIGNED[delta.dtype.itemsize]))
         return np.add(bits, delta, out=bits)
 
 
