@@ -17,6 +17,7 @@ from mmlib import maintenance
 from mmlib.constants import PROGRESS_LOGGER
 from mmlib.errors import MMLibError, ModelNotFoundError, StoreUnavailableError
 from mmlib.persistence.store import MONGO_SCHEMES, Store, open_store
+from mmlib.util.table import format_table
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +72,6 @@ def _human_size(size: int) -> str:
 def _time(created: Optional[str]) -> str:
     """An ISO 8601 UTC time as `YYYY-MM-DD HH:MM:SS`."""
     return created[:19].replace("T", " ") if created else "-"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
-    """Columns padded to their widest cell, two spaces apart; columns in `right` right-aligned (numbers)."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [str(cell).rjust(width) if index in right else str(cell).ljust(width)
-                  for index, (cell, width) in enumerate(zip(cells, widths))]
-        return "  ".join(padded).rstrip()
-
-    return "\n".join([line(headers)] + [line(row) for row in rows])
 
 
 def _print_json(value) -> None:

@@ -8,7 +8,10 @@ import torch
 from torch import nn
 
 from mmlib.deterministic import set_deterministic
-from mmlib.probe import ProbeInfo, ProbeMode, ProbeSummary, probe_inference, probe_training
+from mmlib.errors import IntegrityError
+from mmlib.probe import ProbeInfo, ProbeSummary, probe_inference, probe_training
+from mmlib.probe.graph import edges_to_inputs, sequence_marker
+from mmlib.util.hash import tensor_hash
 
 pytestmark = pytest.mark.filterwarnings("ignore:probing records:UserWarning")
 
@@ -198,6 +201,34 @@ def test_loading_a_foreign_file_raises_value_error(tmp_path):
         ProbeSummary(path)
 
 
+def test_loading_a_damaged_file_raises_integrity_error_that_says_what_to_do(tmp_path):
+    path = tmp_path / "summary.pt"
+    deterministic_training_summary().save(path)
+    data = path.read_bytes()
+    damaged = {
+        "truncated": (data[:len(data) // 2], "torch.load fails"),
+        "empty": (b"", "torch.load fails"),
+        "garbage": (b"not a zip archive" * 10, "torch.load fails"),
+    }
+    for name, (content, reason) in damaged.items():
+        (tmp_path / name).write_bytes(content)
+    malformed = {
+        "layers_not_dicts": ({"format": "mmlib.probe_summary/2", "layers": {"0": [1, 2]}}, "'layers' entry"),
+        "no_layers": ({"format": "mmlib.probe_summary/2"}, "'layers' entry"),
+        "unknown_field": ({"format": "mmlib.probe_summary/2", "layers": {"0": {"COLOUR": 1}}}, "'COLOUR'"),
+        "foreign": ({"weights": torch.ones(2)}, "not a probe summary"),
+    }
+    for name, (payload, reason) in malformed.items():
+        torch.save(payload, tmp_path / name)
+    for name, (_, reason) in {**damaged, **malformed}.items():
+        with pytest.raises(IntegrityError, match=reason) as raised:
+            ProbeSummary(tmp_path / name)
+        assert "save the summary again" in str(raised.value), name
+        assert isinstance(raised.value, ValueError)  # callers catching the former ValueError still do
+    with pytest.raises(FileNotFoundError):
+        ProbeSummary(tmp_path / "missing.pt")
+
+
 def test_in_place_relu_does_not_change_recorded_conv_output():
     summary = probe_inference(tiny_model(), tiny_input())
     conv_output = summary.summary["0"][ProbeInfo.OUTPUT_TENSOR][0]
@@ -306,6 +337,31 @@ def test_print_summary_prints_one_row_per_layer(capsys):
         summary.print_summary(["layer_name"])
 
 
+def test_print_summary_shows_tensors_by_their_mmlib_digest(capsys):
+    summary = probe_inference(tiny_model(), tiny_input())
+    summary.print_summary([ProbeInfo.OUTPUT_TENSOR])
+    last_row = capsys.readouterr().out.splitlines()[4]
+    output = summary.summary["3"][ProbeInfo.OUTPUT_TENSOR][0]
+    assert last_row.split() == ["3", f"(#{tensor_hash(output)[:8]})"]
+
+
+def test_autograd_sequence_numbers_grow_in_creation_order():
+    """The probe tells the autograd nodes a layer call created by torch's private Node._sequence_nr() (see
+    mmlib.probe.graph); this fails when torch removes it or stops numbering nodes in creation order."""
+    marker_leaf = torch.zeros((), requires_grad=True)
+    inp, weight = torch.randn(3, 3, requires_grad=True), torch.randn(3, 3, requires_grad=True)
+    before = torch.tanh(inp)
+    assert hasattr(before.grad_fn, "_sequence_nr"), "torch removed Node._sequence_nr(): update mmlib.probe.graph"
+    marker = sequence_marker(marker_leaf)
+    during = (before @ weight).relu()
+    matmul = during.grad_fn.next_functions[0][0]
+    numbers = [before.grad_fn._sequence_nr(), marker, matmul._sequence_nr(), during.grad_fn._sequence_nr()]
+    assert numbers == sorted(set(numbers)), f"autograd no longer numbers nodes in creation order: {numbers}"
+    # the walk from the call's output stops at its input and finds the node that passes gradient to it
+    found = edges_to_inputs([during.grad_fn], {(id(before.grad_fn), 0): 0}, marker)
+    assert [(node, routes) for node, routes in found] == [(matmul, [(0, 0)])]
+
+
 def test_add_attribute_builds_a_summary_by_hand():
     summary = ProbeSummary()
     summary.add_attribute("fc", ProbeInfo.FORWARD_INDEX, 0)
@@ -319,10 +375,6 @@ def test_add_attribute_builds_a_summary_by_hand():
     assert summary.first_divergence(other) == ("fc", ProbeInfo.OUTPUT_TENSOR)
     with pytest.raises(TypeError):
         summary.add_attribute("fc", "output_tensor", 1)
-
-
-def test_probe_mode_members():
-    assert {mode.name for mode in ProbeMode} == {"INFERENCE", "TRAINING"}
 
 
 def test_inference_probe_switches_to_eval_mode_so_dropout_probes_are_equal():

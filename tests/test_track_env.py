@@ -2,12 +2,12 @@
 
 import importlib.metadata
 import logging
-import time
 import warnings
 
 import pytest
 import torch
 
+from mmlib import track_env
 from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning
 from mmlib.persistence import open_store
 from mmlib.save import BaselineSaveService
@@ -24,12 +24,16 @@ def test_environment_records_torch_and_packages():
     assert compare_env_to_current(env)
 
 
-def test_capture_is_cached():
-    track_current_environment()
-    start = time.perf_counter()
-    for _ in range(100):
-        track_current_environment()
-    assert time.perf_counter() - start < 1.0
+def test_capture_is_cached(monkeypatch):
+    listed = []
+    list_packages = track_env._installed_packages
+    monkeypatch.setattr(track_env, "_installed_packages", lambda: listed.append(1) or list_packages())
+    track_env._current_environment_values.cache_clear()
+    first, second = track_current_environment(), track_current_environment()
+    assert len(listed) == 1  # the second call is served from the cache
+    assert first.pip_freeze == second.pip_freeze
+    first.pip_freeze.append("changed==1")  # each caller gets its own copy of the cached lists
+    assert track_current_environment().pip_freeze == second.pip_freeze
 
 
 def _replaced(freeze: list[str], name: str, version: str) -> list[str]:

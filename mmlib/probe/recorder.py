@@ -1,4 +1,4 @@
-"""Record what every layer sees and produces in one inference or training step, to find where two runs diverge.
+"""Recording one step: hooks on the recorded modules collect each layer call's inputs, outputs and gradients.
 
 A probe hooks the same modules as the original MMlib: every module except the model itself and ``nn.Sequential`` /
 ``nn.ModuleList`` containers, so a ResNet ``BasicBlock`` is recorded as well as its convolutions
@@ -12,23 +12,15 @@ outputs. Recorded tensors are detached CPU copies taken when the layer runs (inp
 in-place operations (``ReLU(inplace=True)``, ``out += identity``) do not change them.
 
 Gradients follow the semantics of ``nn.Module.register_full_backward_hook`` (gradient w.r.t. each output, and the
-gradient each input receives through this module), but they are collected with tensor and autograd-node hooks:
-PyTorch's full backward hooks raise an error as soon as a module's input or output is modified in place, which
-ResNet and GoogLeNet do in every block.
-
-Saved summaries are ``{"format": "mmlib.probe_summary/2", "layers": {key: {ProbeInfo name: value}}}``. Files in
-format 1 numbered calls from 0 and hold leaf modules only; they load with their indices shifted by one, so they
-compare equal to a ``leaf_only=True`` probe of the same step.
+gradient each input receives through this module), but they are collected with tensor and autograd-node hooks
+(see mmlib.probe.graph): PyTorch's full backward hooks raise an error as soon as a module's input or output is
+modified in place, which ResNet and GoogLeNet do in every block.
 """
 
-import hashlib
 import logging
-import os
-import sys
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from enum import Enum
 from functools import partial
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -36,177 +28,11 @@ import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from mmlib.equal import tensor_equal
+from mmlib.probe.graph import edges_to_inputs, sequence_marker
+from mmlib.probe.info import LayerInfo, ProbeInfo, ProbeMode
+from mmlib.probe.summary import ProbeSummary
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-_FORMAT = "mmlib.probe_summary/2"
-_ZERO_BASED_FORMAT = "mmlib.probe_summary/1"
-_GREEN = "\033[32m"
-_RED = "\033[31m"
-_RESET = "\033[0m"
-
-
-class ProbeInfo(Enum):
-    """A piece of information the probe records per layer call."""
-
-    LAYER_ID = "layer_id"
-    FORWARD_INDEX = "forward_index"
-    BACKWARD_INDEX = "backward_index"
-    LAYER_NAME = "layer_name"
-    INPUT_SHAPE = "input_shape"
-    INPUT_TENSOR = "input_tensor"
-    OUTPUT_SHAPE = "output_shape"
-    OUTPUT_TENSOR = "output_tensor"
-    GRAD_INPUT_SHAPE = "grad_input_shape"
-    GRAD_INPUT_TENSOR = "grad_input_tensor"
-    GRAD_OUTPUT_SHAPE = "grad_output_shape"
-    GRAD_OUTPUT_TENSOR = "grad_output_tensor"
-
-
-class ProbeMode(Enum):
-    """Whether a probe runs a forward pass only or a full training step."""
-
-    INFERENCE = "inference"
-    TRAINING = "training"
-
-
-# Order in which first_divergence inspects the fields: forward fields in forward order, then backward fields in
-# backward order (a gradient divergence starts at the layer closest to the loss).
-_FORWARD_FIELDS = (ProbeInfo.FORWARD_INDEX, ProbeInfo.LAYER_ID, ProbeInfo.LAYER_NAME, ProbeInfo.INPUT_SHAPE,
-                   ProbeInfo.INPUT_TENSOR, ProbeInfo.OUTPUT_SHAPE, ProbeInfo.OUTPUT_TENSOR)
-_BACKWARD_FIELDS = (ProbeInfo.BACKWARD_INDEX, ProbeInfo.GRAD_OUTPUT_SHAPE, ProbeInfo.GRAD_OUTPUT_TENSOR,
-                    ProbeInfo.GRAD_INPUT_SHAPE, ProbeInfo.GRAD_INPUT_TENSOR)
-
-LayerInfo = Dict[ProbeInfo, Any]
-_Pair = Tuple[Optional[str], Optional[LayerInfo], Optional[str], Optional[LayerInfo]]
-
-
-class ProbeSummary:
-    """Per-layer records of one probed step: ``summary`` maps a layer key to ``{ProbeInfo: value}``."""
-
-    def __init__(self, summary_path: Optional[PathLike] = None) -> None:
-        self.summary: Dict[str, LayerInfo] = {}
-        if summary_path is not None:
-            self.load(summary_path)
-
-    def __repr__(self) -> str:
-        return f"ProbeSummary(layers={len(self.summary)})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ProbeSummary):
-            return NotImplemented
-        return all(info1 is not None and info2 is not None and _layer_equal(info1, info2)
-                   for _, info1, _, info2 in self._pairs(other))
-
-    def add_attribute(self, layer_key: str, attribute: ProbeInfo, value: Any) -> None:
-        """Set one recorded field of a layer, creating the layer entry if needed."""
-        if not isinstance(attribute, ProbeInfo):
-            raise TypeError(f"attribute must be a ProbeInfo member, got {attribute!r}")
-        self.summary.setdefault(layer_key, {})[attribute] = value
-
-    def has_layer_key(self, key: str) -> bool:
-        """True when a layer with this key was recorded."""
-        return key in self.summary
-
-    def first_divergence(self, other: "ProbeSummary") -> Optional[Tuple[str, ProbeInfo]]:
-        """The (layer key, field) where this summary first differs from `other`, or None when they are equal.
-
-        Forward fields are checked layer by layer in forward order, then backward fields in backward order.
-        """
-        pairs = self._pairs(other)
-        for key1, info1, key2, info2 in pairs:
-            if info1 is None or info2 is None:
-                return (key1 if key1 is not None else key2), ProbeInfo.LAYER_ID
-            for probe_field in _FORWARD_FIELDS:
-                if not _field_equal(info1, info2, probe_field):
-                    return key1, probe_field
-        backward_order = sorted(pairs, key=lambda pair: _sort_index(pair[1], ProbeInfo.BACKWARD_INDEX))
-        for key1, info1, _, info2 in backward_order:
-            for probe_field in _BACKWARD_FIELDS:
-                if not _field_equal(info1, info2, probe_field):
-                    return key1, probe_field
-        return None
-
-    def print_summary(self, info: Sequence[ProbeInfo]) -> None:
-        """Print one row per layer with the requested fields (tensors as short content digests)."""
-        fields = _check_fields(info, "info")
-        header = ["layer"] + [probe_field.value for probe_field in fields]
-        rows = [[key] + [_format_value(layer_info.get(probe_field, "-")) for probe_field in fields]
-                for key, layer_info in self._ordered()]
-        _print_table(header, rows, colour=False)
-
-    def compare_to(self, other: "ProbeSummary", common: Sequence[ProbeInfo], compare: Sequence[ProbeInfo]) -> None:
-        """Print one row per layer: the `common` fields' values, then 'same'/'diff' for each `compare` field.
-
-        Layers are matched by forward index; 'same'/'diff' are coloured green/red when stdout is a terminal.
-        """
-        common_fields = _check_fields(common, "common")
-        compare_fields = _check_fields(compare, "compare")
-        header = (["layer"] + [probe_field.value for probe_field in common_fields]
-                  + [probe_field.value for probe_field in compare_fields])
-        rows = []
-        for key1, info1, key2, info2 in self._pairs(other):
-            shown = info1 if info1 is not None else info2
-            row = [key1 if key1 is not None else key2]
-            row += [_format_value(shown.get(probe_field, "-")) for probe_field in common_fields]
-            row += ["same" if info1 is not None and info2 is not None and _field_equal(info1, info2, probe_field)
-                    else "diff" for probe_field in compare_fields]
-            rows.append(row)
-        _print_table(header, rows, colour=_stdout_is_terminal())
-
-    def save(self, path: PathLike) -> None:
-        """Write the summary to `path` atomically, loadable with ``torch.load(path, weights_only=True)``."""
-        payload = {
-            "format": _FORMAT,
-            "layers": {key: {probe_field.name: value for probe_field, value in layer_info.items()}
-                       for key, layer_info in self.summary.items()},
-        }
-        path = os.fspath(path)
-        partial_path = f"{path}.partial"
-        try:
-            torch.save(payload, partial_path)
-            os.replace(partial_path, path)
-        finally:
-            if os.path.exists(partial_path):
-                os.remove(partial_path)
-        logger.debug("saved probe summary with %d layers to %s", len(self.summary), path)
-
-    def load(self, path: PathLike) -> None:
-        """Replace this summary with the one saved at `path` (read without unpickling arbitrary objects)."""
-        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        file_format = payload.get("format") if isinstance(payload, dict) else None
-        if file_format not in (_FORMAT, _ZERO_BASED_FORMAT):
-            raise ValueError(f"{path} is not a probe summary written by ProbeSummary.save ({_FORMAT})")
-        summary: Dict[str, LayerInfo] = {}
-        for key, fields in payload["layers"].items():
-            try:
-                summary[key] = {ProbeInfo[name]: value for name, value in fields.items()}
-            except KeyError as err:
-                raise ValueError(f"{path}: layer {key!r} has unknown field {err.args[0]!r}") from None
-            if file_format == _ZERO_BASED_FORMAT:
-                _count_from_one(summary[key])
-        self.summary = summary
-
-    def _ordered(self) -> List[Tuple[str, LayerInfo]]:
-        """Layers sorted by forward index (layers without one keep their insertion order, last)."""
-        return sorted(self.summary.items(), key=lambda item: _sort_index(item[1], ProbeInfo.FORWARD_INDEX))
-
-    def _pairs(self, other: "ProbeSummary") -> List[_Pair]:
-        """Layers of both summaries matched by forward index (or by position when indices are missing)."""
-        mine, theirs = self._ordered(), other._ordered()
-        if all(ProbeInfo.FORWARD_INDEX in info for _, info in mine + theirs):
-            by_index1 = {info[ProbeInfo.FORWARD_INDEX]: (key, info) for key, info in mine}
-            by_index2 = {info[ProbeInfo.FORWARD_INDEX]: (key, info) for key, info in theirs}
-            indices = sorted(by_index1.keys() | by_index2.keys())
-            matched = [(by_index1.get(index, (None, None)), by_index2.get(index, (None, None))) for index in indices]
-        else:
-            length = max(len(mine), len(theirs))
-            matched = [(mine[i] if i < len(mine) else (None, None), theirs[i] if i < len(theirs) else (None, None))
-                       for i in range(length)]
-        return [(key1, info1, key2, info2) for (key1, info1), (key2, info2) in matched]
 
 
 def probe_inference(model: nn.Module, inp: torch.Tensor, device: Optional[Union[str, torch.device]] = None,
@@ -392,8 +218,8 @@ class _Probe:
         call.inputs = tuple(self._copies.copy(tensor) for tensor in tensors)
         if self._tracks_gradients():
             call.input_edges = [get_gradient_edge(tensor) if tensor.requires_grad else None for tensor in tensors]
-            # autograd nodes are numbered in creation order: those created from here on belong to this call
-            call.sequence_marker = self._marker_leaf.view(()).grad_fn._sequence_nr()
+            # autograd nodes created from here on belong to this call (see mmlib.probe.graph)
+            call.sequence_marker = sequence_marker(self._marker_leaf)
         self._running.setdefault(path, []).append(call)
 
     def _may_be_selected(self, module: nn.Module) -> bool:
@@ -441,7 +267,7 @@ class _Probe:
             passed_through = input_positions.get((id(edge.node), edge.output_nr))
             self._handles.append(tensor.register_hook(partial(self._on_grad_output, call, position, passed_through)))
             roots.append(edge.node)
-        for node, routes in _edges_to_inputs(roots, input_positions, call.sequence_marker):
+        for node, routes in edges_to_inputs(roots, input_positions, call.sequence_marker):
             self._handles.append(node.register_hook(partial(self._on_node_grads, call, routes)))
 
     def _on_grad_output(self, call: _Call, position: int, passed_through: Optional[int], grad: torch.Tensor) -> None:
@@ -468,31 +294,6 @@ class _Probe:
             call.grad_inputs[position] = known + grad.detach().to("cpu")
 
 
-def _edges_to_inputs(roots: List[Any], input_positions: Dict[Tuple[int, int], int],
-                     sequence_marker: int) -> List[Tuple[Any, List[Tuple[int, int]]]]:
-    """Autograd nodes created by one layer call that pass gradient to its inputs, with (edge index, input position)."""
-    result = []
-    seen: Dict[int, Any] = {}
-    stack = [node for node in roots if node is not None and node._sequence_nr() > sequence_marker]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen[id(node)] = node
-        routes = []
-        for edge_index, (next_node, output_nr) in enumerate(node.next_functions):
-            if next_node is None:
-                continue
-            position = input_positions.get((id(next_node), output_nr))
-            if position is not None:
-                routes.append((edge_index, position))
-            elif next_node._sequence_nr() > sequence_marker:
-                stack.append(next_node)
-        if routes:
-            result.append((node, routes))
-    return result
-
-
 def _is_leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
 
@@ -508,82 +309,5 @@ def _tensors_in(value: Any) -> List[torch.Tensor]:
     return []
 
 
-def _count_from_one(info: LayerInfo) -> None:
-    """Shift the forward and backward index of a layer read from a format-1 file (which counted from 0)."""
-    for index_field in (ProbeInfo.FORWARD_INDEX, ProbeInfo.BACKWARD_INDEX):
-        if isinstance(info.get(index_field), int):
-            info[index_field] += 1
-
-
 def _shapes(tensors: Sequence[torch.Tensor]) -> List[List[int]]:
     return [list(tensor.shape) for tensor in tensors]
-
-
-def _sort_index(info: Optional[LayerInfo], index_field: ProbeInfo) -> Tuple[int, int]:
-    """Sort key: layers with an index first, by index; the others after, in their given order."""
-    index = None if info is None else info.get(index_field)
-    return (0, index) if isinstance(index, int) else (1, 0)
-
-
-def _layer_equal(info1: LayerInfo, info2: LayerInfo) -> bool:
-    return info1.keys() == info2.keys() and all(_field_equal(info1, info2, probe_field) for probe_field in info1)
-
-
-def _field_equal(info1: Optional[LayerInfo], info2: Optional[LayerInfo], probe_field: ProbeInfo) -> bool:
-    """True when both layers lack the field or hold equal values for it."""
-    if info1 is None or info2 is None:
-        return info1 is info2
-    if (probe_field in info1) != (probe_field in info2):
-        return False
-    return probe_field not in info1 or _value_equal(info1[probe_field], info2[probe_field])
-
-
-def _value_equal(value1: Any, value2: Any) -> bool:
-    if isinstance(value1, torch.Tensor) or isinstance(value2, torch.Tensor):
-        return (isinstance(value1, torch.Tensor) and isinstance(value2, torch.Tensor)
-                and tensor_equal(value1, value2))
-    if isinstance(value1, (tuple, list)) and isinstance(value2, (tuple, list)):
-        return len(value1) == len(value2) and all(_value_equal(a, b) for a, b in zip(value1, value2))
-    return value1 == value2
-
-
-def _format_value(value: Any) -> str:
-    """Printable form of a field value; tensors become a short digest of dtype, shape and bytes."""
-    if isinstance(value, torch.Tensor):
-        return _tensor_digest(value)
-    if isinstance(value, tuple) and any(isinstance(item, torch.Tensor) for item in value):
-        return "(" + ", ".join(_format_value(item) for item in value) + ")"
-    return str(value)
-
-
-def _tensor_digest(tensor: torch.Tensor) -> str:
-    data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-    digest = hashlib.blake2b(data, digest_size=4)
-    digest.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
-    return f"#{digest.hexdigest()}"
-
-
-def _check_fields(fields: Sequence[ProbeInfo], name: str) -> List[ProbeInfo]:
-    fields = list(fields)
-    if not all(isinstance(probe_field, ProbeInfo) for probe_field in fields):
-        raise TypeError(f"{name} must be a list of ProbeInfo members, got {fields!r}")
-    return fields
-
-
-def _stdout_is_terminal() -> bool:
-    isatty = getattr(sys.stdout, "isatty", None)
-    return bool(isatty and isatty()) and "NO_COLOR" not in os.environ
-
-
-def _print_table(header: List[str], rows: List[List[str]], colour: bool) -> None:
-    """Print left-aligned columns; with `colour`, 'same'/'diff' cells are green/red."""
-    widths = [max([len(header[column])] + [len(row[column]) for row in rows]) for column in range(len(header))]
-    print("  ".join(title.ljust(width) for title, width in zip(header, widths)).rstrip())
-    for row in rows:
-        cells = []
-        for cell, width in zip(row, widths):
-            padded = cell.ljust(width)
-            if colour and cell in ("same", "diff"):
-                padded = f"{_GREEN if cell == 'same' else _RED}{cell}{_RESET}{padded[len(cell):]}"
-            cells.append(padded)
-        print("  ".join(cells).rstrip())
