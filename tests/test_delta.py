@@ -52,6 +52,25 @@ def test_round_trip_is_bit_exact(name, dtype, shape):
 
 
 @pytest.mark.parametrize("name", CODECS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_decoding_reads_the_base_and_never_writes_or_shares_it(name, dtype):
+    codec = DeltaCodec.from_name(name)
+    base, new = _tensor_pair(dtype, (1001,))
+    base_bits = _bits(base)
+    decoded = codec.decode(codec.encode(new, base), dtype, (1001,), base)
+    assert _bits(base) == base_bits
+    decoded.add_(1)
+    assert _bits(base) == base_bits
+
+
+def test_a_chain_without_steps_returns_a_copy_of_its_start():
+    start = torch.randn(33)
+    decoded = decode_chain(start, [], torch.float32, (33,))
+    decoded.add_(1)
+    assert not torch.equal(decoded, start)
+
+
+@pytest.mark.parametrize("name", CODECS)
 def test_non_contiguous_tensors_round_trip(name):
     codec = DeltaCodec.from_name(name)
     base, new = torch.randn(8, 6).t(), torch.randn(8, 6).t()
@@ -102,6 +121,20 @@ def test_damaged_or_inconsistent_payloads_raise_integrity_error():
         codec.decode(codec.encode(new, base), torch.float32, (100,), None)
     with pytest.raises(IntegrityError):
         codec.decode(codec.encode(new, base), torch.float32, (10, 10), base)
+
+
+LONGER = {"encodes a longer tensor": lambda codec, new, base: codec.encode(torch.cat([new, new[:1]]),
+                                                                        torch.cat([base, base[:1]])),
+          "has bytes after it": lambda codec, new, base: bytes(codec.encode(new, base)) + b"\0" * 4}
+
+
+@pytest.mark.parametrize("name", CODECS)
+@pytest.mark.parametrize("how", list(LONGER))
+def test_a_payload_longer_than_its_tensor_raises_integrity_error(name, how):
+    codec = DeltaCodec.from_name(name)
+    base, new = _tensor_pair(torch.float32, (100,))
+    with pytest.raises(IntegrityError):
+        codec.decode(LONGER[how](codec, new, base), torch.float32, (100,), base)
 
 
 def test_encoding_against_a_base_of_another_shape_is_refused():

@@ -14,6 +14,7 @@ padding to 8 bytes, then the payloads (each padded to 8 bytes; offsets count fro
 
 import json
 import logging
+import math
 import os
 import struct
 import warnings
@@ -277,8 +278,11 @@ class _Reader:
     def tensors(self, holders: dict[str, str]) -> dict[str, torch.Tensor]:
         """The value of each tensor `key` as stored by model `holders[key]`, decoded in parallel."""
         chains = {key: self._chain(holder, key) for key, holder in holders.items()}
-        values = _parallel_map(lambda chain: chain[0] if not chain[1] else decode_chain(*chain), chains.values())
-        return dict(zip(chains, values))
+        largest_first = sorted(chains, key=lambda key: -math.prod(chains[key][3]))  # balances the workers
+        values = _parallel_map(lambda key: chains[key][0] if not chains[key][1] else decode_chain(*chains[key]),
+                               largest_first)
+        decoded = dict(zip(largest_first, values))
+        return {key: decoded[key] for key in chains}
 
     def _chain(self, holder: str, key: str) -> tuple[Optional[torch.Tensor], list, torch.dtype, tuple]:
         """The arguments of `decode_chain` for tensor `key` of model `holder`.

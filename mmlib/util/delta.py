@@ -174,42 +174,41 @@ class DeltaCodec:
                 planes[plane, first_row:last_row] = chunk_bytes[plane::size]
         return planes
 
-    def _apply_planes(self, data: Buffer, bits: Optional[np.ndarray], size: int, nbytes: int) -> np.ndarray:
-        """`_apply` for `planes` codecs: unpacks each plane straight into `bits` (plain) or a chunk-sized delta."""
+    def _apply_planes(self, data: Buffer, base: Optional[np.ndarray], size: int, nbytes: int) -> np.ndarray:
+        """`_apply` for `planes` codecs: unpacks the planes chunk by chunk and combines each chunk with the base's
+        straight into the result, so no full-size delta or copy of the base is made."""
         rows = nbytes // size
         planes = [np.frombuffer(plane, dtype=np.uint8) for plane in _unpack_planes(data, size, rows, self.name)]
-        if bits is None:
-            if self.needs_base:
-                raise IntegrityError(f"a {self.name} delta was stored without a base tensor; the update metadata "
-                                     "is inconsistent")
-            bits = np.empty(nbytes, dtype=np.uint8)
-            bits = bits.view(_UNSIGNED[size]) if size in _UNSIGNED else bits
-        per_byte = bits.dtype.itemsize
-        delta_bytes = np.empty(min(nbytes, _chunk_rows(size) * size), dtype=np.uint8)
-        delta = delta_bytes.view(bits.dtype)
+        if base is None and self.needs_base:
+            raise IntegrityError(f"a {self.name} delta was stored without a base tensor; the update metadata "
+                                 "is inconsistent")
+        out = np.empty(nbytes, dtype=np.uint8)
+        out = out.view(_UNSIGNED[size]) if size in _UNSIGNED else out
+        per_byte = out.dtype.itemsize
+        delta = np.empty(min(nbytes, _chunk_rows(size) * size), dtype=np.uint8).view(out.dtype)
         sign = np.empty_like(delta).view(_SIGNED[per_byte])
         for first_row in range(0, rows, _chunk_rows(size)):
             last_row = min(rows, first_row + _chunk_rows(size))
             begin, end = first_row * size // per_byte, last_row * size // per_byte
-            target = bits[begin:end] if self.op == PLAIN else delta[:end - begin]
+            target = out[begin:end] if self.op == PLAIN else delta[:end - begin]
             target_bytes = target.view(np.uint8)
             for plane in range(size):
                 target_bytes[plane::size] = planes[plane][first_row:last_row]
             if self.op == XOR:
-                np.bitwise_xor(bits[begin:end], target, out=bits[begin:end])
+                np.bitwise_xor(base[begin:end], target, out=out[begin:end])
             elif self.op == SUB:
                 if self.zigzag:
                     _unzigzag_in_place(target, sign[:end - begin])
-                np.add(bits[begin:end], target, out=bits[begin:end])
-        return bits
+                np.add(base[begin:end], target, out=out[begin:end])
+        return out
 
-    def _apply(self, data: Buffer, bits: Optional[np.ndarray], size: int, nbytes: int) -> np.ndarray:
-        """The bit patterns this step encodes, computed in place in `bits` (the base's, owned by the caller)."""
+    def _apply(self, data: Buffer, base: Optional[np.ndarray], size: int, nbytes: int) -> np.ndarray:
+        """The bit patterns this step encodes, in a new array (`base`, the previous step's bits, is only read)."""
         if self.planes:
-            return self._apply_planes(data, bits, size, nbytes)
+            return self._apply_planes(data, base, size, nbytes)
         if self.level is not None:
             try:
-                data = zstandard.ZstdDecompressor().decompress(data, max_output_size=nbytes)
+                data = zstandard.ZstdDecompressor().decompress(data, max_output_size=nbytes, allow_extra_data=False)
             except zstandard.ZstdError as error:
                 raise IntegrityError(f"a {self.name} tensor payload does not decompress: {error}") from error
         raw = np.frombuffer(data, dtype=np.uint8)
@@ -220,17 +219,17 @@ class DeltaCodec:
         if owned:
             raw = _transpose_bytes(raw, size, raw.size // size)
         delta = raw.view(_UNSIGNED[size]) if size in _UNSIGNED else raw
+        delta = delta if owned else delta.copy()
         if not self.needs_base:
-            return delta if owned else delta.copy()
-        if bits is None:
+            return delta
+        if base is None:
             raise IntegrityError(f"a {self.name} delta was stored without a base tensor; the update metadata is "
                                  "inconsistent")
         if self.op == XOR:
-            return np.bitwise_xor(bits, delta, out=bits)
+            return np.bitwise_xor(base, delta, out=delta)
         if self.zigzag:
-            delta = delta if owned else delta.copy()
             _unzigzag_in_place(delta, np.empty_like(delta).view(_SIGNED[delta.dtype.itemsize]))
-        return np.add(bits, delta, out=bits)
+        return np.add(base, delta, out=delta)
 
 
 def _chunk_rows(size: int) -> int:
@@ -333,10 +332,10 @@ def _transpose_bytes(raw: np.ndarray, rows: int, columns: int) -> np.ndarray:
 
 def decode_chain(start: Optional[torch.Tensor], steps: Sequence[tuple[DeltaCodec, Buffer]], dtype: torch.dtype,
                  shape: Sequence[int]) -> torch.Tensor:
-    """Apply encoded steps, oldest first, to a copy of `start` (None when the first step stores a full copy).
+    """Apply encoded steps, oldest first, to `start` (None when the first step stores a full copy); a new tensor.
 
-    The result is computed in one buffer, so a chain of k deltas costs k decompressions and k in-place
-    passes, not k intermediate tensors. Raises IntegrityError when the steps cannot produce such a tensor.
+    `start` is only read: each step writes a new buffer from the previous one's, so the base is never copied
+    first. Raises IntegrityError when the steps cannot produce such a tensor.
     """
     shape = tuple(shape)
     size = dtype.itemsize
@@ -345,9 +344,11 @@ def decode_chain(start: Optional[torch.Tensor], steps: Sequence[tuple[DeltaCodec
         raise IntegrityError(f"a delta of a {dtype} tensor of shape {shape} was stored against a base tensor of "
                              f"another dtype or shape ({start.dtype}, {tuple(start.shape)}); the update metadata is "
                              "inconsistent")
-    bits = None if start is None else _bits(start).copy()
+    bits = None if start is None else _bits(start)
     for codec, data in steps:
         bits = codec._apply(data, bits, size, nbytes)
+    if bits is not None and not steps:
+        bits = bits.copy()
     if bits is None:
         raise IntegrityError("a tensor was stored with neither a full copy nor a base; the update metadata is "
                              "inconsistent")
