@@ -4,9 +4,10 @@ Run from the repository root: ``python -m benchmarks.provenance``. Each run star
 (SQLite + files), saves a ResNet-18 base in both, then for every version: saves the provenance version (data,
 train service, optimizer state, kwargs), trains the live model deterministically, records its weights hash,
 saves the trained model as a baseline snapshot, and writes `torch.save(state_dict)` as the anchor. Runs are
-repeated per optimizer momentum (momentum buffers are training state the provenance version must store); times
-are medians over runs. Storage is shown two ways: `size_info` of each version (the dataset counted in every
-version) and the bytes the store actually grew by (the dataset, code and environment stored once).
+repeated per optimizer momentum (momentum buffers are training state, stored only by checkpoint versions, every
+`--checkpoint-interval` versions); times are medians over runs. Storage is shown two ways: `size_info` of each
+version (the dataset counted in every version) and the bytes the store actually grew by (the dataset, code and
+environment stored once), also as a share of the provenance store's base snapshot.
 Writes ``bench-results/provenance.json`` (git ignores it; ``benchmarks/results/`` holds the published run).
 """
 
@@ -21,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, Progress, total_bytes, write_json
+from benchmarks.common import RESULTS_DIR, Progress, ratio, total_bytes, write_json
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG, VALUES
 from mmlib.deterministic import deterministic
@@ -71,11 +72,18 @@ def breakdown(sizes: Mapping[str, Any], totals: Optional[dict] = None) -> dict[s
     return totals
 
 
+def growth_shares(growth_bytes: list[int], snapshot_bytes: int) -> dict[str, Any]:
+    """What each version after the first adds to the store as a share of one snapshot, and the largest share
+    (the first version also stores the dataset and the train code)."""
+    shares = [ratio(growth, snapshot_bytes) for growth in growth_bytes[1:]]
+    return {"growth_share_after_first": shares, "max_growth_share_after_first": max(shares, default=None)}
+
+
 def run_once(workdir: str, raw_data: str, momentum: float, versions: int, batch_size: int,
-             number_batches: int) -> dict[str, Any]:
+             number_batches: int, service_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """One fresh run: a base in both stores, then `versions` versions saved both ways. Times in seconds."""
     baseline = BaselineSaveService(*open_store(os.path.join(workdir, "baseline-store")))
-    provenance = ProvenanceSaveService(*open_store(os.path.join(workdir, "provenance-store")))
+    provenance = ProvenanceSaveService(*open_store(os.path.join(workdir, "provenance-store")), **service_kwargs)
     env = track_current_environment()
     train_kwargs = {"number_batches": number_batches}
 
@@ -85,7 +93,9 @@ def run_once(workdir: str, raw_data: str, momentum: float, versions: int, batch_
     torch.manual_seed(0)
     model = ResNet18()
     baseline_parent = baseline.save_model(snapshot_info(model, None))
+    prov_before = store_bytes(provenance)
     provenance_parent = provenance.save_model(snapshot_info(model, None))
+    snapshot_bytes = store_bytes(provenance) - prov_before
     wrapper = image_classification_train_wrapper(model, raw_data, batch_size=batch_size, momentum=momentum)
     rows = []
     for version in range(1, versions + 1):
@@ -113,11 +123,14 @@ def run_once(workdir: str, raw_data: str, momentum: float, versions: int, batch_
                 baseline_parent)), "store_growth_bytes": base_growth},
             "provenance": {"tts_s": prov_save_s + prov_hash_s, "save_model_s": prov_save_s,
                            "add_weights_hash_info_s": prov_hash_s, "size_info_bytes": total_bytes(prov_sizes),
-                           "store_growth_bytes": prov_growth, "breakdown": breakdown(prov_sizes)},
+                           "store_growth_bytes": prov_growth, "store_growth_share_of_snapshot": ratio(
+                               prov_growth, snapshot_bytes), "breakdown": breakdown(prov_sizes)},
         })
     baseline_ttr_s, _ = _timed(lambda: baseline.recover_model(baseline_parent, execute_checks=True))
     provenance_ttr_s, _ = _timed(lambda: provenance.recover_model(provenance_parent, execute_checks=True))
-    return {"versions": rows, "ttr_last_version_s": {"baseline": baseline_ttr_s, "provenance": provenance_ttr_s}}
+    return {"versions": rows, "ttr_last_version_s": {"baseline": baseline_ttr_s, "provenance": provenance_ttr_s},
+            "provenance_snapshot_bytes": snapshot_bytes, "checkpoint_interval": provenance.checkpoint_interval,
+            **growth_shares([row["provenance"]["store_growth_bytes"] for row in rows], snapshot_bytes)}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,6 +152,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     prov_growth = sum(v["provenance"]["store_growth_bytes"] for v in versions)
     return {
         "versions": versions,
+        **{key: last[key] for key in ("provenance_snapshot_bytes", "checkpoint_interval", "growth_share_after_first",
+                                      "max_growth_share_after_first")},
         "ttr_last_version_s": {name: statistics.median(run["ttr_last_version_s"][name] for run in runs)
                                for name in ("baseline", "provenance")},
         "all_versions": {
@@ -152,7 +167,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(momentum: float, summary: dict[str, Any]) -> None:
-    print(f"\nResNet-18, SGD momentum {momentum}: TTS (median) and storage per version")
+    print(f"\nResNet-18, SGD momentum {momentum}, training state stored every {summary['checkpoint_interval']} "
+          "versions: TTS (median) and storage per version")
     print(f"{'version / approach':<28}{'TTS ms':>10}{'size_info MB':>15}{'store growth MB':>17}")
     for row in summary["versions"]:
         anchor, base, prov = row["anchor"], row["baseline"], row["provenance"]
@@ -163,13 +179,19 @@ def print_table(momentum: float, summary: dict[str, Any]) -> None:
         print(f"v{row['version']} provenance (save+hash)  {prov['tts_s'] * 1000:>10.0f}"
               f"{prov['size_info_bytes'] / 1e6:>15.2f}{prov['store_growth_bytes'] / 1e6:>17.2f}")
         parts = ", ".join(f"{name} {value:,} B" for name, value in prov["breakdown"].items())
-        print(f"   provenance breakdown: {parts}")
+        print(f"   provenance breakdown: {parts}; store growth {prov['store_growth_share_of_snapshot']:.2%} of a "
+              f"{summary['provenance_snapshot_bytes'] / 1e6:.2f} MB snapshot")
     totals = summary["all_versions"]
     print(f"all versions: TTS baseline {totals['baseline_tts_s'] * 1000:.0f} ms, provenance "
           f"{totals['provenance_tts_s'] * 1000:.0f} ms (reduction {totals['tts_reduction_pct']:+.1f}%); store "
           f"growth baseline {totals['baseline_store_growth_bytes'] / 1e6:.2f} MB, provenance "
           f"{totals['provenance_store_growth_bytes'] / 1e6:.2f} MB (reduction {totals['storage_reduction_pct']:+.1f}%, "
           f"dataset counted once)")
+    if summary["growth_share_after_first"]:
+        shares = ", ".join(f"v{index} {share:.2%}"
+                           for index, share in enumerate(summary["growth_share_after_first"], start=2))
+        print(f"store growth per version after the first, as a share of a snapshot: {shares} (max "
+              f"{summary['max_growth_share_after_first']:.2%})")
     ttr = summary["ttr_last_version_s"]
     print(f"time to recover the last version (with checks): baseline {ttr['baseline'] * 1000:.0f} ms, "
           f"provenance {ttr['provenance'] * 1000:.0f} ms (recovers the base and retrains every version)")
@@ -181,6 +203,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--runs", type=int, default=3, help="fresh runs per momentum; times are medians")
     parser.add_argument("--momentum", type=float, nargs="+", default=[0.9, 0.0],
                         help="SGD momentum values to measure (default: 0.9 0.0)")
+    parser.add_argument("--checkpoint-interval", type=int, default=None,
+                        help="versions per stored training state (default: ProvenanceSaveService's)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--number-batches", type=int, default=2, help="train kwarg number_batches per version")
     parser.add_argument("--classes", type=int, default=3)
@@ -203,6 +227,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         with open(config, "w", encoding="utf-8") as handle:
             handle.write(f"[{VALUES}]\n{CURRENT_DATA_ROOT} = {os.path.join(workdir, 'data-root')}\n")
         os.environ[MMLIB_CONFIG] = config
+        service_kwargs = {} if args.checkpoint_interval is None else {"checkpoint_interval": args.checkpoint_interval}
         results = []
         for momentum in args.momentum:
             runs = []
@@ -210,7 +235,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 progress(f"momentum {momentum}: run {run + 1}/{args.runs}")
                 run_dir = tempfile.mkdtemp(dir=workdir, prefix="run-")
                 runs.append(run_once(run_dir, raw_data, momentum, args.versions, args.batch_size,
-                                     args.number_batches))
+                                     args.number_batches, service_kwargs))
             summary = summarize(runs)
             print_table(momentum, summary)
             results.append({"momentum": momentum, **summary, "runs": runs})

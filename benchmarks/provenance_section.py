@@ -4,9 +4,11 @@ Measured only when `mmlib.save.ProvenanceSaveService`, the example image-classif
 `benchmarks.provenance` (whose storage breakdown by part this reuses) exist.
 Each timed round uses a fresh store: a base snapshot (untimed), then per version the provenance save (timed),
 the live training (untimed), `add_weights_hash_info` (timed) and the `torch.save` anchor of the trained model
-(timed). So version 1 of every round pays for storing the dataset, as a first version does. Recovery of version
+(timed). So version 1 of every round pays for storing the dataset, as a first version does. The bytes each
+version's save and hash add to the store are measured untimed, also as a share of the base snapshot's: only a
+checkpoint (every `checkpoint_interval` versions) stores the optimizer's momentum buffers. Recovery of version
 k recovers the base and retrains k versions; the unpacked dataset is removed before each timed recovery, so
-every recovery unpacks it as a fresh node would.
+every recovery unpacks it as a fresh node would. `provenance_growth_lines` turns the growth into markdown.
 """
 
 import importlib
@@ -15,12 +17,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Callable, Optional
 
 import torch
 
 import mmlib.save
-from benchmarks.common import ANCHOR, MODEL_LABELS, Progress, Step, median_seconds, ratio, raw_load, total_bytes
+from benchmarks.common import (ANCHOR, MODEL_LABELS, MOMENTUM, Progress, Step, median_seconds, ratio, raw_load,
+                               total_bytes)
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG, VALUES
 from mmlib.deterministic import deterministic
@@ -48,17 +52,21 @@ class _Round:
     ids: list[str]
     store_dir: str
     base_bytes_on_disk: int
+    snapshot_bytes: int
     anchors: list[str] = field(default_factory=list)
     trained: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    bytes_before_save: int = 0
+    growth: list[int] = field(default_factory=list)
 
 
 class ProvenanceBench:
     """Provenance versions of one model: TTS, TTR (including retraining) and storage per version."""
 
-    def __init__(self, key: str, service_type: type, make_wrapper: Callable, breakdown: Callable, raw_data: str,
+    def __init__(self, key: str, service_type: type, make_wrapper: Callable, helpers: ModuleType, raw_data: str,
                  data_root: str, versions: int, repeats: int, env: Environment, progress: Progress, root: str):
+        """`helpers` is `benchmarks.provenance`: its storage breakdown, store size and growth shares."""
         self.key, self.label, self.cls = key, MODEL_LABELS.get(key, key), REFERENCE_MODELS[key]
-        self.service_type, self.make_wrapper, self.breakdown = service_type, make_wrapper, breakdown
+        self.service_type, self.make_wrapper, self.helpers = service_type, make_wrapper, helpers
         self.raw_data, self.data_root, self.versions, self.repeats = raw_data, data_root, versions, repeats
         self.env, self.progress, self.root = env, progress, root
         self.rounds: dict[int, _Round] = {}
@@ -69,9 +77,11 @@ class ProvenanceBench:
         service = self.service_type(*open_store(store_dir))
         torch.manual_seed(0)
         model = self.cls()
+        empty_bytes = self.helpers.store_bytes(service)
         base_id = service.save_model(ModelSaveInfoBuilder().add_model_info(env=self.env, model=model).build())
-        wrapper = self.make_wrapper(model, self.raw_data, batch_size=TRAIN_BATCH_SIZE)
-        return _Round(service, model, wrapper, [base_id], store_dir, _bytes_on_disk(store_dir))
+        wrapper = self.make_wrapper(model, self.raw_data, batch_size=TRAIN_BATCH_SIZE, momentum=MOMENTUM)
+        return _Round(service, model, wrapper, [base_id], store_dir, _bytes_on_disk(store_dir),
+                      self.helpers.store_bytes(service) - empty_bytes)
 
     def _save_step(self, version: int) -> Step:
         def prepare(round_index: int) -> Callable[[], Any]:
@@ -82,6 +92,7 @@ class ProvenanceBench:
                     .add_prov_data(raw_data_path=self.raw_data, train_kwargs=TRAIN_KWARGS,
                                    train_service_wrapper=state.wrapper)
                     .build())
+            state.bytes_before_save = self.helpers.store_bytes(state.service)
             return lambda: state.ids.append(state.service.save_model(info))
         return prepare
 
@@ -96,6 +107,7 @@ class ProvenanceBench:
     def _anchor_save_step(self, version: int) -> Step:
         def prepare(round_index: int) -> Callable[[], Any]:
             state = self.rounds[round_index]
+            state.growth.append(self.helpers.store_bytes(state.service) - state.bytes_before_save)
             path = os.path.join(self.root, f"{ANCHOR}-r{round_index}-v{version}.pt")
             state.anchors.append(path)
             return lambda: torch.save(state.model.state_dict(), path)
@@ -132,9 +144,12 @@ class ProvenanceBench:
             save_s, hash_s = tts[f"save/v{version}"]["median_s"], tts[f"hash/v{version}"]["median_s"]
             anchor_tts, anchor_ttr = tts[f"{ANCHOR}/v{version}"]["median_s"], ttr[f"{ANCHOR}/v{version}"]["median_s"]
             ttr_s = ttr[f"provenance/v{version}"]["median_s"]
+            growth = state.growth[version - 1]
             versions.append({
                 "name": f"v{version}", "model_id": model_id,
-                "storage_bytes": total_bytes(sizes), "storage_breakdown": self.breakdown(sizes), "size_info": sizes,
+                "storage_bytes": total_bytes(sizes), "storage_breakdown": self.helpers.breakdown(sizes),
+                "size_info": sizes, "stores_training_state": _stores_training_state(state.service, model_id),
+                "store_growth_bytes": growth, "store_growth_share_of_snapshot": ratio(growth, state.snapshot_bytes),
                 "save_s": save_s, "add_weights_hash_info_s": hash_s, "tts_s": save_s + hash_s,
                 "anchor_tts_s": anchor_tts, "tts_ratio_to_anchor": ratio(save_s + hash_s, anchor_tts),
                 "ttr_checks_s": ttr_s, "anchor_ttr_s": anchor_ttr, "ttr_ratio_to_anchor": ratio(ttr_s, anchor_ttr),
@@ -146,7 +161,32 @@ class ProvenanceBench:
         total = dataset_once + sum(v["storage_bytes"] - v["storage_breakdown"][DATASET_PART] for v in versions)
         return {"label": self.label, "versions": versions, "storage_total_bytes": total,
                 "store_bytes_on_disk": _bytes_on_disk(state.store_dir) - state.base_bytes_on_disk,
-                "anchor_bytes": os.path.getsize(state.anchors[0])}
+                "anchor_bytes": os.path.getsize(state.anchors[0]), "snapshot_bytes": state.snapshot_bytes,
+                "checkpoint_interval": getattr(state.service, "checkpoint_interval", None),
+                **self.helpers.growth_shares(state.growth, state.snapshot_bytes)}
+
+
+def _stores_training_state(service: AbstractSaveService, model_id: str) -> bool:
+    """Whether a provenance version stores its training state (a checkpoint) or carries it from its base."""
+    return not getattr(service._load_model_info(model_id).recover_info.train_info, "carried_state", None)
+
+
+def provenance_growth_lines(provenance: dict[str, Any]) -> list[str]:
+    """Markdown for the report: the bytes each provenance version adds to the store, as a share of one snapshot
+    of the model, with the largest share after the first version (which also stores the dataset)."""
+    from benchmarks.report import fmt_bytes, fmt_share, table  # here: report.py may import this module
+    if not provenance.get("available"):
+        return []
+    lines = []
+    for model in provenance["models"].values():
+        rows = [[model["label"], version["name"], "stored" if version["stores_training_state"] else "carried",
+                 fmt_bytes(version["store_growth_bytes"]), fmt_share(version["store_growth_share_of_snapshot"])]
+                for version in model["versions"]]
+        lines += ["", table(["model", "version", "training state", "store growth", "share of a snapshot"], rows),
+                  "", f"{model['label']}: each version after the first adds at most "
+                      f"{fmt_share(model['max_growth_share_after_first'])} of a {fmt_bytes(model['snapshot_bytes'])} "
+                      f"snapshot (training state stored every {model['checkpoint_interval']} versions)."]
+    return lines
 
 
 def _bytes_on_disk(directory: str) -> int:
@@ -175,7 +215,7 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
     try:
         make_wrapper = importlib.import_module("mmlib.examples.image_classification").image_classification_train_wrapper
         generate = importlib.import_module("mmlib.examples.image_data").generate_image_dataset
-        breakdown = importlib.import_module("benchmarks.provenance").breakdown
+        helpers = importlib.import_module("benchmarks.provenance")
     except (ImportError, AttributeError) as error:
         return _unavailable(progress, f"the example train service or benchmarks.provenance is missing ({error})")
     root = tempfile.mkdtemp(prefix="mmlib-bench-provenance-", dir=work_dir)
@@ -193,16 +233,16 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
             "description": (f"{versions} provenance versions per model, each trained on the generated dataset "
                             f"({DATASET['num_classes']} classes x {DATASET['images_per_class']} JPEGs of "
                             f"{DATASET['image_size']}x{DATASET['image_size']}; batch {TRAIN_BATCH_SIZE}, "
-                            f"{TRAIN_KWARGS['number_batches']} batches per version, SGD with momentum). TTS is "
-                            "save_model + add_weights_hash_info; TTR recovers the base and retrains every version "
-                            f"up to the one asked for (checks on); medians of {repeats} runs, each save round in a "
-                            "fresh store; the dataset is counted once in the totals, and the store's files on disk "
-                            "(less the base snapshot) show what it really takes."),
+                            f"{TRAIN_KWARGS['number_batches']} batches per version, SGD with momentum {MOMENTUM}). "
+                            "TTS is save_model + add_weights_hash_info; TTR recovers the base and retrains every "
+                            f"version up to the one asked for (checks on); medians of {repeats} runs, each save round "
+                            "in a fresh store; the dataset is counted once in the totals, and the store's files on "
+                            "disk (less the base snapshot) show what it really takes."),
             "dataset": DATASET, "train_kwargs": TRAIN_KWARGS, "train_batch_size": TRAIN_BATCH_SIZE,
             "versions": versions, "models": {},
         }
         for key in models:
-            bench = ProvenanceBench(key, service_type, make_wrapper, breakdown, raw_data, data_root, versions,
+            bench = ProvenanceBench(key, service_type, make_wrapper, helpers, raw_data, data_root, versions,
                                     repeats, env, progress, tempfile.mkdtemp(prefix=f"{key}-", dir=root))
             figures = bench.run()
             snapshot = baseline_bytes.get(key)

@@ -32,3 +32,12 @@ class UnseededNoiseTrainService(ImageClassificationTrainService):
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
+
+
+class WideNet(TinyNet):
+    """TinyNet with a wide hidden layer (about 100k parameters): its weights and momentum buffers dwarf the
+    documents of a version, so what a version stores shows in its byte count."""
+
+    def __init__(self):
+        super().__init__()
+        self.classifier = torch.nn.Sequential(torch.nn.Linear(8, 8192), torch.nn.ReLU(), torch.nn.Linear(8192, 3))

@@ -1,5 +1,7 @@
 """Provenance approach: versions stored as data + train service + kwargs, recovered by deterministic retraining."""
 
+import copy
+import logging
 import os
 
 import pytest
@@ -9,9 +11,11 @@ import mmlib.approaches.base
 import mmlib.approaches.provenance
 from mmlib.approaches.base import merkle_tree
 from mmlib.approaches.model_state import capture
-from mmlib.constants import ID, MMLIB_CONFIG
+from benchmarks.provenance import store_bytes
+from mmlib.constants import ID, MMLIB_CONFIG, PROGRESS_LOGGER
 from mmlib.deterministic import deterministic
 from mmlib.errors import ConfigurationError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.examples.image_classification import OPTIMIZER
 from mmlib.examples.image_classification import ImageClassificationTrainWrapper, image_classification_train_wrapper
 from mmlib.examples.image_data import generate_image_dataset
 from mmlib.models import MobileNetV2, ResNet18
@@ -19,15 +23,16 @@ from mmlib.maintenance import collect_garbage
 from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService, Store
 from mmlib.save import ProvenanceSaveService
 from mmlib.schema.dataset import DATASET, RAW_DATA
-from mmlib.schema.model_info import (MODEL_ID, MODEL_INFO, RECORDED_WEIGHTS_HASH, RECOVER_INFO_ID, STORE_TYPE,
-                                     WEIGHTS_HASH_INFO, ModelInfo)
+from mmlib.schema.model_info import (DERIVED_FROM, MODEL_ID, MODEL_INFO, RECORDED_WEIGHTS_HASH, RECOVER_INFO_ID,
+                                     STORE_TYPE, WEIGHTS_HASH_INFO, ModelInfo)
 from mmlib.schema.recover_info import RECOVER_INFO, TRAIN_INFO
+from mmlib.schema.restorable_object import RESTORABLE_OBJECT, STATE_DICT, STATE_DICT_RESTORABLE_OBJECT, STATE_FILE
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.schema.train_info import TRAIN_KWARGS
+from mmlib.schema.train_info import CARRIED_STATE, TRAIN_KWARGS, TRAIN_SERVICE
 from mmlib.track_env import track_current_environment
-from provenance_helpers import TinyNet, UnseededNoiseTrainService
-from save_helpers import equal, save_info
+from provenance_helpers import TinyNet, UnseededNoiseTrainService, WideNet
+from save_helpers import equal, forge_record, save_info
 
 TRAIN_KWARGS_2 = {"number_batches": 2}
 
@@ -89,6 +94,18 @@ def train_info_id(dict_service, model_id):
     return dict_service.recover_dict(recover_info_id, RECOVER_INFO)[TRAIN_INFO]
 
 
+def carried_state(dict_service, model_id):
+    """The stored marker of a provenance version: the state objects it carries from its base (None: stored)."""
+    return dict_service.recover_dict(train_info_id(dict_service, model_id), TRAIN_INFO)[CARRIED_STATE]
+
+
+def optimizer_document(dict_service, model_id):
+    """The stored document of a provenance version's optimizer wrapper."""
+    train_service = dict_service.recover_dict(train_info_id(dict_service, model_id), TRAIN_INFO)[TRAIN_SERVICE]
+    wrapper_id = dict_service.recover_dict(train_service, STATE_DICT_RESTORABLE_OBJECT)[STATE_DICT][OPTIMIZER]
+    return dict_service.recover_dict(wrapper_id, RESTORABLE_OBJECT)
+
+
 def run_two_version_flow(file_service, dict_service, model_class, raw_data):
     service = ProvenanceSaveService(file_service, dict_service)
     model = model_class()
@@ -111,18 +128,21 @@ def test_resnet18_two_provenance_versions(stores, raw_data):
     file_service, dict_service = stores
     service, base_id, v1_id, v2_id, blobs_after_v1 = run_two_version_flow(file_service, dict_service, ResNet18,
                                                                           raw_data)
-    # base: weights + model code; v1: dataset, train code, optimizer state; v2: only its optimizer state
+    # base: weights + model code; v1: dataset, train code, optimizer state; v2: nothing (its state is carried)
     assert len(blobs_after_v1) == 5
-    assert len(set(file_service.blob_digests()) - blobs_after_v1) == 1
+    assert set(file_service.blob_digests()) == blobs_after_v1
+    assert carried_state(dict_service, v1_id) is None and carried_state(dict_service, v2_id) == [OPTIMIZER]
     assert len(dict_service.all_ids_for_type(DATASET)) == 1
     sizes_v1, sizes_v2 = service.model_save_size(v1_id), service.model_save_size(v2_id)
     assert sizes_v1["recover_info"]["dataset"] == sizes_v2["recover_info"]["dataset"]
     assert set(sizes_v2["recover_info"]) == {"metadata_size", "environment", "train_info", "dataset"}
     assert set(sizes_v2["recover_info"]["train_info"]) == {"metadata_size", "train_service", "wrapper_code"}
     state_objs = sizes_v2["recover_info"]["train_info"]["train_service"]["state_dict"]
-    assert set(state_objs["optimizer"]) == {"metadata_size", "code_file", "state_file"}
+    assert set(state_objs["optimizer"]) == {"metadata_size", "code_file"}
     assert set(state_objs["dataloader"]) == {"metadata_size"}
     assert sizes_positive(sizes_v2)
+    v1_optimizer = sizes_v1["recover_info"]["train_info"]["train_service"]["state_dict"]["optimizer"]
+    assert set(v1_optimizer) == {"metadata_size", "code_file", "state_file"}
     assert service.all_model_ids() == [base_id, v1_id, v2_id]
 
 
@@ -304,3 +324,95 @@ def test_the_original_flow_saves_provenance_without_a_model(embedded, raw_data):
     assert equal(model, service.recover_model(version_id, execute_checks=True).model)
     with pytest.raises(InvalidSaveInfoError, match="model"):
         service.save_model(ModelSaveInfoBuilder().add_model_info(base_model_id=base_id).build())
+
+
+def save_chain(service, raw_data, versions, model_class=WideNet):
+    """A snapshot and `versions` provenance versions trained on it one after another with one live SGD (momentum
+    0.9): (base id, version ids, the store bytes each save added, trained weights after each version)."""
+    model = model_class()
+    before = store_bytes(service)
+    ids = [service.save_model(save_info(model))]
+    growth = [store_bytes(service) - before]
+    wrapper = image_classification_train_wrapper(model, raw_data, momentum=0.9)
+    trained = []
+    for _ in range(versions):
+        before = store_bytes(service)
+        ids.append(save_trained_version(service, model, ids[-1], raw_data, wrapper))
+        growth.append(store_bytes(service) - before)
+        trained.append(copy.deepcopy(model.state_dict()))
+    return ids[0], ids[1:], growth, trained
+
+
+def assert_recovers(stores, version_ids, trained, checks=True):
+    """Every version recovers with a fresh service to the weights its live training produced, bit-exactly."""
+    for version_id, weights in zip(version_ids, trained):
+        recovered = ProvenanceSaveService(*stores).recover_model(version_id, execute_checks=checks).model
+        assert all(torch.equal(recovered.state_dict()[name], tensor) for name, tensor in weights.items())
+
+
+def test_only_checkpoints_store_the_optimizer_state(embedded, raw_data):
+    service = ProvenanceSaveService(*embedded, checkpoint_interval=3)
+    _, ids, growth, trained = save_chain(service, raw_data, 5)
+    dict_service = embedded[1]
+    assert [carried_state(dict_service, version) for version in ids] == [None, [OPTIMIZER], [OPTIMIZER], None,
+                                                                         [OPTIMIZER]]
+    assert [STATE_FILE in optimizer_document(dict_service, version) for version in ids] == [True, False, False,
+                                                                                           True, False]
+    snapshot = growth[0]
+    # the momentum buffers are as large as the weights (v1 stores the untrained optimizer's empty state): a
+    # version that stored them would add a snapshot's bytes
+    assert all(growth[version] < 0.05 * snapshot for version in (2, 3, 5)), (growth, snapshot)
+    assert growth[4] > 0.9 * snapshot, (growth, snapshot)
+    assert_recovers(embedded, ids, trained)
+
+
+def test_checkpoint_interval_one_stores_the_state_with_every_version(embedded, raw_data):
+    service = ProvenanceSaveService(*embedded, checkpoint_interval=1)
+    _, ids, growth, trained = save_chain(service, raw_data, 3)
+    assert [carried_state(embedded[1], version) for version in ids] == [None, None, None]
+    assert all(size > 0.9 * growth[0] for size in growth[2:]), growth
+    assert_recovers(embedded, ids[-1:], trained[-1:])
+
+
+def test_a_middle_version_retrains_only_the_versions_up_to_it(embedded, raw_data, caplog):
+    service = ProvenanceSaveService(*embedded, checkpoint_interval=2)
+    _, ids, _, trained = save_chain(service, raw_data, 4, TinyNet)
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+        assert_recovers(embedded, ids[2:3], trained[2:3])
+    assert [record.args[0] for record in caplog.records if record.name == PROGRESS_LOGGER] == ids[:3]
+    assert_recovers(embedded, ids[1:2], trained[1:2], checks=False)
+
+
+def test_a_carried_version_stores_nothing_of_the_live_state(embedded, raw_data):
+    service = ProvenanceSaveService(*embedded)
+    model = TinyNet()
+    wrapper = image_classification_train_wrapper(model, raw_data, momentum=0.9)
+    v1_id = save_trained_version(service, model, service.save_model(save_info(model)), raw_data, wrapper)
+    optimizer = wrapper.instance.state_objs[OPTIMIZER].instance
+    saved = [service.save_model(prov_save_info(model, v1_id, raw_data, wrapper))]
+    optimizer.load_state_dict({**optimizer.state_dict(), "state": {}})
+    saved.append(service.save_model(prov_save_info(model, v1_id, raw_data, wrapper)))
+    assert len({train_info_id(embedded[1], version) for version in saved}) == 1
+
+
+@pytest.mark.parametrize("interval", [0, -1, 2.5, True, "10"])
+def test_an_invalid_checkpoint_interval_is_refused(embedded, interval):
+    with pytest.raises(InvalidSaveInfoError, match="checkpoint_interval.*default 10"):
+        ProvenanceSaveService(*embedded, checkpoint_interval=interval)
+
+
+def test_a_carried_version_with_a_damaged_chain_raises(embedded, raw_data, corrupt_blob):
+    file_service, dict_service = embedded
+    service = ProvenanceSaveService(*embedded)
+    base_id, ids, _, _ = save_chain(service, raw_data, 3, TinyNet)
+    for forged_base, message in ((base_id, "not a provenance version"), ("0" * 64, "not in this store")):
+        forged = forge_record(dict_service, ids[1], {DERIVED_FROM: forged_base})
+        service.add_weights_hash_info(forged, TinyNet())
+        for checks in (True, False):
+            with pytest.raises(IntegrityError, match=message):
+                service.recover_model(forged, execute_checks=checks)
+    digest = optimizer_document(dict_service, ids[0])[STATE_FILE].split("/")[0]
+    corrupt_blob(file_service, digest)
+    for checks in (True, False):
+        with pytest.raises(IntegrityError, match=digest):
+            service.recover_model(ids[2], execute_checks=checks)

@@ -1,19 +1,28 @@
 """The provenance approach: store how a version was trained from its base, and re-run that training to recover it.
 
 A provenance version stores its training data (one content-addressed blob, shared by every version trained on
-the same data), the train service with the wrappers of the objects it uses (dataset, data loader, optimizer
-and its state, ...), the train kwargs and the environment. Recovery rebuilds the base (a full snapshot or,
-recursively, another provenance version), unpacks the data into `current_data_root` of the MMLIB_CONFIG file,
-restores the train service and trains deterministically. Since the trained weights are known only after the
-caller trains, `add_weights_hash_info` records their hash; checked recoveries compare against it. Train the
-live model after `set_deterministic()` (e.g. `deterministic(train_service.train, [model], train_kwargs)`),
-as recovery does, or the check fails.
+the same data), the train service with the wrappers of the objects it uses (dataset, data loader, optimizer,
+...), the train kwargs and the environment. Recovery rebuilds the base (a full snapshot or, recursively, another
+provenance version), unpacks the data into `current_data_root` of the MMLIB_CONFIG file, restores the train
+service and trains deterministically. Since the trained weights are known only after the caller trains,
+`add_weights_hash_info` records their hash; checked recoveries compare against it. Train the live model after
+`set_deterministic()` (e.g. `deterministic(train_service.train, [model], train_kwargs)`), as recovery does, or
+the check fails.
+
+Training state (the optimizer's momentum buffers, as large as the weights) is stored only by checkpoints: the
+first version on a snapshot and every `checkpoint_interval`-th version after it. Recovery retrains every version
+since the snapshot anyway, so a version in between starts from the state its base's retraining left (its
+document records which state objects are carried, and nothing of their state). This holds when the caller
+trains version k with the same live objects that trained version k-1, as recovery does; save a version that
+starts fresh objects with a service made with `checkpoint_interval=1`. Checkpoints do not shorten recovery:
+without stored weights, it always retrains from the snapshot.
 """
 
 import logging
 import os
 import shutil
 import tempfile
+from typing import Any, Optional
 
 import torch
 
@@ -24,14 +33,14 @@ from mmlib.constants import CURRENT_DATA_ROOT, PROGRESS_LOGGER
 from mmlib.deterministic import set_deterministic
 from mmlib.errors import (ConfigurationError, IncompatibleModelError, IntegrityError, InvalidSaveInfoError,
                           RestoreError, UnsafeCodeError)
-from mmlib.persistence.base import FileReference
+from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo, ProvModelSaveInfo
 from mmlib.schema.dataset import Dataset
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import ModelInfo, record_weights_hash
 from mmlib.schema.recover_info import ProvenanceRecoverInfo
-from mmlib.schema.restorable_object import (StateDictRestorableObjectWrapper, check_json_value,
-                                            source_file_reference)
+from mmlib.schema.restorable_object import (STATE_FILE, StateDictRestorableObjectWrapper,
+                                            StateFileRestorableObjectWrapper, check_json_value, source_file_reference)
 from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
@@ -45,6 +54,9 @@ progress = logging.getLogger(PROGRESS_LOGGER)
 # Written into current_data_root after unpacking: which dataset blob it holds, so a directory mmlib did not
 # fill is never deleted and an already unpacked dataset is not unpacked again.
 DATA_MARKER = ".mmlib-dataset"
+# Versions per stored training state: the state a version starts from has been carried through at most this many
+# retrainings since it was last read from the store; the versions in between store none.
+DEFAULT_CHECKPOINT_INTERVAL = 10
 
 
 def _has_provenance(save_info: ModelSaveInfo) -> bool:
@@ -52,10 +64,29 @@ def _has_provenance(save_info: ModelSaveInfo) -> bool:
         save_info.train_info is not None or save_info.raw_dataset is not None)
 
 
+def _carried_state(model_info: ModelInfo) -> Optional[list[str]]:
+    """The state objects a version takes from its base's retraining; None for a checkpoint or a snapshot."""
+    if model_info.store_type != ModelStoreType.PROVENANCE:
+        return None
+    return model_info.recover_info.train_info.carried_state
+
+
 class ProvenanceSaveService(AbstractSaveService):
     """Stores a derived model as the provenance of its training; a model without base or provenance as a snapshot."""
 
     _approach = "provenance"
+
+    def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
+                 logging: bool = False, strict_env: bool = False, *,
+                 checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL):
+        """`checkpoint_interval`: a version stores its training state when its base is a snapshot or the last
+        version that stored it is this many versions back; 1 stores it with every version."""
+        if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 1:
+            raise InvalidSaveInfoError(
+                f"checkpoint_interval must be a positive int (versions per stored training state; default "
+                f"{DEFAULT_CHECKPOINT_INTERVAL}, 1 stores it with every version), got {checkpoint_interval!r}")
+        super().__init__(file_pers_service, dict_pers_service, logging, strict_env)
+        self.checkpoint_interval = checkpoint_interval
 
     def save_model(self, save_info: ModelSaveInfo) -> str:
         self._validate(save_info)
@@ -88,10 +119,11 @@ class ProvenanceSaveService(AbstractSaveService):
             self._verify_retraining_inputs(chain[1:])
             data_root = self._data_root() if len(chain) > 1 else None
             model, _ = self._recover_snapshot(chain[0], execute_checks)
+            state_objs = None
             for position, model_info in enumerate(chain[1:], start=1):
                 progress.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
                               len(chain) - 1, model_info.derived_from)
-                self._retrain(model, model_info, data_root, execute_checks)
+                state_objs = self._retrain(model, model_info, data_root, execute_checks, state_objs)
         return RestoredModelInfo(model=model, model_id=model_id)
 
     def _verify_retraining_inputs(self, versions: list[ModelInfo]) -> None:
@@ -152,15 +184,39 @@ class ProvenanceSaveService(AbstractSaveService):
         with self._timed("save_dataset"):
             dataset = Dataset(raw_data=FileReference(path=os.fspath(save_info.raw_dataset)))
             dataset.persist(self._file_pers_service, self._dict_pers_service)
-        train_info = TrainInfo(ts_wrapper=wrapper, ts_wrapper_code=self._wrapper_code(wrapper),
+        carried = self._carried_names(save_info.base_model, wrapper)
+        train_info = TrainInfo(ts_wrapper=wrapper.without_state() if carried else wrapper,
+                               ts_wrapper_code=self._wrapper_code(wrapper),
                                ts_wrapper_class_name=check_class_name(type(wrapper).__name__),
-                               train_kwargs=dict(train_save_info.train_kwargs or {}))
+                               train_kwargs=dict(train_save_info.train_kwargs or {}), carried_state=carried)
         recover_info = ProvenanceRecoverInfo(dataset=dataset, train_info=train_info,
                                              environment=recorded_environment(save_info))
         model_info = ModelInfo(store_type=ModelStoreType.PROVENANCE, recover_info=recover_info,
                                derived_from_id=save_info.base_model)
         with self._timed("save_provenance"):
             return self._persist_model(model_info)
+
+    def _carried_names(self, base_id: str, wrapper: StateDictRestorableObjectWrapper) -> Optional[list[str]]:
+        """The state objects whose state a new version on `base_id` leaves to recovery to carry from the base's
+        retraining, or None when the version is a checkpoint and stores them: its base is a snapshot, the last
+        checkpoint is `checkpoint_interval` versions back, or the base's training had no state under a name."""
+        names = wrapper.stateful_names()
+        since_checkpoint = walk_lineage(base_id, self._load_model_info, lambda info: info.derived_from,
+                                        stop=lambda info: not _carried_state(info))
+        if (not names or since_checkpoint[-1].store_type != ModelStoreType.PROVENANCE
+                or len(since_checkpoint) >= self.checkpoint_interval
+                or not set(names) <= self._stateful_names(since_checkpoint[0])):
+            return None
+        return names
+
+    def _stateful_names(self, model_info: ModelInfo) -> set[str]:
+        """The state objects of a provenance version's training that have a state (stored or carried)."""
+        train_info = model_info.recover_info.train_info
+        if train_info.carried_state:
+            return set(train_info.carried_state)
+        return {name for name, wrapper_id in (train_info.ts_wrapper.state_objs or {}).items()
+                if StateFileRestorableObjectWrapper.load_placeholder(wrapper_id).stored_document(
+                    self._dict_pers_service).get(STATE_FILE) is not None}
 
     def _lineage(self, model_id: str) -> list[ModelInfo]:
         """The model infos from the full snapshot at the root up to `model_id`."""
@@ -176,8 +232,11 @@ class ProvenanceSaveService(AbstractSaveService):
     def _data_root() -> str:
         return os.path.abspath(config_value(CURRENT_DATA_ROOT))
 
-    def _retrain(self, model: torch.nn.Module, model_info: ModelInfo, data_root: str, execute_checks: bool) -> None:
-        """Turn the recovered base `model` into `model_info`'s version by re-running its training."""
+    def _retrain(self, model: torch.nn.Module, model_info: ModelInfo, data_root: str, execute_checks: bool,
+                 base_state_objs: Optional[dict[str, Any]]) -> dict[str, Any]:
+        """Turn the recovered base `model` into `model_info`'s version by re-running its training; returns the
+        trained service's state objects, whose state the next version may carry (`base_state_objs` are those of
+        the base's retraining, None when the base is a snapshot)."""
         recover_info = model_info.recover_info
         if execute_checks:
             if model_info.weights_hash_info is None:
@@ -187,14 +246,40 @@ class ProvenanceSaveService(AbstractSaveService):
             check_environment(recover_info.environment, f"model {model_info.store_id}", self.strict_env)
         with self._timed("restore_dataset", model_info.store_id):
             self._unpack_dataset(recover_info.dataset, data_root)
+        restore_dir = os.path.join(self._restore_root, model_info.store_id)
         with self._timed("restore_train_service", model_info.store_id):
-            train_service = self._restore_train_service(recover_info.train_info,
-                                                        os.path.join(self._restore_root, model_info.store_id))
+            train_service = self._restore_train_service(
+                recover_info.train_info, restore_dir, self._carried_states(model_info, base_state_objs, restore_dir))
         set_deterministic()
         with self._timed("train", model_info.store_id):
             train_service.train(model, **(recover_info.train_info.train_kwargs or {}))
         if execute_checks:
             self._check_retrained(model_info, model)
+        return dict(getattr(train_service, "state_objs", None) or {})
+
+    @staticmethod
+    def _carried_states(model_info: ModelInfo, base_state_objs: Optional[dict[str, Any]],
+                        restore_dir: str) -> dict[str, FileReference]:
+        """The state each carried state object of `model_info` starts from: what the base's retraining left, written
+        under `restore_dir`."""
+        names = model_info.recover_info.train_info.carried_state or []
+        if names and base_state_objs is None:
+            raise IntegrityError(
+                f"model {model_info.store_id} carries the state of {names} from the retraining of its base "
+                f"{model_info.derived_from}, which is not a provenance version; the metadata was changed, run "
+                "`mmlib verify` and restore the store from a backup")
+        states = {}
+        for index, name in enumerate(names):
+            wrapper = base_state_objs.get(name)
+            if not isinstance(wrapper, StateFileRestorableObjectWrapper):
+                raise RestoreError(
+                    f"model {model_info.store_id} carries the state of {name!r} from the retraining of its base "
+                    f"{model_info.derived_from}, whose train service holds no StateFileRestorableObjectWrapper "
+                    f"{name!r} (it holds {sorted(base_state_objs)}); restore_instance must set every state object")
+            directory = os.path.join(restore_dir, f"carried-{index}")
+            os.makedirs(directory, exist_ok=True)
+            states[name] = wrapper.current_state_file(os.path.join(directory, STATE_FILE))
+        return states
 
     def _check_retrained(self, model_info: ModelInfo, model: torch.nn.Module) -> None:
         try:
@@ -240,8 +325,10 @@ class ProvenanceSaveService(AbstractSaveService):
             shutil.rmtree(staging, ignore_errors=True)
         logger.debug("unpacked dataset %s into %s", reference_id, data_root)
 
-    def _restore_train_service(self, train_info: TrainInfo, restore_dir: str):
-        """The train service of a version, rebuilt by the stored wrapper subclass from the stored objects."""
+    def _restore_train_service(self, train_info: TrainInfo, restore_dir: str,
+                               carried_states: dict[str, FileReference]) -> Any:
+        """The train service of a version, rebuilt by the stored wrapper subclass from the stored objects (those
+        named in `carried_states` from that state instead of a stored one)."""
         train_info = TrainInfo.load(train_info.store_id, self._file_pers_service, self._dict_pers_service,
                                     restore_dir, load_recursive=False, load_files=True)
         wrapper_cls = create_type(train_info.ts_wrapper_code.path, train_info.ts_wrapper_class_name)
@@ -251,6 +338,7 @@ class ProvenanceSaveService(AbstractSaveService):
                 "StateDictRestorableObjectWrapper subclass; the metadata may have been changed, run `mmlib verify`")
         wrapper = wrapper_cls.load(train_info.ts_wrapper.store_id, self._file_pers_service,
                                    self._dict_pers_service, restore_dir, load_recursive=True, load_files=True)
+        wrapper.carried_states = carried_states
         wrapper.restore_instance(self._file_pers_service, self._dict_pers_service, restore_dir)
         if not callable(getattr(wrapper.instance, "train", None)):
             raise RestoreError(f"{wrapper_cls.__name__}.restore_instance must set self.instance to a TrainService "

@@ -5,9 +5,14 @@ arguments read from the MMLIB_CONFIG ini file, and the names of objects the call
 State-file wrappers also store a state file (e.g. optimizer buffers); a state-dict wrapper stores a train
 service and, by name, the wrappers of the objects it uses. Nothing is pickled and no metadata string is
 executed: classes are imported with importlib after their names are checked.
+
+A provenance version that carries its state from its base's retraining stores a state-dict wrapper
+`without_state()`: its state-file wrappers keep their class and arguments but no state, and recovery hands the
+state the previous retraining left (`current_state_file`) to `load_state_obj` through `carried_states`.
 """
 
 import contextlib
+import copy
 import inspect
 import json
 import logging
@@ -201,6 +206,23 @@ class StateFileRestorableObjectWrapper(RestorableObjectWrapper):
             raise InvalidSaveInfoError(f"{type(self.instance).__name__} must subclass StateFileRestorableObject "
                                        "(save_instance_state / restore_instance_state) to be stored with its state")
 
+    def without_state(self) -> RestorableObjectWrapper:
+        """The class and arguments of this object without its state: its document depends on nothing the live
+        instance holds (stored for a version whose state is carried from its base's retraining)."""
+        return RestorableObjectWrapper(self.class_name, self.init_args, self.init_ref_type_args, self.config_args,
+                                       self.code, self.import_cmd)
+
+    def current_state_file(self, path: str) -> FileReference:
+        """The state as it is now: the live instance's, written to `path`; without one, the restored state file
+        (nothing rebuilt the object, so its state did not change)."""
+        if isinstance(self.instance, StateFileRestorableObject):
+            self.instance.save_instance_state(path)
+            return FileReference(path=path)
+        if self.instance is None and self.state_file is not None and self.state_file.path is not None:
+            return FileReference(path=self.state_file.path)
+        raise RestoreError(f"{self.class_name} has neither a StateFileRestorableObject instance nor a restored state "
+                           "file, so it has no state to store or carry")
+
     @contextlib.contextmanager
     def _current_state_file(self) -> Iterator[None]:
         """While persisting, `state_file` is a temporary file holding the live instance's current state."""
@@ -208,9 +230,7 @@ class StateFileRestorableObjectWrapper(RestorableObjectWrapper):
             yield
             return
         with tempfile.TemporaryDirectory(prefix="mmlib-state-") as directory:
-            path = os.path.join(directory, STATE_FILE)
-            self.instance.save_instance_state(path)
-            self.state_file = FileReference(path=path)
+            self.state_file = self.current_state_file(os.path.join(directory, STATE_FILE))
             yield
 
     def _document(self, fps: FilePersistenceService, dps: DictPersistenceService) -> dict:
@@ -251,7 +271,9 @@ class StateDictRestorableObjectWrapper(AbstractRestorableObjectWrapper):
     Saving stores each wrapper in `state_objs` (default: the instance's `state_objs`). After loading,
     `state_objs` maps each name to the stored id of that wrapper. Subclasses implement `restore_instance`:
     load each wrapper (see `load_state_obj`), restore it, build the train service and set its `state_objs`.
-    The service's code file is not reported by `size_info` (it is the train code, see TrainInfo).
+    `carried_states` (name -> state file, set before `restore_instance`) gives state-file wrappers stored without
+    state the state to restore. The service's code file is not reported by `size_info` (it is the train code,
+    see TrainInfo).
     """
 
     _representation_type = STATE_DICT_RESTORABLE_OBJECT
@@ -267,6 +289,7 @@ class StateDictRestorableObjectWrapper(AbstractRestorableObjectWrapper):
                  state_objs: Optional[dict] = None):
         super().__init__(c_name, code, import_cmd, instance, store_id)
         self._state_objs = state_objs
+        self.carried_states: dict[str, FileReference] = {}
 
     @property
     def state_objs(self) -> Optional[dict]:
@@ -293,14 +316,30 @@ class StateDictRestorableObjectWrapper(AbstractRestorableObjectWrapper):
             if isinstance(wrapper, RestorableObjectWrapper):
                 wrapper.check()
 
+    def stateful_names(self) -> list[str]:
+        """The names of the state objects stored with their state (state-file wrappers, e.g. the optimizer)."""
+        return sorted(name for name, wrapper in (self.state_objs or {}).items()
+                      if isinstance(wrapper, StateFileRestorableObjectWrapper))
+
+    def without_state(self) -> "StateDictRestorableObjectWrapper":
+        """A copy whose state-file wrappers store their class and arguments but not their state."""
+        stateless = copy.copy(self)
+        stateless.state_objs = {name: wrapper.without_state() if isinstance(wrapper, StateFileRestorableObjectWrapper)
+                                else wrapper for name, wrapper in (self.state_objs or {}).items()}
+        return stateless
+
     def load_state_obj(self, name: str, cls: type, file_pers_service: FilePersistenceService,
                        dict_pers_service: DictPersistenceService, restore_root: str) -> RestorableObjectWrapper:
-        """Load the stored wrapper `name` of `state_objs` as `cls`, with its files restored."""
+        """Load the stored wrapper `name` of `state_objs` as `cls`, with its files restored (a state-file wrapper
+        with a carried state gets that as its state file)."""
         if name not in (self.state_objs or {}):
             raise RestoreError(f"the stored train service {self.class_name} has no state object {name!r}; "
                                f"it has {sorted(self.state_objs or {})}")
-        return cls.load(self.state_objs[name], file_pers_service, dict_pers_service, restore_root,
-                        load_recursive=True, load_files=True)
+        wrapper = cls.load(self.state_objs[name], file_pers_service, dict_pers_service, restore_root,
+                           load_recursive=True, load_files=True)
+        if name in self.carried_states and isinstance(wrapper, StateFileRestorableObjectWrapper):
+            wrapper.state_file = self.carried_states[name]
+        return wrapper
 
     def restore_instance(self, file_pers_service: FilePersistenceService,
                          dict_pers_service: DictPersistenceService, restore_root: str) -> None:
