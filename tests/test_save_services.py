@@ -46,16 +46,16 @@ def _check_chain_of_two_derived_models(service, model_class) -> None:
     assert type(recovered).__name__ == model_class.__name__
     assert equal(model, recovered)
 
-    parent_id, parent = base_id, recovered
+    ids, parent = [base_id], recovered
     for _ in range(2):
         child = perturb(parent)
-        child_id = service.save_model(save_info(child, base_model_id=parent_id))
-        restored = service.recover_model(child_id, execute_checks=True).model
+        ids.append(service.save_model(save_info(child, base_model_id=ids[-1])))
+        restored = service.recover_model(ids[-1], execute_checks=True).model
         assert equal(child, restored)
-        assert sizes_positive(service.model_save_size(child_id))
-        parent_id, parent = child_id, restored
+        assert sizes_positive(service.model_save_size(ids[-1]))
+        parent = restored
     assert sizes_positive(service.model_save_size(base_id))
-    assert service.all_model_ids() == [base_id] + service.all_model_ids()[1:] and len(service.all_model_ids()) == 3
+    assert service.all_model_ids() == ids
 
 
 @pytest.mark.parametrize("model_class", MODELS, ids=lambda cls: cls.__name__)

@@ -1,18 +1,22 @@
 """Parameter update approaches: changed tensors stored as deltas, chains recovered bit-exactly from bounded reads."""
 
+import dataclasses
+
 import pytest
 import torch
 
+from mmlib.approaches.update import UPDATE_FILE_NAME, _read_update, _write_update
 from mmlib.equal import state_dict_equal
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
 from mmlib.models import MobileNetV2, ResNet18
 from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import MODEL_INFO, WEIGHTS_HASH_INFO, ModelInfo
+from mmlib.schema.recover_info import UPDATE
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.delta import DEFAULT_CODEC, UnknownCodecError
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
-from save_helpers import equal, forge_record, perturb, save_info, store_contents
+from save_helpers import equal, forge_record, perturb, save_info, save_update_chain, store_contents
 
 VARIANTS = {"update": False, "improved_update": True}
 
@@ -185,6 +189,19 @@ def test_corrupted_update_blob_raises_integrity_error(stores, corrupt_blob, tmp_
         # version 2 changed every tensor and stores each as a delta of its keyframe (the snapshot), not of
         # version 1, so it does not need version 1's blob
         assert state_dict_equal(service.recover_model(ids[2], execute_checks=checks).model.state_dict(), states[2])
+
+
+def test_an_update_blob_with_a_payload_longer_than_its_tensor_raises_integrity_error(local_stores, tmp_path):
+    file_service, dict_service = local_stores
+    (_, update_id), _ = save_update_chain(local_stores, 2)
+    index = _read_update(file_service.read_bytes(update_reference(local_stores, update_id, tmp_path)), update_id)
+    key, tensor = next(iter(index.stored.items()))
+    stored = {**index.stored, key: dataclasses.replace(tensor, payload=bytes(tensor.payload) + b"\0" * 8)}
+    digest = file_service.write_stream(
+        lambda sink: _write_update(sink, index.snapshot_id, list(index.locations), index.locations, stored))
+    forged_id = forge_record(dict_service, update_id, **{UPDATE: f"{digest}/{UPDATE_FILE_NAME}"})
+    with pytest.raises(IntegrityError, match="payload"):
+        WeightUpdateSaveService(*local_stores).recover_model(forged_id, execute_checks=False)
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["saved-from-cache", "saved-from-store"])

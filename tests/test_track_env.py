@@ -59,6 +59,15 @@ def test_differences_that_can_change_a_model_warn_and_strict_mode_raises():
         check_environment(track_current_environment(), "model x")
 
 
+@pytest.mark.parametrize("package", ["numpy", "safetensors"])
+def test_a_package_installed_only_after_the_save_is_a_difference(package):
+    env = track_current_environment()
+    env.pip_freeze = [entry for entry in env.pip_freeze if not entry.lower().startswith(f"{package}==")]
+    with pytest.raises(EnvironmentMismatchError,
+                       match=rf"{package} \(not installed\) -> {importlib.metadata.version(package)}"):
+        check_environment(env, "model x", strict=True, packages=["safetensors"])
+
+
 def test_other_packages_and_hardware_are_only_logged(caplog):
     env = track_current_environment()
     env.pip_freeze = [entry for entry in env.pip_freeze if not entry.lower().startswith("pytest==")]

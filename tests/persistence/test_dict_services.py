@@ -1,10 +1,15 @@
 """Conformance suite for DictPersistenceService, run against every backend."""
 
+import multiprocessing
 import time
 
 import pytest
 
 from mmlib.errors import ModelNotFoundError
+from mmlib.persistence import MongoDictPersistenceService, SQLiteDictPersistenceService
+
+ADDERS = 4
+FIELDS_PER_ADDER = 25
 
 
 def test_save_and_recover_round_trip(dict_service):
@@ -53,6 +58,35 @@ def test_add_field_sets_a_value(dict_service):
     assert dict_service.recover_dict(dict_id, "thing") == {"v": 1, "extra": {"k": [1, 2]}}
     with pytest.raises(ModelNotFoundError):
         dict_service.add_field("no-such-id", "thing", "extra", 1)
+
+
+def _reopened(service):
+    """A new service on the same store (a forked child must not use its parent's connections)."""
+    if isinstance(service, SQLiteDictPersistenceService):
+        return SQLiteDictPersistenceService(service.path)
+    return MongoDictPersistenceService(service.mongo_service.host, db_name=service.mongo_service.db_name)
+
+
+def _add_fields(service, dict_id: str, adder: int, start) -> None:
+    service = _reopened(service)
+    start.wait()
+    for number in range(FIELDS_PER_ADDER):
+        service.add_field(dict_id, "thing", f"field-{adder}-{number}", number)
+
+
+def test_processes_adding_fields_to_one_document_at_once_keep_every_field(dict_service):
+    dict_id = dict_service.save_dict({"v": 1}, "thing")
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(ADDERS)
+    adders = [context.Process(target=_add_fields, args=(dict_service, dict_id, adder, start))
+              for adder in range(ADDERS)]
+    for process in adders:
+        process.start()
+    for process in adders:
+        process.join(timeout=120)
+    assert [process.exitcode for process in adders] == [0] * ADDERS
+    expected = {f"field-{adder}-{number}": number for adder in range(ADDERS) for number in range(FIELDS_PER_ADDER)}
+    assert dict_service.recover_dict(dict_id, "thing") == {"v": 1, **expected}
 
 
 def test_dict_size_grows_with_content(dict_service):

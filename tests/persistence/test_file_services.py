@@ -80,6 +80,17 @@ def test_missing_blob_and_bad_ids_raise_key_errors(file_service, tmp_path):
         file_service.recover_file(FileReference(reference_id="../../etc/passwd"), str(tmp_path))
 
 
+def test_a_reference_id_climbing_out_of_the_target_is_refused_and_writes_nothing(file_service, tmp_path):
+    _write(tmp_path / "data" / "1.txt", b"one")
+    stored = FileReference(path=str(tmp_path / "data"))
+    file_service.save_file(stored)
+    digest = stored.reference_id.split("/")[0]
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(ModelNotFoundError):
+        file_service.recover_file(FileReference(reference_id=f"{digest}/../escaped/"), str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == before
+
+
 def test_saving_a_missing_path_raises(file_service, tmp_path):
     with pytest.raises(InvalidSaveInfoError):
         file_service.save_file(FileReference(path=str(tmp_path / "nope")))

@@ -1,0 +1,26 @@
+"""File-system blob store specifics: the order of the flushes that make a published blob survive a power failure."""
+
+import os
+
+from mmlib.persistence import FileSystemPersistenceService, _filesystem
+
+
+def test_a_blob_is_fsynced_before_it_is_published_and_its_directory_after(tmp_path, monkeypatch):
+    service = FileSystemPersistenceService(str(tmp_path / "blobs"))
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def spy_replace(source, target) -> None:
+        events.append(("replace", os.fspath(source), os.fspath(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(_filesystem.os, "fsync", spy_fsync)
+    monkeypatch.setattr(_filesystem.os, "replace", spy_replace)
+    digest = service.save_bytes(b"payload", "p.bin").reference_id.split("/")[0]
+    blob = os.path.join(service.base_path, digest[:2], digest[2:])
+    temp = next((event[1] for event in events if event[0] == "replace"), None)
+    assert events == [("fsync", temp), ("replace", temp, blob), ("fsync", os.path.dirname(blob))]
