@@ -74,12 +74,12 @@ def main() -> None:
         equal = _equal(model, recovered) and (previous is None or not _equal(previous, recovered))
         all_equal = all_equal and equal
         recover_info = service.model_save_size(model_id)["recover_info"]
-        state = recover_info["train_info"]["train_service"]["state_dict"]["optimizer"]["state_file"]
+        state = recover_info["train_info"]["train_service"]["state_dict"]["optimizer"].get("state_file", 0)
         print(f"version {version}: {model_id} (base {parent_id})")
         print(f"  time to save:    {save_seconds * 1000:.0f} ms")
         print(f"  time to recover: {recover_seconds * 1000:.0f} ms (base recovered and retrained, with checks)")
         print(f"  dataset:         {recover_info['dataset']['raw_data']:,} bytes (stored once for all versions)")
-        print(f"  optimizer state: {state:,} bytes")
+        print(f"  optimizer state: {state:,} bytes (0: carried over from the base's retraining)")
         print(f"  recovered model equal to the trained one: {equal}")
         parent_id, previous = model_id, recovered
     if not all_equal:

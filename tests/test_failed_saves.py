@@ -12,6 +12,9 @@ from save_helpers import perturb, save_info, store_contents
 from tiny_models import TinyNet
 
 
+_open_file = os.fdopen
+
+
 def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -19,8 +22,8 @@ def _disk_full(*args, **kwargs):
 class _FullDiskFile:
     """A file that takes a few bytes and then reports a full disk, on writes and on flushes."""
 
-    def __init__(self, path, mode):
-        self._file = open(path, mode)
+    def __init__(self, fd, mode):
+        self._file = _open_file(fd, mode)
         self._left = 64
 
     def write(self, data) -> int:
@@ -53,7 +56,7 @@ def test_a_save_on_a_full_disk_leaves_nothing_behind(tmp_path, monkeypatch, fail
     perturb(model)
     before = store_contents(*stores)
     if failure == "writing":
-        monkeypatch.setattr(_filesystem, "open", _FullDiskFile, raising=False)
+        monkeypatch.setattr(_filesystem.os, "fdopen", _FullDiskFile)
     else:
         monkeypatch.setattr(_filesystem.os, "fsync", _disk_full)
     with pytest.raises(OSError) as raised:

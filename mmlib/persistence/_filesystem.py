@@ -25,10 +25,10 @@ class _WritebackFile:
     the time to write plus a full flush of the blob.
     """
 
-    def __init__(self, path: str, durable: bool = True):
+    def __init__(self, fd: int, path: str, durable: bool = True):
         self.name = path
         self.durable = durable
-        self._file = open(path, "wb")
+        self._file = os.fdopen(fd, "wb")  # not reopened by name: ext4 flushes a file truncated on open at close
         self._unsynced = 0
         self._wake = threading.Event()
         self._stopping = False
@@ -169,8 +169,7 @@ class FileSystemPersistenceService(FilePersistenceService):
     def _open_blob_writer(self) -> _WritebackFile:
         fd, temp_path = tempfile.mkstemp(dir=os.path.join(self.base_path, _TEMP_DIR), prefix=_TEMP_PREFIX,
                                          suffix=_TEMP_SUFFIX)
-        os.close(fd)
-        return _WritebackFile(temp_path, self.durable)
+        return _WritebackFile(fd, temp_path, self.durable)
 
     def _commit_blob(self, handle: _WritebackFile, digest: str) -> None:
         temp_path = handle.name

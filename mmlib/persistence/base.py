@@ -126,6 +126,9 @@ class FilePersistenceService(ABC):
         if os.path.isdir(path):
             digest = self.write_stream(lambda sink: _directory_archive(path, sink))
             file_ref.reference_id = f"{digest}/{name}{DIRECTORY_MARK}"
+        elif os.path.getsize(path) <= CHUNK_SIZE:  # code files: hashed first, so a stored one is not written again
+            with open(path, "rb") as source:
+                file_ref.reference_id = self.save_bytes(source.read(), name).reference_id
         else:
             with open(path, "rb") as source:
                 digest = self.write_stream(lambda sink: _copy_stream(source, sink))
