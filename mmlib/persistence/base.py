@@ -16,6 +16,8 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import BinaryIO, Callable, Iterator, Optional
 
+import numpy as np
+
 from mmlib.constants import ID
 from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.util.hash import new_hasher
@@ -192,15 +194,15 @@ class FilePersistenceService(ABC):
                 raise
         file_ref.path = target
 
-    def read_bytes(self, reference_id: str) -> bytearray:
+    def read_bytes(self, reference_id: str) -> memoryview:
         """All bytes of a stored file, read straight into one writable buffer and checked against its digest.
 
-        Chunks are hashed in a helper thread while the next one is read, so the check costs little time.
+        Chunks are hashed in a helper thread while the next one is read, so the check costs little time. The
+        buffer is not zero-filled first (the read fills it), which saves a pass over large blobs.
         """
         digest, _, _ = split_reference_id(reference_id)
         size = self._blob_size(digest)
-        buffer = bytearray(size)
-        view = memoryview(buffer)
+        view = memoryview(np.empty(size, dtype=np.uint8))
         hasher = new_hasher()
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash") as helper, \
                 self._open_blob_reader(digest) as source:
@@ -216,7 +218,7 @@ class FilePersistenceService(ABC):
             raise _corrupted_blob(digest, f"it no longer holds its recorded {size} bytes")
         if hasher.hexdigest() != digest:
             raise _corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
-        return buffer
+        return view
 
     def file_size(self, file_ref: FileReference) -> None:
         """Set `file_ref.size` to the number of bytes the referenced blob takes in the store."""

@@ -12,9 +12,9 @@ A codec is named `<op>[-zigzag][-shuffle|-planes][-zstd<level>]`:
 - `planes` (only with `zstd<level>`): shuffle, then compress each byte plane on its own and store the planes
   that would not shrink raw. The low mantissa bytes of a delta are close to random (ZipNN's observation): in a
   fully fine-tuned ResNet-50, zstd1 spends 30% of its time on the two low planes of the float32 deltas and
-  shrinks them by 2%. A plane is compressed when zstd shrinks a sample of it (four 4 KiB slices) below 80%, and
-  kept compressed only if the whole plane shrinks below 80% too: the second-lowest plane of those deltas
-  shrinks to 86-88%, and decompressing it costs more time than its 3% of the tensor's bytes are worth. The difference, zig-zag and shuffle run in one pass over
+  shrinks them by 2%. A plane is compressed when zstd shrinks a sample of it (four 4 KiB slices) below 90%, and
+  kept compressed only if the whole plane shrinks below 90% too (a threshold of 80%, which stores the
+  second-lowest plane of those deltas raw, decoded no faster in `benchmarks/update_storage.py`). The difference, zig-zag and shuffle run in one pass over
   cache-sized chunks; decoding unpacks the planes chunk by chunk into the destination, with no full-size
   intermediate.
   Payload: one method byte per plane (0: raw, 1: zstd), one little-endian uint64 length per plane, then the
@@ -57,7 +57,7 @@ Buffer = Union[bytes, bytearray, memoryview]
 _CHUNK_BYTES = 1 << 18  # the difference, zig-zag and shuffle of one chunk stay in the L2 cache
 _SAMPLE_SLICES = 4
 _SAMPLE_SLICE_BYTES = 1 << 12
-_COMPRESSED_PLANE_RATIO = 0.8  # a plane that zstd does not shrink below this is stored raw
+_COMPRESSED_PLANE_RATIO = 0.9  # a plane that zstd does not shrink below this is stored raw
 _RAW, _ZSTD = 0, 1
 
 
