@@ -8,15 +8,14 @@ collection removes.
 import contextlib
 import datetime
 import uuid
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Optional
 
 import bson
 import gridfs
-from pymongo.errors import PyMongoError
 
 from mmlib.errors import ModelNotFoundError
 from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
-from mmlib.util.mongo import DEFAULT_DB_NAME, MongoService, unreachable
+from mmlib.util.mongo import DEFAULT_DB_NAME, MongoService
 
 _PARTIAL_PREFIX = "partial-"
 # An ObjectId keeps whole seconds: an upload started up to this much later than its id says.
@@ -24,10 +23,15 @@ _OBJECT_ID_RESOLUTION_S = 1.0
 
 
 class GridFSFilePersistenceService(FilePersistenceService):
-    """Content-addressed blobs in the GridFS bucket of a MongoDB database (`host`: host, `host:port` or URI)."""
+    """Content-addressed blobs in the GridFS bucket of a MongoDB database (`host`: host, `host:port` or URI).
 
-    def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME):
-        self._mongo_service = MongoService(host, db_name)
+    `mongo_service` shares an open connection instead of opening one for `host` and `db_name` (which are then
+    not used): `open_store` gives the documents and the GridFS blobs of one URI one client.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME, *,
+                 mongo_service: Optional[MongoService] = None):
+        self._mongo_service = mongo_service if mongo_service is not None else MongoService(host, db_name)
         self._bucket = gridfs.GridFSBucket(self._mongo_service.database)
         self._files = self._mongo_service.database["fs.files"]
         self._chunks = self._mongo_service.database["fs.chunks"]
@@ -35,21 +39,18 @@ class GridFSFilePersistenceService(FilePersistenceService):
     def __repr__(self) -> str:
         return f"GridFSFilePersistenceService({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
 
-    def _run(self, operation):
-        try:
-            return operation()
-        except PyMongoError as error:
-            raise unreachable(self._mongo_service.host, error) from error
-
     def blob_exists(self, digest: str) -> bool:
-        return self._run(lambda: self._files.count_documents({"filename": digest}, limit=1)) > 0
+        with self._mongo_service.errors():
+            return self._files.count_documents({"filename": digest}, limit=1) > 0
 
     def blob_digests(self) -> Iterator[str]:
-        names = self._run(lambda: self._files.distinct("filename"))
+        with self._mongo_service.errors():
+            names = self._files.distinct("filename")
         return iter(sorted(name for name in names if len(name) == DIGEST_LENGTH))
 
     def blob_times(self) -> dict[str, float]:
-        documents = self._run(lambda: list(self._files.find({}, {"filename": 1, "uploadDate": 1})))
+        with self._mongo_service.errors():
+            documents = list(self._files.find({}, {"filename": 1, "uploadDate": 1}))
         times: dict[str, float] = {}
         for document in documents:
             name = document.get("filename")
@@ -60,10 +61,11 @@ class GridFSFilePersistenceService(FilePersistenceService):
     def partial_upload_times(self) -> dict[str, float]:
         """Uploads closed but never renamed to their digest (by upload time), and chunks whose upload never closed
         (by the time in their upload's ObjectId)."""
-        never_renamed = self._run(lambda: list(self._files.find({"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}},
-                                                                {"uploadDate": 1})))
-        closed = set(self._run(lambda: self._files.distinct("_id")))
-        never_closed = [file_id for file_id in self._run(lambda: self._chunks.distinct("files_id"))
+        with self._mongo_service.errors():
+            never_renamed = list(self._files.find({"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}}, {"uploadDate": 1}))
+            closed = set(self._files.distinct("_id"))
+            chunk_owners = self._chunks.distinct("files_id")
+        never_closed = [file_id for file_id in chunk_owners
                         if file_id not in closed and isinstance(file_id, bson.ObjectId)]
         times = {str(document["_id"]): _epoch_seconds(document["uploadDate"]) for document in never_renamed}
         times.update({str(file_id): file_id.generation_time.timestamp() + _OBJECT_ID_RESOLUTION_S
@@ -75,54 +77,59 @@ class GridFSFilePersistenceService(FilePersistenceService):
             raise ModelNotFoundError(
                 f"{upload_id!r} is not an upload id of this store; list them with partial_uploads()")
         file_id = bson.ObjectId(upload_id)
-        document = self._run(lambda: self._files.find_one({"_id": file_id}, {"filename": 1}))
-        if document is not None and not str(document.get("filename", "")).startswith(_PARTIAL_PREFIX):
-            return  # committed since it was listed: a blob now, not an unfinished upload
-        try:
-            self._bucket.delete(file_id)
-        except gridfs.errors.NoFile:
-            pass  # an upload that never closed has no file document; its chunks are deleted all the same
-        except PyMongoError as error:
-            raise unreachable(self._mongo_service.host, error) from error
+        with self._mongo_service.errors():
+            document = self._files.find_one({"_id": file_id}, {"filename": 1})
+            if document is not None and not str(document.get("filename", "")).startswith(_PARTIAL_PREFIX):
+                return  # committed since it was listed: a blob now, not an unfinished upload
+            # An upload that never closed has no file document (NoFile); its chunks are deleted all the same.
+            with contextlib.suppress(gridfs.errors.NoFile):
+                self._bucket.delete(file_id)
 
     def delete_blob(self, digest: str) -> None:
-        for document in self._run(lambda: list(self._files.find({"filename": digest}, {"_id": 1}))):
-            self._run(lambda: self._bucket.delete(document["_id"]))
+        with self._mongo_service.errors():
+            for document in list(self._files.find({"filename": digest}, {"_id": 1})):
+                self._bucket.delete(document["_id"])
 
     def _open_blob_writer(self) -> "_UploadWriter":
-        return _UploadWriter(self._run(lambda: self._bucket.open_upload_stream(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}")))
+        with self._mongo_service.errors():
+            return _UploadWriter(self._bucket.open_upload_stream(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}"))
 
     def _commit_blob(self, handle: "_UploadWriter", digest: str) -> None:
-        self._run(handle.upload.close)
+        with self._mongo_service.errors():
+            handle.upload.close()
         if self.blob_exists(digest):
-            self._run(lambda: self._bucket.delete(handle.upload._id))
+            with self._mongo_service.errors():
+                self._bucket.delete(handle.upload._id)
             self._touch_blob(digest)
         else:
-            self._run(lambda: self._bucket.rename(handle.upload._id, digest))
+            with self._mongo_service.errors():
+                self._bucket.rename(handle.upload._id, digest)
 
     def _touch_blob(self, digest: str) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
-        self._run(lambda: self._files.update_many({"filename": digest}, {"$set": {"uploadDate": now}}))
+        with self._mongo_service.errors():
+            self._files.update_many({"filename": digest}, {"$set": {"uploadDate": now}})
 
     def _abort_blob(self, handle: "_UploadWriter") -> None:
-        if not handle.upload.closed:
-            self._run(handle.upload.abort)
-            return
-        with contextlib.suppress(gridfs.errors.NoFile):
-            self._run(lambda: self._bucket.delete(handle.upload._id))
+        with self._mongo_service.errors():
+            if not handle.upload.closed:
+                handle.upload.abort()
+                return
+            with contextlib.suppress(gridfs.errors.NoFile):
+                self._bucket.delete(handle.upload._id)
 
     def _open_blob_reader(self, digest: str) -> BinaryIO:
-        try:
-            return self._bucket.open_download_stream_by_name(digest)
-        except gridfs.errors.NoFile as error:
-            raise ModelNotFoundError(
-                f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}; restore it from a backup "
-                "or run `mmlib verify` to list the models that need it") from error
-        except PyMongoError as error:
-            raise unreachable(self._mongo_service.host, error) from error
+        with self._mongo_service.errors():
+            try:
+                return self._bucket.open_download_stream_by_name(digest)
+            except gridfs.errors.NoFile as error:
+                raise ModelNotFoundError(
+                    f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}; restore it from a "
+                    "backup or run `mmlib verify` to list the models that need it") from error
 
     def _blob_size(self, digest: str) -> int:
-        document = self._run(lambda: self._files.find_one({"filename": digest}, {"length": 1}))
+        with self._mongo_service.errors():
+            document = self._files.find_one({"filename": digest}, {"length": 1})
         if document is None:
             raise ModelNotFoundError(f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}")
         return int(document["length"])

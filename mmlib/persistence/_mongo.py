@@ -1,22 +1,24 @@
 """Document store in MongoDB: one collection per document type, for many nodes sharing one server."""
 
+from typing import Optional
+
 from mmlib.persistence.base import DictPersistenceService, document_id, missing_document
 from mmlib.util.mongo import DEFAULT_DB_NAME, MongoService
 
 
 class MongoDictPersistenceService(DictPersistenceService):
-    """Documents in MongoDB; `host` is a host name, `host:port` or a full `mongodb://` URI."""
+    """Documents in MongoDB; `host` is a host name, `host:port` or a full `mongodb://` URI.
 
-    def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME):
-        self._mongo_service = MongoService(host, db_name)
+    `mongo_service` shares an open connection instead of opening one for `host` and `db_name` (which are then
+    not used): `open_store` gives the documents and the GridFS blobs of one URI one client.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME, *,
+                 mongo_service: Optional[MongoService] = None):
+        self._mongo_service = mongo_service if mongo_service is not None else MongoService(host, db_name)
 
     def __repr__(self) -> str:
         return f"MongoDictPersistenceService({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
-
-    @property
-    def mongo_service(self) -> MongoService:
-        """The underlying connection (shared with the GridFS blob store)."""
-        return self._mongo_service
 
     def save_dict(self, insert_dict: dict, represent_type: str) -> str:
         return self._mongo_service.save_dict(insert_dict, represent_type, document_id(insert_dict, self.generate_id))

@@ -1,20 +1,28 @@
 """Open a (blob store, document store) pair from one string: a directory or a `mongodb://` URI."""
 
+import importlib
 import os
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 
 from mmlib.errors import StoreUnavailableError
 from mmlib.persistence._filesystem import FileSystemPersistenceService
-from mmlib.persistence._gridfs import GridFSFilePersistenceService
-from mmlib.persistence._mongo import MongoDictPersistenceService
 from mmlib.persistence._sqlite import SQLiteDictPersistenceService
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
-from mmlib.util.mongo import DEFAULT_DB_NAME
 
 METADATA_FILE = "metadata.sqlite"
 BLOB_DIR = "blobs"
 MONGO_SCHEMES = ("mongodb://", "mongodb+srv://")
+DEFAULT_DB_NAME = "mmlib"
+# The MongoDB backends need pymongo (an optional dependency, the `mongo` extra), so they are imported on first
+# use: name -> module. The embedded store imports none of them.
+MONGO_BACKENDS = {
+    "MongoService": "mmlib.util.mongo",
+    "MongoDictPersistenceService": "mmlib.persistence._mongo",
+    "GridFSFilePersistenceService": "mmlib.persistence._gridfs",
+}
+MONGO_INSTALL_HINT = "pip install 'mmlib[mongo]'"
+_MONGO_PACKAGES = ("pymongo", "bson", "gridfs")  # what the pymongo distribution installs
 
 
 class Store(NamedTuple):
@@ -30,6 +38,21 @@ def mongo_database_name(uri: str) -> str:
     return name or DEFAULT_DB_NAME
 
 
+def mongo_backend(name: str) -> Any:
+    """The MongoDB backend class `name` (a key of MONGO_BACKENDS), imported now.
+
+    Without pymongo this raises StoreUnavailableError that says what to install.
+    """
+    try:
+        module = importlib.import_module(MONGO_BACKENDS[name])
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] not in _MONGO_PACKAGES:
+            raise
+        raise StoreUnavailableError(f"MongoDB stores need pymongo, which is not installed ({error}): install it "
+                                    f"with {MONGO_INSTALL_HINT}, or use a directory (the embedded store)") from error
+    return getattr(module, name)
+
+
 def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = True) -> Store:
     """Open the store at `location`: the one string every node needs.
 
@@ -43,12 +66,12 @@ def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = Tr
     if not isinstance(location, str) or not location:
         raise StoreUnavailableError("no store given: pass a directory or a mongodb:// URI (or set MMLIB_STORE)")
     if location.startswith(MONGO_SCHEMES):
-        db_name = mongo_database_name(location)
-        dict_service = MongoDictPersistenceService(location, db_name=db_name)
+        connection = mongo_backend("MongoService")(location, mongo_database_name(location))
+        dict_service = mongo_backend("MongoDictPersistenceService")(mongo_service=connection)
         dict_service.all_types()
         if blob_dir is not None:
             return Store(FileSystemPersistenceService(blob_dir, durable), dict_service)
-        return Store(GridFSFilePersistenceService(location, db_name=db_name), dict_service)
+        return Store(mongo_backend("GridFSFilePersistenceService")(mongo_service=connection), dict_service)
     if "://" in location:
         raise StoreUnavailableError(
             f"unknown store scheme in {location!r}: use a directory path or one of {', '.join(MONGO_SCHEMES)}")

@@ -1,8 +1,12 @@
-"""Thin pymongo wrapper with string ids, an explicit durable write concern and a fast connection timeout."""
+"""Thin pymongo wrapper with string ids, an explicit durable write concern and a fast connection timeout.
 
-from typing import Optional
+This module and the MongoDB backends that use it import pymongo; nothing else in mmlib does, so the embedded
+store works without it (`mmlib.persistence.store.mongo_backend` says what to install when it is missing).
+"""
 
+import contextlib
 import time
+from typing import Iterator, Optional
 
 import bson
 import pymongo
@@ -10,8 +14,8 @@ from pymongo.errors import PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from mmlib.errors import StoreUnavailableError
+from mmlib.persistence.store import DEFAULT_DB_NAME, MONGO_SCHEMES
 
-DEFAULT_DB_NAME = "mmlib"
 CONNECT_TIMEOUT_MS = 5000
 _CREATED = "_mmlib_created"
 _DURABLE = WriteConcern(w=1, j=True)
@@ -19,7 +23,7 @@ _DURABLE = WriteConcern(w=1, j=True)
 
 def mongo_uri(host: str) -> str:
     """Accept a bare host, `host:port` or a full `mongodb://` / `mongodb+srv://` URI."""
-    if host.startswith(("mongodb://", "mongodb+srv://")):
+    if host.startswith(MONGO_SCHEMES):
         return host
     return f"mongodb://{host}"
 
@@ -30,14 +34,11 @@ def mongo_client(host: str) -> pymongo.MongoClient:
                                connectTimeoutMS=CONNECT_TIMEOUT_MS)
 
 
-def unreachable(host: str, error: Exception) -> StoreUnavailableError:
-    """The error for a MongoDB server mmlib cannot talk to."""
-    return StoreUnavailableError(
-        f"cannot reach MongoDB at {mongo_uri(host)}: {error}; start the server or fix the URI")
-
-
 class MongoService:
-    """Documents in the collections of one MongoDB database, addressed by string `_id`."""
+    """Documents in the collections of one MongoDB database, addressed by string `_id`.
+
+    One client per instance; the document and GridFS stores that `open_store` gives for one URI share one.
+    """
 
     def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME):
         self.host = host
@@ -58,33 +59,45 @@ class MongoService:
         """The pymongo database (for GridFS and maintenance)."""
         return self._db
 
-    def _run(self, operation):
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Raise a pymongo error of the block as a StoreUnavailableError that names this server.
+
+        The one translation of pymongo errors into mmlib errors, for the document and the GridFS blob store. A
+        caller that means something else by an error (GridFS's `NoFile`: a missing blob) catches it inside the
+        block.
+        """
         try:
-            return operation()
+            yield
         except PyMongoError as error:
-            raise unreachable(self.host, error) from error
+            raise StoreUnavailableError(f"cannot reach MongoDB at {mongo_uri(self.host)}: {error}; start the "
+                                        "server or fix the URI") from error
 
     def save_dict(self, insert_dict: dict, collection: str, object_id: Optional[str] = None) -> str:
         """Insert or replace a document; returns its id."""
         document = {key: value for key, value in insert_dict.items() if key not in ("_id", _CREATED)}
         object_id = str(object_id or insert_dict.get("_id") or bson.ObjectId())
-        self._run(lambda: self._db[collection].update_one(
-            {"_id": object_id}, {"$set": {**document, _CREATED: time.time()}}, upsert=True))
+        with self.errors():
+            self._db[collection].update_one({"_id": object_id}, {"$set": {**document, _CREATED: time.time()}},
+                                            upsert=True)
         return object_id
 
     def get_ids(self, collection: str) -> list[str]:
         """All document ids of a collection in insertion order."""
-        documents = self._run(lambda: list(self._db[collection].find({}, {"_id": 1}).sort([(_CREATED, 1), ("_id", 1)])))
+        with self.errors():
+            documents = list(self._db[collection].find({}, {"_id": 1}).sort([(_CREATED, 1), ("_id", 1)]))
         return [str(document["_id"]) for document in documents]
 
     def created_times(self, collection: str) -> dict[str, float]:
         """id -> when each document of a collection was last saved (seconds since the epoch)."""
-        documents = self._run(lambda: list(self._db[collection].find({}, {_CREATED: 1})))
+        with self.errors():
+            documents = list(self._db[collection].find({}, {_CREATED: 1}))
         return {str(document["_id"]): float(document.get(_CREATED, 0.0)) for document in documents}
 
     def get_dict(self, object_id: str, collection: str) -> Optional[dict]:
         """The document without its `_id`, or None."""
-        document = self._run(lambda: self._db[collection].find_one({"_id": object_id}))
+        with self.errors():
+            document = self._db[collection].find_one({"_id": object_id})
         if document is not None:
             document.pop("_id")
             document.pop(_CREATED, None)
@@ -92,21 +105,26 @@ class MongoService:
 
     def add_attribute(self, object_id: str, attribute: dict, collection: str) -> None:
         """Set fields of one document."""
-        self._run(lambda: self._db[collection].update_one({"_id": object_id}, {"$set": attribute}))
+        with self.errors():
+            self._db[collection].update_one({"_id": object_id}, {"$set": attribute})
 
     def document_size(self, object_id: str, collection: str) -> Optional[int]:
         """BSON size of one document in bytes, or None when absent."""
-        document = self._run(lambda: self._db[collection].find_one({"_id": object_id}))
+        with self.errors():
+            document = self._db[collection].find_one({"_id": object_id})
         return None if document is None else len(bson.encode(document))
 
     def id_exists(self, object_id: str, collection: str) -> bool:
         """True only when the document exists."""
-        return self._run(lambda: self._db[collection].count_documents({"_id": object_id}, limit=1)) > 0
+        with self.errors():
+            return self._db[collection].count_documents({"_id": object_id}, limit=1) > 0
 
     def delete(self, object_id: str, collection: str) -> None:
         """Remove one document."""
-        self._run(lambda: self._db[collection].delete_one({"_id": object_id}))
+        with self.errors():
+            self._db[collection].delete_one({"_id": object_id})
 
     def collections(self) -> list[str]:
         """Names of the collections in the database."""
-        return sorted(self._run(self._db.list_collection_names))
+        with self.errors():
+            return sorted(self._db.list_collection_names())

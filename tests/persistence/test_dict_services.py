@@ -64,7 +64,7 @@ def _reopened(service):
     """A new service on the same store (a forked child must not use its parent's connections)."""
     if isinstance(service, SQLiteDictPersistenceService):
         return SQLiteDictPersistenceService(service.path)
-    return MongoDictPersistenceService(service.mongo_service.host, db_name=service.mongo_service.db_name)
+    return MongoDictPersistenceService(service._mongo_service.host, db_name=service._mongo_service.db_name)
 
 
 def _add_fields(service, dict_id: str, adder: int, start) -> None:

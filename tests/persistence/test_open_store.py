@@ -41,6 +41,12 @@ def test_mongo_uri_alone_gives_gridfs_blobs_in_the_database_the_uri_names(mongo_
     assert not MongoDictPersistenceService(mongo_uri).id_exists(doc_id, "thing")
 
 
+def test_mongo_uri_opens_one_client_for_documents_and_blobs(mongo_database):
+    mongo_uri, db_name = mongo_database
+    store = open_store(f"{mongo_uri}/{db_name}")
+    assert store.file_pers_service._mongo_service is store.dict_pers_service._mongo_service
+
+
 @pytest.mark.parametrize("uri, expected", [
     ("mongodb://host:27017", "mmlib"),
     ("mongodb://host:27017/", "mmlib"),
