@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv and install mmlib into it. `--test` adds the test and benchmark tools
-# (pytest, the secantusdb MongoDB wire-protocol server the tests start, transformers for the model zoo
-# tests, matplotlib).
+# Create .venv and install mmlib into it (with pymongo, a default dependency, so both stores work), with the
+# `examples` extra (Pillow, for the provenance example's images) and the `bench` one (matplotlib). `--test` adds
+# the `test` extra: pytest, the secantusdb MongoDB wire-protocol server the tests start, transformers for the
+# model zoo tests.
 #
 # torch comes pinned and first: an unpinned torch, or PyPI's torch on Linux, is a CUDA build of several GB.
 # A torch wheel that pip finds without an index (its find-links, e.g. a local folder of wheels) is used if
@@ -23,9 +24,9 @@ else
     echo "no local torch wheel: installing the CPU build of $torch_pin from $cpu_index"
     "${pip[@]}" install --quiet "$torch_pin" --index-url "$cpu_index"
 fi
-extras="bench"
+extras="examples,bench"
 if [ "${1:-}" = "--test" ]; then
-    extras="test,bench"
+    extras="test,examples,bench"
 fi
 "${pip[@]}" install --quiet -e ".[${extras}]"
 echo "mmlib is installed in $(pwd)/.venv; activate it with: source .venv/bin/activate"
