@@ -39,7 +39,7 @@ def _relation_series(model: dict[str, Any], metric: str, labels: dict[str, str],
     names = list(next(iter(model["relations"].values()))["approaches"])
     series = {}
     for name in names:
-        values = [model["relations"][relation]["approaches"][name][metric] for relation in relations]
+        values = [model["relations"][relation]["approaches"].get(name, {}).get(metric) for relation in relations]
         series[labels.get(name, name)] = [None if value is None else value * scale for value in values]
     return relations, series
 
@@ -96,12 +96,12 @@ def chain_plot(results: dict[str, Any], path: str) -> str:
     figure, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
     for axis, model in zip(axes[0], models):
         chain = model["chain"]
-        depths = chain["depths"]
-        axis.plot(depths, chain[ANCHOR]["ttr_s"], "k--", label="raw torch (anchor)")
+        versions = [depth + 1 for depth in chain["depths"]]
+        axis.plot(versions, chain[ANCHOR]["ttr_s"], "k--", label="raw torch (anchor)")
         for name, entry in chain["approaches"].items():
-            axis.plot(depths, entry["ttr_checks_s"], marker="o", markersize=3, label=labels.get(name, name))
+            axis.plot(versions, entry["ttr_checks_s"], marker="o", markersize=3, label=labels.get(name, name))
         axis.set_ylim(bottom=0)
-        axis.set_xlabel("version (depth in chain)")
+        axis.set_xlabel("version (1: the full snapshot)")
         axis.set_ylabel("TTR with checks (s)")
         axis.set_title(model["label"])
     figure.suptitle("U4: time to recover vs version chain depth")

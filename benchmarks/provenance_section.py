@@ -8,7 +8,7 @@ the live training (untimed), `add_weights_hash_info` (timed) and the `torch.save
 version's save and hash add to the store are measured untimed, also as a share of the base snapshot's: only a
 checkpoint (every `checkpoint_interval` versions) stores the optimizer's momentum buffers. Recovery of version
 k recovers the base and retrains k versions; the unpacked dataset is removed before each timed recovery, so
-every recovery unpacks it as a fresh node would. `provenance_growth_lines` turns the growth into markdown.
+every recovery unpacks it as a fresh node would.
 """
 
 import importlib
@@ -169,24 +169,6 @@ class ProvenanceBench:
 def _stores_training_state(service: AbstractSaveService, model_id: str) -> bool:
     """Whether a provenance version stores its training state (a checkpoint) or carries it from its base."""
     return not getattr(service._load_model_info(model_id).recover_info.train_info, "carried_state", None)
-
-
-def provenance_growth_lines(provenance: dict[str, Any]) -> list[str]:
-    """Markdown for the report: the bytes each provenance version adds to the store, as a share of one snapshot
-    of the model, with the largest share after the first version (which also stores the dataset)."""
-    from benchmarks.report import fmt_bytes, fmt_share, table  # here: report.py may import this module
-    if not provenance.get("available"):
-        return []
-    lines = []
-    for model in provenance["models"].values():
-        rows = [[model["label"], version["name"], "stored" if version["stores_training_state"] else "carried",
-                 fmt_bytes(version["store_growth_bytes"]), fmt_share(version["store_growth_share_of_snapshot"])]
-                for version in model["versions"]]
-        lines += ["", table(["model", "version", "training state", "store growth", "share of a snapshot"], rows),
-                  "", f"{model['label']}: each version after the first adds at most "
-                      f"{fmt_share(model['max_growth_share_after_first'])} of a {fmt_bytes(model['snapshot_bytes'])} "
-                      f"snapshot (training state stored every {model['checkpoint_interval']} versions)."]
-    return lines
 
 
 def _bytes_on_disk(directory: str) -> int:

@@ -14,49 +14,66 @@ from benchmarks.common import ANCHOR
 
 logger = logging.getLogger(__name__)
 
-TARGET_MODEL = "resnet50"
 COMPRESSED = "improved_update_compressed"
 
 
 @dataclass(frozen=True)
 class Target:
-    """A figure the project aims for: where it lives in a model's results and the largest acceptable value."""
+    """A figure the project aims for (issue #15's table): the model, where the figure lives in that model's results
+    (or, for provenance, in the provenance section's), and the largest acceptable value."""
 
     name: str
+    model: str
     path: tuple[str, ...]
     threshold: float
     unit: str
+    section: str = "models"
 
-    def measured(self, model_results: dict[str, Any]) -> Optional[float]:
-        value: Any = model_results
-        for key in self.path:
+    def measured(self, results: dict[str, Any]) -> Optional[float]:
+        value: Any = results.get(self.section, {})
+        if self.section == "provenance":
+            value = value.get("models", {})
+        for key in (self.model, *self.path):
             if not isinstance(value, dict) or key not in value:
                 return None
             value = value[key]
         return value if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
+def _u(relation: str, approach: str, figure: str) -> tuple[str, ...]:
+    return ("relations", relation, "approaches", approach, figure)
+
+
 TARGETS = [
-    Target("baseline TTS / raw torch.save (U1)", ("relations", "U1", "approaches", "baseline", "tts_ratio_to_anchor"),
+    Target("U3 full fine-tune, compressed update: TTS / raw torch.save", "resnet50",
+           _u("U3", COMPRESSED, "tts_ratio_to_anchor"), 3.0, "x"),
+    Target("U3 compressed update: TTR with checks / raw load", "resnet50",
+           _u("U3", COMPRESSED, "ttr_checks_ratio_to_anchor"), 0.6, "x"),
+    Target("U3 compressed update: TTR without checks / raw load", "resnet50",
+           _u("U3", COMPRESSED, "ttr_no_checks_ratio_to_anchor"), 0.6, "x"),
+    Target("U4 chain (version 1 the snapshot): slowest later version / version 1, checks on", "resnet18",
+           ("chain", "approaches", COMPRESSED, "slowest_update_over_snapshot"), 1.5, "x"),
+    Target("provenance, SGD momentum 0.9: bytes a version after the first adds / a snapshot", "resnet18",
+           ("max_growth_share_after_first",), 0.05, "%", section="provenance"),
+    Target("U1 baseline TTS / torch.save + fsync (durable against durable)", "resnet50",
+           _u("U1", "baseline", "tts_ratio_to_durable_anchor"), 1.0, "x"),
+    Target("U1 baseline with open_store(durable=False): TTS / plain torch.save", "resnet50",
+           _u("U1", "baseline_scratch", "tts_ratio_to_anchor"), 1.2, "x"),
+    Target("U1 baseline: TTR with checks / raw load", "resnet50", _u("U1", "baseline", "ttr_checks_ratio_to_anchor"),
            1.5, "x"),
-    Target("baseline TTR with checks / raw load (U1)",
-           ("relations", "U1", "approaches", "baseline", "ttr_checks_ratio_to_anchor"), 1.5, "x"),
-    Target("U2 storage of improved update (compressed) / baseline",
-           ("relations", "U2", "approaches", COMPRESSED, "storage_ratio_to_baseline"), 0.03, "%"),
-    Target("U3 storage of improved update (compressed) / baseline",
-           ("relations", "U3", "approaches", COMPRESSED, "storage_ratio_to_baseline"), 0.62, "%"),
-    Target("U4 chain TTR(last)/TTR(v1), improved update (compressed)",
-           ("chain", "approaches", COMPRESSED, "growth_last_over_first"), 1.5, "x"),
+    *(Target(f"U3 storage, compressed update / baseline snapshot ({model})", model,
+             _u("U3", COMPRESSED, "storage_ratio_to_baseline"), 0.59, "%") for model in ("resnet18", "resnet50")),
+    *(Target(f"U2 storage, compressed update / baseline snapshot ({model})", model,
+             _u("U2", COMPRESSED, "storage_ratio_to_baseline"), 0.02, "%") for model in ("resnet18", "resnet50")),
 ]
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target on ResNet-50: measured value, threshold and met (None when the figure was not measured)."""
-    model_results = results["models"].get(TARGET_MODEL, {})
+    """Each target: measured value, threshold and met (None when the figure was not measured in this run)."""
     evaluated = []
     for target in TARGETS:
-        value = target.measured(model_results)
-        evaluated.append({"target": target.name, "model": TARGET_MODEL, "unit": target.unit, "measured": value,
+        value = target.measured(results)
+        evaluated.append({"target": target.name, "model": target.model, "unit": target.unit, "measured": value,
                           "threshold": target.threshold, "met": None if value is None else value <= target.threshold})
     return evaluated
 
@@ -103,6 +120,11 @@ def _relation_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list
             anchor = figures[ANCHOR]
             rows.append([model["label"], relation, "raw torch (anchor)", fmt_bytes(anchor["file_bytes"]), "",
                          fmt_seconds(anchor["tts_s"]), "1.00x", fmt_seconds(anchor["ttr_s"]), "1.00x", "", "", ""])
+            durable = figures.get("anchor_durable")
+            if durable is not None:
+                rows.append([model["label"], relation, "raw torch.save + fsync (durable anchor)", "", "",
+                             fmt_seconds(durable["tts_s"]), fmt_ratio(durable["tts_s"] / anchor["tts_s"]),
+                             "", "", "", "", ""])
             for name, entry in figures["approaches"].items():
                 rows.append([model["label"], relation, labels.get(name, name), fmt_bytes(entry["storage_bytes"]),
                              fmt_share(entry["storage_ratio_to_baseline"]),
@@ -114,9 +136,9 @@ def _relation_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list
 
 
 def _slowest(seconds: list[float]) -> str:
-    """The longest recovery in a chain and the version it belongs to."""
+    """The longest recovery in a chain and the version (counted from 1, the snapshot) it belongs to."""
     depth = max(range(len(seconds)), key=seconds.__getitem__)
-    return f"{fmt_seconds(seconds[depth])} (v{depth})"
+    return f"{fmt_seconds(seconds[depth])} (version {depth + 1})"
 
 
 def _chain_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list[str]]:
@@ -127,13 +149,13 @@ def _chain_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list[st
             continue
         anchor = chain[ANCHOR]["ttr_s"]
         rows.append([model["label"], "raw torch (anchor)", fmt_seconds(anchor[0]), fmt_seconds(anchor[1]),
-                     fmt_seconds(anchor[-1]), _slowest(anchor), fmt_ratio(anchor[-1] / anchor[1]), "1.00x",
+                     fmt_seconds(anchor[-1]), _slowest(anchor), fmt_ratio(max(anchor[1:]) / anchor[0]), "1.00x",
                      "", ""])
         for name, entry in chain["approaches"].items():
             seconds = entry["ttr_checks_s"]
             rows.append([model["label"], labels.get(name, name), fmt_seconds(seconds[0]), fmt_seconds(seconds[1]),
                          fmt_seconds(seconds[-1]), _slowest(seconds),
-                         fmt_ratio(entry["growth_last_over_first"]),
+                         fmt_ratio(entry["slowest_update_over_snapshot"]),
                          fmt_ratio(entry["ttr_ratio_to_anchor"][-1]), fmt_bytes(entry["storage_total_bytes"]),
                          "yes" if entry["recovered_equal"] else "NO"])
     return rows
@@ -143,9 +165,9 @@ def _chain_section(results: dict[str, Any], labels: dict[str, str], chain_length
     rows = _chain_rows(results, labels)
     if not rows:
         return "Not run (no model was chosen for it with --chain-models)."
-    return table(["model", "approach", "TTR v0 (base)", "TTR v1", f"TTR v{chain_length}", "slowest version",
-                  f"TTR(v{chain_length})/TTR(v1)", f"v{chain_length} x anchor", "storage, all versions",
-                  f"v{chain_length} exact"], rows)
+    return table(["model", "approach", "TTR version 1 (snapshot)", "TTR version 2", f"TTR version {chain_length + 1}",
+                  "slowest version", "slowest of versions 2+ / version 1", f"version {chain_length + 1} x anchor",
+                  "storage, all versions", f"version {chain_length + 1} exact"], rows)
 
 
 def _provenance_section(provenance: dict[str, Any]) -> list[str]:
@@ -167,6 +189,21 @@ def _provenance_section(provenance: dict[str, Any]) -> list[str]:
                       f"{fmt_bytes(model['baseline_total_bytes'])} as baseline snapshots "
                       f"({fmt_share(model['storage_ratio_to_baseline'])}); the store's files grew by "
                       f"{fmt_bytes(model['store_bytes_on_disk'])} on disk for them."]
+    return lines + _provenance_growth_lines(provenance)
+
+
+def _provenance_growth_lines(provenance: dict[str, Any]) -> list[str]:
+    """The bytes each provenance version adds to the store, as a share of one snapshot of the model, with the
+    largest share after the first version (which also stores the dataset)."""
+    lines = []
+    for model in provenance["models"].values():
+        rows = [[model["label"], version["name"], "stored" if version["stores_training_state"] else "carried",
+                 fmt_bytes(version["store_growth_bytes"]), fmt_share(version["store_growth_share_of_snapshot"])]
+                for version in model["versions"]]
+        lines += ["", table(["model", "version", "training state", "store growth", "share of a snapshot"], rows),
+                  "", f"{model['label']}: each version after the first adds at most "
+                      f"{fmt_share(model['max_growth_share_after_first'])} of a {fmt_bytes(model['snapshot_bytes'])} "
+                      f"snapshot (training state stored every {model['checkpoint_interval']} versions)."]
     return lines
 
 
@@ -186,7 +223,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"run took {meta.get('elapsed_s', 0):.0f} s; 1-minute load average {meta['load_average_at_start'][0]:.1f} "
         f"at the start, {meta.get('load_average_at_end', [float('nan')])[0]:.1f} at the end.",
         "",
-        "Anchors: raw `torch.save(model.state_dict(), path)` into the store's directory, and raw "
+        "Anchors: raw `torch.save(model.state_dict(), path)` into the store's directory (U1 also: the same "
+        "followed by `fsync` of the file and its directory, the durable anchor for the durable baseline), and raw "
         "`torch.load(path, weights_only=True)` + constructing the model + `load_state_dict`. "
         "Each approach saves into its own fresh store next to the anchor files; every timed save and recovery "
         "starts with the service's in-process cache emptied (it reads its base or weights from the store). "
@@ -202,9 +240,9 @@ def markdown(results: dict[str, Any]) -> str:
               "", f"## U4: version chain of {chain_length} fine-tuned versions (TTR with checks)", "",
               _chain_section(results, labels, chain_length),
               "", "## Provenance", "", *_provenance_section(results["provenance"]),
-              "", "## Targets (ResNet-50)", "",
-              table(["target", "measured", "threshold", "status"],
-                    [[target["target"], _fmt_target_value(target["measured"], target["unit"]),
+              "", "## Targets (issue #15's table)", "",
+              table(["target", "model", "measured", "threshold", "status"],
+                    [[target["target"], target["model"], _fmt_target_value(target["measured"], target["unit"]),
                       _fmt_target_value(target["threshold"], target["unit"]), _status(target["met"])]
                      for target in results["targets"]])]
     return "\n".join(lines) + "\n"

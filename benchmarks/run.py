@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from benchmarks import plots, provenance_section, report
+from benchmarks.save_durability import durable_torch_save
 from benchmarks.common import (ANCHOR, BATCH_SIZE, IMAGE_SIZE, MODEL_LABELS, RESULTS_DIR, Approach, Progress,
                                Step, median_seconds, ratio, raw_load, total_bytes, train_steps, without_cache)
 from mmlib.approaches.base import AbstractSaveService
@@ -60,6 +61,10 @@ APPROACHES = [
     Approach("improved_update_compressed", "improved update (compressed deltas)", "WeightUpdateSaveService",
              {"improved_version": True}),
 ]
+# Measured in U1 only: the baseline on a store opened with `durable=False` (no fsync), for scratch checkpoints,
+# against plain torch.save; the durable baseline is also compared with torch.save + fsync (DURABLE_ANCHOR).
+SCRATCH = Approach("baseline_scratch", "baseline, open_store(durable=False)", "BaselineSaveService")
+DURABLE_ANCHOR = "anchor_durable"
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,8 @@ def parse_settings(argv: Optional[list[str]]) -> Settings:
                         help="models that also run the provenance part (default: those of --models if given, else "
                              f"{' '.join(FULL_PROVENANCE_MODELS)}; quick: {' '.join(QUICK_MODELS)})")
     parser.add_argument("--chain-length", type=_at_least(2),
-                        help="versions derived in the U4 chain (default: 10, quick: 4)")
+                        help="versions derived from the snapshot in the U4 chain (default: 9, so the chain has 10 "
+                             "versions, version 1 the full snapshot; quick: 4)")
     parser.add_argument("--work-dir", help="where the stores and anchor files are written (default: system temp)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -134,7 +140,7 @@ def parse_settings(argv: Optional[list[str]]) -> Settings:
     if extra:
         parser.error(f"--chain-models {' '.join(extra)} are not among the models run ({' '.join(models)})")
     return Settings(quick=quick, models=models, repeats=args.repeats or (2 if quick else 5), chain_models=chain_models,
-                    chain_length=args.chain_length or (4 if quick else 10), chain_repeats=args.repeats or 2,
+                    chain_length=args.chain_length or (4 if quick else 9), chain_repeats=args.repeats or 2,
                     train_steps=2 if quick else 3, provenance_models=provenance_models,
                     provenance_versions=2 if quick else 10, provenance_repeats=args.repeats or 2,
                     out_dir=os.path.abspath(args.out), work_dir=args.work_dir)
@@ -150,10 +156,11 @@ class ModelBench:
     def __init__(self, key: str, settings: Settings, env: Environment, progress: Progress, root: str):
         self.key, self.label, self.cls = key, MODEL_LABELS.get(key, key), REFERENCE_MODELS[key]
         self.settings, self.env, self.progress, self.root = settings, env, progress, root
-        self.approaches = [approach for approach in APPROACHES if approach.available()]
+        self.approaches = list(APPROACHES)
         self.services: dict[str, AbstractSaveService] = {
             approach.name: approach.create(*open_store(os.path.join(root, approach.name)))
             for approach in self.approaches}
+        self.services[SCRATCH.name] = SCRATCH.create(*open_store(os.path.join(root, SCRATCH.name), durable=False))
         self.base_ids: dict[str, str] = {}
         self.base_model: Optional[torch.nn.Module] = None
 
@@ -178,16 +185,20 @@ class ModelBench:
                 for round_index in rounds]
 
     def relation(self, relation: str) -> dict[str, Any]:
-        """TTS, TTR with and without checks, and storage of one relation, for the anchor and every approach."""
+        """TTS, TTR with and without checks, and storage of one relation, for the anchor and every approach
+        (U1 adds the durable anchor and the non-durable baseline)."""
         self.step(f"{relation} {RELATIONS[relation]}: building {self.settings.repeats + 1} models")
         variants = self._variants(relation)
+        approaches = self.approaches + ([SCRATCH] if relation == U1 else [])
         if relation == U1:
             self.base_model = variants[0]
-        saved: dict[str, dict[int, str]] = {approach.name: {} for approach in self.approaches}
+        saved: dict[str, dict[int, str]] = {approach.name: {} for approach in approaches}
 
-        def anchor_save(round_index: int) -> Callable[[], Any]:
-            model, path = variants[round_index], self._anchor_path(f"{relation}-{round_index}")
-            return lambda: torch.save(model.state_dict(), path)
+        def anchor_save(save: Callable[[dict, str], Any], kind: str) -> Step:
+            def prepare(round_index: int) -> Callable[[], Any]:
+                model, path = variants[round_index], self._anchor_path(f"{relation}-{kind}-{round_index}")
+                return lambda: save(model.state_dict(), path)
+            return prepare
 
         def approach_save(name: str) -> Step:
             """A save that finds its base in the store, not in the service's cache of recent versions."""
@@ -202,14 +213,17 @@ class ModelBench:
             return prepare
 
         self.step(f"{relation}: timing saves ({self.settings.repeats} runs + warm-up)")
-        tts = median_seconds({ANCHOR: anchor_save, **{a.name: approach_save(a.name) for a in self.approaches}},
+        anchors = {ANCHOR: anchor_save(torch.save, "plain")}
+        if relation == U1:
+            anchors[DURABLE_ANCHOR] = anchor_save(durable_torch_save, "durable")
+        tts = median_seconds({**anchors, **{a.name: approach_save(a.name) for a in approaches}},
                              self.settings.repeats)
         if relation == U1:
             self.base_ids = {name: ids[0] for name, ids in saved.items()}
         measured_id = {name: ids[1] for name, ids in saved.items()}
         result: dict[str, Any] = {"description": RELATIONS[relation], "approaches": {}}
         self.step(f"{relation}: timing recoveries with and without checks")
-        anchor_path = self._anchor_path(f"{relation}-1")
+        anchor_path = self._anchor_path(f"{relation}-plain-1")
         recover_steps: dict[str, Step] = {ANCHOR: lambda _round: lambda: raw_load(self.cls, anchor_path)}
         for name, model_id in measured_id.items():
             for checks in (True, False):
@@ -218,7 +232,10 @@ class ModelBench:
         result[ANCHOR] = {"tts_s": tts[ANCHOR]["median_s"], "ttr_s": ttr[ANCHOR]["median_s"],
                           "file_bytes": os.path.getsize(anchor_path),
                           "runs": {"tts_s": tts[ANCHOR]["runs_s"], "ttr_s": ttr[ANCHOR]["runs_s"]}}
-        for approach in self.approaches:
+        if relation == U1:
+            result[DURABLE_ANCHOR] = {"tts_s": tts[DURABLE_ANCHOR]["median_s"],
+                                      "runs": {"tts_s": tts[DURABLE_ANCHOR]["runs_s"]}}
+        for approach in approaches:
             name = approach.name
             sizes = self.services[name].model_save_size(measured_id[name])
             entry = {
@@ -227,6 +244,8 @@ class ModelBench:
                 "size_info": sizes,
                 "tts_s": tts[name]["median_s"],
                 "tts_ratio_to_anchor": ratio(tts[name]["median_s"], tts[ANCHOR]["median_s"]),
+                "tts_ratio_to_durable_anchor": (ratio(tts[name]["median_s"], tts[DURABLE_ANCHOR]["median_s"])
+                                                if relation == U1 else None),
                 "recovered_equal": self._recovers_exactly(name, measured_id[name], variants[1]),
                 "runs": {"tts_s": tts[name]["runs_s"]},
             }
@@ -293,6 +312,7 @@ class ModelBench:
                 "ttr_checks_s": seconds,
                 "ttr_ratio_to_anchor": [ratio(s, a) for s, a in zip(seconds, result[ANCHOR]["ttr_s"])],
                 "growth_last_over_first": ratio(seconds[-1], seconds[1]),
+                "slowest_update_over_snapshot": ratio(max(seconds[1:]), seconds[0]),
                 "storage_bytes": storage,
                 "storage_total_bytes": sum(storage),
                 "recovered_equal": self._recovers_exactly(name, chain_ids[-1], versions[-1]),
@@ -326,8 +346,8 @@ def _metadata(settings: Settings) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "models": settings.models,
         "approaches": {approach.name: {"label": approach.label, "class": approach.service_class,
-                                       "kwargs": dict(approach.kwargs), "available": approach.available()}
-                       for approach in APPROACHES},
+                                       "kwargs": dict(approach.kwargs), "available": True}
+                       for approach in [*APPROACHES, SCRATCH]},
         "repeats": settings.repeats,
         "chain_models": settings.chain_models,
         "chain_length": settings.chain_length,

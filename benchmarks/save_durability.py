@@ -28,7 +28,7 @@ DURABLE_SAVE = "baseline save_model (durable, the default)"
 SCRATCH_SAVE = "baseline save_model, open_store(durable=False)"
 
 
-def _durable_torch_save(state_dict: dict, path: str) -> None:
+def durable_torch_save(state_dict: dict, path: str) -> None:
     """What a careful user does for a checkpoint that must survive a power failure."""
     with open(path, "wb") as handle:
         torch.save(state_dict, handle)
@@ -59,7 +59,7 @@ def measure(model_key: str, repeats: int, work_dir: str) -> list[tuple[str, floa
             return lambda: services[durable].save_model(info)
         return prepare
 
-    steps = {PLAIN_ANCHOR: anchor(torch.save, "plain"), DURABLE_ANCHOR: anchor(_durable_torch_save, "durable"),
+    steps = {PLAIN_ANCHOR: anchor(torch.save, "plain"), DURABLE_ANCHOR: anchor(durable_torch_save, "durable"),
              DURABLE_SAVE: mmlib_save(True), SCRATCH_SAVE: mmlib_save(False)}
     medians = {name: result["median_s"] for name, result in median_seconds(steps, repeats).items()}
     anchors = {PLAIN_ANCHOR: PLAIN_ANCHOR, DURABLE_ANCHOR: DURABLE_ANCHOR, DURABLE_SAVE: DURABLE_ANCHOR,

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from benchmarks import report
 from benchmarks.common import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +45,10 @@ def test_quick_benchmark_json_has_every_figure(quick_run):
     assert results["models"]
     for model in results["models"].values():
         assert set(model["relations"]) == {"U1", "U2", "U3"}
+        base = model["relations"]["U1"]
+        assert base["anchor_durable"]["tts_s"] > 0
+        assert base["approaches"]["baseline"]["tts_ratio_to_durable_anchor"] > 0
+        assert "baseline_scratch" in base["approaches"]
         for relation in model["relations"].values():
             assert relation["anchor"]["tts_s"] > 0 and relation["anchor"]["ttr_s"] > 0
             assert relation["approaches"]
@@ -57,7 +62,8 @@ def test_quick_benchmark_json_has_every_figure(quick_run):
             assert len(entry["ttr_checks_s"]) == chain["length"] + 1
             assert all(seconds > 0 for seconds in entry["ttr_checks_s"])
             assert entry["growth_last_over_first"] > 0 and entry["recovered_equal"] is True
-    assert len(results["targets"]) == 5
+            assert entry["slowest_update_over_snapshot"] == max(entry["ttr_checks_s"][1:]) / entry["ttr_checks_s"][0]
+    assert len(results["targets"]) == len(report.TARGETS)
     if results["provenance"]["available"]:
         for model in results["provenance"]["models"].values():
             assert all(version["storage_bytes"] > 0 and version["ttr_checks_s"] > 0 for version in model["versions"])
