@@ -9,7 +9,7 @@ import io
 import pytest
 import torch
 
-from mmlib.approaches import model_state
+from mmlib.approaches import model_building
 from mmlib.equal import state_dict_equal
 from mmlib.errors import IntegrityError, InvalidSaveInfoError
 from mmlib.maintenance import verify
@@ -230,7 +230,7 @@ def test_a_model_recovered_from_one_store_saves_with_its_code_into_another(tmp_p
 def test_a_rebuild_that_loses_a_tie_fails_the_check(local_stores, monkeypatch):
     service = BaselineSaveService(*local_stores)
     model_id = service.save_model(save_info(ZOO["tied_decoder_lm"].build()))
-    monkeypatch.setattr(model_state, "_restore_layout", lambda model, layout: None)
+    monkeypatch.setattr(model_building, "_restore_layout", lambda model, layout: None)
     with pytest.raises(IntegrityError, match="tied"):
         service.recover_model(model_id, execute_checks=True)
 

@@ -1,28 +1,26 @@
-"""What every save approach shares: validation, snapshots, code lookup, weights I/O and checks.
+"""The abstract save service: validation, timing log, snapshots (save and recovery), weights I/O and checks.
 
 Every save writes blobs first, then metadata documents in dependency order, and
 the model document last: a model is listed only once all it needs is stored.
 """
 
-import ast
-import concurrent.futures
 import contextlib
 import functools
-import inspect
 import json
 import logging
 import os
 import tempfile
-import sys
 import time
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from mmlib.approaches.model_state import (CapturedState, capture, check_rebuildable, module_types, rebuild,
-                                          state_shapes)
+from mmlib.approaches.concurrency import run_beside
+from mmlib.approaches.model_building import rebuild
+from mmlib.approaches.model_source import ModelSource, resolve_model_source
+from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, module_types, state_shapes
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
@@ -30,15 +28,12 @@ from mmlib.schema.environment import Environment
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
-from mmlib.schema.restorable_object import check_json_value
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_format import check_store_format
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.track_env import check_environment, check_package, imported_distributions, track_current_environment
-from mmlib.util.hash import new_hasher
-from mmlib.util.init_from_file import (check_class_name, create_type, distribution_of, import_object,
-                                       stored_code_of)
+from mmlib.util.init_from_file import check_class_name, create_type, distribution_of, import_object
 from mmlib.util.safetensors_io import read_state_dict, write_state_dict
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 
@@ -50,73 +45,6 @@ START_STOP, EVENT_ID, APPROACH, METHOD, EVENT, TIME = "start-stop", "_id", "appr
 START, STOP, ALL_EVENTS = "start", "stop", "all"
 _LOGGED_METHODS = ("save_model", "recover_model")
 _REBUILDABLE_CACHE_SIZE = 64
-
-def run_beside(background: Callable[[], Any], foreground: Callable[[], Any]) -> tuple[Any, Any]:
-    """Run `background` in a thread while `foreground` runs here; returns both results.
-
-    Pays off for hashing beside file I/O: both release the GIL, so they share the cores.
-    """
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib") as pool:
-        pending = pool.submit(background)
-        result = foreground()
-        return pending.result(), result
-
-
-def _source_file(cls: type) -> Optional[str]:
-    """The .py file defining `cls`, or None for classes from `__main__` (scripts, notebooks) or without a file."""
-    if cls.__module__ == "__main__":
-        return None
-    try:
-        return inspect.getsourcefile(cls)
-    except (TypeError, OSError):
-        return None
-
-
-@functools.lru_cache(maxsize=256)
-def _imports_relatively(path: str, modified: float) -> bool:
-    """Whether the Python file at `path` (as of mtime `modified`) has relative imports (`from . import x`)."""
-    with open(path, "rb") as handle:
-        tree = ast.parse(handle.read(), filename=path)
-    return any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
-
-
-def _package_import_path(cls: type) -> Optional[str]:
-    """`module:Class` for a class whose source file cannot be loaded on its own (it imports relatively, as modules
-    of installed packages such as torch.nn or transformers do), so recovery imports it instead; else None."""
-    source = _source_file(cls)
-    if stored_code_of(cls) is not None or not source or not os.path.isfile(source):
-        return None
-    try:
-        relative = _imports_relatively(source, os.path.getmtime(source))
-    except (OSError, SyntaxError, ValueError):
-        return None
-    if not relative:
-        return None
-    _check_top_level(cls)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _check_top_level(cls: type) -> None:
-    """Recovery imports the class by its name from its module: refuse nested, local or renamed classes."""
-    module = sys.modules.get(cls.__module__)
-    if getattr(module, cls.__name__, None) is not cls:
-        raise InvalidSaveInfoError(
-            f"{cls.__qualname__} is not a top-level name of its module {cls.__module__!r} (a nested or local "
-            "class, or one renamed after definition), so it could not be imported at recovery; define it at "
-            "module level, or save with a factory: add_model_info(model_import='package.module:factory')")
-
-
-class ModelSource(NamedTuple):
-    """How a snapshot rebuilds its model: a code file or an import path, plus JSON constructor arguments.
-
-    `target` is the class or factory that recovery will call, here in this process (for validation).
-    """
-
-    code: Optional[FileReference]
-    model_import: Optional[str]
-    init_args: Optional[dict]
-    package: Optional[dict]
-    target: Callable[..., Any]
 
 
 class AbstractSaveService(ABC):
@@ -234,71 +162,10 @@ class AbstractSaveService(ABC):
         if save_info.base_model is not None:
             self._require_model(save_info.base_model)
 
-    def _model_code(self, save_info: ModelSaveInfo) -> tuple[FileReference, Callable[..., Any]]:
-        """The code file that defines the model's class, and the class itself, from the first source that has them:
-        the file given with the save info, the stored code the class was recovered from (stored again in this
-        store, or found there), the class's source file, or the code of the base model."""
-        cls = type(save_info.model)
-        if save_info.model_code is not None:
-            if not os.path.isfile(save_info.model_code):
-                raise InvalidSaveInfoError(f"model code file {save_info.model_code!r} does not exist; pass the .py "
-                                           f"file that defines {cls.__name__}")
-            try:
-                target = create_type(save_info.model_code, check_class_name(cls.__name__))
-            except (ImportError, AttributeError, SyntaxError) as error:
-                raise InvalidSaveInfoError(f"the code file {save_info.model_code!r} does not define {cls.__name__} "
-                                           f"({error}); pass the .py file that defines the model's class") from error
-            return FileReference(path=save_info.model_code), target
-        stored_code = stored_code_of(cls)
-        if stored_code is not None:
-            _check_top_level(cls)
-            return FileReference(path=self._stored_code_copy(*stored_code)), cls
-        source = _source_file(cls)
-        if source and os.path.isfile(source):
-            _check_top_level(cls)
-            return FileReference(path=source), cls
-        if save_info.base_model is not None:
-            return FileReference(reference_id=self._root_snapshot(save_info.base_model).model_code.reference_id), cls
-        raise InvalidSaveInfoError(
-            f"cannot find the source file of {cls.__qualname__} (defined in {cls.__module__!r}, e.g. a notebook); "
-            "move the class into a .py module or pass its file with add_model_info(code=...)")
-
-    def _stored_code_copy(self, file_name: str, source: bytes) -> str:
-        """A file holding code a class was recovered from, so the save stores it (content-addressed: once)."""
-        directory = os.path.join(self._restore_root, "recovered-code", new_hasher().update(source).hexdigest()[:16])
-        path = os.path.join(directory, file_name)
-        if not os.path.isfile(path):
-            os.makedirs(directory, exist_ok=True)
-            with open(path, "wb") as handle:
-                handle.write(source)
-        return path
-
     def _model_source(self, save_info: ModelSaveInfo) -> ModelSource:
-        """How the snapshot will rebuild the model: given import path or code, else what its base used."""
-        init_args = save_info.init_args
-        if save_info.model_import is not None:
-            try:
-                target = import_object(save_info.model_import)
-            except (ImportError, AttributeError) as error:
-                raise InvalidSaveInfoError(f"cannot import {save_info.model_import!r}: {error}; give an import path "
-                                           "'package.module:ClassOrFactory' of an installed package") from error
-            return ModelSource(None, save_info.model_import, _checked_init_args(init_args, target),
-                               distribution_of(save_info.model_import), target)
-        if save_info.model_code is None and save_info.base_model is not None:
-            root = self._root_snapshot(save_info.base_model)
-            init_args = init_args if init_args is not None else root.model_init_args
-            if root.model_import is not None and root.model_class_name == type(save_info.model).__name__:
-                target = self._import_target(root)
-                return ModelSource(None, root.model_import, _checked_init_args(init_args, target), root.model_package,
-                                   target)
-        package_import = _package_import_path(type(save_info.model)) if save_info.model_code is None else None
-        if package_import is not None:
-            logger.info("%s comes from a package module that cannot be loaded on its own; saving it by import path "
-                        "%s", type(save_info.model).__qualname__, package_import)
-            return ModelSource(None, package_import, _checked_init_args(init_args, type(save_info.model)),
-                               distribution_of(package_import), type(save_info.model))
-        code, target = self._model_code(save_info)
-        return ModelSource(code, None, _checked_init_args(init_args, target), None, target)
+        """How a snapshot of the model will be rebuilt (see `resolve_model_source` for the sources it tries)."""
+        return resolve_model_source(save_info, self._root_snapshot, self._import_target,
+                                    os.path.join(self._restore_root, "recovered-code"))
 
     def _check_rebuildable(self, model: torch.nn.Module, source: ModelSource, captured: CapturedState) -> None:
         """Refuse, before anything is written, a model that `source` would not rebuild (checked once per
@@ -435,27 +302,6 @@ def _emit(record: dict, model_id: Optional[str]) -> None:
     """Print one timing event as the original MMlib does (a JSON line on stdout) and log it with the model id."""
     print(json.dumps(record), flush=True)
     logger.info(json.dumps({**record, "model_id": model_id}))
-
-
-def _checked_init_args(init_args: Any, target: Callable[..., Any]) -> Optional[dict]:
-    """`init_args` if they are a JSON dict that the signature of `target` accepts; InvalidSaveInfoError otherwise."""
-    if init_args is None:
-        return None
-    if not isinstance(init_args, dict) or not all(isinstance(name, str) for name in init_args):
-        raise InvalidSaveInfoError(f"init_args must be a dict of keyword arguments, got {init_args!r:.80}; e.g. "
-                                   "add_model_info(..., init_args={'num_classes': 10})")
-    check_json_value(init_args, "init_args",
-                     hint="pass objects the constructor needs through a factory function instead")
-    try:
-        signature = inspect.signature(target)
-    except (TypeError, ValueError):
-        return init_args
-    try:
-        signature.bind(**init_args)
-    except TypeError as error:
-        raise InvalidSaveInfoError(f"{getattr(target, '__qualname__', target)}{signature} does not accept init_args "
-                                   f"{init_args!r:.200}: {error}; pass the keyword arguments it takes") from error
-    return init_args
 
 
 def merkle_tree(captured: CapturedState) -> WeightDictMerkleTree:

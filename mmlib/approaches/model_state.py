@@ -1,39 +1,27 @@
-"""A model's state as mmlib stores it, and rebuilding the very same model from it.
+"""A model's state as mmlib stores it, and the check that the saved model can be built again.
 
 `capture(model)` splits `model.state_dict()` into the tensors to store, each once however many names
 share it, and a JSON-able `StateLayout` with the rest a faithful rebuild needs: which names share a tensor
 (tied weights), per-module versions (`state_dict()._metadata`, which `_load_from_state_dict` migrations
 read), JSON extra states, the dtypes of non-persistent buffers, frozen parameters and modules in eval mode.
-`rebuild` constructs the model (on the meta device where that is safe, so no random initialisation is paid
-for), assigns the stored tensors and restores the layout. `check_rebuildable` runs before a save writes
-anything, so a model that could not come back is refused instead of getting an id.
-
-While a model is built on the meta device, `torch.nn.init`'s functions are patched process-wide (under a
-lock) to skip meta tensors.
+`check_rebuildable` runs before a save writes anything, so a model that could not come back is refused
+instead of getting an id; `mmlib.approaches.model_building.rebuild` builds it at recovery.
 """
 
-import collections
-import contextlib
 import json
-import logging
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
-from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
+from mmlib.approaches.model_building import CONSTRUCTION_ERRORS, meta_construction
+from mmlib.approaches.model_building import rebuild  # noqa: F401 - benchmarks import it from here
+from mmlib.errors import InvalidSaveInfoError
 from mmlib.save_info import unwrap_compiled
 from mmlib.schema.state_layout import StateLayout
-from mmlib.util.dtypes import dtype_from_name, dtype_name
-
-logger = logging.getLogger(__name__)
+from mmlib.util.dtypes import dtype_name
 
 EXTRA_STATE_SUFFIX = "_extra_state"
-
-_INIT_FUNCTION_NAMES = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
-_INIT_PATCH_LOCK = threading.Lock()
-_CONSTRUCTION_ERRORS = (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError, IndexError)
 
 
 @dataclass
@@ -125,121 +113,6 @@ def capture(model: torch.nn.Module) -> CapturedState:
     return CapturedState(tensors, layout, list(state))
 
 
-def _skip_on_meta(init_function):
-    def init_unless_meta(tensor, *args, **kwargs):
-        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
-            return tensor
-        return init_function(tensor, *args, **kwargs)
-    return init_unless_meta
-
-
-@contextlib.contextmanager
-def meta_construction() -> Iterator[None]:
-    """Build modules on the meta device, with `torch.nn.init` skipped for meta tensors (process-wide, locked).
-
-    Initialising a meta tensor has no effect but is slow (the first call imports torch's reference kernels).
-    """
-    with _INIT_PATCH_LOCK:
-        originals = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTION_NAMES}
-        for name, function in originals.items():
-            setattr(torch.nn.init, name, _skip_on_meta(function))
-        try:
-            with torch.device("meta"):
-                yield
-        finally:
-            for name, function in originals.items():
-                setattr(torch.nn.init, name, function)
-
-
-def _plain_tensor_attributes(module: torch.nn.Module) -> Iterator[torch.Tensor]:
-    """Tensors a module keeps as plain attributes (outside parameters and buffers), one level into containers."""
-    for value in vars(module).values():
-        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
-        yield from (item for item in items if isinstance(item, torch.Tensor))
-
-
-def _left_on_meta(model: torch.nn.Module) -> bool:
-    """Whether any tensor of the model, stored or not, is still on the meta device."""
-    return any(tensor.is_meta for module in model.modules()
-               for tensor in (*module._parameters.values(), *module._buffers.values(),
-                              *_plain_tensor_attributes(module)) if tensor is not None)
-
-
-def _state_to_load(tensors: Mapping[str, torch.Tensor], layout: StateLayout) -> "collections.OrderedDict":
-    """The state dict `load_state_dict` gets: stored tensors, aliases, JSON extra states and module versions."""
-    state = collections.OrderedDict(tensors)
-    for name, first in layout.aliases.items():
-        if first not in tensors:
-            raise IntegrityError(f"state-dict name {name!r} shares the tensor {first!r}, which is not stored; "
-                                 "run `mmlib verify` and restore the store from a backup")
-        state[name] = tensors[first]
-    state.update(layout.extra_states)
-    state._metadata = collections.OrderedDict(
-        (prefix, dict(entry)) for prefix, entry in layout.module_metadata.items())
-    return state
-
-
-def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
-    path, _, leaf = name.rpartition(".")
-    return model.get_submodule(path), leaf
-
-
-def _restore_layout(model: torch.nn.Module, layout: StateLayout) -> None:
-    """Tie shared tensors, cast non-persistent buffers, freeze parameters and set train/eval as saved."""
-    for name in layout.tied:
-        first_owner, first_leaf = _owner(model, layout.aliases[name])
-        shared = first_owner._parameters.get(first_leaf, first_owner._buffers.get(first_leaf))
-        owner, leaf = _owner(model, name)
-        slots = owner._parameters if leaf in owner._parameters else owner._buffers
-        slots[leaf] = shared
-    for name, dtype in layout.buffer_dtypes.items():
-        owner, leaf = _owner(model, name)
-        buffer = owner._buffers.get(leaf)
-        if buffer is not None:
-            owner._buffers[leaf] = buffer.to(dtype=dtype_from_name(dtype))
-    frozen = set(layout.frozen)
-    for name, parameter in model.named_parameters(remove_duplicate=False):
-        parameter.requires_grad_(name not in frozen)
-    in_eval = set(layout.eval_modules)
-    for name, module in model.named_modules(remove_duplicate=False):
-        module.training = name not in in_eval
-
-
-def rebuild(factory: Callable[[], torch.nn.Module], tensors: Mapping[str, torch.Tensor],
-            layout: StateLayout) -> torch.nn.Module:
-    """The saved model, built by `factory` and given the stored tensors (assigned, so they keep their dtype).
-
-    Built on the meta device first; when anything is left there (a tensor attribute, a non-persistent buffer),
-    meta construction is not safe for the class, and it is built normally instead.
-    """
-    state = _state_to_load(tensors, layout)
-    try:
-        with meta_construction():
-            model = _module_from(factory)
-        model.load_state_dict(state, assign=True)
-        if not _left_on_meta(model):
-            _restore_layout(model, layout)
-            return model
-        logger.debug("%r keeps tensors outside its state dict; building it normally", factory)
-    except IncompatibleModelError:
-        raise
-    except _CONSTRUCTION_ERRORS as error:
-        logger.debug("meta-device construction of %r failed (%s); building it normally", factory, error)
-    model = _module_from(factory)
-    model.load_state_dict(state, assign=True)
-    _restore_layout(model, layout)
-    return model
-
-
-def _module_from(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """What `factory` builds, which must be a module (a stored factory may have been changed to build another)."""
-    model = factory()
-    if not isinstance(model, torch.nn.Module):
-        raise IncompatibleModelError(f"{factory!r} builds a {type(model).__name__}, not a torch.nn.Module; the stored "
-                                     "class or factory is not the model's: run `mmlib verify`")
-    return model
-
-
 def state_shapes(values: Mapping[str, Any]) -> dict[str, Optional[list[int]]]:
     """State-dict name -> tensor shape (None for an extra state that is not a tensor)."""
     return {name: list(value.shape) if isinstance(value, torch.Tensor) else None for name, value in values.items()}
@@ -261,7 +134,7 @@ def check_rebuildable(factory: Callable[[], torch.nn.Module], captured: Captured
     try:
         with meta_construction():
             built = factory()
-    except _CONSTRUCTION_ERRORS:
+    except CONSTRUCTION_ERRORS:
         built = None
     try:
         built = built if built is not None else factory()
@@ -296,3 +169,4 @@ def check_rebuildable(factory: Callable[[], torch.nn.Module], captured: Captured
     if list(expected) != captured.names:
         raise InvalidSaveInfoError(f"{describe} registers the model's layers in another order than the saved model; "
                                    f"{hint}")
+

@@ -40,7 +40,7 @@ from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import ModelInfo, record_weights_hash
 from mmlib.schema.recover_info import ProvenanceRecoverInfo
 from mmlib.schema.restorable_object import (STATE_FILE, StateDictRestorableObjectWrapper,
-                                            StateFileRestorableObjectWrapper, check_json_value, source_file_reference)
+                                            StateFileRestorableObjectWrapper, check_json_value, source_file)
 from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
@@ -170,12 +170,12 @@ class ProvenanceSaveService(AbstractSaveService):
     @staticmethod
     def _wrapper_code(wrapper: StateDictRestorableObjectWrapper) -> FileReference:
         """The file defining the wrapper's class (recovery imports the subclass from it)."""
-        source = source_file_reference(wrapper)
+        source = source_file(type(wrapper))
         if source is None:
             raise InvalidSaveInfoError(
                 f"cannot find the source file of {type(wrapper).__qualname__}; define the train service wrapper "
                 "in a .py module (not in __main__ or a notebook)")
-        return source
+        return FileReference(path=source)
 
     def _save_provenance(self, save_info: ProvModelSaveInfo) -> str:
         """Store data, train service and environment; the model document last (its weights hash comes later)."""

@@ -66,13 +66,12 @@ def _as_file_reference(code: Union[FileReference, str, None]) -> Optional[FileRe
     return FileReference(path=code) if isinstance(code, (str, os.PathLike)) else code
 
 
-def source_file_reference(instance: Any) -> Optional[FileReference]:
-    """The file defining the instance's class, or None when it has none (defined in `__main__` or a notebook)."""
-    cls = type(instance)
+def source_file(cls: type) -> Optional[str]:
+    """The .py file defining `cls`, or None for classes from `__main__` (scripts, notebooks) or without a file."""
     if cls.__module__ == "__main__":
         return None
     try:
-        return FileReference(path=inspect.getsourcefile(cls))
+        return inspect.getsourcefile(cls)
     except (TypeError, OSError):
         return None
 
@@ -99,7 +98,7 @@ class AbstractRestorableObjectWrapper(SchemaObj):
         self.import_cmd = import_cmd
         self.code = _as_file_reference(code)
         if self.code is None and import_cmd is None and instance is not None:
-            self.code = source_file_reference(instance)
+            self.code = _as_file_reference(source_file(type(instance)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(class_name={self.class_name!r}, store_id={self.store_id!r})"
