@@ -14,4 +14,4 @@ COPY --from=build /dist /dist
 RUN pip install --no-cache-dir /dist/*.whl
 # The example keeps its store in ./mmlib-store: under /data, where a volume can keep it (-v DIR:/data).
 WORKDIR /data
-CMD ["python", "-m", "mmlib.examples.baseline"]
+CMD ["python", "-m", "mmlib.demo.baseline"]

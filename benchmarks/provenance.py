@@ -25,9 +25,9 @@ import torch
 from benchmarks.common import RESULTS_DIR, Progress, ratio, total_bytes, write_json
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG, VALUES
+from mmlib.demo.image_classification import image_classification_train_wrapper
+from mmlib.demo.image_data import generate_image_dataset
 from mmlib.deterministic import deterministic
-from mmlib.examples.image_classification import image_classification_train_wrapper
-from mmlib.examples.image_data import generate_image_dataset
 from mmlib.models import ResNet18
 from mmlib.persistence import FileReference, open_store
 from mmlib.save import BaselineSaveService, ProvenanceSaveService

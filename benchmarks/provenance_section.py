@@ -195,8 +195,8 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
     if service_type is None:
         return _unavailable(progress, "mmlib.save has no ProvenanceSaveService in this build")
     try:
-        make_wrapper = importlib.import_module("mmlib.examples.image_classification").image_classification_train_wrapper
-        generate = importlib.import_module("mmlib.examples.image_data").generate_image_dataset
+        make_wrapper = importlib.import_module("mmlib.demo.image_classification").image_classification_train_wrapper
+        generate = importlib.import_module("mmlib.demo.image_data").generate_image_dataset
         helpers = importlib.import_module("benchmarks.provenance")
     except (ImportError, AttributeError) as error:
         return _unavailable(progress, f"the example train service or benchmarks.provenance is missing ({error})")

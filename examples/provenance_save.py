@@ -20,10 +20,10 @@ import time
 import torch
 
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG, VALUES
+from mmlib.demo.image_classification import image_classification_train_wrapper
+from mmlib.demo.image_data import generate_image_dataset
 from mmlib.deterministic import deterministic
 from mmlib.equal import model_equal
-from mmlib.examples.image_classification import image_classification_train_wrapper
-from mmlib.examples.image_data import generate_image_dataset
 from mmlib.models import ResNet18
 from mmlib.persistence import open_store
 from mmlib.save import ProvenanceSaveService

@@ -6,7 +6,7 @@ installed packages.
 
 import torch
 
-from mmlib.examples.image_classification import ImageClassificationTrainService
+from mmlib.demo.image_classification import ImageClassificationTrainService
 
 
 class TinyNet(torch.nn.Module):

@@ -5,10 +5,10 @@ import torch
 
 from mmlib import maintenance
 from mmlib.constants import MMLIB_CONFIG
+from mmlib.demo.image_classification import image_classification_train_wrapper
+from mmlib.demo.image_data import generate_image_dataset
 from mmlib.deterministic import deterministic
 from mmlib.errors import IntegrityError
-from mmlib.examples.image_classification import image_classification_train_wrapper
-from mmlib.examples.image_data import generate_image_dataset
 from mmlib.persistence import Store
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import ModelInfo

@@ -5,9 +5,9 @@ import threading
 import pytest
 
 from mmlib.constants import MMLIB_CONFIG
+from mmlib.demo.image_classification import image_classification_train_wrapper
+from mmlib.demo.image_data import generate_image_dataset
 from mmlib.errors import IntegrityError
-from mmlib.examples.image_classification import image_classification_train_wrapper
-from mmlib.examples.image_data import generate_image_dataset
 from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
 from mmlib.save import ProvenanceSaveService
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, ModelInfo

@@ -13,11 +13,11 @@ from mmlib.approaches.base import merkle_tree
 from mmlib.approaches.model_state import capture
 from benchmarks.provenance import store_bytes
 from mmlib.constants import ID, MMLIB_CONFIG, PROGRESS_LOGGER
+from mmlib.demo.image_classification import OPTIMIZER
+from mmlib.demo.image_classification import ImageClassificationTrainWrapper, image_classification_train_wrapper
+from mmlib.demo.image_data import generate_image_dataset
 from mmlib.deterministic import deterministic
 from mmlib.errors import ConfigurationError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
-from mmlib.examples.image_classification import OPTIMIZER
-from mmlib.examples.image_classification import ImageClassificationTrainWrapper, image_classification_train_wrapper
-from mmlib.examples.image_data import generate_image_dataset
 from mmlib.models import MobileNetV2, ResNet18
 from mmlib.maintenance import collect_garbage
 from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService, Store

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from mmlib.examples.image_classification import OPTIMIZER, ImageClassificationTrainService, SGDOptimizer
+from mmlib.demo.image_classification import OPTIMIZER, ImageClassificationTrainService, SGDOptimizer
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
 from mmlib.schema.restorable_object import StateDictRestorableObjectWrapper, StateFileRestorableObjectWrapper
 from mmlib.util.init_from_file import create_object

@@ -3,7 +3,7 @@
 It ships inside the package so that it runs wherever mmlib is installed, from a wheel as well as from a source
 checkout. The store (SQLite + files) needs no server; by default it is ./mmlib-store.
 
-Run: python -m mmlib.examples.baseline [--store DIR]
+Run: python -m mmlib.demo.baseline [--store DIR]
 """
 
 import argparse
@@ -23,7 +23,7 @@ from mmlib.track_env import track_current_environment
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Save, recover with checks and compare one model; print times and sizes; exit 1 if the model differs."""
-    parser = argparse.ArgumentParser(prog="python -m mmlib.examples.baseline", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mmlib.demo.baseline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default="mmlib-store", help="store directory (default: ./mmlib-store)")
     args = parser.parse_args(argv)
