@@ -137,27 +137,17 @@ def train_steps(model: torch.nn.Module, steps: int, seed: int, partial: bool) ->
 
 @dataclass(frozen=True)
 class Approach:
-    """A save approach under test: the `mmlib.save` class it needs and the keyword arguments it is built with."""
+    """A save approach under test: the name of its `mmlib.save` class and the keyword arguments it is built with."""
 
     name: str
     label: str
     service_class: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
-    def available(self) -> bool:
-        return self.service_type() is not None
-
-    def service_type(self) -> Optional[type]:
-        """The service class, looked up when called so the benchmark runs before and after approaches land."""
-        return getattr(mmlib.save, self.service_class, None)
-
     def create(self, file_pers_service: FilePersistenceService,
                dict_pers_service: DictPersistenceService) -> AbstractSaveService:
         """A new service object over the given stores (a fresh object has no in-process cache)."""
-        service_type = self.service_type()
-        if service_type is None:
-            raise LookupError(f"mmlib.save has no {self.service_class}; approach {self.name} is not available")
-        return service_type(file_pers_service, dict_pers_service, **self.kwargs)
+        return getattr(mmlib.save, self.service_class)(file_pers_service, dict_pers_service, **self.kwargs)
 
 
 def without_cache(service: AbstractSaveService) -> AbstractSaveService:

@@ -16,13 +16,12 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 
-import mmlib.save
 from mmlib.constants import PROGRESS_LOGGER
 from mmlib.approaches.base import AbstractSaveService
-from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, EnvironmentMismatchWarning,
-                          IncompatibleModelError, IntegrityError, ModelInUseError, ModelNotFoundError,
-                          StoreUnavailableError)
+from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, EnvironmentMismatchWarning, IntegrityError,
+                          ModelInUseError, ModelNotFoundError, StoreUnavailableError)
 from mmlib.persistence.store import Store
+from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, RECORDED_WEIGHTS_HASH, STORE_TYPE, ModelInfo
 from mmlib.schema.schema_obj import BLOB, StoredItem
@@ -33,11 +32,11 @@ from mmlib.util.safetensors_io import write_state_dict
 logger = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
 
-# The save service that recovers each store type; looked up by name in mmlib.save, which may not offer all of them.
-SAVE_SERVICE_NAMES = {
-    ModelStoreType.FULL_MODEL: "BaselineSaveService",
-    ModelStoreType.WEIGHT_UPDATES: "WeightUpdateSaveService",
-    ModelStoreType.PROVENANCE: "ProvenanceSaveService",
+# The save service that recovers each store type.
+SAVE_SERVICES: dict[ModelStoreType, type[AbstractSaveService]] = {
+    ModelStoreType.FULL_MODEL: BaselineSaveService,
+    ModelStoreType.WEIGHT_UPDATES: WeightUpdateSaveService,
+    ModelStoreType.PROVENANCE: ProvenanceSaveService,
 }
 # Id prefixes: the shortest one accepted for a model id, and the length tables show.
 MIN_PREFIX = 4
@@ -277,13 +276,7 @@ def version_tree(store: Store) -> list[TreeNode]:
 
 def save_service_for(store: Store, store_type: ModelStoreType) -> AbstractSaveService:
     """The mmlib.save service that recovers models of `store_type` from this store."""
-    name = SAVE_SERVICE_NAMES[store_type]
-    service_class = getattr(mmlib.save, name, None)
-    if service_class is None:
-        raise IncompatibleModelError(
-            f"this mmlib cannot recover {store_type.value} models: mmlib.save has no {name}; "
-            "install the mmlib version that saved them")
-    return service_class(store.file_pers_service, store.dict_pers_service)
+    return SAVE_SERVICES[store_type](store.file_pers_service, store.dict_pers_service)
 
 
 def recover_model(store: Store, model_id: str, execute_checks: bool = True) -> torch.nn.Module:

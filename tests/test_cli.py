@@ -27,13 +27,12 @@ from mmlib.util.hash import state_dict_hash
 from save_helpers import perturb, save_info
 from tiny_models import TinyNet
 
-UPDATE_SERVICE = getattr(mmlib.save, "WeightUpdateSaveService", None)
 _SUBPROCESS_TIMEOUT_S = 120
 
 
 def _populate(location: str) -> dict:
-    """Save root -> child -> grandchild and root -> sibling (plus an update of the grandchild when the parameter
-    update approach exists); returns {name: (model id, state dict hash)}."""
+    """Save root -> child -> grandchild and root -> sibling, plus an update of the grandchild; returns
+    {name: (model id, state dict hash)}."""
     store = open_store(location)
     baseline = mmlib.save.BaselineSaveService(*store)
     model, saved = TinyNet(), {}
@@ -47,8 +46,7 @@ def _populate(location: str) -> dict:
     save("grandchild", baseline, "child")
     perturb(model)
     save("sibling", baseline, "root")
-    if UPDATE_SERVICE is not None:
-        save("update", UPDATE_SERVICE(*store), "grandchild")
+    save("update", mmlib.save.WeightUpdateSaveService(*store), "grandchild")
     return saved
 
 

@@ -3,7 +3,7 @@
 Four spawned processes, released together by a barrier, open one store that does not exist yet and each save
 a chain of ten versions (a root and nine derived ones) into it. Processes come in pairs with the same random
 seed, so identical blobs are committed concurrently too. The approaches alternate between processes: the
-baseline, and the parameter update approach where mmlib.save has it.
+baseline, and the parameter update approach.
 """
 
 import json
@@ -22,7 +22,7 @@ from tiny_models import TinyNet
 
 PROCESSES = 4
 VERSIONS = 10
-APPROACHES = [name for name in ("BaselineSaveService", "WeightUpdateSaveService") if hasattr(mmlib.save, name)]
+APPROACHES = ["BaselineSaveService", "WeightUpdateSaveService"]
 _JOIN_TIMEOUT_S = 180
 
 

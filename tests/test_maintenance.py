@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 import mmlib.save
 from mmlib import maintenance
-from mmlib.errors import IncompatibleModelError, IntegrityError, ModelNotFoundError
+from mmlib.errors import IntegrityError, ModelNotFoundError
 from mmlib.persistence import GridFSFilePersistenceService, Store, open_store
 from mmlib.schema.model_info import ModelInfo
 from mmlib.schema.schema_obj import BLOB
@@ -15,8 +15,6 @@ from mmlib.track_env import track_current_environment
 from mmlib.util.hash import state_dict_hash
 from save_helpers import forge_record, perturb, save_info
 from tiny_models import TinyNet
-
-UPDATE_SERVICE = getattr(mmlib.save, "WeightUpdateSaveService", None)
 
 
 def _blob(store: Store, model_id: str) -> str:
@@ -30,7 +28,7 @@ def _blob(store: Store, model_id: str) -> str:
 @pytest.fixture
 def populated(stores):
     """A store with root -> child -> grandchild and root -> sibling (snapshots), plus an update of the
-    grandchild when the parameter update approach exists. Returns (store, ids by name, state dict hashes)."""
+    grandchild. Returns (store, ids by name, state dict hashes)."""
     store = Store(*stores)
     baseline = mmlib.save.BaselineSaveService(*store)
     model = TinyNet()
@@ -46,9 +44,8 @@ def populated(stores):
     save("grandchild", baseline, "child")
     perturb(model)
     save("sibling", baseline, "root")
-    if UPDATE_SERVICE is not None:
-        perturb(model, only="fc")
-        save("update", UPDATE_SERVICE(*store), "grandchild")
+    perturb(model, only="fc")
+    save("update", mmlib.save.WeightUpdateSaveService(*store), "grandchild")
     return store, ids, hashes
 
 
@@ -78,7 +75,6 @@ def test_model_details_and_lineage_up_to_the_root(populated):
         maintenance.model_details(store, "no-such-model")
 
 
-@pytest.mark.skipif(UPDATE_SERVICE is None, reason="mmlib.save has no WeightUpdateSaveService")
 def test_an_update_shows_the_environment_of_its_nearest_snapshot(populated):
     store, ids, _ = populated
     details = maintenance.model_details(store, ids["update"])
@@ -119,8 +115,7 @@ def test_verify_names_the_model_and_the_corrupted_blob(populated, corrupt_blob):
     digest = _blob(store, ids["grandchild"])
     corrupt_blob(store.file_pers_service, digest)
     problems = maintenance.verify(store)
-    expected = {ids["grandchild"]} | ({ids["update"]} if "update" in ids else set())
-    assert {p.model_id for p in problems} == expected
+    assert {p.model_id for p in problems} == {ids["grandchild"], ids["update"]}
     assert all(p.item == f"blob {digest}" and "corrupted" in p.message and "backup" in p.message for p in problems)
     assert ids["grandchild"] in str(problems[0]) and digest in str(problems[0])
 
@@ -192,10 +187,11 @@ def test_collect_garbage_refuses_a_store_with_a_dangling_reference(populated):
         maintenance.collect_garbage(store, dry_run=True, grace_seconds=0)
 
 
-def test_missing_save_service_is_a_typed_error(tmp_path, monkeypatch):
-    monkeypatch.delattr(mmlib.save, "WeightUpdateSaveService", raising=False)
+def test_each_store_type_is_recovered_by_its_save_service(tmp_path):
     store = open_store(str(tmp_path / "store"))
-    with pytest.raises(IncompatibleModelError, match="WeightUpdateSaveService"):
-        maintenance.save_service_for(store, ModelStoreType.WEIGHT_UPDATES)
     assert isinstance(maintenance.save_service_for(store, ModelStoreType.FULL_MODEL),
                       mmlib.save.BaselineSaveService)
+    assert isinstance(maintenance.save_service_for(store, ModelStoreType.WEIGHT_UPDATES),
+                      mmlib.save.WeightUpdateSaveService)
+    assert isinstance(maintenance.save_service_for(store, ModelStoreType.PROVENANCE),
+                      mmlib.save.ProvenanceSaveService)

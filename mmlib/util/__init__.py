@@ -1,1 +1,2 @@
-"""Helpers: hashing, dummy data, safe code loading, MongoDB access, Merkle trees."""
+"""Helpers: hashing and Merkle trees, delta codecs, dtype names, safetensors I/O, safe code loading, dummy data,
+MongoDB access and terminal tables."""
