@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from mmlib.approaches.update import UPDATE_FILE_NAME, _read_update, _write_update
+from mmlib.approaches.update import UPDATE_FILE_NAME
+from mmlib.approaches.update_format import read_update, write_update
 from mmlib.equal import state_dict_equal
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
 from mmlib.models import MobileNetV2, ResNet18
@@ -194,11 +195,11 @@ def test_corrupted_update_blob_raises_integrity_error(stores, corrupt_blob, tmp_
 def test_an_update_blob_with_a_payload_longer_than_its_tensor_raises_integrity_error(local_stores, tmp_path):
     file_service, dict_service = local_stores
     (_, update_id), _ = save_update_chain(local_stores, 2)
-    index = _read_update(file_service.read_bytes(update_reference(local_stores, update_id, tmp_path)), update_id)
+    index = read_update(file_service.read_bytes(update_reference(local_stores, update_id, tmp_path)), update_id)
     key, tensor = next(iter(index.stored.items()))
     stored = {**index.stored, key: dataclasses.replace(tensor, payload=bytes(tensor.payload) + b"\0" * 8)}
     digest = file_service.write_stream(
-        lambda sink: _write_update(sink, index.snapshot_id, list(index.locations), index.locations, stored))
+        lambda sink: write_update(sink, index.snapshot_id, list(index.locations), index.locations, stored))
     forged_id = forge_record(dict_service, update_id, **{UPDATE: f"{digest}/{UPDATE_FILE_NAME}"})
     with pytest.raises(IntegrityError, match="payload"):
         WeightUpdateSaveService(*local_stores).recover_model(forged_id, execute_checks=False)

@@ -1,0 +1,55 @@
+"""The few most recently saved or recovered weight-update versions, kept in memory so a save on top of one reads
+nothing back from the store."""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from mmlib.approaches.update_format import Location
+
+
+@dataclass(frozen=True)
+class CachedVersion:
+    """A recently saved or recovered version: private copies of its tensors, where each is stored, and the values
+    of those tensors' keyframes where known (shared with the versions that use the same keyframe)."""
+
+    state: dict[str, torch.Tensor]
+    locations: dict[str, Location]
+    snapshot_id: str
+    keyframes: dict[str, torch.Tensor]
+
+
+class VersionCache:
+    """An LRU cache of `CachedVersion`s by model id; a capacity below 1 keeps nothing."""
+
+    def __init__(self, capacity: int):
+        self._capacity = capacity
+        self._versions: "OrderedDict[str, CachedVersion]" = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(capacity={self._capacity}, cached={list(self._versions)})"
+
+    def get(self, model_id: str) -> Optional[CachedVersion]:
+        version = self._versions.get(model_id)
+        if version is not None:
+            self._versions.move_to_end(model_id)
+        return version
+
+    def remember(self, model_id: str, state: dict[str, torch.Tensor], locations: dict[str, Location],
+                 snapshot_id: str, keyframes: dict[str, torch.Tensor]) -> None:
+        """Cache copies of a version's tensors, which later in-place training of the model cannot change; a tensor
+        that is its own keyframe is that keyframe's value too."""
+        if self._capacity < 1:
+            return
+        state = {key: tensor.clone() for key, tensor in state.items()}
+        known = {key: state[key] if location.depth == 0 else keyframes.get(key) for key, location in locations.items()}
+        self._versions[model_id] = CachedVersion(state, locations, snapshot_id,
+                                                 {key: value for key, value in known.items() if value is not None})
+        self._versions.move_to_end(model_id)
+        while len(self._versions) > self._capacity:
+            self._versions.popitem(last=False)
+
+    def clear(self) -> None:
+        self._versions.clear()
