@@ -182,12 +182,18 @@ class AbstractSaveService(ABC):
             self._rebuildable.clear()
         self._rebuildable.add(signature)
 
+    def _lineage(self, model_id: str, stop: Callable[[ModelInfo], bool],
+                 load: Optional[Callable[[str], ModelInfo]] = None) -> list[ModelInfo]:
+        """The model infos of `model_id`, its base, ... up to the root or the first that `stop` accepts, each checked
+        against its id as it is loaded (with `load`, default `_load_model_info`); `walk_lineage` raises
+        IntegrityError for a loop or a missing base."""
+        return walk_lineage(model_id, load or self._load_model_info, lambda info: info.derived_from, stop)
+
     def _lineage_to_snapshot(self, model_id: str,
                              load: Optional[Callable[[str], ModelInfo]] = None) -> list[ModelInfo]:
-        """The model infos from `model_id` back to the nearest full snapshot, each checked against its id as it is
-        loaded (with `load`, default `_load_model_info`): a recovery refuses an edit anywhere in this lineage."""
-        return walk_lineage(model_id, load or self._load_model_info, lambda info: info.derived_from,
-                            stop=lambda info: info.store_type == ModelStoreType.FULL_MODEL)
+        """The model infos from `model_id` back to the nearest full snapshot: a recovery refuses an edit anywhere in
+        this lineage."""
+        return self._lineage(model_id, lambda info: info.store_type == ModelStoreType.FULL_MODEL, load)
 
     def _root_snapshot(self, model_id: str) -> FullModelRecoverInfo:
         """The nearest full snapshot in a model's lineage (where its code and class name live)."""

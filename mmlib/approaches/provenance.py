@@ -36,7 +36,6 @@ from mmlib.errors import (ConfigurationError, IncompatibleModelError, IntegrityE
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo, ProvModelSaveInfo
 from mmlib.schema.dataset import Dataset
-from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import ModelInfo, record_weights_hash
 from mmlib.schema.recover_info import ProvenanceRecoverInfo
 from mmlib.schema.restorable_object import (STATE_FILE, StateDictRestorableObjectWrapper,
@@ -115,7 +114,7 @@ class ProvenanceSaveService(AbstractSaveService):
 
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
         with self._recovering(model_id):
-            chain = self._lineage(model_id)
+            chain = self._retraining_chain(model_id)
             self._verify_retraining_inputs(chain[1:])
             data_root = self._data_root() if len(chain) > 1 else None
             model, _ = self._recover_snapshot(chain[0], execute_checks)
@@ -201,8 +200,7 @@ class ProvenanceSaveService(AbstractSaveService):
         retraining, or None when the version is a checkpoint and stores them: its base is a snapshot, the last
         checkpoint is `checkpoint_interval` versions back, or the base's training had no state under a name."""
         names = wrapper.stateful_names()
-        since_checkpoint = walk_lineage(base_id, self._load_model_info, lambda info: info.derived_from,
-                                        stop=lambda info: not _carried_state(info))
+        since_checkpoint = self._lineage(base_id, stop=lambda info: not _carried_state(info))
         if (not names or since_checkpoint[-1].store_type != ModelStoreType.PROVENANCE
                 or len(since_checkpoint) >= self.checkpoint_interval
                 or not set(names) <= self._stateful_names(since_checkpoint[0])):
@@ -218,10 +216,10 @@ class ProvenanceSaveService(AbstractSaveService):
                 if StateFileRestorableObjectWrapper.load_placeholder(wrapper_id).stored_document(
                     self._dict_pers_service).get(STATE_FILE) is not None}
 
-    def _lineage(self, model_id: str) -> list[ModelInfo]:
-        """The model infos from the full snapshot at the root up to `model_id`."""
-        chain = walk_lineage(model_id, self._load_model_info, lambda info: info.derived_from,
-                             stop=lambda info: info.store_type != ModelStoreType.PROVENANCE)[::-1]
+    def _retraining_chain(self, model_id: str) -> list[ModelInfo]:
+        """The model infos from the full snapshot at the root up to `model_id`: the snapshot, then the provenance
+        versions that recovery retrains in order."""
+        chain = self._lineage(model_id, stop=lambda info: info.store_type != ModelStoreType.PROVENANCE)[::-1]
         if chain[0].store_type != ModelStoreType.FULL_MODEL:
             raise IncompatibleModelError(
                 f"model {chain[0].store_id} in the lineage of {model_id} is stored as {chain[0].store_type.value}; "
