@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 from mmlib import maintenance
 from mmlib.constants import PROGRESS_LOGGER
-from mmlib.errors import MMLibError, ModelNotFoundError, StoreUnavailableError
+from mmlib.errors import InvalidIdError, MMLibError, ModelNotFoundError, StoreUnavailableError
 from mmlib.persistence.store import MONGO_SCHEMES, Store, open_store
 from mmlib.util.table import format_table
 
@@ -352,9 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_OK
-    except _UsageError as error:
-        return _fail(error, EXIT_USAGE)
-    except ModelNotFoundError as error:
+    except (_UsageError, InvalidIdError, ModelNotFoundError) as error:
         return _fail(error, EXIT_USAGE)
     except StoreUnavailableError as error:
         return _fail(error, EXIT_UNAVAILABLE)

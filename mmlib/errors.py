@@ -5,15 +5,34 @@ class MMLibError(Exception):
     """Base class of every error mmlib raises on purpose."""
 
 
-class ModelNotFoundError(MMLibError, KeyError):
-    """A model, document or blob id is not in the store."""
+class NotFoundError(MMLibError, KeyError):
+    """Something the caller named by id is not in the store."""
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # KeyError would show the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class ModelNotFoundError(NotFoundError):
+    """No stored model has this id."""
+
+
+class DocumentNotFoundError(ModelNotFoundError):
+    """No stored document has this id and type.
+
+    A ModelNotFoundError too: before these subclasses existed every missing item raised that, and callers catch it.
+    """
+
+
+class BlobNotFoundError(ModelNotFoundError):
+    """No stored blob has this digest (a ModelNotFoundError too, as DocumentNotFoundError is)."""
 
 
 class AmbiguousModelIdError(ModelNotFoundError):
     """An id prefix matches several models; give more of the id."""
+
+
+class InvalidIdError(MMLibError, ValueError):
+    """An id or reference id is malformed (not merely absent): it cannot name anything in any store."""
 
 
 class ModelInUseError(MMLibError, ValueError):
@@ -58,3 +77,7 @@ class ConfigurationError(MMLibError, LookupError):
 
 class RestoreError(MMLibError, ValueError):
     """A stored object cannot be rebuilt with what the caller passed or with what was loaded."""
+
+
+class UnknownCodecError(MMLibError, ValueError):
+    """A codec name that does not follow `<op>[-zigzag][-shuffle|-planes][-zstd<level>]`."""

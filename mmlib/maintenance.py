@@ -5,10 +5,7 @@ Garbage collection is safe while other processes save (see `collect_garbage`).
 """
 
 import logging
-import math
-import os
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,7 +16,9 @@ import torch
 from mmlib.constants import PROGRESS_LOGGER
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, EnvironmentMismatchWarning, IntegrityError,
-                          ModelInUseError, ModelNotFoundError, StoreUnavailableError)
+                          InvalidIdError, ModelInUseError, ModelNotFoundError, NotFoundError, StoreUnavailableError)
+from mmlib.persistence._atomic import atomic_write
+from mmlib.persistence._gc import DEFAULT_GC_GRACE_S, GarbageReport, sweep
 from mmlib.persistence.store import Store
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.lineage import walk_lineage
@@ -82,12 +81,6 @@ class TreeNode:
         """A JSON-ready nested dict."""
         return {**self.version.__dict__, "children": [child.as_dict() for child in self.children]}
 
-
-# gc keeps what was written less than this long ago: a save may still be running (a day, like a long training
-# job's last save; pass grace_seconds=0 when no process saves).
-DEFAULT_GC_GRACE_S = 24 * 3600.0
-_PARTIAL_UPLOAD = "partial upload"
-
 # What kind of problem verify found, so the fix is clear: restore from a backup, set a setting, install a package.
 CORRUPTION = "corruption"
 CONFIGURATION = "configuration"
@@ -105,22 +98,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"model {self.model_id}: {self.item}: {self.kind}: {self.message}"
-
-
-@dataclass(frozen=True)
-class GarbageReport:
-    """What garbage collection removed (or, with `dry_run`, would remove)."""
-
-    dry_run: bool
-    blobs: list[str]
-    documents: list[dict]
-    partial_uploads: list[str]
-    kept_young: int = 0
-
-    @property
-    def count(self) -> int:
-        """Number of items removed (or to remove)."""
-        return len(self.blobs) + len(self.documents) + len(self.partial_uploads)
 
 
 def total_size(sizes: dict) -> int:
@@ -145,7 +122,8 @@ def resolve_model_id(store: Store, id_or_prefix: str) -> str:
     """The model id that `id_or_prefix` names: an id, or a prefix of at least MIN_PREFIX digits that only one
     stored model's id starts with (as git accepts abbreviated commit ids)."""
     if not isinstance(id_or_prefix, str):
-        raise ModelNotFoundError(f"a model id is a string, got {type(id_or_prefix).__name__}")
+        raise InvalidIdError(f"a model id is a string, got {type(id_or_prefix).__name__}; pass an id `mmlib ls` "
+                             "shows")
     if store.dict_pers_service.id_exists(id_or_prefix, MODEL_INFO) or len(id_or_prefix) < MIN_PREFIX:
         require_model(store, id_or_prefix)
         return id_or_prefix
@@ -288,16 +266,8 @@ def recover_model(store: Store, model_id: str, execute_checks: bool = True) -> t
 def export_weights(store: Store, model_id: str, path: str) -> int:
     """Recover a model (with checks) and write its state dict to `path` as safetensors; returns the tensor count."""
     state_dict = recover_model(store, model_id).state_dict()
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write_state_dict(state_dict, out)
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
+    with atomic_write(path) as out:
+        write_state_dict(state_dict, out)
     return len(state_dict)
 
 
@@ -315,7 +285,7 @@ def _blob_problem(store: Store, digest: str) -> Optional[str]:
         store.file_pers_service.verify_blob(digest)
     except IntegrityError:
         return "the blob is corrupted (its bytes no longer hash to its digest); restore it from a backup"
-    except ModelNotFoundError:
+    except NotFoundError:
         return "the blob is missing; restore it from a backup"
     return None
 
@@ -357,7 +327,7 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
         found = []
         try:
             blobs = sorted({item.item_id for item in _needed_items(store, model_id) if item.kind == BLOB})
-        except (ModelNotFoundError, IntegrityError) as error:
+        except (NotFoundError, InvalidIdError, IntegrityError) as error:
             found.append(Problem(model_id, "metadata", f"{error}; the model cannot be recovered: restore the "
                                                        "store from a backup"))
             blobs = []
@@ -382,9 +352,9 @@ def _live_items(store: Store) -> set[StoredItem]:
     for model_id in all_model_ids(store):
         try:
             live.update(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))
-        except ModelNotFoundError as error:
+        except (NotFoundError, InvalidIdError) as error:
             raise IntegrityError(
-                f"model {model_id} references a missing document ({error}), so what it needs cannot be told "
+                f"model {model_id} references a missing or malformed item ({error}), so what it needs cannot be told "
                 "apart from garbage; run `mmlib verify` and repair the store before collecting garbage") from error
     return live
 
@@ -394,45 +364,6 @@ def collect_garbage(store: Store, dry_run: bool = False, grace_seconds: float = 
 
     Safe while other processes save, as long as no save takes longer than `grace_seconds` from writing (or
     reusing) a blob or document to writing its model document: what was written or reused less than
-    `grace_seconds` before this run began is kept and counted in `kept_young`. Items are listed with their
-    times before the live set is computed, and listed again just before removal: an item a save reused,
-    committed or removed meanwhile is kept. With `dry_run` nothing is removed. Documents go first, so an
-    interrupted run leaves only garbage behind.
+    `grace_seconds` before this run began is kept and counted in `kept_young`. With `dry_run` nothing is removed.
     """
-    fps, dps = store
-    # Ages count up to when listing began: a save that used an item before then and finished within the grace
-    # period is in the live set; one that finishes while the live set is computed used the item too recently.
-    # With no grace period nobody saves: everything unreferenced goes, even what a clock a little ahead stamped.
-    deadline = time.time() - grace_seconds if grace_seconds > 0 else math.inf
-    before = _item_times(store)
-    live = _live_items(store)
-    after = _item_times(store)
-    unreferenced = [item for item in before if item not in live and item.kind != _PARTIAL_UPLOAD]
-    partial = [item for item in before if item.kind == _PARTIAL_UPLOAD]
-    old = [item for item in unreferenced + partial if before[item] <= deadline and after.get(item) == before[item]]
-    documents = [{"type": item.kind, "id": item.item_id} for item in old if item.kind not in (BLOB, _PARTIAL_UPLOAD)]
-    blobs = [item.item_id for item in old if item.kind == BLOB]
-    partial_uploads = [item.item_id for item in old if item.kind == _PARTIAL_UPLOAD]
-    if not dry_run:
-        for document in documents:
-            dps.delete_dict(document["id"], document["type"])
-            logger.info("removed %s document %s", document["type"], document["id"])
-        for digest in blobs:
-            fps.delete_blob(digest)
-            logger.info("removed blob %s", digest)
-        for upload_id in partial_uploads:
-            fps.delete_partial_upload(upload_id)
-            logger.info("removed unfinished upload %s", upload_id)
-    return GarbageReport(dry_run=dry_run, blobs=blobs, documents=documents, partial_uploads=partial_uploads,
-                         kept_young=len(unreferenced) + len(partial) - len(old))
-
-
-def _item_times(store: Store) -> dict[StoredItem, float]:
-    """Every document, blob and unfinished upload of the store, with when it was last written or reused."""
-    fps, dps = store
-    times = {StoredItem(kind, item_id): moment for kind in dps.all_types()
-             for item_id, moment in dps.document_times(kind).items()}
-    times.update({StoredItem(BLOB, digest): moment for digest, moment in fps.blob_times().items()})
-    times.update({StoredItem(_PARTIAL_UPLOAD, upload_id): moment
-                  for upload_id, moment in fps.partial_upload_times().items()})
-    return times
+    return sweep(store, lambda: _live_items(store), dry_run=dry_run, grace_seconds=grace_seconds)

@@ -7,14 +7,15 @@ import tempfile
 import threading
 from typing import BinaryIO, Iterator, Optional
 
-from mmlib.errors import IntegrityError, ModelNotFoundError, StoreUnavailableError
-from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
+from mmlib.errors import BlobNotFoundError, IntegrityError, InvalidIdError, StoreUnavailableError
+from mmlib.persistence._atomic import TEMP_SUFFIX, publish
+from mmlib.persistence._references import DIGEST_LENGTH
+from mmlib.persistence.base import FilePersistenceService
 
 _TEMP_DIR = "tmp"
 _TEMP_PREFIX = "mmlib-"
-_TEMP_SUFFIX = ".partial"
 # Only files of this pattern in tmp/ are mmlib's: garbage collection never touches anything else there.
-_TEMP_NAME = re.compile(rf"{re.escape(_TEMP_PREFIX)}[A-Za-z0-9_]+{re.escape(_TEMP_SUFFIX)}")
+_TEMP_NAME = re.compile(rf"{re.escape(_TEMP_PREFIX)}[A-Za-z0-9_]+{re.escape(TEMP_SUFFIX)}")
 WRITEBACK_BYTES = 8 * 1024 * 1024
 
 
@@ -81,15 +82,6 @@ class _WritebackFile:
     def close(self) -> None:
         self._stop_writeback()
         self._file.close()
-
-
-def _sync_directory(path: str) -> None:
-    """Flush a directory's entries (a rename into it) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FileSystemPersistenceService(FilePersistenceService):
@@ -159,7 +151,7 @@ class FileSystemPersistenceService(FilePersistenceService):
 
     def delete_partial_upload(self, upload_id: str) -> None:
         if not isinstance(upload_id, str) or not _TEMP_NAME.fullmatch(upload_id):
-            raise ModelNotFoundError(
+            raise InvalidIdError(
                 f"{upload_id!r} is not an upload id of this store; list them with partial_uploads()")
         try:
             os.unlink(os.path.join(self.base_path, _TEMP_DIR, upload_id))
@@ -168,7 +160,7 @@ class FileSystemPersistenceService(FilePersistenceService):
 
     def _open_blob_writer(self) -> _WritebackFile:
         fd, temp_path = tempfile.mkstemp(dir=os.path.join(self.base_path, _TEMP_DIR), prefix=_TEMP_PREFIX,
-                                         suffix=_TEMP_SUFFIX)
+                                         suffix=TEMP_SUFFIX)
         return _WritebackFile(fd, temp_path, self.durable)
 
     def _commit_blob(self, handle: _WritebackFile, digest: str) -> None:
@@ -180,11 +172,8 @@ class FileSystemPersistenceService(FilePersistenceService):
             self._touch_blob(digest)
             return
         handle.sync_and_close()
-        folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
-        os.replace(temp_path, target)
-        if self.durable:
-            _sync_directory(folder)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        publish(temp_path, target, durable=self.durable)
 
     def _touch_blob(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -200,7 +189,7 @@ class FileSystemPersistenceService(FilePersistenceService):
         try:
             return open(self._blob_path(digest), "rb")
         except FileNotFoundError as error:
-            raise ModelNotFoundError(
+            raise BlobNotFoundError(
                 f"blob {digest} is missing from {self.base_path}; restore it from a backup "
                 "or run `mmlib verify` to list the models that need it") from error
         except IsADirectoryError as error:
@@ -211,4 +200,4 @@ class FileSystemPersistenceService(FilePersistenceService):
         try:
             return os.path.getsize(self._blob_path(digest))
         except FileNotFoundError as error:
-            raise ModelNotFoundError(f"blob {digest} is missing from {self.base_path}") from error
+            raise BlobNotFoundError(f"blob {digest} is missing from {self.base_path}") from error

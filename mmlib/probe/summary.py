@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from mmlib.errors import IntegrityError
+from mmlib.persistence._atomic import atomic_write
 from mmlib.probe import compare as _compare
 from mmlib.probe.info import LayerInfo, ProbeInfo
 
@@ -75,14 +76,8 @@ class ProbeSummary:
             "layers": {key: {probe_field.name: value for probe_field, value in layer_info.items()}
                        for key, layer_info in self.summary.items()},
         }
-        path = os.fspath(path)
-        partial_path = f"{path}.partial"
-        try:
-            torch.save(payload, partial_path)
-            os.replace(partial_path, path)
-        finally:
-            if os.path.exists(partial_path):
-                os.remove(partial_path)
+        with atomic_write(os.fspath(path)) as out:
+            torch.save(payload, out)
         logger.debug("saved probe summary with %d layers to %s", len(self.summary), path)
 
     def load(self, path: PathLike) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import zstandard
 
-from mmlib.errors import IncompatibleModelError, IntegrityError, MMLibError
+from mmlib.errors import IncompatibleModelError, IntegrityError, UnknownCodecError
 from mmlib.util.hash import tensor_bytes
 
 PLAIN = "plain"
@@ -59,10 +59,6 @@ _SAMPLE_SLICES = 4
 _SAMPLE_SLICE_BYTES = 1 << 12
 _COMPRESSED_PLANE_RATIO = 0.9  # a plane that zstd does not shrink below this is stored raw
 _RAW, _ZSTD = 0, 1
-
-
-class UnknownCodecError(MMLibError, ValueError):
-    """A codec name that does not follow `<op>[-zigzag][-shuffle|-planes][-zstd<level>]`."""
 
 
 def _bits(tensor: torch.Tensor) -> np.ndarray:

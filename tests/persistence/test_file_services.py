@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.errors import IntegrityError, InvalidIdError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence import FileReference
 
 
@@ -73,10 +73,10 @@ def test_corrupted_blob_raises_integrity_error(file_service, tmp_path, corrupt_b
     assert not os.path.exists(tmp_path / "out" / "w.bin")
 
 
-def test_missing_blob_and_bad_ids_raise_key_errors(file_service, tmp_path):
+def test_a_missing_blob_is_not_found_and_a_malformed_id_is_invalid(file_service, tmp_path):
     with pytest.raises(ModelNotFoundError):
         file_service.read_bytes("0" * 64 + "/x.bin")
-    with pytest.raises(KeyError):
+    with pytest.raises(InvalidIdError):
         file_service.recover_file(FileReference(reference_id="../../etc/passwd"), str(tmp_path))
 
 
@@ -86,7 +86,7 @@ def test_a_reference_id_climbing_out_of_the_target_is_refused_and_writes_nothing
     file_service.save_file(stored)
     digest = stored.reference_id.split("/")[0]
     before = sorted(os.listdir(tmp_path))
-    with pytest.raises(ModelNotFoundError):
+    with pytest.raises(InvalidIdError):
         file_service.recover_file(FileReference(reference_id=f"{digest}/../escaped/"), str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path)) == before
 

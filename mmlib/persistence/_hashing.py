@@ -1,0 +1,124 @@
+"""Hashing blob bytes on their way into and out of a store, in a helper thread where that saves time.
+
+BLAKE3 and file I/O both release the GIL, so a large write or read is hashed while the next bytes move: the
+content address and the integrity check cost little time on top of the I/O itself.
+"""
+
+import concurrent.futures
+from typing import BinaryIO, Optional
+
+import numpy as np
+
+from mmlib.errors import IntegrityError
+from mmlib.util.hash import new_hasher
+
+CHUNK_SIZE = 4 * 1024 * 1024
+PARALLEL_HASH_BYTES = 1024 * 1024
+
+
+class HashingWriter:
+    """File-like wrapper that hashes and counts every byte on its way into a blob writer.
+
+    A write of at least PARALLEL_HASH_BYTES is hashed in a helper thread while it is written; smaller ones are
+    hashed inline, where handing them to a thread would cost more than it saves.
+    """
+
+    def __init__(self, sink: BinaryIO):
+        self._sink = sink
+        self.hasher = new_hasher()
+        self.size = 0
+        self._helper: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    def write(self, data: bytes) -> int:
+        size = memoryview(data).nbytes
+        if size < PARALLEL_HASH_BYTES:
+            self.hasher.update(data)
+            self._sink.write(data)
+        else:
+            if self._helper is None:
+                self._helper = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash")
+            hashed = self._helper.submit(self.hasher.update, data)
+            try:
+                self._sink.write(data)
+            finally:
+                hashed.result()
+        self.size += size
+        return size
+
+    def close(self) -> None:
+        """Stop the helper thread (the sink stays open)."""
+        if self._helper is not None:
+            self._helper.shutdown()
+            self._helper = None
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+
+def read_verified(source: BinaryIO, size: int, digest: str) -> memoryview:
+    """All `size` bytes of a blob, read straight into one writable buffer and checked against `digest`.
+
+    Chunks are hashed in a helper thread while the next one is read. The buffer is not zero-filled first (the
+    read fills it), which saves a pass over large blobs. IntegrityError when the bytes differ in length or hash.
+    """
+    view = memoryview(np.empty(size, dtype=np.uint8))
+    hasher = new_hasher()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash") as helper:
+        offset = 0
+        while offset < size:
+            count = _read_into(source, view[offset:offset + CHUNK_SIZE])
+            if not count:
+                break
+            helper.submit(hasher.update, view[offset:offset + count])
+            offset += count
+        complete = offset == size and not source.read(1)
+    if not complete:
+        raise _corrupted_blob(digest, f"it no longer holds its recorded {size} bytes")
+    if hasher.hexdigest() != digest:
+        raise _corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
+    return view
+
+
+def copy_verified(source: BinaryIO, out, digest: str) -> None:
+    """Stream a blob into `out` (anything with `write`), hashing as it goes; IntegrityError on a mismatch.
+
+    `out` has received every byte by then: a caller that must not expose bad bytes writes to a temp file.
+    """
+    hasher = new_hasher()
+    while chunk := source.read(CHUNK_SIZE):
+        hasher.update(chunk)
+        out.write(chunk)
+    if hasher.hexdigest() != digest:
+        raise _corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
+
+
+def copy_stream(source: BinaryIO, sink) -> None:
+    """Copy a binary stream in chunks."""
+    while chunk := source.read(CHUNK_SIZE):
+        sink.write(chunk)
+
+
+class NullSink:
+    """A write target that drops everything (for verification passes)."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _corrupted_blob(digest: str, detail: str) -> IntegrityError:
+    """The error for a stored blob whose bytes are not the ones its digest names."""
+    return IntegrityError(f"blob {digest} is corrupted: {detail}; run `mmlib verify` to find affected models and "
+                          "restore the blob from a backup")
+
+
+def _read_into(source: BinaryIO, view: memoryview) -> int:
+    """Fill `view` from `source` (with `readinto` where the stream has it); the number of bytes read."""
+    readinto = getattr(source, "readinto", None)
+    if readinto is not None:
+        return readinto(view) or 0
+    chunk = source.read(len(view))
+    view[:len(chunk)] = chunk
+    return len(chunk)
