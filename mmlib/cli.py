@@ -35,6 +35,9 @@ stores:
   mongodb://HOST:PORT/DB      MongoDB documents, blobs in GridFS of the same database
                               (database DB, default mmlib); nodes need only the URI
   mongodb://... --blob-dir D  MongoDB documents, blobs in a directory all nodes share
+  mongodb://... --blob-dir s3://BUCKET/PREFIX
+                              MongoDB documents, blobs in S3-compatible object storage
+                              (endpoint and credentials: the standard AWS_* variables)
   --store may be replaced by the {STORE_ENV} environment variable ({BLOB_DIR_ENV} for --blob-dir).
 
 examples:
@@ -260,9 +263,9 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--store", metavar="DIR_OR_URI", default=default(None),
                         help=f"a store directory or a mongodb:// URI (default: ${STORE_ENV})")
-    parent.add_argument("--blob-dir", metavar="DIR", default=default(None),
-                        help=f"with a MongoDB URI: keep blobs in this shared directory instead of GridFS "
-                             f"(default: ${BLOB_DIR_ENV})")
+    parent.add_argument("--blob-dir", metavar="DIR_OR_S3", default=default(None),
+                        help=f"keep blobs in this directory or in object storage at s3://bucket/prefix instead "
+                             f"of the store's own (default: ${BLOB_DIR_ENV})")
     parent.add_argument("-v", "--verbose", action="store_true", default=default(False),
                         help="log debug messages to stderr")
     return parent

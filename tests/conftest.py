@@ -15,6 +15,8 @@ import torch
 
 from mmlib.persistence import (FileSystemPersistenceService, GridFSFilePersistenceService,
                                MongoDictPersistenceService, SQLiteDictPersistenceService)
+from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
+from s3_server import empty_prefix, fresh_prefix, start_s3_server
 
 _SERVER_START_TIMEOUT_S = 60
 
@@ -83,6 +85,9 @@ def make_file_service(kind: str, tmp_path, request):
     """A fresh, empty blob store of the given backend."""
     if kind == "filesystem":
         return FileSystemPersistenceService(str(tmp_path / "blobs"))
+    if kind == "s3":
+        return ObjectStoreFilePersistenceService(request.getfixturevalue("s3_test_location"),
+                                                 part_size=5 * 1024 * 1024)
     uri, name = mongo_test_database(request)
     return GridFSFilePersistenceService(uri, db_name=name)
 
@@ -102,8 +107,22 @@ def location(request, tmp_path):
     return f"{uri}/{name}"
 
 
+@pytest.fixture(scope="session")
+def s3_location(tmp_path_factory):
+    """`s3://bucket` of an S3 protocol server (moto's, started for this run) or of MMLIB_TEST_S3_URI."""
+    yield from start_s3_server(tmp_path_factory.mktemp("s3") / "server.log")
+
+
+@pytest.fixture
+def s3_test_location(request):
+    """A prefix of the test S3 bucket that only this test uses, emptied when the test ends."""
+    location = fresh_prefix(request.getfixturevalue("s3_location"))
+    request.addfinalizer(lambda: empty_prefix(location))
+    return location
+
+
 DICT_BACKENDS = ["sqlite", "mongo"]
-FILE_BACKENDS = ["filesystem", "gridfs"]
+FILE_BACKENDS = ["filesystem", "gridfs", "s3"]
 
 
 @pytest.fixture(params=DICT_BACKENDS)
@@ -118,8 +137,19 @@ def file_service(request, tmp_path):
     return make_file_service(request.param, tmp_path, request)
 
 
-@pytest.fixture(params=[("sqlite", "filesystem"), ("mongo", "filesystem"), ("mongo", "gridfs")],
-                ids=lambda p: "+".join(p))
+STORE_PAIRS = [("sqlite", "filesystem"), ("mongo", "filesystem"), ("mongo", "gridfs")]
+OBJECT_STORE_PAIR = ("mongo", "s3")
+
+
+def pytest_generate_tests(metafunc):
+    """`stores` runs over every deployment pair; a module that sets `WITH_OBJECT_STORAGE = True` (the save flows,
+    bit flips) adds MongoDB + S3, which the blob conformance suite covers for every other test."""
+    if "stores" in metafunc.fixturenames:
+        pairs = STORE_PAIRS + ([OBJECT_STORE_PAIR] if getattr(metafunc.module, "WITH_OBJECT_STORAGE", False) else [])
+        metafunc.parametrize("stores", pairs, indirect=True, ids=["+".join(pair) for pair in pairs])
+
+
+@pytest.fixture
 def stores(request, tmp_path):
     """(file service, dict service) pairs as a deployment would combine them."""
     dict_kind, file_kind = request.param
@@ -139,6 +169,12 @@ def corrupt_blob():
     def corrupt(file_service, digest: str) -> None:
         if isinstance(file_service, FileSystemPersistenceService):
             _flip_byte_on_disk(os.path.join(file_service.base_path, digest[:2], digest[2:]))
+            return
+        if isinstance(file_service, ObjectStoreFilePersistenceService):
+            key = file_service.key(digest)
+            data = bytearray(file_service.client.get_object(Bucket=file_service.bucket, Key=key)["Body"].read())
+            data[0] ^= 0xFF
+            file_service.client.put_object(Bucket=file_service.bucket, Key=key, Body=bytes(data))
             return
         database = file_service._mongo_service.database
         file_id = database["fs.files"].find_one({"filename": digest})["_id"]

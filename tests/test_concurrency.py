@@ -1,6 +1,7 @@
 """Several processes save into one store at the same time; afterwards every model is listed and recovers exactly.
 
-Four spawned processes, released together by a barrier, open one store that does not exist yet and each save
+Four spawned processes, released together by a barrier, open one store that does not exist yet (embedded,
+MongoDB with GridFS, or MongoDB with blobs in S3) and each save
 a chain of ten versions (a root and nine derived ones) into it. Processes come in pairs with the same random
 seed, so identical blobs are committed concurrently too. The approaches alternate between processes: the
 baseline, and the parameter update approach.
@@ -10,7 +11,9 @@ import json
 import multiprocessing
 import os
 import time
+from typing import Optional
 
+import pytest
 import torch
 
 import mmlib.save
@@ -26,14 +29,25 @@ APPROACHES = ["BaselineSaveService", "WeightUpdateSaveService"]
 _JOIN_TIMEOUT_S = 180
 
 
-def save_versions(location: str, approach: str, seed: int, barrier, result_path: str) -> None:
+@pytest.fixture(params=["sqlite+files", "mongodb+gridfs", "mongodb+s3"])
+def deployment(request) -> tuple[str, Optional[str]]:
+    """(store location, blob location) of a fresh store: embedded, MongoDB alone, MongoDB with blobs in S3."""
+    if request.param == "sqlite+files":
+        return str(request.getfixturevalue("tmp_path") / "store"), None
+    uri, name = request.getfixturevalue("mongo_database")
+    blob_dir = request.getfixturevalue("s3_test_location") if request.param == "mongodb+s3" else None
+    return f"{uri}/{name}", blob_dir
+
+
+def save_versions(location: str, blob_dir: Optional[str], approach: str, seed: int, barrier,
+                  result_path: str) -> None:
     """Run in a child process: save VERSIONS versions, each derived from the one before, and write
     {model id: state dict hash} of what was saved to `result_path`."""
     torch.manual_seed(seed)
     model = TinyNet()
     saved, base_id = {}, None
     barrier.wait()
-    service = getattr(mmlib.save, approach)(*open_store(location))
+    service = getattr(mmlib.save, approach)(*open_store(location, blob_dir=blob_dir))
     for _ in range(VERSIONS):
         base_id = service.save_model(save_info(model, base_model_id=base_id))
         saved[base_id] = state_dict_hash(model.state_dict())
@@ -42,11 +56,12 @@ def save_versions(location: str, approach: str, seed: int, barrier, result_path:
         json.dump(saved, out)
 
 
-def test_concurrent_saves_are_all_listed_and_recover_exactly(location, tmp_path):
+def test_concurrent_saves_are_all_listed_and_recover_exactly(deployment, tmp_path):
+    location, blob_dir = deployment
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
     result_paths = [str(tmp_path / f"saved-{index}.json") for index in range(PROCESSES)]
-    processes = [context.Process(target=save_versions, args=(location, APPROACHES[index % len(APPROACHES)],
+    processes = [context.Process(target=save_versions, args=(location, blob_dir, APPROACHES[index % len(APPROACHES)],
                                                               index // 2, barrier, result_paths[index]))
                  for index in range(PROCESSES)]
     for process in processes:
@@ -59,7 +74,7 @@ def test_concurrent_saves_are_all_listed_and_recover_exactly(location, tmp_path)
     for path in result_paths:
         with open(path) as result:
             saved.update(json.load(result))
-    store = open_store(location)
+    store = open_store(location, blob_dir=blob_dir)
     assert len(saved) == PROCESSES * VERSIONS
     assert sorted(maintenance.all_model_ids(store)) == sorted(saved)
     for model_id, expected_hash in saved.items():

@@ -17,6 +17,8 @@ from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from provenance_helpers import TinyNet
 from save_helpers import perturb, save_info
 
+WITH_OBJECT_STORAGE = True  # the save flows and bit flips also run on MongoDB + S3
+
 
 @pytest.fixture
 def fresh_data_root(tmp_path, monkeypatch):

@@ -19,6 +19,8 @@ from mmlib.save_info import ModelSaveInfo
 from save_helpers import equal, perturb, save_info, sizes_positive
 from tiny_models import TinyNet
 
+WITH_OBJECT_STORAGE = True  # the save flows and bit flips also run on MongoDB + S3
+
 MODELS = [ResNet18, MobileNetV2, GoogLeNet]
 APPROACHES = {
     "baseline": BaselineSaveService,

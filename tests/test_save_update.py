@@ -19,6 +19,8 @@ from mmlib.util.delta import DEFAULT_CODEC, UnknownCodecError
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 from save_helpers import equal, forge_record, perturb, save_info, save_update_chain, store_contents
 
+WITH_OBJECT_STORAGE = True  # the save flows and bit flips also run on MongoDB + S3
+
 VARIANTS = {"update": False, "improved_update": True}
 
 

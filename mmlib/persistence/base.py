@@ -46,6 +46,8 @@ class FilePersistenceService(ABC):
     anything failed; a stored blob is reused through `blob_exists` and `_touch_blob`.
     """
 
+    time_resolution_s = 0.0  # how coarse `blob_times` is (whole seconds in object storage)
+
     def save_file(self, file_ref: FileReference) -> None:
         """Store the file or directory at `file_ref.path` and set `file_ref.reference_id`."""
         path = file_ref.path

@@ -1,4 +1,5 @@
-"""Open a (blob store, document store) pair from one string: a directory or a `mongodb://` URI."""
+"""Open a (blob store, document store) pair from one string (a directory or a `mongodb://` URI) and an optional
+blob location (a directory or `s3://bucket/prefix`)."""
 
 import importlib
 import os
@@ -13,6 +14,7 @@ from mmlib.persistence.base import DictPersistenceService, FilePersistenceServic
 METADATA_FILE = "metadata.sqlite"
 BLOB_DIR = "blobs"
 MONGO_SCHEMES = ("mongodb://", "mongodb+srv://")
+S3_SCHEME = "s3://"
 DEFAULT_DB_NAME = "mmlib"
 # The MongoDB backends need pymongo (an optional dependency, the `mongo` extra), so they are imported on first
 # use: name -> module. The embedded store imports none of them.
@@ -59,7 +61,8 @@ def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = Tr
     A directory gives SQLite + files inside it (created on first use). A MongoDB URI gives MongoDB documents
     (database from the URI path, default `mmlib`) with blobs in GridFS of the same database, so nodes need
     nothing else; the server is contacted once, so an unreachable one fails here, within seconds.
-    `blob_dir` puts the blobs in that directory instead (e.g. a file system every node shares).
+    `blob_dir` puts the blobs in that directory instead (e.g. a file system every node shares), or in S3-compatible
+    object storage for `s3://bucket/prefix` (endpoint and credentials from the standard AWS configuration).
     `durable=False` (scratch checkpoints) skips the flushes that make a save survive a power failure in the
     embedded store and a blob directory; MongoDB and GridFS write as the server is configured either way.
     """
@@ -70,7 +73,7 @@ def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = Tr
         dict_service = mongo_backend("MongoDictPersistenceService")(mongo_service=connection)
         dict_service.all_types()
         if blob_dir is not None:
-            return Store(FileSystemPersistenceService(blob_dir, durable), dict_service)
+            return Store(_blob_store(blob_dir, durable), dict_service)
         return Store(mongo_backend("GridFSFilePersistenceService")(mongo_service=connection), dict_service)
     if "://" in location:
         raise StoreUnavailableError(
@@ -81,5 +84,13 @@ def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = Tr
     except OSError as error:
         raise StoreUnavailableError(f"cannot create the store directory {directory}: {error}") from error
     blobs = blob_dir if blob_dir is not None else os.path.join(directory, BLOB_DIR)
-    return Store(FileSystemPersistenceService(blobs, durable),
+    return Store(_blob_store(blobs, durable),
                  SQLiteDictPersistenceService(os.path.join(directory, METADATA_FILE), durable))
+
+
+def _blob_store(blob_dir: str, durable: bool) -> FilePersistenceService:
+    """Blobs in object storage for an `s3://bucket/prefix` location (the `s3` extra), else in that directory."""
+    if blob_dir.startswith(S3_SCHEME):
+        from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
+        return ObjectStoreFilePersistenceService(blob_dir)
+    return FileSystemPersistenceService(blob_dir, durable)

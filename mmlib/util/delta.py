@@ -14,9 +14,9 @@ A codec is named `<op>[-zigzag][-shuffle|-planes][-zstd<level>]`:
   fully fine-tuned ResNet-50, zstd1 spends 30% of its time on the two low planes of the float32 deltas and
   shrinks them by 2%. A plane is compressed when zstd shrinks a sample of it (four 4 KiB slices) below 90%, and
   kept compressed only if the whole plane shrinks below 90% too (a threshold of 80%, which stores the
-  second-lowest plane of those deltas raw, decoded no faster in `benchmarks/update_storage.py`). The difference, zig-zag and shuffle run in one pass over
-  cache-sized chunks; decoding unpacks the planes chunk by chunk into the destination, with no full-size
-  intermediate.
+  second-lowest plane of those deltas raw, decoded no faster in `benchmarks/update_storage.py`). The
+  difference, zig-zag and shuffle run in one pass over cache-sized chunks; decoding unpacks the planes chunk by
+  chunk into the destination, with no full-size intermediate.
   Payload: one method byte per plane (0: raw, 1: zstd), one little-endian uint64 length per plane, then the
   planes in order (byte 0 of every element first).
 - `zstd<level>`: compress the result with Zstandard at that level.
