@@ -16,7 +16,7 @@ import torch
 from mmlib.persistence import (FileSystemPersistenceService, GridFSFilePersistenceService,
                                MongoDictPersistenceService, SQLiteDictPersistenceService)
 from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
-from s3_server import empty_prefix, fresh_prefix, start_s3_server
+from mmlib.testing.s3_server import empty_prefix, fresh_prefix, start_s3_server
 
 _SERVER_START_TIMEOUT_S = 60
 
@@ -142,10 +142,12 @@ OBJECT_STORE_PAIR = ("mongo", "s3")
 
 
 def pytest_generate_tests(metafunc):
-    """`stores` runs over every deployment pair; a module that sets `WITH_OBJECT_STORAGE = True` (the save flows,
-    bit flips) adds MongoDB + S3, which the blob conformance suite covers for every other test."""
+    """`stores` runs over every deployment pair, or the module's own `STORE_PAIRS`; a module that sets
+    `WITH_OBJECT_STORAGE = True` (the save flows, bit flips) adds MongoDB + S3, which the blob conformance suite
+    covers for every other test."""
     if "stores" in metafunc.fixturenames:
-        pairs = STORE_PAIRS + ([OBJECT_STORE_PAIR] if getattr(metafunc.module, "WITH_OBJECT_STORAGE", False) else [])
+        pairs = list(getattr(metafunc.module, "STORE_PAIRS", STORE_PAIRS))
+        pairs += [OBJECT_STORE_PAIR] if getattr(metafunc.module, "WITH_OBJECT_STORAGE", False) else []
         metafunc.parametrize("stores", pairs, indirect=True, ids=["+".join(pair) for pair in pairs])
 
 

@@ -21,7 +21,6 @@ from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateS
 from mmlib.save_info import unwrap_compiled
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.track_env import track_current_environment
-from conftest import make_dict_service, make_file_service
 from zoo_models import (INPUTS, BuffersAndAttributes, ComplexLayer, Encoder, MixedPrecisionMLP, NoParameters,
                         Normalized, Parametrized, Recurrent, SharedLayers, TiedDecoderLM, Versioned, WithExtraState,
                         loss_of, model_input, output_tensors, tiny_bert, tiny_gpt2, zoo_train_wrapper)
@@ -92,10 +91,7 @@ APPROACHES = {
 }
 
 
-@pytest.fixture(params=[("sqlite", "filesystem"), ("mongo", "gridfs")], ids=["sqlite+files", "mongodb+gridfs"])
-def stores(request, tmp_path):
-    dict_kind, file_kind = request.param
-    return make_file_service(file_kind, tmp_path, request), make_dict_service(dict_kind, tmp_path, request)
+STORE_PAIRS = [("sqlite", "filesystem"), ("mongo", "gridfs")]  # the zoo is large: one pair per document store
 
 
 def build_save_info(model, entry: ZooEntry, base_model_id=None):

@@ -1,7 +1,8 @@
-"""An S3 protocol server for the tests: moto's server in a subprocess on a free port, or MMLIB_TEST_S3_URI.
+"""An S3 protocol server for tests and benchmarks: moto's server (the `test` extra) in a subprocess on a free
+port, or the endpoint MMLIB_TEST_S3_URI names.
 
-MMLIB_TEST_S3_URI (`s3://bucket[/prefix]`) points the tests at a real endpoint instead, configured the standard
-AWS way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), the way MMLIB_TEST_MONGO_URI points them at a real MongoDB.
+MMLIB_TEST_S3_URI (`s3://bucket[/prefix]`) points at a real endpoint instead, configured the standard AWS way
+(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), the way MMLIB_TEST_MONGO_URI points the tests at a real MongoDB.
 """
 
 import os
