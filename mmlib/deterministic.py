@@ -33,7 +33,8 @@ def set_deterministic(seed: int = 0, *, warn_only: bool = False) -> None:
     torch.use_deterministic_algorithms(True, warn_only=warn_only)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-    torch.backends.mkldnn.deterministic = True
+    # torch declares this flag as the descriptor behind it (ContextProp, cudnn's as bool); setting it takes a bool.
+    torch.backends.mkldnn.deterministic = True  # type: ignore[assignment]
     logger.debug("deterministic mode set (seed=%s, warn_only=%s)", seed, warn_only)
 
 

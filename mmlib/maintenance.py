@@ -16,7 +16,8 @@ import torch
 from mmlib.constants import PROGRESS_LOGGER
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, EnvironmentMismatchWarning, IntegrityError,
-                          InvalidIdError, ModelInUseError, ModelNotFoundError, NotFoundError, StoreUnavailableError)
+                          InvalidIdError, ModelInUseError, ModelNotFoundError, NotFoundError, RestoreError,
+                          StoreUnavailableError)
 from mmlib.persistence._atomic import atomic_write
 from mmlib.persistence._gc import DEFAULT_GC_GRACE_S, GarbageReport, sweep
 from mmlib.persistence.store import Store
@@ -148,7 +149,7 @@ def abbreviated(model_ids: Iterable[str]) -> dict[str, str]:
 
 def descendants(store: Store, model_id: str) -> list[str]:
     """Ids of every stored model derived from `model_id`, directly or through others (children before theirs)."""
-    children: dict[str, list[str]] = {}
+    children: dict[Optional[str], list[str]] = {}  # base id (None for roots) -> the models derived from it
     for other_id in all_model_ids(store):
         children.setdefault(version(store, other_id).base_id, []).append(other_id)
     found, queue = [], list(children.get(model_id, []))
@@ -244,8 +245,9 @@ def model_details(store: Store, model_id: str) -> ModelDetails:
 
 def version_tree(store: Store) -> list[TreeNode]:
     """The version graph: one tree per root model, children in the order they were saved."""
-    nodes = {model_id: TreeNode(version(store, model_id)) for model_id in all_model_ids(store)}
-    roots = []
+    nodes: dict[Optional[str], TreeNode] = {model_id: TreeNode(version(store, model_id))
+                                             for model_id in all_model_ids(store)}
+    roots: list[TreeNode] = []
     for node in nodes.values():
         parent = nodes.get(node.version.base_id)
         (parent.children if parent is not None else roots).append(node)
@@ -260,7 +262,10 @@ def save_service_for(store: Store, store_type: ModelStoreType) -> AbstractSaveSe
 def recover_model(store: Store, model_id: str, execute_checks: bool = True) -> torch.nn.Module:
     """Recover a model with the save service its store type needs."""
     store_type = ModelStoreType(version(store, model_id).store_type)
-    return save_service_for(store, store_type).recover_model(model_id, execute_checks=execute_checks).model
+    model = save_service_for(store, store_type).recover_model(model_id, execute_checks=execute_checks).model
+    if model is None:
+        raise RestoreError(f"the {store_type.value} save service recovered no model for {model_id}")
+    return model
 
 
 def export_weights(store: Store, model_id: str, path: str) -> int:
@@ -334,8 +339,9 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
         for digest in blobs:
             if digest not in blob_problems:
                 blob_problems[digest] = _blob_problem(store, digest)
-            if blob_problems[digest] is not None:
-                found.append(Problem(model_id, f"blob {digest}", blob_problems[digest]))
+            detail = blob_problems[digest]
+            if detail is not None:
+                found.append(Problem(model_id, f"blob {digest}", detail))
         if not found:
             problem = _recovery_problem(store, services, model_id)
             if problem is not None:

@@ -22,9 +22,9 @@ class ModelSaveInfo:
     `torch.compile` wrapper is unwrapped: the module it runs is what is saved.
     """
 
-    def __init__(self, model: torch.nn.Module, base_model: Optional[str], environment: Optional[Environment],
-                 model_code: Optional[str] = None, *, init_args: Optional[dict] = None,
-                 model_import: Optional[str] = None):
+    def __init__(self, model: Optional[torch.nn.Module], base_model: Optional[str],
+                 environment: Optional[Environment], model_code: Optional[str] = None, *,
+                 init_args: Optional[dict] = None, model_import: Optional[str] = None):
         self.model = model
         self.base_model = base_model
         self.environment = environment
@@ -33,11 +33,11 @@ class ModelSaveInfo:
         self.model_import = model_import
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> Optional[torch.nn.Module]:
         return self._model
 
     @model.setter
-    def model(self, model: torch.nn.Module) -> None:
+    def model(self, model: Optional[torch.nn.Module]) -> None:
         self._model = unwrap_compiled(model) if isinstance(model, torch.nn.Module) else model
 
     def __repr__(self) -> str:
@@ -60,9 +60,9 @@ class TrainSaveInfo:
 class ProvModelSaveInfo(ModelSaveInfo):
     """A ModelSaveInfo plus provenance: the raw data path and how the model is trained from its base."""
 
-    def __init__(self, model: torch.nn.Module, base_model: Optional[str], environment: Optional[Environment],
-                 model_code: Optional[str] = None, raw_dataset: Optional[str] = None,
-                 train_info: Optional[TrainSaveInfo] = None, **model_options):
+    def __init__(self, model: Optional[torch.nn.Module], base_model: Optional[str],
+                 environment: Optional[Environment], model_code: Optional[str] = None,
+                 raw_dataset: Optional[str] = None, train_info: Optional[TrainSaveInfo] = None, **model_options):
         super().__init__(model, base_model, environment, model_code, **model_options)
         self.raw_dataset = raw_dataset
         self.train_info = train_info

@@ -12,7 +12,7 @@ import platform
 import re
 import sys
 import warnings
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 import torch
 
@@ -146,7 +146,7 @@ def _imported_modules(source: bytes) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _module_distributions() -> dict:
+def _module_distributions() -> Mapping[str, list[str]]:
     """Top-level module name -> names of the installed distributions providing it."""
     return importlib.metadata.packages_distributions()
 

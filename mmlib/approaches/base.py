@@ -154,11 +154,8 @@ class AbstractSaveService(ABC):
             raise InvalidSaveInfoError(
                 f"save_model expects a ModelSaveInfo, got {type(save_info).__name__}; build one with "
                 "ModelSaveInfoBuilder")
-        absent_allowed = save_info.model is None and not model_required
-        if not absent_allowed and not isinstance(save_info.model, torch.nn.Module):
-            raise InvalidSaveInfoError(
-                f"the model to save must be a torch.nn.Module, got {type(save_info.model).__name__}; pass the "
-                "model with ModelSaveInfoBuilder.add_model_info(model=...)")
+        if save_info.model is not None or model_required:
+            model_to_save(save_info)
         if save_info.base_model is not None:
             self._require_model(save_info.base_model)
 
@@ -206,7 +203,7 @@ class AbstractSaveService(ABC):
 
     def _save_snapshot(self, save_info: ModelSaveInfo, captured: Optional[CapturedState] = None) -> str:
         """Store a full snapshot: weights, code, class name and environment; the model document last."""
-        model = save_info.model
+        model = model_to_save(save_info)
         class_name = check_class_name(type(model).__name__)
         source = self._model_source(save_info)
         captured = captured if captured is not None else capture(model)
@@ -228,7 +225,7 @@ class AbstractSaveService(ABC):
         return FileReference(reference_id=f"{digest}/{PARAMETERS_FILE_NAME}")
 
     def _read_weights(self, reference: FileReference) -> dict[str, torch.Tensor]:
-        return read_state_dict(memoryview(self._file_pers_service.read_bytes(reference.reference_id)))
+        return read_state_dict(memoryview(self._file_pers_service.read_bytes(reference.stored_id())))
 
     def _import_target(self, snapshot: FullModelRecoverInfo) -> Callable[..., Any]:
         """The class or factory a snapshot names by import path, after checking the installed package version."""
@@ -246,7 +243,7 @@ class AbstractSaveService(ABC):
         if snapshot.model_import is not None:
             return None
         code = FileReference(reference_id=snapshot.model_code.reference_id)
-        self._file_pers_service.recover_file(code, os.path.join(self._restore_root, code.reference_id[:16]))
+        self._file_pers_service.recover_file(code, os.path.join(self._restore_root, code.stored_id()[:16]))
         return code.path
 
     def _model_factory(self, snapshot: FullModelRecoverInfo, code_path: Optional[str]) -> Callable[[], torch.nn.Module]:
@@ -297,6 +294,15 @@ class AbstractSaveService(ABC):
                     f"the recovered model {model_info.store_id} differs from the saved one in {differences} (tied "
                     "tensors, buffer dtypes, frozen parameters or train/eval modes); its code may have changed: "
                     "run `mmlib verify`")
+
+
+def model_to_save(save_info: ModelSaveInfo) -> torch.nn.Module:
+    """The model of a save request; InvalidSaveInfoError when it is not a torch.nn.Module."""
+    if not isinstance(save_info.model, torch.nn.Module):
+        raise InvalidSaveInfoError(
+            f"the model to save must be a torch.nn.Module, got {type(save_info.model).__name__}; pass the "
+            "model with ModelSaveInfoBuilder.add_model_info(model=...)")
+    return save_info.model
 
 
 def recorded_environment(save_info: ModelSaveInfo) -> Environment:

@@ -9,7 +9,7 @@ import collections
 import contextlib
 import logging
 import threading
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -74,7 +74,8 @@ def _state_to_load(tensors: Mapping[str, torch.Tensor], layout: StateLayout) -> 
                                  "run `mmlib verify` and restore the store from a backup")
         state[name] = tensors[first]
     state.update(layout.extra_states)
-    state._metadata = collections.OrderedDict(
+    # load_state_dict reads the module versions from this attribute, where state_dict() puts them.
+    state._metadata = collections.OrderedDict(  # type: ignore[attr-defined]
         (prefix, dict(entry)) for prefix, entry in layout.module_metadata.items())
     return state
 
@@ -90,7 +91,7 @@ def _restore_layout(model: torch.nn.Module, layout: StateLayout) -> None:
         first_owner, first_leaf = _owner(model, layout.aliases[name])
         shared = first_owner._parameters.get(first_leaf, first_owner._buffers.get(first_leaf))
         owner, leaf = _owner(model, name)
-        slots = owner._parameters if leaf in owner._parameters else owner._buffers
+        slots: dict[str, Any] = owner._parameters if leaf in owner._parameters else owner._buffers
         slots[leaf] = shared
     for name, dtype in layout.buffer_dtypes.items():
         owner, leaf = _owner(model, name)

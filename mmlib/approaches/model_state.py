@@ -88,7 +88,8 @@ def capture(model: torch.nn.Module) -> CapturedState:
     state = model.state_dict(keep_vars=True)
     layout = StateLayout(module_metadata={prefix: dict(entry)
                                           for prefix, entry in getattr(state, "_metadata", {}).items()})
-    tensors, first_of = {}, {}
+    tensors: dict[str, torch.Tensor] = {}
+    first_of: dict[Optional[tuple], str] = {}  # sharing key -> the first name holding that tensor
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
             if not name.endswith(EXTRA_STATE_SUFFIX):

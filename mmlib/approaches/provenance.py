@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional, TypeGuard, TypeVar, Union
 
 import torch
 
@@ -40,7 +40,7 @@ from mmlib.schema.model_info import ModelInfo, record_weights_hash
 from mmlib.schema.recover_info import ProvenanceRecoverInfo
 from mmlib.schema.restorable_object import (STATE_FILE, StateDictRestorableObjectWrapper,
                                             StateFileRestorableObjectWrapper, check_json_value, source_file)
-from mmlib.schema.schema_obj import BLOB
+from mmlib.schema.schema_obj import BLOB, SchemaObj
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.schema.train_info import TrainInfo
@@ -57,10 +57,29 @@ DATA_MARKER = ".mmlib-dataset"
 # retrainings since it was last read from the store; the versions in between store none.
 DEFAULT_CHECKPOINT_INTERVAL = 10
 
+T = TypeVar("T")
 
-def _has_provenance(save_info: ModelSaveInfo) -> bool:
+
+class _ProvenanceInputs(NamedTuple):
+    """What a provenance version stores beside its base's id, checked before anything is written."""
+
+    base_id: str
+    raw_dataset: Union[str, os.PathLike]
+    wrapper: StateDictRestorableObjectWrapper
+    train_kwargs: Optional[dict]
+
+
+def _has_provenance(save_info: ModelSaveInfo) -> TypeGuard[ProvModelSaveInfo]:
     return isinstance(save_info, ProvModelSaveInfo) and (
         save_info.train_info is not None or save_info.raw_dataset is not None)
+
+
+def _recorded(value: Optional[T], what: str, document: SchemaObj) -> T:
+    """`value`, the `what` that the loaded `document` names; IntegrityError when its stored document lacks it."""
+    if value is None:
+        raise IntegrityError(f"{document!r} has no {what}; the metadata was changed, run `mmlib verify` and restore "
+                             "the store from a backup")
+    return value
 
 
 def _carried_state(model_info: ModelInfo) -> Optional[list[str]]:
@@ -88,14 +107,14 @@ class ProvenanceSaveService(AbstractSaveService):
         self.checkpoint_interval = checkpoint_interval
 
     def save_model(self, save_info: ModelSaveInfo) -> str:
-        self._validate(save_info)
+        provenance = self._checked_provenance(save_info)
         with self._timed("save_model"):
-            if save_info.base_model is None or not _has_provenance(save_info):
+            if provenance is None:
                 model_id = self._save_snapshot(save_info)
                 logger.debug("saved model %s as a full snapshot", model_id)
             else:
-                model_id = self._save_provenance(save_info)
-                logger.debug("saved model %s as the provenance of training %s", model_id, save_info.base_model)
+                model_id = self._save_provenance(save_info, provenance)
+                logger.debug("saved model %s as the provenance of training %s", model_id, provenance.base_id)
         return model_id
 
     def add_weights_hash_info(self, model_id: str, model: torch.nn.Module) -> None:
@@ -118,11 +137,12 @@ class ProvenanceSaveService(AbstractSaveService):
             self._verify_retraining_inputs(chain[1:])
             data_root = self._data_root() if len(chain) > 1 else None
             model, _ = self._recover_snapshot(chain[0], execute_checks)
-            state_objs = None
-            for position, model_info in enumerate(chain[1:], start=1):
-                progress.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
-                              len(chain) - 1, model_info.derived_from)
-                state_objs = self._retrain(model, model_info, data_root, execute_checks, state_objs)
+            if data_root is not None:
+                state_objs = None
+                for position, model_info in enumerate(chain[1:], start=1):
+                    progress.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
+                                  len(chain) - 1, model_info.derived_from)
+                    state_objs = self._retrain(model, model_info, data_root, execute_checks, state_objs)
         return RestoredModelInfo(model=model, model_id=model_id)
 
     def _verify_retraining_inputs(self, versions: list[ModelInfo]) -> None:
@@ -135,22 +155,23 @@ class ProvenanceSaveService(AbstractSaveService):
                     self._file_pers_service.verify_blob(item.item_id)
                     checked.add(item.item_id)
 
-    def _validate(self, save_info: ModelSaveInfo) -> None:
-        """Reject a provenance save before anything is written.
+    def _checked_provenance(self, save_info: ModelSaveInfo) -> Optional[_ProvenanceInputs]:
+        """Reject a save before anything is written; what a provenance version stores, None for a snapshot.
 
         A provenance version needs no model (the original's flow: save it, then train the live model and call
         `add_weights_hash_info`): its code and class are its base's.
         """
-        provenance = _has_provenance(save_info) and save_info.base_model is not None
-        super()._validate(save_info, model_required=not provenance)
-        if not provenance:
-            return
+        base_id = save_info.base_model
+        if not _has_provenance(save_info) or base_id is None:
+            self._validate(save_info)
+            return None
+        self._validate(save_info, model_required=False)
         raw_dataset, train_info = save_info.raw_dataset, save_info.train_info
         if not isinstance(raw_dataset, (str, os.PathLike)) or not os.path.exists(raw_dataset):
             raise InvalidSaveInfoError(f"the provenance dataset {raw_dataset!r} does not exist; pass the directory "
                                        "(or file) holding the training data to add_prov_data(raw_data_path=...)")
         wrapper = train_info.train_service_wrapper if train_info is not None else None
-        if not isinstance(wrapper, StateDictRestorableObjectWrapper):
+        if train_info is None or not isinstance(wrapper, StateDictRestorableObjectWrapper):
             raise InvalidSaveInfoError(
                 f"the train service wrapper must be a StateDictRestorableObjectWrapper subclass, got "
                 f"{type(wrapper).__name__}; pass it to add_prov_data(train_service_wrapper=...)")
@@ -159,12 +180,13 @@ class ProvenanceSaveService(AbstractSaveService):
         if not isinstance(train_info.train_kwargs, (dict, type(None))):
             raise InvalidSaveInfoError("train_kwargs must be a dict of keyword arguments of train()")
         check_json_value(train_info.train_kwargs, "train_kwargs")
-        base_type = ModelInfo.load(save_info.base_model, self._file_pers_service, self._dict_pers_service,
+        base_type = ModelInfo.load(base_id, self._file_pers_service, self._dict_pers_service,
                                    self._restore_root).store_type
         if base_type not in (ModelStoreType.FULL_MODEL, ModelStoreType.PROVENANCE):
             raise IncompatibleModelError(
-                f"base model {save_info.base_model} is stored as {base_type.value}, which ProvenanceSaveService "
+                f"base model {base_id} is stored as {base_type.value}, which ProvenanceSaveService "
                 "cannot recover; derive provenance versions from full snapshots or provenance versions")
+        return _ProvenanceInputs(base_id, raw_dataset, wrapper, train_info.train_kwargs)
 
     @staticmethod
     def _wrapper_code(wrapper: StateDictRestorableObjectWrapper) -> FileReference:
@@ -176,22 +198,21 @@ class ProvenanceSaveService(AbstractSaveService):
                 "in a .py module (not in __main__ or a notebook)")
         return FileReference(path=source)
 
-    def _save_provenance(self, save_info: ProvModelSaveInfo) -> str:
+    def _save_provenance(self, save_info: ModelSaveInfo, provenance: _ProvenanceInputs) -> str:
         """Store data, train service and environment; the model document last (its weights hash comes later)."""
-        train_save_info = save_info.train_info
-        wrapper = train_save_info.train_service_wrapper
+        wrapper = provenance.wrapper
         with self._timed("save_dataset"):
-            dataset = Dataset(raw_data=FileReference(path=os.fspath(save_info.raw_dataset)))
+            dataset = Dataset(raw_data=FileReference(path=os.fspath(provenance.raw_dataset)))
             dataset.persist(self._file_pers_service, self._dict_pers_service)
-        carried = self._carried_names(save_info.base_model, wrapper)
+        carried = self._carried_names(provenance.base_id, wrapper)
         train_info = TrainInfo(ts_wrapper=wrapper.without_state() if carried else wrapper,
                                ts_wrapper_code=self._wrapper_code(wrapper),
                                ts_wrapper_class_name=check_class_name(type(wrapper).__name__),
-                               train_kwargs=dict(train_save_info.train_kwargs or {}), carried_state=carried)
+                               train_kwargs=dict(provenance.train_kwargs or {}), carried_state=carried)
         recover_info = ProvenanceRecoverInfo(dataset=dataset, train_info=train_info,
                                              environment=recorded_environment(save_info))
         model_info = ModelInfo(store_type=ModelStoreType.PROVENANCE, recover_info=recover_info,
-                               derived_from_id=save_info.base_model)
+                               derived_from_id=provenance.base_id)
         with self._timed("save_provenance"):
             return self._persist_model(model_info)
 
@@ -244,7 +265,7 @@ class ProvenanceSaveService(AbstractSaveService):
             check_environment(recover_info.environment, f"model {model_info.store_id}", self.strict_env)
         with self._timed("restore_dataset", model_info.store_id):
             self._unpack_dataset(recover_info.dataset, data_root)
-        restore_dir = os.path.join(self._restore_root, model_info.store_id)
+        restore_dir = os.path.join(self._restore_root, model_info.stored_id())
         with self._timed("restore_train_service", model_info.store_id):
             train_service = self._restore_train_service(
                 recover_info.train_info, restore_dir, self._carried_states(model_info, base_state_objs, restore_dir))
@@ -261,7 +282,9 @@ class ProvenanceSaveService(AbstractSaveService):
         """The state each carried state object of `model_info` starts from: what the base's retraining left, written
         under `restore_dir`."""
         names = model_info.recover_info.train_info.carried_state or []
-        if names and base_state_objs is None:
+        if not names:
+            return {}
+        if base_state_objs is None:
             raise IntegrityError(
                 f"model {model_info.store_id} carries the state of {names} from the retraining of its base "
                 f"{model_info.derived_from}, which is not a provenance version; the metadata was changed, run "
@@ -292,7 +315,7 @@ class ProvenanceSaveService(AbstractSaveService):
 
     def _unpack_dataset(self, dataset: Dataset, data_root: str) -> None:
         """Put the stored data at `data_root` (a directory's contents, or a file inside it), replacing an older one."""
-        reference_id = dataset.raw_data.reference_id
+        reference_id = _recorded(dataset.raw_data, "raw data", dataset).stored_id()
         marker = os.path.join(data_root, DATA_MARKER)
         if os.path.lexists(data_root) and not os.path.isdir(data_root):
             raise ConfigurationError(f"{CURRENT_DATA_ROOT} {data_root!r} is not a directory; point it at an empty "
@@ -313,7 +336,7 @@ class ProvenanceSaveService(AbstractSaveService):
         try:
             ref = FileReference(reference_id=reference_id)
             self._file_pers_service.recover_file(ref, staging)
-            unpacked = ref.path if os.path.isdir(ref.path) else staging
+            unpacked = ref.path if ref.path is not None and os.path.isdir(ref.path) else staging
             with open(os.path.join(unpacked, DATA_MARKER), "w", encoding="utf-8") as handle:
                 handle.write(reference_id)
             if os.path.isdir(data_root):
@@ -327,15 +350,17 @@ class ProvenanceSaveService(AbstractSaveService):
                                carried_states: dict[str, FileReference]) -> Any:
         """The train service of a version, rebuilt by the stored wrapper subclass from the stored objects (those
         named in `carried_states` from that state instead of a stored one)."""
-        train_info = TrainInfo.load(train_info.store_id, self._file_pers_service, self._dict_pers_service,
+        train_info = TrainInfo.load(train_info.stored_id(), self._file_pers_service, self._dict_pers_service,
                                     restore_dir, load_recursive=False, load_files=True)
-        wrapper_cls = create_type(train_info.ts_wrapper_code.path, train_info.ts_wrapper_class_name)
+        wrapper_cls = create_type(_recorded(train_info.ts_wrapper_code, "train code", train_info).path,
+                                  train_info.ts_wrapper_class_name)
         if not (isinstance(wrapper_cls, type) and issubclass(wrapper_cls, StateDictRestorableObjectWrapper)):
             raise UnsafeCodeError(
                 f"{train_info.ts_wrapper_class_name} in the stored train code is not a "
                 "StateDictRestorableObjectWrapper subclass; the metadata may have been changed, run `mmlib verify`")
-        wrapper = wrapper_cls.load(train_info.ts_wrapper.store_id, self._file_pers_service,
-                                   self._dict_pers_service, restore_dir, load_recursive=True, load_files=True)
+        wrapper = wrapper_cls.load(_recorded(train_info.ts_wrapper, "train service", train_info).stored_id(),
+                                   self._file_pers_service, self._dict_pers_service, restore_dir,
+                                   load_recursive=True, load_files=True)
         wrapper.carried_states = carried_states
         wrapper.restore_instance(self._file_pers_service, self._dict_pers_service, restore_dir)
         if not callable(getattr(wrapper.instance, "train", None)):

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from mmlib.approaches.base import AbstractSaveService, merkle_tree
+from mmlib.approaches.base import AbstractSaveService, merkle_tree, model_to_save
 from mmlib.approaches.concurrency import parallel_map
 from mmlib.approaches.model_state import CapturedState, capture
 from mmlib.approaches.update_format import Location, StoredTensor, snapshot_locations, write_update
@@ -95,11 +95,11 @@ class WeightUpdateSaveService(AbstractSaveService):
         with self._timed("save_model"):
             if save_info.base_model is None:
                 return self._save_full(save_info)
-            captured = capture(save_info.model)
+            captured = capture(model_to_save(save_info))
             state, tree = captured.tensors, merkle_tree(captured)
             reader = self._reader()
             try:
-                plan = self._plan_update(save_info, state, tree, reader)
+                plan = self._plan_update(save_info, save_info.base_model, state, tree, reader)
             except IncompatibleModelError as error:
                 if self.updates_only:
                     raise IncompatibleModelError(
@@ -142,20 +142,19 @@ class WeightUpdateSaveService(AbstractSaveService):
         return UpdateReader(self._load_model_info, self._file_pers_service.read_bytes, self._read_weights)
 
     def _save_full(self, save_info: ModelSaveInfo, captured: Optional[CapturedState] = None) -> str:
-        captured = captured if captured is not None else capture(save_info.model)
+        captured = captured if captured is not None else capture(model_to_save(save_info))
         model_id = self._save_snapshot(save_info, captured)
         self._cache.remember(model_id, captured.tensors, snapshot_locations(model_id, captured.tensors), model_id, {})
         logger.debug("saved model %s as a full snapshot", model_id)
         return model_id
 
-    def _plan_update(self, save_info: ModelSaveInfo, state: dict[str, torch.Tensor], tree: WeightDictMerkleTree,
-                     reader: UpdateReader) -> _UpdatePlan:
+    def _plan_update(self, save_info: ModelSaveInfo, base_id: str, state: dict[str, torch.Tensor],
+                     tree: WeightDictMerkleTree, reader: UpdateReader) -> _UpdatePlan:
         """Where the base's tensors live, the snapshot holding the code, the encoded changed tensors and the
         keyframe values they were encoded against.
 
-        Raises IncompatibleModelError when the model cannot be stored as an update of its base.
+        Raises IncompatibleModelError when the model cannot be stored as an update of `base_id`, its base.
         """
-        base_id = save_info.base_model
         base = self._base_version(base_id, reader)
         self._check_same_code(save_info, reader.snapshot(base.snapshot_id), base_id)
         _check_same_keys(state, base.locations, base_id)
@@ -228,10 +227,10 @@ class WeightUpdateSaveService(AbstractSaveService):
         if source.code is None:
             return
         code = source.code
-        if code.reference_id is not None:
-            digest = split_reference_id(code.reference_id)[0]
-        else:
+        if code.path is not None:  # a file to store (a reference to stored code has no path)
             digest = new_hasher().update_mmap(code.path).hexdigest()
+        else:
+            digest = split_reference_id(code.stored_id())[0]
         if digest != split_reference_id(snapshot.model_code.reference_id)[0]:
             raise IncompatibleModelError(f"the code defining {class_name} differs from the code stored with base "
                                          f"model {base_id}")

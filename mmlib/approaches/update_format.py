@@ -12,13 +12,14 @@ padding to 8 bytes, then the payloads (each padded to 8 bytes; offsets count fro
 import json
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 import zstandard
 
 from mmlib.errors import IntegrityError
-from mmlib.util.delta import Buffer, DeltaCodec
+from mmlib.util.buffers import BinarySink, Buffer
+from mmlib.util.delta import DeltaCodec
 from mmlib.util.dtypes import dtype_from_name, dtype_name
 from mmlib.util.safetensors_io import DTYPES
 
@@ -69,11 +70,13 @@ def _padding(size: int) -> int:
     return -size % _ALIGNMENT
 
 
-def write_update(sink: BinaryIO, snapshot_id: str, keys: list[str], base_locations: dict[str, Location],
+def write_update(sink: BinarySink, snapshot_id: str, keys: list[str], base_locations: dict[str, Location],
                  stored: dict[str, StoredTensor]) -> None:
     """Write an update blob: header first, then the payloads of the stored tensors in key order."""
     models: dict[str, int] = {}
-    tensors, payloads, offset = {}, [], 0
+    tensors: dict[str, dict[str, Any]] = {}
+    payloads: list[Buffer] = []
+    offset = 0
 
     def model_index(model_id: str) -> int:
         return models.setdefault(model_id, len(models))
@@ -100,7 +103,7 @@ def write_update(sink: BinaryIO, snapshot_id: str, keys: list[str], base_locatio
         sink.write(b"\0" * _padding(memoryview(payload).nbytes))
 
 
-def read_update(data: bytes, model_id: str) -> UpdateIndex:
+def read_update(data: Buffer, model_id: str) -> UpdateIndex:
     """Parse an update blob; raises IntegrityError when it is not one."""
     buffer = memoryview(data)
     try:

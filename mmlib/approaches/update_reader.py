@@ -7,19 +7,22 @@ from typing import Callable, Optional
 import torch
 
 from mmlib.approaches.concurrency import parallel_map
-from mmlib.approaches.update_format import Location, UpdateIndex, read_update, snapshot_locations
+from mmlib.approaches.update_format import Location, StoredTensor, UpdateIndex, read_update, snapshot_locations
 from mmlib.errors import IncompatibleModelError, IntegrityError
 from mmlib.persistence.base import FileReference
 from mmlib.schema.model_info import ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.util.delta import decode_chain
+from mmlib.util.buffers import Buffer
+from mmlib.util.delta import DeltaCodec, decode_chain
+
+Chain = tuple[Optional[torch.Tensor], list[tuple[DeltaCodec, Buffer]], torch.dtype, tuple]
 
 
 class UpdateReader:
     """Reads stored versions for one save or recovery: each document and blob at most once, tensors on demand."""
 
-    def __init__(self, load_info: Callable[[str], ModelInfo], read_blob: Callable[[str], bytes],
+    def __init__(self, load_info: Callable[[str], ModelInfo], read_blob: Callable[[str], Buffer],
                  read_weights: Callable[[FileReference], dict[str, torch.Tensor]]):
         self._load_info, self._read_blob, self._read_weights = load_info, read_blob, read_weights
         self._infos: dict[str, ModelInfo] = {}
@@ -59,23 +62,25 @@ class UpdateReader:
         """The value of each tensor `key` as stored by model `holders[key]`, decoded in parallel."""
         chains = {key: self._chain(holder, key) for key, holder in holders.items()}
         largest_first = sorted(chains, key=lambda key: -math.prod(chains[key][3]))  # balances the workers
-        values = parallel_map(lambda key: chains[key][0] if not chains[key][1] else decode_chain(*chains[key]),
-                               largest_first)
+        values = parallel_map(lambda key: _value(*chains[key]), largest_first)
         decoded = dict(zip(largest_first, values))
         return {key: decoded[key] for key in chains}
 
-    def _chain(self, holder: str, key: str) -> tuple[Optional[torch.Tensor], list, torch.dtype, tuple]:
+    def _chain(self, holder: str, key: str) -> Chain:
         """The arguments of `decode_chain` for tensor `key` of model `holder`.
 
         Reads at most two blobs: the holder's and, for a delta, the one with the keyframe it is a delta of.
         """
-        chain, model_id, start = [], holder, None
+        chain: list[StoredTensor] = []
+        model_id, start = holder, None
         while True:
             info = self.info(model_id)
             if info.store_type == ModelStoreType.FULL_MODEL:
                 start = self._snapshot_state(model_id).get(key)
                 if start is None:
                     raise self._broken_chain(holder, key)
+                if not chain:
+                    return start, [], start.dtype, tuple(start.shape)
                 break
             stored = self._update(model_id).stored.get(key)
             if stored is None or (chain and stored.delta_of is not None):
@@ -87,8 +92,7 @@ class UpdateReader:
                 raise self._broken_chain(holder, key)
             model_id = stored.delta_of
         steps = [(stored.codec, stored.payload) for stored in reversed(chain)]
-        dtype, shape = (chain[0].dtype, chain[0].shape) if chain else (start.dtype, tuple(start.shape))
-        return start, steps, dtype, shape
+        return start, steps, chain[0].dtype, chain[0].shape
 
     @staticmethod
     def _broken_chain(holder: str, key: str) -> IntegrityError:
@@ -105,3 +109,9 @@ class UpdateReader:
         if model_id not in self._snapshots:
             self._snapshots[model_id] = self._read_weights(self.snapshot(model_id).parameters_file)
         return self._snapshots[model_id]
+
+
+def _value(start: Optional[torch.Tensor], steps: list[tuple[DeltaCodec, Buffer]], dtype: torch.dtype,
+           shape: tuple) -> torch.Tensor:
+    """The tensor a chain of `_chain` gives: the snapshot's own tensor when no step applies to it."""
+    return start if start is not None and not steps else decode_chain(start, steps, dtype, shape)

@@ -40,7 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     recovered = service.recover_model(model_id, execute_checks=True).model
     recover_seconds = time.perf_counter() - start
 
-    equal = model_equal(model, recovered, lambda: torch.rand(2, 3, 224, 224))
+    equal = recovered is not None and model_equal(model, recovered, lambda: torch.rand(2, 3, 224, 224))
     sizes = service.model_save_size(model_id)
     print(f"model id:        {model_id}")
     print(f"store:           {args.store} (SQLite + files)")

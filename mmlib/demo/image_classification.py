@@ -55,7 +55,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         with Image.open(path) as image:
-            image = image.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+            image = image.convert("RGB").resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         pixels = torch.from_numpy(numpy.asarray(image, dtype=numpy.float32) / 255.0).permute(2, 0, 1)
         return (pixels - _MEAN) / _STD, label
 
@@ -73,7 +73,9 @@ class SGDOptimizer(torch.optim.SGD, StateFileRestorableObject):
 class ImageClassificationTrainService(TrainService):
     """Trains a classifier with cross-entropy on the batches of `state_objs['dataloader']`."""
 
-    def train(self, model: torch.nn.Module, number_batches: Optional[int] = None) -> None:
+    # A train service names the train kwargs it takes (recovery passes it those stored with it), where the base
+    # class's signature (the original API's) takes any.
+    def train(self, model: torch.nn.Module, number_batches: Optional[int] = None) -> None:  # type: ignore[override]
         """Train on the first `number_batches` batches (all when None), logging each batch."""
         loader = self.state_objs[DATALOADER].instance
         optimizer = self._optimizer(model)
@@ -108,7 +110,7 @@ class ImageClassificationTrainWrapper(StateDictRestorableObjectWrapper):
         loader.restore_instance({"dataset": data.instance})
         optimizer = self.load_state_obj(OPTIMIZER, StateFileRestorableObjectWrapper, file_pers_service,
                                         dict_pers_service, restore_root)
-        self.instance = create_object(code=self.code.path, class_name=self.class_name)
+        self.instance = create_object(code=self._code_path(), class_name=self.class_name)
         self.instance.state_objs = {DATA: data, DATALOADER: loader, OPTIMIZER: optimizer}
 
 

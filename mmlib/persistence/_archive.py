@@ -3,12 +3,12 @@
 import io
 import os
 import tarfile
-from typing import BinaryIO
 
 from mmlib.errors import IntegrityError
+from mmlib.persistence._hashing import HashingWriter
 
 
-def write_directory_archive(directory: str, fileobj: BinaryIO) -> None:
+def write_directory_archive(directory: str, fileobj: HashingWriter) -> None:
     """Write a tar of `directory` (sorted names, no owners or times) so equal trees give equal bytes and one blob."""
     def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
@@ -16,7 +16,8 @@ def write_directory_archive(directory: str, fileobj: BinaryIO) -> None:
         info.mtime = 0
         return info
 
-    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    # Writing, tarfile calls only write() and tell(); typeshed's protocol for `fileobj` asks for read and seek too.
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for root, dirs, files in os.walk(directory):
             dirs.sort()
             for name in sorted(files):

@@ -84,7 +84,7 @@ class _WritebackFile:
         self._file.close()
 
 
-class FileSystemPersistenceService(FilePersistenceService):
+class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
     """Content-addressed blobs under `base_path`; safe for several processes and nodes sharing the directory.
 
     Every blob and its directory entry are on disk before the save goes on, so a model is never listed with a

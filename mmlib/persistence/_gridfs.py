@@ -22,7 +22,7 @@ _PARTIAL_PREFIX = "partial-"
 _OBJECT_ID_RESOLUTION_S = 1.0
 
 
-class GridFSFilePersistenceService(FilePersistenceService):
+class GridFSFilePersistenceService(FilePersistenceService["_UploadWriter"]):
     """Content-addressed blobs in the GridFS bucket of a MongoDB database (`host`: host, `host:port` or URI).
 
     `mongo_service` shares an open connection instead of opening one for `host` and `db_name` (which are then

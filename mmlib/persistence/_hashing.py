@@ -5,11 +5,12 @@ content address and the integrity check cost little time on top of the I/O itsel
 """
 
 import concurrent.futures
-from typing import BinaryIO, Optional
+from typing import Optional
 
 import numpy as np
 
 from mmlib.errors import IntegrityError
+from mmlib.util.buffers import BinarySink, BinarySource, Buffer
 from mmlib.util.hash import new_hasher
 
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -23,13 +24,13 @@ class HashingWriter:
     hashed inline, where handing them to a thread would cost more than it saves.
     """
 
-    def __init__(self, sink: BinaryIO):
+    def __init__(self, sink: BinarySink):
         self._sink = sink
         self.hasher = new_hasher()
         self.size = 0
         self._helper: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Buffer) -> int:
         size = memoryview(data).nbytes
         if size < PARALLEL_HASH_BYTES:
             self.hasher.update(data)
@@ -55,16 +56,16 @@ class HashingWriter:
         return self.size
 
     def flush(self) -> None:
-        self._sink.flush()
+        """Nothing to do: every write reached the sink, and the store makes the blob durable when it commits it."""
 
 
-def read_verified(source: BinaryIO, size: int, digest: str) -> memoryview:
+def read_verified(source: BinarySource, size: int, digest: str) -> memoryview:
     """All `size` bytes of a blob, read straight into one writable buffer and checked against `digest`.
 
     Chunks are hashed in a helper thread while the next one is read. The buffer is not zero-filled first (the
     read fills it), which saves a pass over large blobs. IntegrityError when the bytes differ in length or hash.
     """
-    view = memoryview(np.empty(size, dtype=np.uint8))
+    view = np.empty(size, dtype=np.uint8).data
     hasher = new_hasher()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash") as helper:
         offset = 0
@@ -82,7 +83,7 @@ def read_verified(source: BinaryIO, size: int, digest: str) -> memoryview:
     return view
 
 
-def copy_verified(source: BinaryIO, out, digest: str) -> None:
+def copy_verified(source: BinarySource, out: BinarySink, digest: str) -> None:
     """Stream a blob into `out` (anything with `write`), hashing as it goes; IntegrityError on a mismatch.
 
     `out` has received every byte by then: a caller that must not expose bad bytes writes to a temp file.
@@ -95,7 +96,7 @@ def copy_verified(source: BinaryIO, out, digest: str) -> None:
         raise _corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
 
 
-def copy_stream(source: BinaryIO, sink) -> None:
+def copy_stream(source: BinarySource, sink: BinarySink) -> None:
     """Copy a binary stream in chunks."""
     while chunk := source.read(CHUNK_SIZE):
         sink.write(chunk)
@@ -104,7 +105,7 @@ def copy_stream(source: BinaryIO, sink) -> None:
 class NullSink:
     """A write target that drops everything (for verification passes)."""
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Buffer) -> int:
         return len(data)
 
 
@@ -114,7 +115,7 @@ def _corrupted_blob(digest: str, detail: str) -> IntegrityError:
                           "restore the blob from a backup")
 
 
-def _read_into(source: BinaryIO, view: memoryview) -> int:
+def _read_into(source: BinarySource, view: memoryview) -> int:
     """Fill `view` from `source` (with `readinto` where the stream has it); the number of bytes read."""
     readinto = getattr(source, "readinto", None)
     if readinto is not None:

@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 import time
-from typing import BinaryIO, Callable, Iterator, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class _Spool:
         self._file.close()
 
 
-class ObjectStoreFilePersistenceService(FilePersistenceService):
+class ObjectStoreFilePersistenceService(FilePersistenceService[_Spool]):
     """Content-addressed blobs in an S3 bucket under a key prefix (`url` is `s3://bucket[/prefix]`).
 
     `bucket`, `prefix`, `client` and `key()` are public so that tools (and tests) can reach the objects.
@@ -296,7 +296,7 @@ class ObjectStoreFilePersistenceService(FilePersistenceService):
         """All bytes of a stored blob by parallel ranged GETs into one buffer, hashed in order as parts arrive."""
         digest, _, _ = split_reference_id(reference_id)
         size = self._blob_size(digest)
-        view = memoryview(np.empty(size, dtype=np.uint8))
+        view = np.empty(size, dtype=np.uint8).data
         hasher = new_hasher()
         with concurrent.futures.ThreadPoolExecutor(self.parallel_parts, thread_name_prefix="mmlib-s3") as pool:
             ranges = self._ranges(size)
@@ -308,7 +308,7 @@ class ObjectStoreFilePersistenceService(FilePersistenceService):
             raise _changed(digest, f"its bytes hash to {hasher.hexdigest()}")
         return view
 
-    def _open_blob_reader(self, digest: str) -> BinaryIO:
+    def _open_blob_reader(self, digest: str) -> "_RangedReader":
         return _RangedReader(self, digest, self._blob_size(digest))
 
 

@@ -10,20 +10,24 @@ import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
-from typing import BinaryIO, Callable, Iterator, Optional
+from contextlib import AbstractContextManager
+from typing import Callable, Generic, Iterator, Optional, TypeVar
 
 from mmlib.constants import ID
-from mmlib.errors import DocumentNotFoundError, InvalidSaveInfoError
+from mmlib.errors import DocumentNotFoundError, InvalidIdError, InvalidSaveInfoError
 from mmlib.persistence._archive import extract_directory_archive, write_directory_archive
 from mmlib.persistence._atomic import atomic_write
 from mmlib.persistence._hashing import CHUNK_SIZE, HashingWriter, NullSink, copy_stream, copy_verified, read_verified
 from mmlib.persistence._references import DIGEST_LENGTH, make_reference_id, split_reference_id
+from mmlib.util.buffers import BinarySink, BinarySource
 from mmlib.util.hash import new_hasher
 
 __all__ = ["DIGEST_LENGTH", "DictPersistenceService", "FilePersistenceService", "FileReference", "document_id",
            "missing_document", "split_reference_id"]
 
 logger = logging.getLogger(__name__)
+
+Handle = TypeVar("Handle", bound=BinarySink)  # what a backend writes a new blob to
 
 
 class FileReference:
@@ -37,8 +41,14 @@ class FileReference:
     def __repr__(self) -> str:
         return f"FileReference(path={self.path!r}, reference_id={self.reference_id!r})"
 
+    def stored_id(self) -> str:
+        """`reference_id` of a stored file; InvalidIdError when the file was never stored (it has none)."""
+        if self.reference_id is None:
+            raise InvalidIdError(f"{self!r} names no stored file (it has no reference id); store it with save_file")
+        return self.reference_id
 
-class FilePersistenceService(ABC):
+
+class FilePersistenceService(ABC, Generic[Handle]):
     """A content-addressed blob store: a blob's id is the BLAKE3 digest of its bytes, so equal bytes are stored once.
 
     Backends implement the raw blob hooks; hashing, naming, directories and integrity checks live here. A write
@@ -76,7 +86,7 @@ class FilePersistenceService(ABC):
             self.write_stream(lambda sink: sink.write(data))
         return FileReference(reference_id=make_reference_id(digest, name))
 
-    def write_stream(self, produce: Callable[[BinaryIO], None]) -> str:
+    def write_stream(self, produce: Callable[[HashingWriter], object]) -> str:
         """Store the bytes that `produce(fileobj)` writes, hashing on the way; returns their digest.
 
         When producing or committing fails (a full disk, an exception in `produce`), the unfinished blob is
@@ -99,11 +109,12 @@ class FilePersistenceService(ABC):
 
     def recover_file(self, file_ref: FileReference, dst_dir: str) -> None:
         """Restore the referenced file (or directory) under its original name in `dst_dir`; set `file_ref.path`."""
-        digest, name, is_directory = split_reference_id(file_ref.reference_id)
+        reference_id = file_ref.stored_id()
+        digest, name, is_directory = split_reference_id(reference_id)
         os.makedirs(dst_dir, exist_ok=True)
         target = os.path.join(dst_dir, name)
         if is_directory:
-            extract_directory_archive(self.read_bytes(file_ref.reference_id), target, file_ref.reference_id)
+            extract_directory_archive(self.read_bytes(reference_id), target, reference_id)
         else:
             # Restored files are scratch copies of what the store keeps: atomic, but not worth two fsyncs each.
             with atomic_write(target, durable=False) as out, self._open_blob_reader(digest) as source:
@@ -119,7 +130,7 @@ class FilePersistenceService(ABC):
 
     def file_size(self, file_ref: FileReference) -> None:
         """Set `file_ref.size` to the number of bytes the referenced blob takes in the store."""
-        digest, _, _ = split_reference_id(file_ref.reference_id)
+        digest, _, _ = split_reference_id(file_ref.stored_id())
         file_ref.size = self._blob_size(digest)
 
     def verify_blob(self, digest: str) -> None:
@@ -159,11 +170,11 @@ class FilePersistenceService(ABC):
         """Remove one unfinished upload (garbage collection); a missing one is not an error."""
 
     @abstractmethod
-    def _open_blob_writer(self) -> BinaryIO:
+    def _open_blob_writer(self) -> Handle:
         """A writable handle for a new blob whose digest is not yet known."""
 
     @abstractmethod
-    def _commit_blob(self, handle: BinaryIO, digest: str) -> None:
+    def _commit_blob(self, handle: Handle, digest: str) -> None:
         """Durably publish the written bytes under `digest` (no-op if it exists) and close the handle."""
 
     @abstractmethod
@@ -171,11 +182,11 @@ class FilePersistenceService(ABC):
         """Mark a stored blob as just written: a save reuses it, so garbage collection must keep it a while."""
 
     @abstractmethod
-    def _abort_blob(self, handle: BinaryIO) -> None:
+    def _abort_blob(self, handle: Handle) -> None:
         """Discard a blob being written, whatever state writing or committing it failed in."""
 
     @abstractmethod
-    def _open_blob_reader(self, digest: str) -> BinaryIO:
+    def _open_blob_reader(self, digest: str) -> AbstractContextManager[BinarySource]:
         """A readable handle on a stored blob; raises BlobNotFoundError when missing."""
 
     @abstractmethod

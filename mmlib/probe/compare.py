@@ -15,7 +15,8 @@ from mmlib.util.hash import tensor_hash
 from mmlib.util.table import GREEN, RED, format_table
 
 Layers = Dict[str, LayerInfo]
-Pair = Tuple[Optional[str], Optional[LayerInfo], Optional[str], Optional[LayerInfo]]
+# A layer key (of `layers1`, else of `layers2`) and that layer in each summary (None where it has none).
+Pair = Tuple[str, Optional[LayerInfo], Optional[LayerInfo]]
 
 # Order in which first_divergence inspects the fields: forward fields in forward order, then backward fields in
 # backward order (a gradient divergence starts at the layer closest to the loss).
@@ -30,7 +31,7 @@ _DIGEST_LENGTH = 8  # hex digits of a tensor's digest shown in a table
 def layers_equal(layers1: Layers, layers2: Layers) -> bool:
     """True when both summaries hold the same layer calls with equal fields."""
     return all(info1 is not None and info2 is not None and _layer_equal(info1, info2)
-               for _, info1, _, info2 in pairs(layers1, layers2))
+               for _, info1, info2 in pairs(layers1, layers2))
 
 
 def first_divergence(layers1: Layers, layers2: Layers) -> Optional[Tuple[str, ProbeInfo]]:
@@ -39,17 +40,17 @@ def first_divergence(layers1: Layers, layers2: Layers) -> Optional[Tuple[str, Pr
     Forward fields are checked layer by layer in forward order, then backward fields in backward order.
     """
     matched = pairs(layers1, layers2)
-    for key1, info1, key2, info2 in matched:
+    for key, info1, info2 in matched:
         if info1 is None or info2 is None:
-            return (key1 if key1 is not None else key2), ProbeInfo.LAYER_ID
+            return key, ProbeInfo.LAYER_ID
         for probe_field in _FORWARD_FIELDS:
             if not _field_equal(info1, info2, probe_field):
-                return key1, probe_field
+                return key, probe_field
     backward_order = sorted(matched, key=lambda pair: _sort_index(pair[1], ProbeInfo.BACKWARD_INDEX))
-    for key1, info1, _, info2 in backward_order:
+    for key, info1, info2 in backward_order:
         for probe_field in _BACKWARD_FIELDS:
             if not _field_equal(info1, info2, probe_field):
-                return key1, probe_field
+                return key, probe_field
     return None
 
 
@@ -73,9 +74,9 @@ def print_comparison(layers1: Layers, layers2: Layers, common: Sequence[ProbeInf
     header = (["layer"] + [probe_field.value for probe_field in common_fields]
               + [probe_field.value for probe_field in compare_fields])
     rows = []
-    for key1, info1, key2, info2 in pairs(layers1, layers2):
-        shown = info1 if info1 is not None else info2
-        row = [key1 if key1 is not None else key2]
+    for key, info1, info2 in pairs(layers1, layers2):
+        shown = layers1[key] if info1 is not None else layers2[key]
+        row = [key]
         row += [_format_value(shown.get(probe_field, "-")) for probe_field in common_fields]
         row += ["same" if info1 is not None and info2 is not None and _field_equal(info1, info2, probe_field)
                 else "diff" for probe_field in compare_fields]
@@ -92,15 +93,14 @@ def pairs(layers1: Layers, layers2: Layers) -> List[Pair]:
     """Layers of both summaries matched by forward index (or by position when indices are missing)."""
     mine, theirs = ordered(layers1), ordered(layers2)
     if all(ProbeInfo.FORWARD_INDEX in info for _, info in mine + theirs):
-        by_index1 = {info[ProbeInfo.FORWARD_INDEX]: (key, info) for key, info in mine}
-        by_index2 = {info[ProbeInfo.FORWARD_INDEX]: (key, info) for key, info in theirs}
-        indices = sorted(by_index1.keys() | by_index2.keys())
-        matched = [(by_index1.get(index, (None, None)), by_index2.get(index, (None, None))) for index in indices]
-    else:
-        length = max(len(mine), len(theirs))
-        matched = [(mine[i] if i < len(mine) else (None, None), theirs[i] if i < len(theirs) else (None, None))
-                   for i in range(length)]
-    return [(key1, info1, key2, info2) for (key1, info1), (key2, info2) in matched]
+        key_at1 = {info[ProbeInfo.FORWARD_INDEX]: key for key, info in mine}
+        key_at2 = {info[ProbeInfo.FORWARD_INDEX]: key for key, info in theirs}
+        return [(key_at1[index] if index in key_at1 else key_at2[index],
+                 layers1[key_at1[index]] if index in key_at1 else None,
+                 layers2[key_at2[index]] if index in key_at2 else None)
+                for index in sorted(key_at1.keys() | key_at2.keys())]
+    return [(mine[i][0] if i < len(mine) else theirs[i][0], mine[i][1] if i < len(mine) else None,
+             theirs[i][1] if i < len(theirs) else None) for i in range(max(len(mine), len(theirs)))]
 
 
 def _sort_index(info: Optional[LayerInfo], index_field: ProbeInfo) -> Tuple[int, int]:

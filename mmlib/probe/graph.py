@@ -20,8 +20,14 @@ import torch
 
 
 def sequence_marker(marker_leaf: torch.Tensor) -> int:
-    """The sequence number of a node created now: nodes created from here on are numbered above it."""
-    return marker_leaf.view(()).grad_fn._sequence_nr()
+    """The sequence number of a node created now: nodes created from here on are numbered above it.
+
+    `marker_leaf` is a tensor that requires grad, so that a view of it gets an autograd node.
+    """
+    node = marker_leaf.view(()).grad_fn
+    if node is None:
+        raise ValueError("sequence_marker needs a tensor that requires grad (its views then get autograd nodes)")
+    return node._sequence_nr()
 
 
 def _created_after(node: Any, marker: int) -> bool:

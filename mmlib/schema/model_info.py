@@ -48,6 +48,7 @@ class ModelInfo(SchemaObj):
     """
 
     _representation_type = MODEL_INFO
+    _weights_hash: Optional[WeightDictMerkleTree]  # set through `weights_hash_info`
     _fields = (
         ValueField("store_type", key=STORE_TYPE, encode=lambda value: value.value, decode=ModelStoreType),
         ObjectField("recover_info", _recover_info_class, key=RECOVER_INFO_ID, size_key="recover_info"),
@@ -91,18 +92,18 @@ class ModelInfo(SchemaObj):
                         restore_root: str, load_recursive: bool = False, load_files: bool = False) -> None:
         super().load_all_fields(file_pers_service, dict_pers_service, restore_root, load_recursive, load_files)
         if self.store_type == ModelStoreType.PROVENANCE and self.weights_hash_info is None:
-            self.weights_hash_info = recorded_weights_hash(self.store_id, dict_pers_service)
+            self.weights_hash_info = recorded_weights_hash(self.stored_id(), dict_pers_service)
 
     def stored_items(self, dict_pers_service: DictPersistenceService) -> Iterator[StoredItem]:
         yield from super().stored_items(dict_pers_service)
-        if dict_pers_service.id_exists(self.store_id, RECORDED_WEIGHTS_HASH):
-            yield StoredItem(RECORDED_WEIGHTS_HASH, self.store_id)
+        if dict_pers_service.id_exists(self.stored_id(), RECORDED_WEIGHTS_HASH):
+            yield StoredItem(RECORDED_WEIGHTS_HASH, self.stored_id())
 
     def size_info(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> dict:
         sizes = super().size_info(file_pers_service, dict_pers_service)
-        if dict_pers_service.id_exists(self.store_id, RECORDED_WEIGHTS_HASH):
+        if dict_pers_service.id_exists(self.stored_id(), RECORDED_WEIGHTS_HASH):
             sizes[WEIGHTS_HASH_INFO] = {
-                METADATA_SIZE: dict_pers_service.dict_size(self.store_id, RECORDED_WEIGHTS_HASH)}
+                METADATA_SIZE: dict_pers_service.dict_size(self.stored_id(), RECORDED_WEIGHTS_HASH)}
         return sizes
 
 

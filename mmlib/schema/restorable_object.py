@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, TypeVar, Union
 
 import torch
 
@@ -42,6 +42,8 @@ IMPORT_CMD = "import_cmd"
 INIT_ARGS = "init_args"
 CONFIG_ARGS = "config_args"
 INIT_REF_TYPE_ARGS = "init_ref_type_args"
+
+Wrapper = TypeVar("Wrapper", bound="RestorableObjectWrapper")
 
 
 def check_json_value(value: Any, what: str, hint: str = "pass objects by name with init_ref_type_args instead") -> None:
@@ -84,7 +86,7 @@ class AbstractRestorableObjectWrapper(SchemaObj):
     """
 
     _representation_type = RESTORABLE_OBJECT
-    _fields = (
+    _fields: tuple[ValueField, ...] = (
         ValueField("class_name", key=CLASS_NAME),
         IsolatedFileField("code", key=CODE_FILE),
         ValueField("import_cmd", key=IMPORT_CMD),
@@ -135,7 +137,7 @@ class AbstractRestorableObjectWrapper(SchemaObj):
 class RestorableObjectWrapper(AbstractRestorableObjectWrapper):
     """An object rebuilt from its class, JSON `init_args`, `config_args` and objects passed at restore time."""
 
-    _fields = AbstractRestorableObjectWrapper._fields + (
+    _fields: tuple[ValueField, ...] = AbstractRestorableObjectWrapper._fields + (
         ValueField("init_args", key=INIT_ARGS),
         ValueField("init_ref_type_args", key=INIT_REF_TYPE_ARGS),
         ValueField("config_args", key=CONFIG_ARGS),
@@ -167,7 +169,8 @@ class RestorableObjectWrapper(AbstractRestorableObjectWrapper):
             raise RestoreError(f"{self.class_name} is restored with the objects {sorted(expected)} passed as "
                                f"ref_type_args, got {sorted(ref_type_args)}")
         init_args = add_params_from_config(dict(self.init_args or {}), self.config_args)
-        self.instance = create_object_with_parameters(self.class_name, init_args, code_file=self._code_path(),
+        self.instance = create_object_with_parameters(check_class_name(self.class_name), init_args,
+                                                      code_file=self._code_path(),
                                                       import_cmd=self.import_cmd, init_ref_type_args=ref_type_args)
         return self.instance
 
@@ -260,7 +263,7 @@ class TrainService(StateDictObj, ABC):
     """Trains a model with the objects in `state_objs`; re-running it after restore reproduces the training."""
 
     @abstractmethod
-    def train(self, model: torch.nn.Module, **kwargs) -> None:
+    def train(self, model: torch.nn.Module, **kwargs: Any) -> None:
         """Train `model` in place; `kwargs` are the train kwargs stored with the model version."""
 
 
@@ -327,14 +330,15 @@ class StateDictRestorableObjectWrapper(AbstractRestorableObjectWrapper):
                                 else wrapper for name, wrapper in (self.state_objs or {}).items()}
         return stateless
 
-    def load_state_obj(self, name: str, cls: type, file_pers_service: FilePersistenceService,
-                       dict_pers_service: DictPersistenceService, restore_root: str) -> RestorableObjectWrapper:
+    def load_state_obj(self, name: str, cls: type[Wrapper], file_pers_service: FilePersistenceService,
+                       dict_pers_service: DictPersistenceService, restore_root: str) -> Wrapper:
         """Load the stored wrapper `name` of `state_objs` as `cls`, with its files restored (a state-file wrapper
         with a carried state gets that as its state file)."""
-        if name not in (self.state_objs or {}):
+        state_objs = self.state_objs or {}
+        if name not in state_objs:
             raise RestoreError(f"the stored train service {self.class_name} has no state object {name!r}; "
-                               f"it has {sorted(self.state_objs or {})}")
-        wrapper = cls.load(self.state_objs[name], file_pers_service, dict_pers_service, restore_root,
+                               f"it has {sorted(state_objs)}")
+        wrapper = cls.load(state_objs[name], file_pers_service, dict_pers_service, restore_root,
                            load_recursive=True, load_files=True)
         if name in self.carried_states and isinstance(wrapper, StateFileRestorableObjectWrapper):
             wrapper.state_file = self.carried_states[name]

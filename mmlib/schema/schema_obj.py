@@ -11,10 +11,10 @@ the document still hashes to its id.
 import json
 import logging
 import os
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
+from typing import Any, Callable, Iterator, NamedTuple, Optional, TypeVar, Union
 
 from mmlib.constants import ID
-from mmlib.errors import IntegrityError, MMLibError
+from mmlib.errors import DocumentNotFoundError, IntegrityError, MMLibError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
 from mmlib.util.hash import new_hasher
 
@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 METADATA_SIZE = "metadata_size"
 BLOB = "blob"
+
+Obj = TypeVar("Obj", bound="SchemaObj")
 
 
 def content_digest(document: dict) -> str:
@@ -41,7 +43,8 @@ class StoredItem(NamedTuple):
 class ValueField:
     """A JSON value stored in the document; `encode`/`decode` convert to and from the attribute's type."""
 
-    def __init__(self, attr: str, key: Optional[str] = None, encode: Callable = None, decode: Callable = None):
+    def __init__(self, attr: str, key: Optional[str] = None, encode: Optional[Callable] = None,
+                 decode: Optional[Callable] = None):
         self.attr = attr
         self.key = key or attr
         self.size_key = self.key
@@ -105,13 +108,13 @@ class ObjectField(ValueField):
     `cls` is the class, or a function of the stored document that picks it (polymorphic references).
     """
 
-    def __init__(self, attr: str, cls: Union[type, Callable[[dict], type]], key: Optional[str] = None,
-                 size_key: Optional[str] = None):
+    def __init__(self, attr: str, cls: Union[type["SchemaObj"], Callable[[dict], type["SchemaObj"]]],
+                 key: Optional[str] = None, size_key: Optional[str] = None):
         super().__init__(attr, key)
         self.size_key = size_key or attr
         self._cls = cls
 
-    def resolve(self, document: dict) -> type:
+    def resolve(self, document: dict) -> type["SchemaObj"]:
         return self._cls if isinstance(self._cls, type) else self._cls(document)
 
     def persist(self, obj, fps, dps) -> Optional[str]:
@@ -165,7 +168,8 @@ class ObjectMapField(ValueField):
     already ids are stored as they are. `cls` sizes and traverses the referenced documents.
     """
 
-    def __init__(self, attr: str, cls: type, key: Optional[str] = None, size_key: Optional[str] = None):
+    def __init__(self, attr: str, cls: type["SchemaObj"], key: Optional[str] = None,
+                 size_key: Optional[str] = None):
         super().__init__(attr, key)
         self.size_key = size_key or attr
         self._cls = cls
@@ -195,13 +199,20 @@ class SchemaObj:
     """Base of every persisted object; subclasses set `_representation_type` and `_fields`."""
 
     _representation_type: str = ""
-    _fields: tuple = ()
+    _fields: tuple[ValueField, ...] = ()
 
     def __init__(self, store_id: Optional[str] = None):
         self.store_id = store_id
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(store_id={self.store_id!r})"
+
+    def stored_id(self) -> str:
+        """`store_id` of a stored object; DocumentNotFoundError when the object was never stored (it has none)."""
+        if self.store_id is None:
+            raise DocumentNotFoundError(f"{self!r} names no stored {self._representation_type} document (it has no "
+                                        "store_id); store it with persist")
+        return self.store_id
 
     def _document(self, fps: FilePersistenceService, dps: DictPersistenceService) -> dict:
         """Persist referenced blobs and objects, then return this object's document (without id)."""
@@ -226,14 +237,14 @@ class SchemaObj:
         return f"{cls._representation_type}-{content_digest(document)}"
 
     @classmethod
-    def load_placeholder(cls, obj_id: str) -> "SchemaObj":
+    def load_placeholder(cls: type[Obj], obj_id: str) -> Obj:
         """An object that knows only its id; `load_all_fields` fills it in."""
         return cls(store_id=obj_id)
 
     @classmethod
-    def load(cls, obj_id: str, file_pers_service: FilePersistenceService,
+    def load(cls: type[Obj], obj_id: str, file_pers_service: FilePersistenceService,
              dict_pers_service: DictPersistenceService, restore_root: str,
-             load_recursive: bool = False, load_files: bool = False) -> "SchemaObj":
+             load_recursive: bool = False, load_files: bool = False) -> Obj:
         """Load a stored object; referenced objects fully when `load_recursive`, files restored when `load_files`."""
         obj = cls.load_placeholder(obj_id)
         obj.load_all_fields(file_pers_service, dict_pers_service, restore_root, load_recursive, load_files)
@@ -257,7 +268,7 @@ class SchemaObj:
 
     def stored_document(self, dict_pers_service: DictPersistenceService) -> dict:
         """The stored document of this object; IntegrityError when it no longer hashes to its id."""
-        document = dict_pers_service.recover_dict(self.store_id, self._representation_type)
+        document = dict_pers_service.recover_dict(self.stored_id(), self._representation_type)
         fields = {key: value for key, value in document.items() if key != ID}
         if self._content_id(fields) != self.store_id:
             raise IntegrityError(
@@ -269,14 +280,14 @@ class SchemaObj:
         """This object's document and every blob and document it references, recursively (each document checked
         against its id)."""
         document = self.stored_document(dict_pers_service)
-        yield StoredItem(self._representation_type, self.store_id)
+        yield StoredItem(self._representation_type, self.stored_id())
         for field in self._fields:
             yield from field.references(document, dict_pers_service)
 
     def size_info(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> dict:
         """Stored bytes of this object: its own document (`metadata_size`) and each referenced blob and object."""
-        document = dict_pers_service.recover_dict(self.store_id, self._representation_type)
-        sizes: dict = {METADATA_SIZE: dict_pers_service.dict_size(self.store_id, self._representation_type)}
+        document = dict_pers_service.recover_dict(self.stored_id(), self._representation_type)
+        sizes: dict = {METADATA_SIZE: dict_pers_service.dict_size(self.stored_id(), self._representation_type)}
         for field in self._fields:
             size = field.size(document, file_pers_service, dict_pers_service)
             if size is not None:

@@ -32,13 +32,14 @@ large tensor whose high planes compress well it encodes and decodes about twice 
 
 import re
 import struct
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import zstandard
 
 from mmlib.errors import IncompatibleModelError, IntegrityError, UnknownCodecError
+from mmlib.util.buffers import Buffer
 from mmlib.util.hash import tensor_bytes
 
 PLAIN = "plain"
@@ -48,10 +49,8 @@ DEFAULT_CODEC = "sub-zigzag-shuffle-zstd1"
 
 _NAME = re.compile(r"(?P<op>plain|xor|sub)(?P<zigzag>-zigzag)?(?:(?P<shuffle>-shuffle)|(?P<planes>-planes))?"
                    r"(?:-zstd(?P<level>\d{1,2}))?")
-_UNSIGNED = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
-_SIGNED = {1: np.dtype("<i1"), 2: np.dtype("<i2"), 4: np.dtype("<i4"), 8: np.dtype("<i8")}
-
-Buffer = Union[bytes, bytearray, memoryview]
+_UNSIGNED: dict[int, np.dtype] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_SIGNED: dict[int, np.dtype] = {1: np.dtype("<i1"), 2: np.dtype("<i2"), 4: np.dtype("<i4"), 8: np.dtype("<i8")}
 
 # `planes` codecs: how they chunk the element-wise passes, and how they decide which byte planes to compress.
 _CHUNK_BYTES = 1 << 18  # the difference, zig-zag and shuffle of one chunk stay in the L2 cache
@@ -110,24 +109,25 @@ class DeltaCodec:
     def encode(self, tensor: torch.Tensor, base: Optional[torch.Tensor] = None) -> Buffer:
         """The bytes that, with `base`, give back `tensor` exactly."""
         bits = _bits(tensor)
+        planes_level = self.level if self.planes else None  # a planes codec always has a zstd level
         if self.needs_base:
             if base is None or base.dtype != tensor.dtype or base.shape != tensor.shape:
                 raise IncompatibleModelError(
                     f"a {self.name} delta needs a base tensor of dtype {tensor.dtype} and shape "
                     f"{tuple(tensor.shape)}, got {None if base is None else (base.dtype, tuple(base.shape))}; "
                     "store the tensor with the plain codec instead")
-            if self.planes:
-                return _pack_planes(self._shuffled_delta(bits, _bits(base), tensor.element_size()), self.level)
+            if planes_level is not None:
+                return _pack_planes(self._shuffled_delta(bits, _bits(base), tensor.element_size()), planes_level)
             bits = self._forward(bits, _bits(base))
-        elif self.planes:
-            return _pack_planes(self._shuffled_delta(bits, None, tensor.element_size()), self.level)
+        elif planes_level is not None:
+            return _pack_planes(self._shuffled_delta(bits, None, tensor.element_size()), planes_level)
         raw = bits.view(np.uint8)
         size = tensor.element_size()
         if self.shuffle and size > 1:
             raw = _transpose_bytes(raw, raw.size // size, size)
         if self.level is None:
-            return memoryview(raw)
-        return zstandard.ZstdCompressor(level=self.level).compress(raw)
+            return raw.data
+        return zstandard.ZstdCompressor(level=self.level).compress(raw.data)
 
     def decode(self, data: Buffer, dtype: torch.dtype, shape: Sequence[int],
                base: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -143,7 +143,8 @@ class DeltaCodec:
         return delta
 
     def _shuffled_delta(self, new: np.ndarray, base: Optional[np.ndarray], size: int) -> np.ndarray:
-        """The byte planes (size x elements) of the delta of `new` against `base` (of `new` itself for plain).
+        """The byte planes (size x elements) of the delta of `new` against `base` (of `new` itself when `base` is
+        None, as it is for plain).
 
         Works through cache-sized chunks, so each element is read once from memory and its planes written once.
         """
@@ -158,7 +159,7 @@ class DeltaCodec:
             last_row = min(rows, first_row + _chunk_rows(size))
             begin, end = first_row * size // per_byte, last_row * size // per_byte
             chunk = delta[:end - begin]
-            if self.op == PLAIN:
+            if base is None:
                 chunk = new[begin:end]
             elif self.op == XOR:
                 np.bitwise_xor(new[begin:end], base[begin:end], out=chunk)
@@ -179,6 +180,7 @@ class DeltaCodec:
         if base is None and self.needs_base:
             raise IntegrityError(f"a {self.name} delta was stored without a base tensor; the update metadata "
                                  "is inconsistent")
+        reference = base if self.needs_base else None  # what the delta applies to (None: the planes are the bits)
         out = np.empty(nbytes, dtype=np.uint8)
         out = out.view(_UNSIGNED[size]) if size in _UNSIGNED else out
         per_byte = out.dtype.itemsize
@@ -187,16 +189,18 @@ class DeltaCodec:
         for first_row in range(0, rows, _chunk_rows(size)):
             last_row = min(rows, first_row + _chunk_rows(size))
             begin, end = first_row * size // per_byte, last_row * size // per_byte
-            target = out[begin:end] if self.op == PLAIN else delta[:end - begin]
+            target = out[begin:end] if reference is None else delta[:end - begin]
             target_bytes = target.view(np.uint8)
             for plane in range(size):
                 target_bytes[plane::size] = planes[plane][first_row:last_row]
+            if reference is None:
+                continue
             if self.op == XOR:
-                np.bitwise_xor(base[begin:end], target, out=out[begin:end])
-            elif self.op == SUB:
+                np.bitwise_xor(reference[begin:end], target, out=out[begin:end])
+            else:
                 if self.zigzag:
                     _unzigzag_in_place(target, sign[:end - begin])
-                np.add(base[begin:end], target, out=out[begin:end])
+                np.add(reference[begin:end], target, out=out[begin:end])
         return out
 
     def _apply(self, data: Buffer, base: Optional[np.ndarray], size: int, nbytes: int) -> np.ndarray:
@@ -262,13 +266,14 @@ def _worth_compressing(plane: np.ndarray, compressor: "zstandard.ZstdCompressor"
     step = plane.size // _SAMPLE_SLICES
     sample = np.concatenate([plane[index * step:index * step + _SAMPLE_SLICE_BYTES]
                              for index in range(_SAMPLE_SLICES)])
-    return len(compressor.compress(sample)) < _COMPRESSED_PLANE_RATIO * sample.size
+    return len(compressor.compress(sample.data)) < _COMPRESSED_PLANE_RATIO * sample.size
 
 
 def _pack_planes(planes: np.ndarray, level: int) -> bytes:
     """The `planes` payload of byte planes (one row each): decision record, then each plane raw or compressed."""
     compressor = zstandard.ZstdCompressor(level=level)
-    methods, stored = [], []
+    methods: list[int] = []
+    stored: list[Buffer] = []
     for plane in planes:
         packed = compressor.compress(plane) if _worth_compressing(plane, compressor) else None
         if packed is not None and len(packed) < _COMPRESSED_PLANE_RATIO * plane.size:
@@ -293,10 +298,11 @@ def _unpack_planes(data: Buffer, size: int, rows: int, name: str) -> list[Buffer
     if header.size + sum(lengths) != data.nbytes:
         raise IntegrityError(f"a {name} tensor payload holds {data.nbytes} bytes where its plane record promises "
                              f"{header.size + sum(lengths)}; the update is damaged")
-    planes, offset = [], header.size
+    planes: list[Buffer] = []
+    offset = header.size
     decompressor = zstandard.ZstdDecompressor()
     for plane, (method, length) in enumerate(zip(methods, lengths)):
-        part = data[offset:offset + length]
+        part: Buffer = data[offset:offset + length]
         offset += length
         if method == _ZSTD:
             try:

@@ -23,7 +23,7 @@ _FROM_IMPORT = re.compile(rf"\s*from\s+({_DOTTED_NAME})\s+import\s+([A-Za-z_]\w*
 _PLAIN_IMPORT = re.compile(rf"\s*import\s+({_DOTTED_NAME})\s*")
 
 
-def check_class_name(class_name: str) -> str:
+def check_class_name(class_name: object) -> str:
     """Return `class_name` if it is a (dotted) Python identifier; raise UnsafeCodeError otherwise."""
     if not isinstance(class_name, str) or not re.fullmatch(_DOTTED_NAME, class_name):
         raise UnsafeCodeError(
@@ -57,6 +57,9 @@ def load_code_module(code: str) -> ModuleType:
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, code)
+    if spec is None or spec.loader is None:  # no loader for the file's suffix
+        raise ImportError(f"cannot import the code file {os.path.basename(code)!r}: Python imports only source files "
+                          "ending in .py; pass the .py file that defines the class")
     module = importlib.util.module_from_spec(spec)
     setattr(module, STORED_CODE_ATTRIBUTE, (os.path.basename(code), source))
     sys.modules[module_name] = module
@@ -95,18 +98,24 @@ def _check_defined_in(value: Any, package: str, what: str, functions: bool = Tru
     return value
 
 
-def create_type(code: str, type_name: str) -> type:
-    """The class named `type_name` defined in the code file `code` itself (not imported there)."""
+def create_type(code: Optional[str], type_name: Optional[str]) -> type:
+    """The class named `type_name` defined in the code file `code` itself (not imported there).
+
+    Both may be None, as a wrapper's `code.path` and `class_name` are before loading: that raises.
+    """
     if not isinstance(type_name, str) or not re.fullmatch(_IDENTIFIER, type_name):
         raise UnsafeCodeError(f"refusing class name {type_name!r}: stored code is entered by one plain identifier "
                               "such as 'ResNet18'; the stored metadata may have been changed, run `mmlib verify`")
+    if code is None:
+        raise TypeError(f"no code file to import {type_name} from: restore it first (load the wrapper with "
+                        "load_files=True)")
     module = load_code_module(code)
     value = getattr(module, type_name, None)
     return _check_defined_in(value, module.__name__, f"{type_name!r} of the stored code {os.path.basename(code)!r}",
                              functions=False)
 
 
-def create_object(code: str, class_name: str) -> Any:
+def create_object(code: Optional[str], class_name: Optional[str]) -> Any:
     """An instance of `class_name` from the code file `code`, built without arguments."""
     return create_type(code, class_name)()
 

@@ -9,11 +9,12 @@ dimension of the element size, and its real dtype is recorded in `__metadata__` 
 
 import json
 import struct
-from typing import BinaryIO, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 
 from mmlib.errors import IntegrityError
+from mmlib.util.buffers import BinarySink
 from mmlib.util.dtypes import dtype_from_name, dtype_name
 from mmlib.util.hash import tensor_bytes
 
@@ -29,7 +30,7 @@ _METADATA = "__metadata__"
 _ALIGNMENT = 8
 
 
-def write_state_dict(state_dict: Mapping[str, torch.Tensor], sink: BinaryIO) -> None:
+def write_state_dict(state_dict: Mapping[str, torch.Tensor], sink: BinarySink) -> None:
     """Write `state_dict` to `sink` in safetensors format, tensor by tensor (no full in-memory copy)."""
     header, offset, payloads, raw_dtypes = {}, 0, [], {}
     for name, tensor in state_dict.items():

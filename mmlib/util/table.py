@@ -16,13 +16,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: S
     """
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
 
-    def line(cells: Sequence[str], colour_cells: bool) -> str:
+    def line(cells: Sequence[str], cell_colours: Mapping[str, str]) -> str:
         padded = []
         for index, (cell, width) in enumerate(zip(cells, widths)):
             text = str(cell)
-            shown = f"{colours[text]}{text}{RESET}" if colour_cells and text in colours else text
+            shown = f"{cell_colours[text]}{text}{RESET}" if text in cell_colours else text
             padding = " " * (width - len(text))
             padded.append(padding + shown if index in right else shown + padding)
         return "  ".join(padded).rstrip()
 
-    return "\n".join([line(headers, False)] + [line(row, colours is not None) for row in rows])
+    return "\n".join([line(headers, {})] + [line(row, colours or {}) for row in rows])

@@ -85,7 +85,9 @@ class WeightDictMerkleTree:
 
     @classmethod
     def _parent(cls, left: "WeightDictMerkleTree", right: Optional["WeightDictMerkleTree"]) -> "WeightDictMerkleTree":
-        return cls(_combine(left.hash_value, right.hash_value if right else ""), left=left, right=right)
+        parent = cls(left=left, right=right)
+        parent.hash_value = parent._expected_hash()
+        return parent
 
     def _is_inner(self) -> bool:
         return self.left is not None or self.right is not None
@@ -179,8 +181,14 @@ class WeightDictMerkleTree:
         return leaves
 
     def layer_hashes(self) -> dict[str, str]:
-        """Layer key -> weights hash for every leaf."""
-        return {leaf.layer_key: leaf.layer_weights_hash for leaf in self.get_all_leaves()}
+        """Layer key -> weights hash for every leaf; TypeError for a leaf that lacks either (not a built tree)."""
+        hashes = {}
+        for leaf in self.get_all_leaves():
+            if leaf.layer_key is None or leaf.layer_weights_hash is None:
+                raise TypeError(f"{leaf!r} is not a leaf of a built Merkle tree (it lacks a layer key or weights "
+                                "hash); build trees with WeightDictMerkleTree.from_state_dict")
+            hashes[leaf.layer_key] = leaf.layer_weights_hash
+        return hashes
 
     def check_integrity(self) -> bool:
         """True when every node's hash matches its children (or its layer)."""
