@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install mmlib into it (with pymongo, a default dependency, so both stores work), with the
 # `examples` extra (Pillow, for the provenance example's images) and the `bench` one (matplotlib). `--test` adds
-# the `test` extra: pytest, the secantusdb MongoDB wire-protocol server the tests start, transformers for the
-# model zoo tests.
+# the `test` extra: pytest, mypy (the README's test command type-checks mmlib first), the secantusdb MongoDB
+# wire-protocol server the tests start, transformers for the model zoo tests.
 #
 # torch comes pinned and first: an unpinned torch, or PyPI's torch on Linux, is a CUDA build of several GB.
 # A torch wheel that pip finds without an index (its find-links, e.g. a local folder of wheels) is used if
