@@ -17,6 +17,9 @@ from mmlib.persistence import (FileSystemPersistenceService, GridFSFilePersisten
                                MongoDictPersistenceService, SQLiteDictPersistenceService)
 from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
 from mmlib.testing.s3_server import empty_prefix, fresh_prefix, start_s3_server
+from store_helpers import corrupt_blob as corrupt_stored_blob
+
+pytest.register_assert_rewrite("mmlib.testing.stores")  # the conformance suites: show the values that failed
 
 _SERVER_START_TIMEOUT_S = 60
 
@@ -121,22 +124,6 @@ def s3_test_location(request):
     return location
 
 
-DICT_BACKENDS = ["sqlite", "mongo"]
-FILE_BACKENDS = ["filesystem", "gridfs", "s3"]
-
-
-@pytest.fixture(params=DICT_BACKENDS)
-def dict_service(request, tmp_path):
-    """Every document store backend in turn."""
-    return make_dict_service(request.param, tmp_path, request)
-
-
-@pytest.fixture(params=FILE_BACKENDS)
-def file_service(request, tmp_path):
-    """Every blob store backend in turn."""
-    return make_file_service(request.param, tmp_path, request)
-
-
 STORE_PAIRS = [("sqlite", "filesystem"), ("mongo", "filesystem"), ("mongo", "gridfs")]
 OBJECT_STORE_PAIR = ("mongo", "s3")
 
@@ -158,33 +145,10 @@ def stores(request, tmp_path):
     return make_file_service(file_kind, tmp_path, request), make_dict_service(dict_kind, tmp_path, request)
 
 
-def _flip_byte_on_disk(path: str) -> None:
-    with open(path, "r+b") as handle:
-        first = handle.read(1)
-        handle.seek(0)
-        handle.write(bytes([first[0] ^ 0xFF]))
-
-
 @pytest.fixture
 def corrupt_blob():
     """Flip one byte of a stored blob behind the store's back (a raw hook, not the store's API)."""
-    def corrupt(file_service, digest: str) -> None:
-        if isinstance(file_service, FileSystemPersistenceService):
-            _flip_byte_on_disk(os.path.join(file_service.base_path, digest[:2], digest[2:]))
-            return
-        if isinstance(file_service, ObjectStoreFilePersistenceService):
-            key = file_service.key(digest)
-            data = bytearray(file_service.client.get_object(Bucket=file_service.bucket, Key=key)["Body"].read())
-            data[0] ^= 0xFF
-            file_service.client.put_object(Bucket=file_service.bucket, Key=key, Body=bytes(data))
-            return
-        database = file_service._mongo_service.database
-        file_id = database["fs.files"].find_one({"filename": digest})["_id"]
-        chunk = database["fs.chunks"].find_one({"files_id": file_id, "n": 0})
-        data = bytearray(chunk["data"])
-        data[0] ^= 0xFF
-        database["fs.chunks"].update_one({"_id": chunk["_id"]}, {"$set": {"data": bytes(data)}})
-    return corrupt
+    return corrupt_stored_blob
 
 
 @pytest.fixture(autouse=True)

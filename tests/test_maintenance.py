@@ -1,6 +1,9 @@
 """Store maintenance (what the `mmlib` command runs): listing, details, the version tree, verify and gc."""
 
+import os
+
 import bson
+import gridfs
 import pytest
 from safetensors.torch import load_file
 
@@ -134,15 +137,19 @@ def test_verify_reports_a_missing_blob_and_a_failing_recovery(populated):
 def _leave_partial_uploads(fps) -> int:
     """Leave uploads unfinished, as a crash in the middle of a save does (raw hooks, not the API); returns how many."""
     if isinstance(fps, GridFSFilePersistenceService):  # one renamed never, one whose chunks got no file document
-        closed = fps._bucket.open_upload_stream("partial-closed-but-never-renamed")
+        database = fps.mongo_service.database
+        closed = gridfs.GridFSBucket(database).open_upload_stream("partial-closed-but-never-renamed")
         closed.write(b"x" * 1000)
         closed.close()
-        database = fps._mongo_service.database
         database["fs.chunks"].insert_one({"files_id": bson.ObjectId(), "n": 0, "data": b"y" * 1000})
         return 2
-    handle = fps._open_blob_writer()
-    handle.write(b"x" * 1000)
-    handle.close()
+    writer = os.fork()
+    if writer == 0:  # a process that dies while it writes a blob
+        try:
+            fps.write_stream(lambda sink: (sink.write(b"x" * 1000), os._exit(0)))
+        finally:
+            os._exit(1)
+    assert os.waitpid(writer, 0)[1] == 0
     return 1
 
 

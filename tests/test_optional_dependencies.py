@@ -1,7 +1,8 @@
-"""mmlib where its optional dependencies are not installed: the embedded store needs neither pymongo nor Pillow.
+"""mmlib where its optional dependencies are not installed: the embedded store needs neither pymongo nor Pillow,
+and only the conformance suites (mmlib.testing.stores) need pytest.
 
 Each check runs in a fresh process whose `sitecustomize` makes importing pymongo (with the bson and gridfs
-packages it installs) and Pillow fail as it does where they are missing.
+packages it installs), Pillow and pytest fail as it does where they are missing.
 """
 
 import json
@@ -14,7 +15,7 @@ from mmlib.cli import EXIT_OK, EXIT_UNAVAILABLE
 
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 _TIMEOUT_S = 120
-_MISSING = ("pymongo", "bson", "gridfs", "PIL")
+_MISSING = ("pymongo", "bson", "gridfs", "PIL", "pytest")
 
 _SITECUSTOMIZE = f'''
 import importlib.abc
@@ -33,9 +34,9 @@ class _Uninstalled(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Uninstalled())
 '''
 
-# The only modules that import pymongo or Pillow (`__main__` runs the command instead).
+# The only modules that import pymongo, Pillow or pytest (`__main__` runs the command instead).
 _NEEDS_OPTIONAL = ("mmlib.__main__", "mmlib.util.mongo", "mmlib.persistence._mongo", "mmlib.persistence._gridfs",
-                   "mmlib.demo.image_classification", "mmlib.demo.image_data")
+                   "mmlib.demo.image_classification", "mmlib.demo.image_data", "mmlib.testing.stores")
 
 # Imports every other module, saves and recovers a model on the embedded store, then names a MongoDB store;
 # prints what it saw as JSON.

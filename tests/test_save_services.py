@@ -13,7 +13,8 @@ import pytest
 from mmlib.errors import IntegrityError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.models import GoogLeNet, MobileNetV2, ResNet18
 from mmlib.equal import state_dict_equal
-from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService, open_store
+from mmlib.persistence import FileReference, FileSystemPersistenceService, SQLiteDictPersistenceService, \
+    open_store
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.save_info import ModelSaveInfo
 from save_helpers import equal, perturb, save_info, sizes_positive
@@ -90,12 +91,18 @@ def test_same_architecture_ten_times_stores_code_and_environment_once(stores, ma
     assert len(list(file_service.blob_digests())) == 10 + 1
 
 
+def _stored_size(file_service, digest: str) -> int:
+    reference = FileReference(reference_id=f"{digest}/blob")
+    file_service.file_size(reference)
+    return reference.size
+
+
 def test_corrupted_weights_blob_raises_integrity_error(stores, make_service, corrupt_blob):
     file_service, _ = stores
     service = make_service()
     model_id = service.save_model(save_info(MobileNetV2()))
     parameters = service.model_save_size(model_id)["recover_info"]["parameters"]
-    weights_digest = next(d for d in file_service.blob_digests() if file_service._blob_size(d) == parameters)
+    weights_digest = next(d for d in file_service.blob_digests() if _stored_size(file_service, d) == parameters)
     corrupt_blob(file_service, weights_digest)
     with pytest.raises(IntegrityError, match=weights_digest):
         service.recover_model(model_id)

@@ -109,11 +109,13 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
     def __repr__(self) -> str:
         return f"FileSystemPersistenceService({self.base_path!r})"
 
-    def _blob_path(self, digest: str) -> str:
+    def blob_path(self, digest: str) -> str:
+        """Where the blob with this digest is (or would be) on disk; for tools and tests that read or change
+        blobs behind the store's back."""
         return os.path.join(self.base_path, digest[:2], digest[2:])
 
     def blob_exists(self, digest: str) -> bool:
-        return os.path.exists(self._blob_path(digest))
+        return os.path.exists(self.blob_path(digest))
 
     def blob_digests(self) -> Iterator[str]:
         for prefix in sorted(os.listdir(self.base_path)):
@@ -126,7 +128,7 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
 
     def delete_blob(self, digest: str) -> None:
         try:
-            os.unlink(self._blob_path(digest))
+            os.unlink(self.blob_path(digest))
         except FileNotFoundError:
             pass
 
@@ -134,7 +136,7 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
         times = {}
         for digest in self.blob_digests():
             with contextlib.suppress(FileNotFoundError):
-                times[digest] = os.lstat(self._blob_path(digest)).st_mtime
+                times[digest] = os.lstat(self.blob_path(digest)).st_mtime
         return times
 
     def partial_upload_times(self) -> dict[str, float]:
@@ -165,7 +167,7 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
 
     def _commit_blob(self, handle: _WritebackFile, digest: str) -> None:
         temp_path = handle.name
-        target = self._blob_path(digest)
+        target = self.blob_path(digest)
         if os.path.exists(target):
             handle.close()
             os.unlink(temp_path)
@@ -177,7 +179,7 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
 
     def _touch_blob(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.utime(self._blob_path(digest))
+            os.utime(self.blob_path(digest))
 
     def _abort_blob(self, handle: _WritebackFile) -> None:
         with contextlib.suppress(OSError):
@@ -187,7 +189,7 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
 
     def _open_blob_reader(self, digest: str) -> BinaryIO:
         try:
-            return open(self._blob_path(digest), "rb")
+            return open(self.blob_path(digest), "rb")
         except FileNotFoundError as error:
             raise BlobNotFoundError(
                 f"blob {digest} is missing from {self.base_path}; restore it from a backup "
@@ -198,6 +200,6 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
 
     def _blob_size(self, digest: str) -> int:
         try:
-            return os.path.getsize(self._blob_path(digest))
+            return os.path.getsize(self.blob_path(digest))
         except FileNotFoundError as error:
             raise BlobNotFoundError(f"blob {digest} is missing from {self.base_path}") from error

@@ -39,6 +39,12 @@ class GridFSFilePersistenceService(FilePersistenceService["_UploadWriter"]):
     def __repr__(self) -> str:
         return f"GridFSFilePersistenceService({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
 
+    @property
+    def mongo_service(self) -> MongoService:
+        """The connection to the database (`database`, `host`, `db_name`), shared with the other half of a store
+        that `open_store` opened; for tools and tests that reach the collections behind the store's back."""
+        return self._mongo_service
+
     def blob_exists(self, digest: str) -> bool:
         with self._mongo_service.errors():
             return self._files.count_documents({"filename": digest}, limit=1) > 0

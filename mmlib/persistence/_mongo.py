@@ -20,6 +20,12 @@ class MongoDictPersistenceService(DictPersistenceService):
     def __repr__(self) -> str:
         return f"MongoDictPersistenceService({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
 
+    @property
+    def mongo_service(self) -> MongoService:
+        """The connection to the database (`database`, `host`, `db_name`), shared with the other half of a store
+        that `open_store` opened; for tools and tests that reach the collections behind the store's back."""
+        return self._mongo_service
+
     def save_dict(self, insert_dict: dict, represent_type: str) -> str:
         return self._mongo_service.save_dict(insert_dict, represent_type, document_id(insert_dict, self.generate_id))
 

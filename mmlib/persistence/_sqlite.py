@@ -52,7 +52,7 @@ class SQLiteDictPersistenceService(DictPersistenceService):
         self._local = threading.local()
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with self._connection() as connection:
+            with self.connection() as connection:
                 connection.execute(_SCHEMA)
         except (OSError, sqlite3.Error) as error:
             raise StoreUnavailableError(
@@ -62,8 +62,11 @@ class SQLiteDictPersistenceService(DictPersistenceService):
     def __repr__(self) -> str:
         return f"SQLiteDictPersistenceService({self.path!r})"
 
-    def _connection(self) -> sqlite3.Connection:
-        """One connection per thread and process (connections must not cross a fork)."""
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the database, for tools and tests that query it behind the store's back.
+
+        One connection per thread and process (connections must not cross a fork).
+        """
         connection = getattr(self._local, "connection", None)
         if connection is None or self._local.pid != os.getpid():
             connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
@@ -75,7 +78,7 @@ class SQLiteDictPersistenceService(DictPersistenceService):
 
     def _query(self, sql: str, params: tuple = ()) -> list:
         try:
-            return self._connection().execute(sql, params).fetchall()
+            return self.connection().execute(sql, params).fetchall()
         except sqlite3.OperationalError as error:
             raise StoreUnavailableError(f"SQLite store {self.path} failed: {error}") from error
         except sqlite3.DatabaseError as error:
@@ -114,7 +117,7 @@ class SQLiteDictPersistenceService(DictPersistenceService):
         return {row[0]: row[1] for row in rows}
 
     def add_field(self, dict_id: str, represent_type: str, field: str, value) -> None:
-        connection = self._connection()
+        connection = self.connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
             document = self.recover_dict(dict_id, represent_type)

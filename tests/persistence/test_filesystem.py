@@ -21,6 +21,6 @@ def test_a_blob_is_fsynced_before_it_is_published_and_its_directory_after(tmp_pa
     monkeypatch.setattr(_filesystem.os, "fsync", spy_fsync)
     monkeypatch.setattr(_filesystem.os, "replace", spy_replace)
     digest = service.save_bytes(b"payload", "p.bin").reference_id.split("/")[0]
-    blob = os.path.join(service.base_path, digest[:2], digest[2:])
+    blob = service.blob_path(digest)
     temp = next((event[1] for event in events if event[0] == "replace"), None)
     assert events == [("fsync", temp), ("replace", temp, blob), ("fsync", os.path.dirname(blob))]

@@ -44,7 +44,7 @@ def test_mongo_uri_alone_gives_gridfs_blobs_in_the_database_the_uri_names(mongo_
 def test_mongo_uri_opens_one_client_for_documents_and_blobs(mongo_database):
     mongo_uri, db_name = mongo_database
     store = open_store(f"{mongo_uri}/{db_name}")
-    assert store.file_pers_service._mongo_service is store.dict_pers_service._mongo_service
+    assert store.file_pers_service.mongo_service is store.dict_pers_service.mongo_service
 
 
 @pytest.mark.parametrize("uri, expected", [
@@ -99,5 +99,5 @@ def test_durable_false_skips_the_flushes_and_still_round_trips(tmp_path, monkeyp
     assert (len(calls) > 0) == durable
     assert store.file_pers_service.durable is durable and store.dict_pers_service.durable is durable
     assert state_dict_equal(service.recover_model(model_id).model.state_dict(), model.state_dict())
-    mode = store.dict_pers_service._connection().execute("PRAGMA synchronous").fetchone()[0]
+    mode = store.dict_pers_service.connection().execute("PRAGMA synchronous").fetchone()[0]
     assert mode == (2 if durable else 1)
