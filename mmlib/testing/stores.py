@@ -79,7 +79,7 @@ class FileStoreTests:
         assert len(list(store.blob_digests())) == 1
         restored = FileReference(reference_id=second.reference_id)
         store.recover_file(restored, str(tmp_path / "out"))
-        assert os.path.basename(restored.path) == "other.py"
+        assert restored.path is not None and os.path.basename(restored.path) == "other.py"
 
     def test_file_size_is_the_stored_byte_count(self, store, tmp_path):
         ref = FileReference(path=_write(tmp_path / "f.bin", os.urandom(12345)))
@@ -102,6 +102,7 @@ class FileStoreTests:
         assert again.reference_id == ref.reference_id
         restored = FileReference(reference_id=ref.reference_id)
         store.recover_file(restored, str(tmp_path / "out"))
+        assert restored.path is not None
         assert open(os.path.join(restored.path, "y", "2.txt"), "rb").read() == b"two"
 
     def test_corrupted_blob_raises_integrity_error(self, store, tmp_path):
@@ -123,7 +124,7 @@ class FileStoreTests:
         _write(tmp_path / "data" / "1.txt", b"one")
         stored = FileReference(path=str(tmp_path / "data"))
         store.save_file(stored)
-        digest = stored.reference_id.split("/")[0]
+        digest = stored.stored_id().split("/")[0]
         before = sorted(os.listdir(tmp_path))
         with pytest.raises(InvalidIdError):
             store.recover_file(FileReference(reference_id=f"{digest}/../escaped/"), str(tmp_path / "out"))
