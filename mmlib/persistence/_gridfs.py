@@ -15,14 +15,14 @@ import gridfs
 
 from mmlib.errors import ModelNotFoundError
 from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
-from mmlib.util.mongo import DEFAULT_DB_NAME, MongoService
+from mmlib.util.mongo import DEFAULT_DB_NAME, MongoBacked, MongoService
 
 _PARTIAL_PREFIX = "partial-"
 # An ObjectId keeps whole seconds: an upload started up to this much later than its id says.
 _OBJECT_ID_RESOLUTION_S = 1.0
 
 
-class GridFSFilePersistenceService(FilePersistenceService["_UploadWriter"]):
+class GridFSFilePersistenceService(MongoBacked, FilePersistenceService["_UploadWriter"]):
     """Content-addressed blobs in the GridFS bucket of a MongoDB database (`host`: host, `host:port` or URI).
 
     `mongo_service` shares an open connection instead of opening one for `host` and `db_name` (which are then
@@ -31,19 +31,10 @@ class GridFSFilePersistenceService(FilePersistenceService["_UploadWriter"]):
 
     def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME, *,
                  mongo_service: Optional[MongoService] = None):
-        self._mongo_service = mongo_service if mongo_service is not None else MongoService(host, db_name)
+        super().__init__(host, db_name, mongo_service=mongo_service)
         self._bucket = gridfs.GridFSBucket(self._mongo_service.database)
         self._files = self._mongo_service.database["fs.files"]
         self._chunks = self._mongo_service.database["fs.chunks"]
-
-    def __repr__(self) -> str:
-        return f"GridFSFilePersistenceService({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
-
-    @property
-    def mongo_service(self) -> MongoService:
-        """The connection to the database (`database`, `host`, `db_name`), shared with the other half of a store
-        that `open_store` opened; for tools and tests that reach the collections behind the store's back."""
-        return self._mongo_service
 
     def blob_exists(self, digest: str) -> bool:
         with self._mongo_service.errors():

@@ -1,30 +1,16 @@
 """Document store in MongoDB: one collection per document type, for many nodes sharing one server."""
 
-from typing import Optional
 
 from mmlib.persistence.base import DictPersistenceService, document_id, missing_document
-from mmlib.util.mongo import DEFAULT_DB_NAME, MongoService
+from mmlib.util.mongo import MongoBacked
 
 
-class MongoDictPersistenceService(DictPersistenceService):
+class MongoDictPersistenceService(MongoBacked, DictPersistenceService):
     """Documents in MongoDB; `host` is a host name, `host:port` or a full `mongodb://` URI.
 
     `mongo_service` shares an open connection instead of opening one for `host` and `db_name` (which are then
     not used): `open_store` gives the documents and the GridFS blobs of one URI one client.
     """
-
-    def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME, *,
-                 mongo_service: Optional[MongoService] = None):
-        self._mongo_service = mongo_service if mongo_service is not None else MongoService(host, db_name)
-
-    def __repr__(self) -> str:
-        return f"MongoDictPersistenceService({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
-
-    @property
-    def mongo_service(self) -> MongoService:
-        """The connection to the database (`database`, `host`, `db_name`), shared with the other half of a store
-        that `open_store` opened; for tools and tests that reach the collections behind the store's back."""
-        return self._mongo_service
 
     def save_dict(self, insert_dict: dict, represent_type: str) -> str:
         return self._mongo_service.save_dict(insert_dict, represent_type, document_id(insert_dict, self.generate_id))

@@ -128,3 +128,20 @@ class MongoService:
         """Names of the collections in the database."""
         with self.errors():
             return sorted(self._db.list_collection_names())
+
+
+class MongoBacked:
+    """Half of a store kept in one MongoDB database: opens the connection, or shares the other half's."""
+
+    def __init__(self, host: str = "127.0.0.1", db_name: str = DEFAULT_DB_NAME, *,
+                 mongo_service: Optional[MongoService] = None):
+        self._mongo_service = mongo_service if mongo_service is not None else MongoService(host, db_name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._mongo_service.host!r}, db_name={self._mongo_service.db_name!r})"
+
+    @property
+    def mongo_service(self) -> MongoService:
+        """The connection to the database (`database`, `host`, `db_name`), shared with the other half of a store
+        that `open_store` opened; for tools and tests that reach the collections behind the store's back."""
+        return self._mongo_service
