@@ -77,9 +77,9 @@ def read_verified(source: BinarySource, size: int, digest: str) -> memoryview:
             offset += count
         complete = offset == size and not source.read(1)
     if not complete:
-        raise _corrupted_blob(digest, f"it no longer holds its recorded {size} bytes")
+        raise corrupted_blob(digest, f"it no longer holds its recorded {size} bytes")
     if hasher.hexdigest() != digest:
-        raise _corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
+        raise corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
     return view
 
 
@@ -93,7 +93,7 @@ def copy_verified(source: BinarySource, out: BinarySink, digest: str) -> None:
         hasher.update(chunk)
         out.write(chunk)
     if hasher.hexdigest() != digest:
-        raise _corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
+        raise corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
 
 
 def copy_stream(source: BinarySource, sink: BinarySink) -> None:
@@ -109,7 +109,7 @@ class NullSink:
         return len(data)
 
 
-def _corrupted_blob(digest: str, detail: str) -> IntegrityError:
+def corrupted_blob(digest: str, detail: str) -> IntegrityError:
     """The error for a stored blob whose bytes are not the ones its digest names."""
     return IntegrityError(f"blob {digest} is corrupted: {detail}; run `mmlib verify` to find affected models and "
                           "restore the blob from a backup")

@@ -27,7 +27,8 @@ from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 
-from mmlib.errors import BlobNotFoundError, IntegrityError, InvalidIdError, StoreUnavailableError
+from mmlib.errors import BlobNotFoundError, InvalidIdError, StoreUnavailableError
+from mmlib.persistence._hashing import corrupted_blob
 from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService, split_reference_id
 from mmlib.persistence.store import S3_SCHEME
 from mmlib.util.hash import new_hasher
@@ -289,7 +290,7 @@ class ObjectStoreFilePersistenceService(FilePersistenceService[_Spool]):
             while filled < target.nbytes:
                 count = body.readinto(target[filled:])
                 if not count:
-                    raise _changed(digest, f"it ended {target.nbytes - filled} bytes early")
+                    raise corrupted_blob(digest, f"it ended {target.nbytes - filled} bytes early")
                 filled += count
 
     def read_bytes(self, reference_id: str) -> memoryview:
@@ -305,16 +306,11 @@ class ObjectStoreFilePersistenceService(FilePersistenceService[_Spool]):
                 future.result()
                 hasher.update(view[start:end])
         if hasher.hexdigest() != digest:
-            raise _changed(digest, f"its bytes hash to {hasher.hexdigest()}")
+            raise corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
         return view
 
     def _open_blob_reader(self, digest: str) -> "_RangedReader":
         return _RangedReader(self, digest, self._blob_size(digest))
-
-
-def _changed(digest: str, detail: str) -> IntegrityError:
-    return IntegrityError(f"blob {digest} is corrupted: {detail}; run `mmlib verify` to find affected models and "
-                          "restore the blob from a backup")
 
 
 class _RangedReader:
@@ -337,18 +333,25 @@ class _RangedReader:
         self._store._get_range_into(self._digest, target, start)
         return target
 
-    def read(self, size: int = -1) -> bytes:
+    def _available(self) -> memoryview:
+        """The unread rest of the current part, moving on to the next fetched part when it is used up."""
         if not self._current and self._ahead:
             self._current = self._ahead.popleft().result()
             self._fetch_ahead()
-        count = len(self._current) if size < 0 else min(size, len(self._current))
+        return self._current
+
+    def read(self, size: int = -1) -> bytes:
+        available = self._available()
+        count = len(available) if size < 0 else min(size, len(available))
         chunk, self._current = bytes(self._current[:count]), self._current[count:]
         return chunk
 
     def readinto(self, target) -> int:
-        chunk = self.read(memoryview(target).nbytes)
-        memoryview(target)[:len(chunk)] = chunk
-        return len(chunk)
+        """Like `read`, but into `target`, without the intermediate bytes object."""
+        target = memoryview(target).cast("B")
+        count = min(target.nbytes, len(self._available()))
+        target[:count], self._current = self._current[:count], self._current[count:]
+        return count
 
     def close(self) -> None:
         self._ranges.clear()

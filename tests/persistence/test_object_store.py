@@ -164,3 +164,11 @@ def test_reference_round_trip_through_save_file(s3_store, tmp_path):
     restored = FileReference(reference_id=reference.reference_id)
     s3_store.recover_file(restored, str(tmp_path / "out"))
     assert open(restored.path, "rb").read() == b"print('hi')\n"
+
+
+def test_the_streamed_reader_fills_buffers_across_part_boundaries(s3_store):
+    from mmlib.persistence._hashing import read_verified
+    data = os.urandom(2 * PART + 777)
+    digest = s3_store.write_stream(lambda sink: sink.write(data))
+    with s3_store._open_blob_reader(digest) as reader:
+        assert bytes(read_verified(reader, len(data), digest)) == data
