@@ -1,4 +1,8 @@
-"""Delta codecs: every codec round-trips every dtype bit-exactly, and deltas of small changes are small."""
+"""Delta codecs: every codec round-trips every dtype bit-exactly, and deltas of small changes are small.
+
+Every test runs twice: with the compiled one-pass kernel and with the numpy code that stands in where it is not
+built; the two must also write the same bytes.
+"""
 
 import struct
 
@@ -14,6 +18,19 @@ CODECS = ["plain", "plain-shuffle-zstd3", "xor", "xor-shuffle-zstd1", "xor-zstd3
           "sub-zigzag", "sub-zigzag-shuffle-zstd1", "sub-zigzag-zstd9"] + PLANES_CODECS
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
           torch.uint8, torch.bool, torch.complex64]
+
+
+KERNEL = mmlib.util.delta._kernel
+
+
+@pytest.fixture(params=["kernel", "numpy"], autouse=True)
+def delta_path(request, monkeypatch):
+    """Run the test with the compiled kernel, then with the numpy code (the kernel switched off)."""
+    if request.param == "kernel" and KERNEL is None:
+        pytest.skip("the compiled delta kernel is not built here (tests/util/test_delta_kernel.py says why)")
+    if request.param == "numpy":
+        monkeypatch.setattr(mmlib.util.delta, "_kernel", None)
+    return request.param
 
 
 def _bits(tensor: torch.Tensor) -> bytes:
@@ -243,3 +260,4 @@ def test_damaged_planes_payloads_raise_integrity_error(name):
             pytest.fail(f"{what}: decoded without an error")
     with pytest.raises(IntegrityError):
         DeltaCodec.from_name("sub-zigzag-planes-zstd1").decode(payload, torch.float32, (50_000,), None)
+

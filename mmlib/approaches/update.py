@@ -10,12 +10,12 @@ in memory in `version_cache`.
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
 from mmlib.approaches.base import AbstractSaveService, merkle_tree, model_to_save
-from mmlib.approaches.concurrency import parallel_map
+from mmlib.approaches.concurrency import parallel_map, run_beside
 from mmlib.approaches.model_state import CapturedState, capture
 from mmlib.approaches.update_format import Location, StoredTensor, snapshot_locations, write_update
 from mmlib.approaches.update_reader import UpdateReader
@@ -45,9 +45,10 @@ _parallel_map = parallel_map  # benchmarks/update_storage.py imports it from her
 
 @dataclass(frozen=True)
 class _UpdatePlan:
-    """What a save on top of a base stores: the base's tensor locations, the snapshot with the code, the
-    encoded changed tensors, and the keyframe values known for the base's tensors."""
+    """What a save on top of a base stores: the model's hash tree, the base's tensor locations, the snapshot with
+    the code, the encoded changed tensors, and the keyframe values known for the base's tensors."""
 
+    tree: WeightDictMerkleTree
     base_locations: dict[str, Location]
     snapshot_id: str
     stored: dict[str, StoredTensor]
@@ -96,10 +97,9 @@ class WeightUpdateSaveService(AbstractSaveService):
             if save_info.base_model is None:
                 return self._save_full(save_info)
             captured = capture(model_to_save(save_info))
-            state, tree = captured.tensors, merkle_tree(captured)
-            reader = self._reader()
+            state, reader = captured.tensors, self._reader()
             try:
-                plan = self._plan_update(save_info, save_info.base_model, state, tree, reader)
+                plan = self._plan_update(save_info, save_info.base_model, captured, reader)
             except IncompatibleModelError as error:
                 if self.updates_only:
                     raise IncompatibleModelError(
@@ -113,7 +113,7 @@ class WeightUpdateSaveService(AbstractSaveService):
             recover_info = WeightsUpdateRecoverInfo(update=FileReference(reference_id=f"{digest}/{UPDATE_FILE_NAME}"),
                                                     update_type=self.codec.name)
             model_info = ModelInfo(store_type=ModelStoreType.WEIGHT_UPDATES, recover_info=recover_info,
-                                   derived_from_id=save_info.base_model, weights_hash_info=tree,
+                                   derived_from_id=save_info.base_model, weights_hash_info=plan.tree,
                                    state_layout=captured.layout)
             model_id = self._persist_model(model_info)
         stored = plan.stored
@@ -133,6 +133,7 @@ class WeightUpdateSaveService(AbstractSaveService):
             if model_info.store_type == ModelStoreType.FULL_MODEL:
                 model, state = self._recover_snapshot(model_info, execute_checks)
             else:
+                reader.prefetch(_blobs_holding(locations.values()))
                 state = reader.tensors({key: location.holder for key, location in locations.items()})
                 model = self._rebuild(model_info, reader.snapshot(snapshot_id), state, execute_checks)
         self._cache.remember(model_id, state, locations, snapshot_id, {})
@@ -148,21 +149,23 @@ class WeightUpdateSaveService(AbstractSaveService):
         logger.debug("saved model %s as a full snapshot", model_id)
         return model_id
 
-    def _plan_update(self, save_info: ModelSaveInfo, base_id: str, state: dict[str, torch.Tensor],
-                     tree: WeightDictMerkleTree, reader: UpdateReader) -> _UpdatePlan:
-        """Where the base's tensors live, the snapshot holding the code, the encoded changed tensors and the
-        keyframe values they were encoded against.
+    def _plan_update(self, save_info: ModelSaveInfo, base_id: str, captured: CapturedState,
+                     reader: UpdateReader) -> _UpdatePlan:
+        """The model's hash tree, where the base's tensors live, the snapshot holding the code, the encoded
+        changed tensors and the keyframe values they were encoded against.
 
-        Raises IncompatibleModelError when the model cannot be stored as an update of `base_id`, its base.
+        The tree is hashed while the base is read. Raises IncompatibleModelError when the model cannot be stored
+        as an update of `base_id`, its base.
         """
-        base = self._base_version(base_id, reader)
+        state = captured.tensors
+        tree, base = run_beside(lambda: merkle_tree(captured), lambda: self._base_version(base_id, reader))
         self._check_same_code(save_info, reader.snapshot(base.snapshot_id), base_id)
         _check_same_keys(state, base.locations, base_id)
         changed, base_tensors = self._changed_tensors(state, tree, base_id, base, reader)
         _check_same_types(state, base_tensors, changed, base_id)
         keyframes = self._keyframes(changed, base, base_tensors, reader)
         encoded = parallel_map(lambda key: self._encode(state[key], keyframes.get(key), base.locations[key]), changed)
-        return _UpdatePlan(base.locations, base.snapshot_id, dict(zip(changed, encoded)), keyframes)
+        return _UpdatePlan(tree, base.locations, base.snapshot_id, dict(zip(changed, encoded)), keyframes)
 
     def _base_version(self, base_id: str, reader: UpdateReader) -> CachedVersion:
         """The base as cached, or else as stored: its locations and snapshot, with no tensor or keyframe values."""
@@ -185,7 +188,12 @@ class WeightUpdateSaveService(AbstractSaveService):
                 raise IncompatibleModelError(f"base model {base_id} has no stored weight hashes to compare with")
             diff_weights, diff_nodes = tree.diff(base_tree)
             changed = [key for key in state if key in diff_weights or key in diff_nodes[THIS]]
-            return changed, base.state or reader.tensors({key: base.locations[key].holder for key in changed})
+            if base.state:
+                return changed, base.state
+            read = [base.locations[key] for key in changed]  # values, and the keyframes their deltas will be of
+            reader.prefetch([location.holder for location in read]
+                            + [location.keyframe for location in read if self._stores_delta(location)])
+            return changed, reader.tensors({key: base.locations[key].holder for key in changed})
         base_tensors = base.state or reader.tensors({key: location.holder for key, location in base.locations.items()})
         return [key for key in state if not tensor_equal(state[key], base_tensors[key])], base_tensors
 
@@ -234,6 +242,16 @@ class WeightUpdateSaveService(AbstractSaveService):
         if digest != split_reference_id(snapshot.model_code.reference_id)[0]:
             raise IncompatibleModelError(f"the code defining {class_name} differs from the code stored with base "
                                          f"model {base_id}")
+
+
+def _blobs_holding(locations: Iterable[Location]) -> set[str]:
+    """The models whose blobs hold the values of tensors at `locations`: the holders and, for deltas, keyframes."""
+    blobs = set()
+    for location in locations:
+        blobs.add(location.holder)
+        if location.depth > 0:
+            blobs.add(location.keyframe)
+    return blobs
 
 
 def _check_same_keys(state: dict[str, torch.Tensor], base_locations: dict[str, Location], base_id: str) -> None:

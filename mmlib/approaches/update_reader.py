@@ -2,7 +2,7 @@
 lineage from the blob that holds it and, for a delta, the keyframe it is a delta of."""
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -57,6 +57,16 @@ class UpdateReader:
         raise IncompatibleModelError(
             f"model {model_id} is stored as {info.store_type.value}, not as weights or weight updates; recover "
             "it with the save service that stored it (e.g. ProvenanceSaveService)")
+
+    def prefetch(self, model_ids: Iterable[str]) -> None:
+        """Read the blobs of these models (a snapshot's weights, an update's index and payloads) in parallel, so
+        that the tensors decoded next find them in memory; a model stored otherwise is left to the caller."""
+        readers = {ModelStoreType.FULL_MODEL: self._snapshot_state, ModelStoreType.WEIGHT_UPDATES: self._update}
+        pending = [model_id for model_id in dict.fromkeys(model_ids)
+                   if model_id not in self._snapshots and model_id not in self._updates]
+        reads = [(readers[info.store_type], model_id) for model_id, info in zip(pending, map(self.info, pending))
+                 if info.store_type in readers]
+        parallel_map(lambda read: read[0](read[1]), reads)
 
     def tensors(self, holders: dict[str, str]) -> dict[str, torch.Tensor]:
         """The value of each tensor `key` as stored by model `holders[key]`, decoded in parallel."""

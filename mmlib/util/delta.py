@@ -30,8 +30,11 @@ and the shuffle dominate, and stored 0.4-0.8% of a snapshot more, so it is not t
 large tensor whose high planes compress well it encodes and decodes about twice as fast.
 """
 
+import importlib
 import re
 import struct
+import sys
+from types import ModuleType
 from typing import Optional, Sequence
 
 import numpy as np
@@ -41,6 +44,22 @@ import zstandard
 from mmlib.errors import IncompatibleModelError, IntegrityError, UnknownCodecError
 from mmlib.util.buffers import Buffer
 from mmlib.util.hash import tensor_bytes
+
+
+
+def _load_kernel() -> Optional[ModuleType]:
+    """The compiled one-pass kernel, or None where it was not built (setup.py builds it where a C compiler is
+    available) or cannot apply (it reads elements in the machine's byte order; the format is little-endian).
+    The numpy code gives the same bytes, slower."""
+    if sys.byteorder != "little":
+        return None
+    try:
+        return importlib.import_module("mmlib.util._delta_kernel")
+    except ImportError:
+        return None
+
+
+_kernel = _load_kernel()
 
 PLAIN = "plain"
 XOR = "xor"
@@ -58,6 +77,8 @@ _SAMPLE_SLICES = 4
 _SAMPLE_SLICE_BYTES = 1 << 12
 _COMPRESSED_PLANE_RATIO = 0.9  # a plane that zstd does not shrink below this is stored raw
 _RAW, _ZSTD = 0, 1
+_KERNEL_OPS = {PLAIN: 0, XOR: 1, SUB: 2}
+_KERNEL_SIZES = (1, 2, 4, 8)
 
 
 def _bits(tensor: torch.Tensor) -> np.ndarray:
@@ -108,23 +129,21 @@ class DeltaCodec:
 
     def encode(self, tensor: torch.Tensor, base: Optional[torch.Tensor] = None) -> Buffer:
         """The bytes that, with `base`, give back `tensor` exactly."""
-        bits = _bits(tensor)
-        planes_level = self.level if self.planes else None  # a planes codec always has a zstd level
+        bits, base_bits = _bits(tensor), None
         if self.needs_base:
             if base is None or base.dtype != tensor.dtype or base.shape != tensor.shape:
                 raise IncompatibleModelError(
                     f"a {self.name} delta needs a base tensor of dtype {tensor.dtype} and shape "
                     f"{tuple(tensor.shape)}, got {None if base is None else (base.dtype, tuple(base.shape))}; "
                     "store the tensor with the plain codec instead")
-            if planes_level is not None:
-                return _pack_planes(self._shuffled_delta(bits, _bits(base), tensor.element_size()), planes_level)
-            bits = self._forward(bits, _bits(base))
-        elif planes_level is not None:
-            return _pack_planes(self._shuffled_delta(bits, None, tensor.element_size()), planes_level)
-        raw = bits.view(np.uint8)
-        size = tensor.element_size()
-        if self.shuffle and size > 1:
-            raw = _transpose_bytes(raw, raw.size // size, size)
+            base_bits = _bits(base)
+        if self.shuffle or self.planes:
+            planes = self._delta_planes(bits, base_bits, tensor.element_size())
+            if self.planes and self.level is not None:  # a planes codec always has a zstd level
+                return _pack_planes(planes, self.level)
+            raw = planes.reshape(-1)
+        else:
+            raw = (bits if base_bits is None else self._forward(bits, base_bits)).view(np.uint8)
         if self.level is None:
             return raw.data
         return zstandard.ZstdCompressor(level=self.level).compress(raw.data)
@@ -142,12 +161,18 @@ class DeltaCodec:
             _zigzag_in_place(delta, np.empty_like(delta).view(_SIGNED[delta.dtype.itemsize]))
         return delta
 
-    def _shuffled_delta(self, new: np.ndarray, base: Optional[np.ndarray], size: int) -> np.ndarray:
+    def _delta_planes(self, new: np.ndarray, base: Optional[np.ndarray], size: int) -> np.ndarray:
         """The byte planes (size x elements) of the delta of `new` against `base` (of `new` itself when `base` is
-        None, as it is for plain).
+        None, as it is for plain), in one pass of the compiled kernel where it applies."""
+        if _kernel is not None and size in _KERNEL_SIZES:
+            planes = np.empty((size, new.nbytes // size), dtype=np.uint8)
+            _kernel.encode_planes(new, base, planes, size, _KERNEL_OPS[self.op], self.zigzag)
+            return planes
+        return self._delta_planes_numpy(new, base, size)
 
-        Works through cache-sized chunks, so each element is read once from memory and its planes written once.
-        """
+    def _delta_planes_numpy(self, new: np.ndarray, base: Optional[np.ndarray], size: int) -> np.ndarray:
+        """`_delta_planes` in numpy, through cache-sized chunks, so each element is read once from memory and its
+        planes written once."""
         new_bytes = new.view(np.uint8)
         rows = new_bytes.size // size
         planes = np.empty((size, rows), dtype=np.uint8)
@@ -172,17 +197,19 @@ class DeltaCodec:
                 planes[plane, first_row:last_row] = chunk_bytes[plane::size]
         return planes
 
-    def _apply_planes(self, data: Buffer, base: Optional[np.ndarray], size: int, nbytes: int) -> np.ndarray:
-        """`_apply` for `planes` codecs: unpacks the planes chunk by chunk and combines each chunk with the base's
-        straight into the result, so no full-size delta or copy of the base is made."""
-        rows = nbytes // size
-        planes = [np.frombuffer(plane, dtype=np.uint8) for plane in _unpack_planes(data, size, rows, self.name)]
-        if base is None and self.needs_base:
-            raise IntegrityError(f"a {self.name} delta was stored without a base tensor; the update metadata "
-                                 "is inconsistent")
+    def _combine_planes(self, planes: Sequence[Buffer], base: Optional[np.ndarray], size: int,
+                        nbytes: int) -> np.ndarray:
+        """The bit patterns whose delta against `base` the byte planes hold, combined straight into a new array
+        (in one pass of the compiled kernel where it applies), so no full-size delta or copy of the base is made.
+        """
         reference = base if self.needs_base else None  # what the delta applies to (None: the planes are the bits)
         out = np.empty(nbytes, dtype=np.uint8)
         out = out.view(_UNSIGNED[size]) if size in _UNSIGNED else out
+        if _kernel is not None and size in _KERNEL_SIZES:
+            _kernel.decode_planes(planes, reference, out, size, _KERNEL_OPS[self.op], self.zigzag)
+            return out
+        plane_arrays = [np.frombuffer(plane, dtype=np.uint8) for plane in planes]
+        rows = nbytes // size
         per_byte = out.dtype.itemsize
         delta = np.empty(min(nbytes, _chunk_rows(size) * size), dtype=np.uint8).view(out.dtype)
         sign = np.empty_like(delta).view(_SIGNED[per_byte])
@@ -192,7 +219,7 @@ class DeltaCodec:
             target = out[begin:end] if reference is None else delta[:end - begin]
             target_bytes = target.view(np.uint8)
             for plane in range(size):
-                target_bytes[plane::size] = planes[plane][first_row:last_row]
+                target_bytes[plane::size] = plane_arrays[plane][first_row:last_row]
             if reference is None:
                 continue
             if self.op == XOR:
@@ -205,8 +232,12 @@ class DeltaCodec:
 
     def _apply(self, data: Buffer, base: Optional[np.ndarray], size: int, nbytes: int) -> np.ndarray:
         """The bit patterns this step encodes, in a new array (`base`, the previous step's bits, is only read)."""
+        if base is None and self.needs_base:
+            raise IntegrityError(f"a {self.name} delta was stored without a base tensor; the update metadata is "
+                                 "inconsistent")
+        rows = nbytes // size
         if self.planes:
-            return self._apply_planes(data, base, size, nbytes)
+            return self._combine_planes(_unpack_planes(data, size, rows, self.name), base, size, nbytes)
         if self.level is not None:
             try:
                 data = zstandard.ZstdDecompressor().decompress(data, max_output_size=nbytes, allow_extra_data=False)
@@ -216,16 +247,12 @@ class DeltaCodec:
         if raw.size != nbytes:
             raise IntegrityError(f"a {self.name} tensor payload holds {raw.size} bytes where {nbytes} are needed; "
                                  "the update is damaged")
-        owned = self.shuffle and size > 1
-        if owned:
-            raw = _transpose_bytes(raw, size, raw.size // size)
-        delta = raw.view(_UNSIGNED[size]) if size in _UNSIGNED else raw
-        delta = delta if owned else delta.copy()
-        if not self.needs_base:
+        if self.shuffle:
+            planes = [raw[plane * rows:(plane + 1) * rows].data for plane in range(size)]
+            return self._combine_planes(planes, base, size, nbytes)
+        delta = (raw.view(_UNSIGNED[size]) if size in _UNSIGNED else raw).copy()
+        if base is None or not self.needs_base:
             return delta
-        if base is None:
-            raise IntegrityError(f"a {self.name} delta was stored without a base tensor; the update metadata is "
-                                 "inconsistent")
         if self.op == XOR:
             return np.bitwise_xor(base, delta, out=delta)
         if self.zigzag:
@@ -318,19 +345,6 @@ def _unpack_planes(data: Buffer, size: int, rows: int, name: str) -> list[Buffer
                                  f"{rows} are needed; the update is damaged")
         planes.append(part)
     return planes
-
-
-def _transpose_bytes(raw: np.ndarray, rows: int, columns: int) -> np.ndarray:
-    """Transpose a flat rows x columns byte matrix, looping over its short side (an element's bytes)."""
-    matrix = raw.reshape(rows, columns)
-    out = np.empty((columns, rows), dtype=np.uint8)
-    if columns <= rows:
-        for column in range(columns):
-            out[column] = matrix[:, column]
-    else:
-        for row in range(rows):
-            out[:, row] = matrix[row]
-    return out.reshape(-1)
 
 
 def decode_chain(start: Optional[torch.Tensor], steps: Sequence[tuple[DeltaCodec, Buffer]], dtype: torch.dtype,
