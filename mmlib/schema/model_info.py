@@ -75,13 +75,13 @@ class ModelInfo(SchemaObj):
         """The Merkle tree of the model's weights, checked and decoded on first use: a recovery walks many versions'
         documents but needs few of their trees."""
         if self._weights_hash is None and self.weights_hash_document is not None:
-            self._weights_hash = WeightDictMerkleTree.from_python_dict(self.weights_hash_document)
+            self._weights_hash = WeightDictMerkleTree.from_document(self.weights_hash_document)
         return self._weights_hash
 
     @weights_hash_info.setter
     def weights_hash_info(self, tree: Optional[WeightDictMerkleTree]) -> None:
         self._weights_hash = tree
-        self.weights_hash_document = None if tree is None else tree.to_python_dict()
+        self.weights_hash_document = None if tree is None else tree.to_document()
 
     @classmethod
     def _content_id(cls, document: dict) -> str:
@@ -109,7 +109,7 @@ class ModelInfo(SchemaObj):
 
 def record_weights_hash(model_id: str, tree: WeightDictMerkleTree, dict_pers_service: DictPersistenceService) -> None:
     """Store the hash of the weights a provenance version's training produced, in a document named after it."""
-    dict_pers_service.save_dict({ID: model_id, MODEL_ID: model_id, WEIGHTS_HASH_INFO: tree.to_python_dict()},
+    dict_pers_service.save_dict({ID: model_id, MODEL_ID: model_id, WEIGHTS_HASH_INFO: tree.to_document()},
                                 RECORDED_WEIGHTS_HASH)
 
 
@@ -122,7 +122,7 @@ def recorded_weights_hash(model_id: str, dict_pers_service: DictPersistenceServi
         return None
     document = dict_pers_service.recover_dict(model_id, RECORDED_WEIGHTS_HASH)
     try:
-        tree = WeightDictMerkleTree.from_python_dict(document[WEIGHTS_HASH_INFO])
+        tree = WeightDictMerkleTree.from_document(document[WEIGHTS_HASH_INFO])
         consistent = document.get(MODEL_ID) == model_id and tree.check_integrity()
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise IntegrityError(f"the weights hash recorded for model {model_id} is damaged ({error!r}); record it again "

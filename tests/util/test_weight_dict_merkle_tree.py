@@ -7,8 +7,8 @@ import torch
 
 from mmlib.errors import IntegrityError
 from mmlib.models import MobileNetV2
-from mmlib.util.weight_dict_merkle_tree import (HASH_VALUE, LAYER_KEY, LAYER_WEIGHT_HASH, LEFT, OTHER, RIGHT, THIS,
-                                                WeightDictMerkleTree)
+from mmlib.util.weight_dict_merkle_tree import (HASH_VALUE, LAYER_KEY, LAYER_WEIGHT_HASH, LAYERS, LEFT, OTHER, RIGHT,
+                                                THIS, WeightDictMerkleTree)
 
 
 def _state_dict():
@@ -183,3 +183,45 @@ def test_equality_of_nodes_built_from_odd_arguments_never_raises():
         assert node != real and real != node and isinstance(hash(node), int)
         assert all(isinstance(node == other, bool) for other in odd_nodes)
     assert WeightDictMerkleTree(hash_value="a" * 64) == WeightDictMerkleTree(hash_value="a" * 64)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 8])
+def test_the_stored_document_lists_leaves_only_and_rebuilds_the_same_tree(count):
+    tree = WeightDictMerkleTree.from_state_dict(_layers(count))
+    document = tree.to_document()
+    if count:
+        assert document == {HASH_VALUE: tree.hash_value, LAYERS: [[key, value] for key, value in
+                                                                 tree.layer_hashes().items()]}
+    restored = WeightDictMerkleTree.from_document(document)
+    assert restored == tree and restored.check_integrity()
+    assert restored.to_python_dict() == tree.to_python_dict()
+
+
+def test_documents_of_stores_written_before_the_compact_form_still_load():
+    tree = WeightDictMerkleTree.from_state_dict(_state_dict())
+    assert WeightDictMerkleTree.from_document(tree.to_python_dict()) == tree
+
+
+def _edited_documents(document: dict):
+    """Every way the compact document can be edited or damaged that loading must refuse."""
+    layers = document[LAYERS]
+    yield "a layer's hash changed", {**document, LAYERS: [[layers[0][0], "0" * 64]] + layers[1:]}
+    yield "a layer renamed", {**document, LAYERS: [["renamed", layers[0][1]]] + layers[1:]}
+    yield "two layers swapped", {**document, LAYERS: [layers[1], layers[0]] + layers[2:]}
+    yield "a layer dropped", {**document, LAYERS: layers[1:]}
+    yield "a layer listed twice", {**document, LAYERS: layers + [layers[0]]}
+    yield "the root hash changed", {**document, HASH_VALUE: "0" * 64}
+    yield "no root hash", {LAYERS: layers}
+    yield "an extra key", {**document, "note": "x"}
+    yield "no layers", {**document, LAYERS: []}
+    yield "layers not a list", {**document, LAYERS: dict(layers)}
+    yield "a pair too long", {**document, LAYERS: [layers[0] + ["x"]] + layers[1:]}
+    yield "a hash not a string", {**document, LAYERS: [[layers[0][0], 5]] + layers[1:]}
+
+
+def test_an_edited_or_damaged_document_raises_integrity_error():
+    document = WeightDictMerkleTree.from_state_dict(_state_dict()).to_document()
+    for what, edited in _edited_documents(document):
+        with pytest.raises(IntegrityError):
+            WeightDictMerkleTree.from_document(edited)
+            pytest.fail(f"{what}: loaded without an error")
