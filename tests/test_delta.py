@@ -170,6 +170,7 @@ def _planes_record(payload: bytes, planes: int) -> tuple[tuple[int, ...], tuple[
 @pytest.mark.parametrize("size", [1, 3, 7, 1023, 65_537, 200_003], ids=str)
 def test_planes_codecs_round_trip_odd_sizes_across_chunks(name, dtype, size, monkeypatch):
     monkeypatch.setattr(mmlib.util.delta, "_CHUNK_BYTES", 4096)  # many chunks, and a short last one
+    monkeypatch.setattr(mmlib.util.delta, "_PARALLEL_PLANES_BYTES", 8192)  # the larger sizes: planes in threads
     codec = DeltaCodec.from_name(name)
     base, new = _tensor_pair(dtype, (size,))
     assert _bits(codec.decode(codec.encode(new, base), dtype, (size,), base)) == _bits(new)
@@ -247,7 +248,10 @@ def _damaged_payloads(payload: bytes, planes: int):
 
 
 @pytest.mark.parametrize("name", ["sub-zigzag-planes-zstd1", "plain-planes-zstd3"])
-def test_damaged_planes_payloads_raise_integrity_error(name):
+@pytest.mark.parametrize("threaded", [False, True], ids=["planes-in-turn", "planes-in-threads"])
+def test_damaged_planes_payloads_raise_integrity_error(name, threaded, monkeypatch):
+    if threaded:
+        monkeypatch.setattr(mmlib.util.delta, "_PARALLEL_PLANES_BYTES", 0)
     base = torch.randn(50_000)
     new = base + torch.randn(50_000) * 1e-3
     codec = DeltaCodec.from_name(name)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from mmlib.approaches.concurrency import run_beside
+from mmlib.util.concurrency import run_beside
 from mmlib.approaches.model_building import rebuild
 from mmlib.approaches.model_source import ModelSource, resolve_model_source
 from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, module_types, state_shapes

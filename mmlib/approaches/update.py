@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 import torch
 
 from mmlib.approaches.base import AbstractSaveService, merkle_tree, model_to_save
-from mmlib.approaches.concurrency import parallel_map, run_beside
+from mmlib.util.concurrency import parallel_map, run_beside
 from mmlib.approaches.model_state import CapturedState, capture
 from mmlib.approaches.update_format import Location, StoredTensor, snapshot_locations, write_update
 from mmlib.approaches.update_reader import UpdateReader

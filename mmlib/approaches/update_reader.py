@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from mmlib.approaches.concurrency import parallel_map
+from mmlib.util.concurrency import parallel_map
 from mmlib.approaches.update_format import Location, StoredTensor, UpdateIndex, read_update, snapshot_locations
 from mmlib.errors import IncompatibleModelError, IntegrityError
 from mmlib.persistence.base import FileReference

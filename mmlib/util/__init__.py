@@ -1,2 +1,2 @@
 """Helpers: hashing and Merkle trees, delta codecs, dtype names, safetensors I/O, safe code loading, dummy data,
-MongoDB access and terminal tables."""
+MongoDB access, terminal tables, and threads for work that releases the GIL."""
