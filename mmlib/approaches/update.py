@@ -119,7 +119,8 @@ class WeightUpdateSaveService(AbstractSaveService):
         stored = plan.stored
         locations = {key: Location(model_id, stored[key].depth, stored[key].delta_of or model_id)
                      if key in stored else plan.base_locations[key] for key in state}
-        self._cache.remember(model_id, state, locations, plan.snapshot_id, plan.keyframes)
+        self._cache.remember(model_id, state, locations, plan.snapshot_id, plan.keyframes,
+                             all_values=not self.improved_version)
         logger.debug("saved model %s as an update of %s: %d of %d tensors stored", model_id, save_info.base_model,
                      len(stored), len(state))
         return model_id
@@ -136,7 +137,7 @@ class WeightUpdateSaveService(AbstractSaveService):
                 reader.prefetch(_blobs_holding(locations.values()))
                 state = reader.tensors({key: location.holder for key, location in locations.items()})
                 model = self._rebuild(model_info, reader.snapshot(snapshot_id), state, execute_checks)
-        self._cache.remember(model_id, state, locations, snapshot_id, {})
+        self._cache.remember(model_id, state, locations, snapshot_id, {}, all_values=not self.improved_version)
         return RestoredModelInfo(model=model, model_id=model_id)
 
     def _reader(self) -> UpdateReader:
@@ -145,7 +146,8 @@ class WeightUpdateSaveService(AbstractSaveService):
     def _save_full(self, save_info: ModelSaveInfo, captured: Optional[CapturedState] = None) -> str:
         captured = captured if captured is not None else capture(model_to_save(save_info))
         model_id = self._save_snapshot(save_info, captured)
-        self._cache.remember(model_id, captured.tensors, snapshot_locations(model_id, captured.tensors), model_id, {})
+        self._cache.remember(model_id, captured.tensors, snapshot_locations(model_id, captured.tensors), model_id, {},
+                             all_values=not self.improved_version)
         logger.debug("saved model %s as a full snapshot", model_id)
         return model_id
 

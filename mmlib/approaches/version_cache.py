@@ -12,8 +12,12 @@ from mmlib.approaches.update_format import Location
 
 @dataclass(frozen=True)
 class CachedVersion:
-    """A recently saved or recovered version: private copies of its tensors, where each is stored, and the values
-    of those tensors' keyframes where known (shared with the versions that use the same keyframe)."""
+    """A recently saved or recovered version: its tensors, where each is stored, and the values of those tensors'
+    keyframes where known (shared with the versions that use the same keyframe).
+
+    `state` holds private copies of the values a later save reads (see `VersionCache.remember`) and, for the
+    other tensors, meta tensors of their dtype and shape.
+    """
 
     state: dict[str, torch.Tensor]
     locations: dict[str, Location]
@@ -38,12 +42,14 @@ class VersionCache:
         return version
 
     def remember(self, model_id: str, state: dict[str, torch.Tensor], locations: dict[str, Location],
-                 snapshot_id: str, keyframes: dict[str, torch.Tensor]) -> None:
-        """Cache copies of a version's tensors, which later in-place training of the model cannot change; a tensor
-        that is its own keyframe is that keyframe's value too."""
+                 snapshot_id: str, keyframes: dict[str, torch.Tensor], *, all_values: bool) -> None:
+        """Cache a version: copies, which later in-place training of the model cannot change, of the tensors that
+        are their own keyframes (a later delta is taken against them), or of every tensor with `all_values` (for
+        a service that compares values to find changes); meta tensors, which cost no copy, for the others."""
         if self._capacity < 1:
             return
-        state = {key: tensor.clone() for key, tensor in state.items()}
+        state = {key: tensor.clone() if all_values or locations[key].depth == 0 else tensor.to("meta")
+                 for key, tensor in state.items()}
         known = {key: state[key] if location.depth == 0 else keyframes.get(key) for key, location in locations.items()}
         self._versions[model_id] = CachedVersion(state, locations, snapshot_id,
                                                  {key: value for key, value in known.items() if value is not None})
