@@ -129,8 +129,9 @@ class WeightUpdateSaveService(AbstractSaveService):
         with self._recovering(model_id):
             reader = self._reader()
             model_info = reader.info(model_id)
-            self._lineage_to_snapshot(model_id, reader.info)
-            locations, snapshot_id = reader.locations(model_id)
+            lineage = self._lineage_to_snapshot(model_id, reader.info)
+            _, (locations, snapshot_id) = run_beside(lambda: reader.prefetch(self._snapshot_needed(lineage)),
+                                                     lambda: reader.locations(model_id))
             if model_info.store_type == ModelStoreType.FULL_MODEL:
                 model, state = self._recover_snapshot(model_info, execute_checks)
             else:
@@ -139,6 +140,14 @@ class WeightUpdateSaveService(AbstractSaveService):
                 model = self._rebuild(model_info, reader.snapshot(snapshot_id), state, execute_checks)
         self._cache.remember(model_id, state, locations, snapshot_id, {}, all_values=not self.improved_version)
         return RestoredModelInfo(model=model, model_id=model_id)
+
+    def _snapshot_needed(self, lineage: list[ModelInfo]) -> list[str]:
+        """The snapshot whose weights a recovery of `lineage[0]` reads for sure, so it can be read while the
+        version's own blob is: with fewer changes since the snapshot than a keyframe interval, every delta in the
+        lineage is of a snapshot tensor. Empty when unsure, or when the version is the snapshot itself."""
+        if len(lineage) < 2 or len(lineage) > self.keyframe_interval or not self.codec.needs_base:
+            return []
+        return [lineage[-1].stored_id()]
 
     def _reader(self) -> UpdateReader:
         return UpdateReader(self._load_model_info, self._file_pers_service.read_bytes, self._read_weights)

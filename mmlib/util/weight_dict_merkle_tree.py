@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from mmlib.errors import IntegrityError
+from mmlib.util.concurrency import parallel_map
 from mmlib.util.hash import json_value_hash, new_hasher, tensor_hash
 
 THIS = "this"
@@ -56,17 +57,11 @@ class WeightDictMerkleTree:
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Any]) -> "WeightDictMerkleTree":
         """Hash every entry (a tensor, or a JSON extra state) and build the tree; a tensor object listed under
-        several names (tied weights) is hashed once."""
-        known: dict[int, str] = {}
-        layer_hashes = {}
-        for key, value in state_dict.items():
-            if not isinstance(value, torch.Tensor):
-                layer_hashes[key] = json_value_hash(value)
-                continue
-            if id(value) not in known:
-                known[id(value)] = tensor_hash(value)
-            layer_hashes[key] = known[id(value)]
-        return cls.from_layer_hashes(layer_hashes)
+        several names (tied weights) is hashed once. Tensors are hashed on all cores (BLAKE3 releases the GIL)."""
+        distinct = {id(value): value for value in state_dict.values() if isinstance(value, torch.Tensor)}
+        known = dict(zip(distinct, parallel_map(tensor_hash, distinct.values())))
+        return cls.from_layer_hashes({key: known[id(value)] if isinstance(value, torch.Tensor)
+                                      else json_value_hash(value) for key, value in state_dict.items()})
 
     @classmethod
     def from_layer_hashes(cls, layer_hashes: Mapping[str, str]) -> "WeightDictMerkleTree":
