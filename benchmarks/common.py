@@ -14,7 +14,6 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-import mmlib.save
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.maintenance import total_size as total_bytes  # noqa: F401 (the benchmarks' name for it)
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
@@ -133,17 +132,17 @@ def train_steps(model: torch.nn.Module, steps: int, seed: int, partial: bool) ->
 
 @dataclass(frozen=True)
 class Approach:
-    """A save approach under test: the name of its `mmlib.save` class and the keyword arguments it is built with."""
+    """A save approach under test: its save service class and the keyword arguments it is built with."""
 
     name: str
     label: str
-    service_class: str
+    service_class: type[AbstractSaveService]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def create(self, file_pers_service: FilePersistenceService,
                dict_pers_service: DictPersistenceService) -> AbstractSaveService:
         """A new service object over the given stores (a fresh object has no in-process cache)."""
-        return getattr(mmlib.save, self.service_class)(file_pers_service, dict_pers_service, **self.kwargs)
+        return self.service_class(file_pers_service, dict_pers_service, **self.kwargs)
 
 
 def without_cache(service: AbstractSaveService) -> AbstractSaveService:

@@ -1,7 +1,6 @@
 """The provenance part of the benchmark: versions saved as provenance (dataset + training), recovered by retraining.
 
-Measured only when `mmlib.save.ProvenanceSaveService`, the example image-classification train service and
-`benchmarks.provenance` (whose storage breakdown by part this reuses) exist.
+Uses `mmlib.demo`'s image-classification train service and `benchmarks.provenance`'s storage breakdown by part.
 Each timed round uses a fresh store: a base snapshot (untimed), then per version the provenance save (timed),
 the live training (untimed), `add_weights_hash_info` (timed) and the `torch.save` anchor of the trained model
 (timed). So version 1 of every round pays for storing the dataset, as a first version does. The bytes each
@@ -11,26 +10,27 @@ k recovers the base and retrains k versions; the unpacked dataset is removed bef
 every recovery unpacks it as a fresh node would.
 """
 
-import importlib
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, Callable, Optional
 
 import torch
 
-import mmlib.save
+from benchmarks import provenance as helpers
 from benchmarks.common import (ANCHOR, MODEL_LABELS, MOMENTUM, Progress, Step, median_seconds, ratio, raw_load,
                                total_bytes)
 from mmlib.approaches.base import AbstractSaveService
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG, VALUES
+from mmlib.demo.image_classification import image_classification_train_wrapper
+from mmlib.demo.image_data import generate_image_dataset
 from mmlib.deterministic import deterministic
 from mmlib.equal import state_dict_equal
 from mmlib.models import REFERENCE_MODELS
 from mmlib.persistence import open_store
+from mmlib.save import ProvenanceSaveService
 from mmlib.schema.environment import Environment
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 
@@ -46,7 +46,7 @@ DATASET_PART = "dataset"
 class _Round:
     """One timed round: its own store, the live model and train service, and the versions saved so far."""
 
-    service: AbstractSaveService
+    service: ProvenanceSaveService
     model: torch.nn.Module
     wrapper: Any
     ids: list[str]
@@ -62,11 +62,9 @@ class _Round:
 class ProvenanceBench:
     """Provenance versions of one model: TTS, TTR (including retraining) and storage per version."""
 
-    def __init__(self, key: str, service_type: type, make_wrapper: Callable, helpers: ModuleType, raw_data: str,
-                 data_root: str, versions: int, repeats: int, env: Environment, progress: Progress, root: str):
-        """`helpers` is `benchmarks.provenance`: its storage breakdown, store size and growth shares."""
+    def __init__(self, key: str, raw_data: str, data_root: str, versions: int, repeats: int, env: Environment,
+                 progress: Progress, root: str):
         self.key, self.label, self.cls = key, MODEL_LABELS.get(key, key), REFERENCE_MODELS[key]
-        self.service_type, self.make_wrapper, self.helpers = service_type, make_wrapper, helpers
         self.raw_data, self.data_root, self.versions, self.repeats = raw_data, data_root, versions, repeats
         self.env, self.progress, self.root = env, progress, root
         self.rounds: dict[int, _Round] = {}
@@ -74,14 +72,15 @@ class ProvenanceBench:
     def _new_round(self, round_index: int) -> _Round:
         """A fresh store holding the base model as a full snapshot (untimed)."""
         store_dir = os.path.join(self.root, f"round-{round_index}")
-        service = self.service_type(*open_store(store_dir))
+        service = ProvenanceSaveService(*open_store(store_dir))
         torch.manual_seed(0)
         model = self.cls()
-        empty_bytes = self.helpers.store_bytes(service)
+        empty_bytes = helpers.store_bytes(service)
         base_id = service.save_model(ModelSaveInfoBuilder().add_model_info(env=self.env, model=model).build())
-        wrapper = self.make_wrapper(model, self.raw_data, batch_size=TRAIN_BATCH_SIZE, momentum=MOMENTUM)
+        wrapper = image_classification_train_wrapper(model, self.raw_data, batch_size=TRAIN_BATCH_SIZE,
+                                                      momentum=MOMENTUM)
         return _Round(service, model, wrapper, [base_id], store_dir, _bytes_on_disk(store_dir),
-                      self.helpers.store_bytes(service) - empty_bytes)
+                      helpers.store_bytes(service) - empty_bytes)
 
     def _save_step(self, version: int) -> Step:
         def prepare(round_index: int) -> Callable[[], Any]:
@@ -92,7 +91,7 @@ class ProvenanceBench:
                     .add_prov_data(raw_data_path=self.raw_data, train_kwargs=TRAIN_KWARGS,
                                    train_service_wrapper=state.wrapper)
                     .build())
-            state.bytes_before_save = self.helpers.store_bytes(state.service)
+            state.bytes_before_save = helpers.store_bytes(state.service)
             return lambda: state.ids.append(state.service.save_model(info))
         return prepare
 
@@ -107,7 +106,7 @@ class ProvenanceBench:
     def _anchor_save_step(self, version: int) -> Step:
         def prepare(round_index: int) -> Callable[[], Any]:
             state = self.rounds[round_index]
-            state.growth.append(self.helpers.store_bytes(state.service) - state.bytes_before_save)
+            state.growth.append(helpers.store_bytes(state.service) - state.bytes_before_save)
             path = os.path.join(self.root, f"{ANCHOR}-r{round_index}-v{version}.pt")
             state.anchors.append(path)
             return lambda: torch.save(state.model.state_dict(), path)
@@ -147,7 +146,7 @@ class ProvenanceBench:
             growth = state.growth[version - 1]
             versions.append({
                 "name": f"v{version}", "model_id": model_id,
-                "storage_bytes": total_bytes(sizes), "storage_breakdown": self.helpers.breakdown(sizes),
+                "storage_bytes": total_bytes(sizes), "storage_breakdown": helpers.breakdown(sizes),
                 "size_info": sizes, "stores_training_state": _stores_training_state(state.service, model_id),
                 "store_growth_bytes": growth, "store_growth_share_of_snapshot": ratio(growth, state.snapshot_bytes),
                 "save_s": save_s, "add_weights_hash_info_s": hash_s, "tts_s": save_s + hash_s,
@@ -162,8 +161,8 @@ class ProvenanceBench:
         return {"label": self.label, "versions": versions, "storage_total_bytes": total,
                 "store_bytes_on_disk": _bytes_on_disk(state.store_dir) - state.base_bytes_on_disk,
                 "anchor_bytes": os.path.getsize(state.anchors[0]), "snapshot_bytes": state.snapshot_bytes,
-                "checkpoint_interval": getattr(state.service, "checkpoint_interval", None),
-                **self.helpers.growth_shares(state.growth, state.snapshot_bytes)}
+                "checkpoint_interval": state.service.checkpoint_interval,
+                **helpers.growth_shares(state.growth, state.snapshot_bytes)}
 
 
 def _stores_training_state(service: AbstractSaveService, model_id: str) -> bool:
@@ -177,11 +176,6 @@ def _bytes_on_disk(directory: str) -> int:
                for folder, _, names in os.walk(directory) for name in names)
 
 
-def _unavailable(progress: Progress, reason: str) -> dict[str, Any]:
-    progress(f"provenance: skipped ({reason})")
-    return {"available": False, "reason": reason}
-
-
 def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str], env: Environment,
         progress: Progress, baseline_bytes: dict[str, Optional[int]]) -> dict[str, Any]:
     """Provenance figures per model, or `available: False` with the reason.
@@ -190,21 +184,13 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
     compare all provenance versions against as many snapshots.
     """
     if not models:
-        return _unavailable(progress, "no model was chosen for it (--provenance-models)")
-    service_type = getattr(mmlib.save, "ProvenanceSaveService", None)
-    if service_type is None:
-        return _unavailable(progress, "mmlib.save has no ProvenanceSaveService in this build")
-    try:
-        make_wrapper = importlib.import_module("mmlib.demo.image_classification").image_classification_train_wrapper
-        generate = importlib.import_module("mmlib.demo.image_data").generate_image_dataset
-        helpers = importlib.import_module("benchmarks.provenance")
-    except (ImportError, AttributeError) as error:
-        return _unavailable(progress, f"the example train service or benchmarks.provenance is missing ({error})")
+        progress("provenance: skipped (no model was chosen for it with --provenance-models)")
+        return {"available": False, "reason": "no model was chosen for it (--provenance-models)"}
     root = tempfile.mkdtemp(prefix="mmlib-bench-provenance-", dir=work_dir)
     previous_config = os.environ.get(MMLIB_CONFIG)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        raw_data = generate(os.path.join(root, "raw-data"), **DATASET)
+        raw_data = generate_image_dataset(os.path.join(root, "raw-data"), **DATASET)
         data_root = os.path.join(root, "data-root")
         config = os.path.join(root, "mmlib.ini")
         with open(config, "w", encoding="utf-8") as handle:
@@ -224,8 +210,8 @@ def run(models: list[str], versions: int, repeats: int, work_dir: Optional[str],
             "versions": versions, "models": {},
         }
         for key in models:
-            bench = ProvenanceBench(key, service_type, make_wrapper, helpers, raw_data, data_root, versions,
-                                    repeats, env, progress, tempfile.mkdtemp(prefix=f"{key}-", dir=root))
+            bench = ProvenanceBench(key, raw_data, data_root, versions, repeats, env, progress,
+                                    tempfile.mkdtemp(prefix=f"{key}-", dir=root))
             figures = bench.run()
             snapshot = baseline_bytes.get(key)
             figures["baseline_total_bytes"] = None if snapshot is None else snapshot * versions

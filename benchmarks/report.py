@@ -211,7 +211,6 @@ def markdown(results: dict[str, Any]) -> str:
     """The whole report: settings, per-relation table, chain table, provenance and targets."""
     meta = results["meta"]
     labels = {name: info["label"] for name, info in meta["approaches"].items()}
-    missing = [info["label"] for info in meta["approaches"].values() if not info["available"]]
     chain_length = meta["chain_length"]
     lines = [
         f"# mmlib benchmark ({meta['mode']} mode)",
@@ -231,8 +230,6 @@ def markdown(results: dict[str, Any]) -> str:
         "Storage share is relative to the baseline approach in the same relation; `exact` says the recovered "
         "state dict equals the saved one bit for bit.",
     ]
-    if missing:
-        lines += ["", f"Approaches not available in this build (skipped): {', '.join(missing)}."]
     lines += ["", "## U1-U3: storage, time-to-save, time-to-recover", "",
               table(["model", "relation", "approach", "storage", "vs baseline", "TTS", "x anchor",
                      "TTR checks", "x anchor", "TTR no checks", "x anchor", "exact"],

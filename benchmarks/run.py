@@ -35,6 +35,7 @@ from mmlib.approaches.base import AbstractSaveService
 from mmlib.equal import state_dict_equal
 from mmlib.models import REFERENCE_MODELS
 from mmlib.persistence import open_store
+from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.environment import Environment
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.track_env import track_current_environment
@@ -54,16 +55,16 @@ RELATIONS = {U1: "base (fresh model, no base)", U2: "partial fine-tune (classifi
 # The paper's parameter update stores changed layers as they are, so it uses the plain codec; the improved
 # update is measured with plain tensors and with the default compressed-delta codec.
 APPROACHES = [
-    Approach("baseline", "baseline", "BaselineSaveService"),
-    Approach("param_update", "param update", "WeightUpdateSaveService", {"improved_version": False, "codec": "plain"}),
-    Approach("improved_update", "improved update (plain)", "WeightUpdateSaveService",
+    Approach("baseline", "baseline", BaselineSaveService),
+    Approach("param_update", "param update", WeightUpdateSaveService, {"improved_version": False, "codec": "plain"}),
+    Approach("improved_update", "improved update (plain)", WeightUpdateSaveService,
              {"improved_version": True, "codec": "plain"}),
-    Approach("improved_update_compressed", "improved update (compressed deltas)", "WeightUpdateSaveService",
+    Approach("improved_update_compressed", "improved update (compressed deltas)", WeightUpdateSaveService,
              {"improved_version": True}),
 ]
 # Measured in U1 only: the baseline on a store opened with `durable=False` (no fsync), for scratch checkpoints,
 # against plain torch.save; the durable baseline is also compared with torch.save + fsync (DURABLE_ANCHOR).
-SCRATCH = Approach("baseline_scratch", "baseline, open_store(durable=False)", "BaselineSaveService")
+SCRATCH = Approach("baseline_scratch", "baseline, open_store(durable=False)", BaselineSaveService)
 DURABLE_ANCHOR = "anchor_durable"
 
 
@@ -345,8 +346,8 @@ def _metadata(settings: Settings) -> dict[str, Any]:
         "mode": "quick" if settings.quick else "full",
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "models": settings.models,
-        "approaches": {approach.name: {"label": approach.label, "class": approach.service_class,
-                                       "kwargs": dict(approach.kwargs), "available": True}
+        "approaches": {approach.name: {"label": approach.label, "class": approach.service_class.__name__,
+                                       "kwargs": dict(approach.kwargs)}
                        for approach in [*APPROACHES, SCRATCH]},
         "repeats": settings.repeats,
         "chain_models": settings.chain_models,

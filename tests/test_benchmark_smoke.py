@@ -64,9 +64,9 @@ def test_quick_benchmark_json_has_every_figure(quick_run):
             assert entry["growth_last_over_first"] > 0 and entry["recovered_equal"] is True
             assert entry["slowest_update_over_snapshot"] == max(entry["ttr_checks_s"][1:]) / entry["ttr_checks_s"][0]
     assert len(results["targets"]) == len(report.TARGETS)
-    if results["provenance"]["available"]:
-        for model in results["provenance"]["models"].values():
-            assert all(version["storage_bytes"] > 0 and version["ttr_checks_s"] > 0 for version in model["versions"])
+    assert results["provenance"]["available"] is True
+    for model in results["provenance"]["models"].values():
+        assert all(version["storage_bytes"] > 0 and version["ttr_checks_s"] > 0 for version in model["versions"])
 
 
 def test_quick_benchmark_writes_markdown_and_plots(quick_run):
