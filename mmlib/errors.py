@@ -43,6 +43,14 @@ class IntegrityError(MMLibError, ValueError):
     """Stored bytes or recovered weights do not match the digest recorded at save time."""
 
 
+class MissingBaseError(IntegrityError, NotFoundError):
+    """A stored model names a base that is not in the store: its lineage is broken (deleted or damaged metadata).
+
+    An IntegrityError, as every broken lineage is, and a NotFoundError for code that handles absent items; not a
+    ModelNotFoundError, which would say the model asked for is absent.
+    """
+
+
 class IncompatibleModelError(MMLibError, ValueError):
     """A model cannot be stored relative to the given base (e.g. a different architecture)."""
 

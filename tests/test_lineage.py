@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from mmlib.errors import IntegrityError
+from mmlib.errors import IntegrityError, MissingBaseError, ModelNotFoundError, NotFoundError
 from mmlib.maintenance import lineage, verify
 from mmlib.persistence import open_store
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
@@ -20,8 +20,8 @@ def store(tmp_path):
     return open_store(str(tmp_path / "store"))
 
 
-def _raises_promptly(action, match: str) -> None:
-    """`action` raises IntegrityError matching `match` and does not run on (a loop would never end)."""
+def _raises_promptly(action, match: str, error_type: type = IntegrityError) -> None:
+    """`action` raises `error_type` matching `match` and does not run on (a loop would never end)."""
     outcome = {}
 
     def run() -> None:
@@ -35,6 +35,7 @@ def _raises_promptly(action, match: str) -> None:
     worker.join(WALK_TIMEOUT_S)
     assert not worker.is_alive(), "the lineage walk did not end"
     assert "error" in outcome and re.search(match, str(outcome["error"]))
+    assert isinstance(outcome["error"], error_type), outcome["error"]
 
 
 def test_a_version_that_names_itself_as_base_stops_saves_and_lineage(store):
@@ -49,8 +50,9 @@ def test_a_missing_base_is_named(store):
     ids, model = save_update_chain(store, 3)
     store.dict_pers_service.delete_dict(ids[1], MODEL_INFO)
     service = WeightUpdateSaveService(*store, cache_size=0)
-    _raises_promptly(lambda: service.save_model(save_info(model, base_model_id=ids[2])), ids[1])
-    _raises_promptly(lambda: lineage(store, ids[2]), ids[1])
+    _raises_promptly(lambda: service.save_model(save_info(model, base_model_id=ids[2])), ids[1], MissingBaseError)
+    _raises_promptly(lambda: lineage(store, ids[2]), ids[1], MissingBaseError)
+    assert issubclass(MissingBaseError, NotFoundError) and not issubclass(MissingBaseError, ModelNotFoundError)
 
 
 def test_verify_does_not_flag_a_version_that_does_not_need_the_missing_document(store):

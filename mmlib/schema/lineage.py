@@ -2,7 +2,7 @@
 
 from typing import Callable, Optional, TypeVar
 
-from mmlib.errors import IntegrityError, ModelNotFoundError
+from mmlib.errors import IntegrityError, MissingBaseError, ModelNotFoundError
 
 Record = TypeVar("Record")
 
@@ -12,7 +12,8 @@ def walk_lineage(model_id: str, load: Callable[[str], Record], base_of: Callable
     """The records of `model_id`, its base, its base's base, ... up to the root or the first record `stop` accepts.
 
     `load` reads one record (raising ModelNotFoundError when it is missing). A base that is missing or a link
-    back to a model already walked means damaged metadata: IntegrityError naming the broken link.
+    back to a model already walked means damaged metadata: IntegrityError (MissingBaseError for a missing base)
+    naming the broken link.
     """
     chain = [load(model_id)]
     walked = [model_id]
@@ -27,7 +28,7 @@ def walk_lineage(model_id: str, load: Callable[[str], Record], base_of: Callable
         try:
             chain.append(load(base_id))
         except ModelNotFoundError as error:
-            raise IntegrityError(f"model {walked[-1]} in the lineage of {model_id} names {base_id!r} as its base, "
-                                 "which is not in this store; restore it from a backup") from error
+            raise MissingBaseError(f"model {walked[-1]} in the lineage of {model_id} names {base_id!r} as its base, "
+                                   "which is not in this store; restore it from a backup") from error
         walked.append(base_id)
     return chain
