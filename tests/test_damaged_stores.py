@@ -67,8 +67,10 @@ def test_a_bad_mongodb_uri_is_store_unavailable(uri, capsys):
     assert _cli(capsys, "--store", uri, "ls")[0] == EXIT_UNAVAILABLE
 
 
-@pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/absolute-escape.txt", "link"])
+@pytest.mark.parametrize("member", ["../escaped.txt", "/absolute", "link"])
 def test_a_hostile_archive_is_refused_and_writes_nothing_outside(tmp_path, member):
+    absolute = str(tmp_path / "absolute-escape.txt")  # unique to this test run, unlike a fixed /tmp name
+    member = absolute if member == "/absolute" else member
     store = open_store(str(tmp_path / "store"))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -87,7 +89,7 @@ def test_a_hostile_archive_is_refused_and_writes_nothing_outside(tmp_path, membe
         store.file_pers_service.recover_file(reference, str(destination))
     except IntegrityError:
         pass
-    assert not (tmp_path / "escaped.txt").exists() and not os.path.exists("/tmp/absolute-escape.txt")
+    assert not (tmp_path / "escaped.txt").exists() and not os.path.exists(absolute)
 
 
 @pytest.mark.parametrize("field, value", [(STORE_TYPE, 5), (STORE_TYPE, "teleported"), (DERIVED_FROM, [1]),

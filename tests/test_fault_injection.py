@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import random
 import signal
+import time
 
 import pytest
 
@@ -19,7 +20,6 @@ from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.util.hash import state_dict_hash
 
 RUNS = 50
-MAX_KILL_DELAY_S = 0.8
 SEEDS = 4
 
 
@@ -40,20 +40,36 @@ def forkserver():
     return context
 
 
+def _start_child(forkserver, store_dir: str, log_path: str, seed: int) -> multiprocessing.Process:
+    """A child saving the seed's lineage, started and ready (its first model built)."""
+    ready = forkserver.Event()
+    child = forkserver.Process(target=save_until_killed, args=(store_dir, log_path, seed, ready))
+    child.start()
+    ready.wait(timeout=60)
+    return child
+
+
+def _seconds_to_save_all(tmp_path, forkserver) -> float:
+    """How long a child takes to save its whole lineage on this machine now: kills are spread over that span,
+    so they land in every step of a save however fast or loaded the machine is."""
+    child = _start_child(forkserver, str(tmp_path / "calibration"), str(tmp_path / "calibration.log"), 0)
+    start = time.monotonic()
+    child.join(timeout=600)
+    return time.monotonic() - start
+
+
 def test_killed_saves_leave_only_recoverable_models(tmp_path, forkserver):
     rng = random.Random(20261127)
     kill_points = collections.Counter()
+    max_kill_delay_s = _seconds_to_save_all(tmp_path, forkserver)
     expected = {}
     for run in range(RUNS):
         seed = rng.randrange(SEEDS)
         if seed not in expected:
             expected[seed] = {state_dict_hash(model.state_dict()) for model in lineage(seed)}
         store_dir, log_path = str(tmp_path / f"store{run}"), str(tmp_path / f"run{run}.log")
-        ready = forkserver.Event()
-        child = forkserver.Process(target=save_until_killed, args=(store_dir, log_path, seed, ready))
-        child.start()
-        ready.wait(timeout=60)
-        child.join(timeout=rng.uniform(0.0, MAX_KILL_DELAY_S))
+        child = _start_child(forkserver, store_dir, log_path, seed)
+        child.join(timeout=rng.uniform(0.0, max_kill_delay_s))
         if child.is_alive():
             os.kill(child.pid, signal.SIGKILL)
         child.join()
