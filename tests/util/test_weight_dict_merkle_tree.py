@@ -183,3 +183,11 @@ def test_equality_of_nodes_built_from_odd_arguments_never_raises():
         assert node != real and real != node and isinstance(hash(node), int)
         assert all(isinstance(node == other, bool) for other in odd_nodes)
     assert WeightDictMerkleTree(hash_value="a" * 64) == WeightDictMerkleTree(hash_value="a" * 64)
+
+
+def test_repr_shows_the_layer_of_a_leaf_and_a_short_root_hash():
+    tree = WeightDictMerkleTree.from_state_dict(_layers(2))
+    assert repr(tree) == f"WeightDictMerkleTree(hash_value='{tree.hash_value[:12]}...')"
+    assert repr(tree.left) == f"WeightDictMerkleTree(layer_key='layer1', hash_value='{tree.left.hash_value[:12]}...')"
+    assert repr(WeightDictMerkleTree()) == "WeightDictMerkleTree()"
+    assert repr(WeightDictMerkleTree(layer_key="x")) == "WeightDictMerkleTree(layer_key='x', hash_value=None)"
