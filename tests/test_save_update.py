@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from mmlib.approaches.update import UPDATE_FILE_NAME
-from mmlib.approaches.update_format import Location, read_update, write_update
-from mmlib.approaches.version_cache import VersionCache
+from mmlib.approaches.update_format import read_update, write_update
 from mmlib.equal import state_dict_equal
 from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
 from mmlib.models import MobileNetV2, ResNet18
@@ -267,18 +266,3 @@ def test_invalid_options_are_rejected(local_stores):
     with pytest.raises(InvalidSaveInfoError, match="keyframe_interval"):
         WeightUpdateSaveService(*local_stores, keyframe_interval=0)
 
-
-def test_a_cached_version_copies_the_tensors_later_deltas_are_of_and_describes_the_others():
-    cache = VersionCache(2)
-    state = {"keyframe": torch.ones(3), "delta": torch.ones(2, 2, dtype=torch.float16)}
-    locations = {"keyframe": Location("v", 0, "v"), "delta": Location("v", 1, "k")}
-    cache.remember("v", state, locations, "s", {}, all_values=False)
-    cache.remember("w", state, locations, "s", {}, all_values=True)
-    for tensor in state.values():
-        tensor.add_(1)  # training in place after the save
-    described = cache.get("v")
-    assert torch.equal(described.state["keyframe"], torch.ones(3))
-    assert torch.equal(described.keyframes["keyframe"], torch.ones(3))
-    delta = described.state["delta"]
-    assert delta.is_meta and delta.dtype == torch.float16 and delta.shape == (2, 2)
-    assert all(torch.equal(tensor, torch.ones_like(tensor)) for tensor in cache.get("w").state.values())

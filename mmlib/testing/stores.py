@@ -28,7 +28,9 @@ import time
 import pytest
 
 from mmlib.errors import IntegrityError, InvalidIdError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.persistence._hashing import CHUNK_SIZE
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
+from mmlib.util.hash import new_hasher
 
 __all__ = ["DictStoreTests", "FileStoreTests"]
 
@@ -141,6 +143,23 @@ class FileStoreTests:
         store.delete_blob(digest)
         assert not store.blob_exists(digest)
         assert list(store.blob_digests()) == []
+
+    def test_delete_blob_removes_only_that_blob(self, store):
+        kept = store.save_bytes(b"to keep", "k.bin")
+        digest = store.save_bytes(b"to delete", "d.bin").reference_id.split("/")[0]
+        store.delete_blob(digest)
+        store.delete_blob(digest)  # a missing blob is not an error
+        assert list(store.blob_digests()) == [kept.reference_id.split("/")[0]]
+        assert store.read_bytes(kept.reference_id) == b"to keep"
+
+    def test_a_file_larger_than_a_read_chunk_round_trips(self, store, tmp_path):
+        data = os.urandom(CHUNK_SIZE + 12345)
+        ref = FileReference(path=_write(tmp_path / "src" / "big.bin", data))
+        store.save_file(ref)
+        assert ref.stored_id() == f"{new_hasher().update(data).hexdigest()}/big.bin"
+        restored = FileReference(reference_id=ref.reference_id)
+        store.recover_file(restored, str(tmp_path / "out"))
+        assert restored.path is not None and open(restored.path, "rb").read() == data
 
     def test_a_failed_write_leaves_no_blob_and_no_partial_upload(self, store):
         def produce(sink) -> None:
@@ -268,6 +287,15 @@ class DictStoreTests:
         store.delete_dict(dict_id, "thing")
         store.delete_dict(dict_id, "thing")
         assert not store.id_exists(dict_id, "thing")
+
+    def test_delete_dict_removes_only_that_document(self, store):
+        kept = store.save_dict({"v": 1}, "thing")
+        same_id_other_type = store.save_dict({"id": "doomed", "v": 2}, "other")
+        doomed = store.save_dict({"id": "doomed", "v": 3}, "thing")
+        store.delete_dict(doomed, "thing")
+        assert store.all_ids_for_type("thing") == [kept]
+        assert store.recover_dict(same_id_other_type, "other") == {"id": "doomed", "v": 2}
+        assert list(store.document_times("thing")) == [kept]
 
     def test_saving_a_document_again_refreshes_its_time(self, store):
         dict_id = store.save_dict({"id": "content-1", "value": 1}, "thing")

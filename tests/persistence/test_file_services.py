@@ -1,7 +1,12 @@
 """The blob-store conformance suite (mmlib.testing.stores.FileStoreTests) on each of mmlib's blob stores."""
 
+import time
+
+import bson
+import gridfs
 import pytest
 
+from mmlib.errors import ModelNotFoundError
 from mmlib.persistence import FileSystemPersistenceService, GridFSFilePersistenceService
 from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
 from mmlib.testing.stores import FileStoreTests
@@ -25,6 +30,29 @@ class TestGridFS(FileStoreTests):
 
     def corrupt(self, store, digest):
         flip_byte_in_gridfs(store, digest)
+
+    def test_unfinished_uploads_are_listed_from_their_start_and_deleted_one_by_one(self, store):
+        database = store.mongo_service.database
+        kept = store.save_bytes(b"a committed blob", "k.bin")
+        kept_id = database["fs.files"].find_one({"filename": kept.stored_id().split("/")[0]})["_id"]
+        started = time.time()
+        closed = gridfs.GridFSBucket(database).open_upload_stream("partial-closed-but-never-renamed")
+        closed.write(b"x" * 1000)
+        closed.close()
+        never_closed = bson.ObjectId()  # chunks whose upload never wrote its file document
+        database["fs.chunks"].insert_one({"files_id": never_closed, "n": 0, "data": b"y" * 1000})
+        times = store.partial_upload_times()
+        assert sorted(times) == sorted([str(closed._id), str(never_closed)])
+        assert all(started - 0.01 <= moment <= time.time() + 1 for moment in times.values())
+        store.delete_partial_upload(str(kept_id))  # committed since it was listed: kept
+        for upload_id in times:
+            store.delete_partial_upload(upload_id)
+        store.delete_partial_upload(str(never_closed))  # gone already: not an error
+        assert store.partial_uploads() == []
+        assert database["fs.chunks"].count_documents({"files_id": {"$in": [closed._id, never_closed]}}) == 0
+        assert store.read_bytes(kept.reference_id) == b"a committed blob"
+        with pytest.raises(ModelNotFoundError):
+            store.delete_partial_upload("not-an-upload-id")
 
 
 class TestObjectStore(FileStoreTests):

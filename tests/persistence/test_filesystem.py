@@ -2,6 +2,9 @@
 
 import os
 
+import pytest
+
+from mmlib.errors import InvalidIdError
 from mmlib.persistence import FileSystemPersistenceService, _filesystem
 
 
@@ -24,3 +27,13 @@ def test_a_blob_is_fsynced_before_it_is_published_and_its_directory_after(tmp_pa
     blob = service.blob_path(digest)
     temp = next((event[1] for event in events if event[0] == "replace"), None)
     assert events == [("fsync", temp), ("replace", temp, blob), ("fsync", os.path.dirname(blob))]
+
+
+def test_deleting_a_partial_upload_refuses_what_is_not_one_of_its_temp_files(tmp_path):
+    service = FileSystemPersistenceService(str(tmp_path / "blobs"))
+    neighbour = tmp_path / "blobs" / "neighbour.partial"
+    neighbour.write_text("not an upload")
+    for bad in ("../neighbour.partial", None):
+        with pytest.raises(InvalidIdError):
+            service.delete_partial_upload(bad)
+    assert neighbour.exists()

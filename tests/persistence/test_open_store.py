@@ -101,3 +101,11 @@ def test_durable_false_skips_the_flushes_and_still_round_trips(tmp_path, monkeyp
     assert state_dict_equal(service.recover_model(model_id).model.state_dict(), model.state_dict())
     mode = store.dict_pers_service.connection().execute("PRAGMA synchronous").fetchone()[0]
     assert mode == (2 if durable else 1)
+
+
+def test_the_package_lists_the_mongo_backends_it_imports_on_first_use():
+    import mmlib.persistence
+
+    names = dir(mmlib.persistence)
+    assert names == sorted(names)
+    assert {"GridFSFilePersistenceService", "MongoDictPersistenceService", "open_store", "Store"} <= set(names)

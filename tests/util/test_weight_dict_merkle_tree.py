@@ -225,3 +225,11 @@ def test_an_edited_or_damaged_document_raises_integrity_error():
         with pytest.raises(IntegrityError):
             WeightDictMerkleTree.from_document(edited)
             pytest.fail(f"{what}: loaded without an error")
+
+
+def test_repr_shows_the_layer_of_a_leaf_and_a_short_root_hash():
+    tree = WeightDictMerkleTree.from_state_dict(_layers(2))
+    assert repr(tree) == f"WeightDictMerkleTree(hash_value='{tree.hash_value[:12]}...')"
+    assert repr(tree.left) == f"WeightDictMerkleTree(layer_key='layer1', hash_value='{tree.left.hash_value[:12]}...')"
+    assert repr(WeightDictMerkleTree()) == "WeightDictMerkleTree()"
+    assert repr(WeightDictMerkleTree(layer_key="x")) == "WeightDictMerkleTree(layer_key='x', hash_value=None)"
