@@ -13,7 +13,7 @@ from typing import BinaryIO, Iterator, Optional
 import bson
 import gridfs
 
-from mmlib.errors import ModelNotFoundError
+from mmlib.errors import InvalidIdError, ModelNotFoundError
 from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
 from mmlib.util.mongo import DEFAULT_DB_NAME, MongoBacked, MongoService
 
@@ -71,7 +71,7 @@ class GridFSFilePersistenceService(MongoBacked, FilePersistenceService["_UploadW
 
     def delete_partial_upload(self, upload_id: str) -> None:
         if not bson.ObjectId.is_valid(upload_id):
-            raise ModelNotFoundError(
+            raise InvalidIdError(
                 f"{upload_id!r} is not an upload id of this store; list them with partial_uploads()")
         file_id = bson.ObjectId(upload_id)
         with self._mongo_service.errors():

@@ -161,6 +161,11 @@ class FileStoreTests:
         store.recover_file(restored, str(tmp_path / "out"))
         assert restored.path is not None and open(restored.path, "rb").read() == data
 
+    @pytest.mark.parametrize("upload_id", ["not-an-upload-id", "../x", "", None])
+    def test_a_malformed_upload_id_is_an_invalid_id_not_a_missing_one(self, store, upload_id):
+        with pytest.raises(InvalidIdError):
+            store.delete_partial_upload(upload_id)
+
     def test_a_failed_write_leaves_no_blob_and_no_partial_upload(self, store):
         def produce(sink) -> None:
             sink.write(b"x" * (3 * 1024 * 1024))
