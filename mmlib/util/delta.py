@@ -30,10 +30,10 @@ same in cache-sized chunks (four to eight times slower), writing the same bytes.
 The default, `sub-zigzag-planes-zstd1`: once the kernel made the element-wise work cheap, zstd is most of the
 time, and `planes` spends it only on the planes that shrink. Encoding and decoding every changed tensor of a
 3-step full fine-tune on both cores (medians of 5 on this 2-core machine while a test job ran), against
-`sub-zigzag-shuffle-zstd1`, the previous default and the smallest of the codecs `benchmarks/update_storage.py` compares: ResNet-18 decoded
-in 91 ms instead of 134 and encoded in 131 ms instead of 159; ResNet-50 decoded as fast (157 and 159 ms) and
-encoded slower (229 ms, 183). Recovery is what the chain and TTR targets measure, so `planes` is the default; it
-stores about one point of a snapshot more (55.2% against 54.3% for ResNet-50).
+`sub-zigzag-shuffle-zstd1`, the previous default and the smallest of the codecs `benchmarks/update_storage.py`
+compares: ResNet-18 decoded in 91 ms instead of 134 and encoded in 131 ms instead of 159; ResNet-50 decoded as
+fast (157 and 159 ms) and encoded slower (229 ms, 183). Recovery is what the chain and TTR targets measure, so
+`planes` is the default; it stores about one point of a snapshot more (55.2% against 54.3% for ResNet-50).
 """
 
 import importlib
