@@ -5,7 +5,9 @@ built; the two must also write the same bytes.
 """
 
 import struct
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,6 +215,34 @@ def test_planes_of_a_large_delta_are_stored_raw_or_compressed_by_how_they_compre
     assert _bits(codec.decode(payload, dtype, new.shape, base)) == _bits(new)
     shuffled = len(DeltaCodec.from_name("sub-zigzag-shuffle-zstd1").encode(new, base))
     assert len(payload) < 1.05 * shuffled
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.complex128], ids=str)
+def test_a_plain_full_copy_becomes_a_view_of_a_payload_given_away(dtype):
+    value = torch.randn(1000, dtype=torch.float64).to(dtype)
+    plain = DeltaCodec()
+    payload = bytearray(plain.encode(value))
+    address = np.frombuffer(payload, dtype=np.uint8).ctypes.data
+    shared = decode_chain(None, [(plain, memoryview(payload))], dtype, (1000,), share_payload=True)
+    assert _bits(shared) == _bits(value) and shared.data_ptr() == address, "no copy of a blob read for the caller"
+    owned = decode_chain(None, [(plain, memoryview(payload))], dtype, (1000,))
+    assert _bits(owned) == _bits(value) and owned.data_ptr() != address, "without leave, the payload is copied"
+    read_only = bytes(payload)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps a read-only buffer
+        copied = decode_chain(None, [(plain, read_only)], dtype, (1000,), share_payload=True)
+    assert _bits(copied) == _bits(value)
+    assert copied.data_ptr() != np.frombuffer(read_only, dtype=np.uint8).ctypes.data, "a read-only payload is copied"
+
+
+@pytest.mark.parametrize("name", ["xor", "sub-zigzag", "sub-zigzag-shuffle-zstd1", DEFAULT_CODEC])
+def test_a_plain_keyframe_shared_with_its_blob_is_never_written(name):
+    keyframe, new = torch.randn(4000), torch.randn(4000)
+    plain, delta = DeltaCodec(), DeltaCodec.from_name(name)
+    payload = bytearray(plain.encode(keyframe))  # writable, as an update blob read from a store is
+    steps = [(plain, memoryview(payload)), (delta, delta.encode(new, keyframe))]
+    assert _bits(decode_chain(None, steps, torch.float32, (4000,))) == _bits(new)
+    assert bytes(payload) == _bits(keyframe), "decoding the delta wrote into the keyframe's stored bytes"
 
 
 def test_a_chain_mixing_planes_and_other_codecs_decodes_to_its_last_version():

@@ -123,5 +123,6 @@ class UpdateReader:
 
 def _value(start: Optional[torch.Tensor], steps: list[tuple[DeltaCodec, Buffer]], dtype: torch.dtype,
            shape: tuple) -> torch.Tensor:
-    """The tensor a chain of `_chain` gives: the snapshot's own tensor when no step applies to it."""
-    return start if start is not None and not steps else decode_chain(start, steps, dtype, shape)
+    """The tensor a chain of `_chain` gives: the snapshot's own tensor when no step applies to it, and a full copy
+    stored plain in a blob read for this reader shares its memory, as the snapshot's tensors do."""
+    return start if start is not None and not steps else decode_chain(start, steps, dtype, shape, share_payload=True)

@@ -238,8 +238,9 @@ class DeltaCodec:
                 np.add(reference[begin:end], target, out=out[begin:end])
         return out
 
-    def _apply(self, data: Buffer, base: Optional[np.ndarray], size: int, nbytes: int) -> np.ndarray:
-        """The bit patterns this step encodes, in a new array (`base`, the previous step's bits, is only read)."""
+    def _apply(self, data: Buffer, base: Optional[np.ndarray], size: int, nbytes: int, share: bool) -> np.ndarray:
+        """The bit patterns this step encodes (`base`, the previous step's bits, is only read), in a new array; a
+        plain uncompressed step gives a view of `data` instead when it may `share` it."""
         if base is None and self.needs_base:
             raise IntegrityError(f"a {self.name} delta was stored without a base tensor; the update metadata is "
                                  "inconsistent")
@@ -258,9 +259,10 @@ class DeltaCodec:
         if self.shuffle:
             planes = [raw[plane * rows:(plane + 1) * rows].data for plane in range(size)]
             return self._combine_planes(planes, base, size, nbytes)
-        delta = (raw.view(_UNSIGNED[size]) if size in _UNSIGNED else raw).copy()
-        if base is None or not self.needs_base:
-            return delta
+        delta = raw.view(_UNSIGNED[size]) if size in _UNSIGNED else raw
+        if not self.needs_base:
+            return delta if share else delta.copy()
+        delta = delta.copy()
         if self.op == XOR:
             return np.bitwise_xor(base, delta, out=delta)
         if self.zigzag:
@@ -363,11 +365,14 @@ def _unpack_planes(data: Buffer, size: int, rows: int, name: str) -> list[Buffer
 
 
 def decode_chain(start: Optional[torch.Tensor], steps: Sequence[tuple[DeltaCodec, Buffer]], dtype: torch.dtype,
-                 shape: Sequence[int]) -> torch.Tensor:
+                 shape: Sequence[int], *, share_payload: bool = False) -> torch.Tensor:
     """Apply encoded steps, oldest first, to `start` (None when the first step stores a full copy); a new tensor.
 
-    `start` is only read: each step writes a new buffer from the previous one's, so the base is never copied
-    first. Raises IntegrityError when the steps cannot produce such a tensor.
+    `start` and the payloads are only read: each step writes a new buffer from the previous one's, and a full copy
+    stored plain is read in place, so no base is copied first. `share_payload`: the last payload's buffer is the
+    caller's to give away (a writable blob read for this recovery), so a full copy stored plain there becomes the
+    tensor's memory without a copy, as a snapshot's tensors are views of the blob read. Raises IntegrityError when
+    the steps cannot produce such a tensor.
     """
     shape = tuple(shape)
     size = dtype.itemsize
@@ -377,8 +382,9 @@ def decode_chain(start: Optional[torch.Tensor], steps: Sequence[tuple[DeltaCodec
                              f"another dtype or shape ({start.dtype}, {tuple(start.shape)}); the update metadata is "
                              "inconsistent")
     bits = None if start is None else _bits(start)
-    for codec, data in steps:
-        bits = codec._apply(data, bits, size, nbytes)
+    for index, (codec, data) in enumerate(steps):
+        shareable = share_payload and not memoryview(data).readonly
+        bits = codec._apply(data, bits, size, nbytes, share=index < len(steps) - 1 or shareable)
     if bits is not None and not steps:
         bits = bits.copy()
     if bits is None:
