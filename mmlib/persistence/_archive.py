@@ -29,10 +29,11 @@ def extract_directory_archive(archive: memoryview, target: str, reference_id: st
     """Unpack a stored directory's archive into `target`.
 
     The `data` filter refuses absolute paths, `..`, links leading outside and device files, so a forged archive
-    writes nothing outside `target`: it raises IntegrityError instead.
+    writes nothing outside `target`: it raises IntegrityError instead. Only uncompressed tar is read (mmlib writes
+    no other), so a stored blob cannot make a recovery decompress anything.
     """
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:  # plain tar, as written: no decompression
             tar.extractall(target, filter="data")
     except tarfile.TarError as error:
         raise IntegrityError(f"the stored directory {reference_id} is not an archive mmlib would write ({error}); "

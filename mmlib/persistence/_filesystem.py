@@ -7,10 +7,10 @@ import tempfile
 import threading
 from typing import BinaryIO, Iterator, Optional
 
-from mmlib.errors import BlobNotFoundError, IntegrityError, InvalidIdError, StoreUnavailableError
+from mmlib.errors import IntegrityError, InvalidIdError, StoreUnavailableError
 from mmlib.persistence._atomic import TEMP_SUFFIX, publish
 from mmlib.persistence._references import DIGEST_LENGTH
-from mmlib.persistence.base import FilePersistenceService
+from mmlib.persistence.base import FilePersistenceService, missing_blob
 
 _TEMP_DIR = "tmp"
 _TEMP_PREFIX = "mmlib-"
@@ -191,9 +191,7 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
         try:
             return open(self.blob_path(digest), "rb")
         except FileNotFoundError as error:
-            raise BlobNotFoundError(
-                f"blob {digest} is missing from {self.base_path}; restore it from a backup "
-                "or run `mmlib verify` to list the models that need it") from error
+            raise missing_blob(digest, self.base_path) from error
         except IsADirectoryError as error:
             raise IntegrityError(f"blob {digest} in {self.base_path} is a directory, not a file; the store is "
                                  "damaged: restore the blob from a backup") from error
@@ -202,4 +200,4 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
         try:
             return os.path.getsize(self.blob_path(digest))
         except FileNotFoundError as error:
-            raise BlobNotFoundError(f"blob {digest} is missing from {self.base_path}") from error
+            raise missing_blob(digest, self.base_path) from error

@@ -13,8 +13,8 @@ from typing import BinaryIO, Iterator, Optional
 import bson
 import gridfs
 
-from mmlib.errors import InvalidIdError, ModelNotFoundError
-from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService
+from mmlib.errors import InvalidIdError
+from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService, missing_blob
 from mmlib.util.mongo import DEFAULT_DB_NAME, MongoBacked, MongoService
 
 _PARTIAL_PREFIX = "partial-"
@@ -47,7 +47,7 @@ class GridFSFilePersistenceService(MongoBacked, FilePersistenceService["_UploadW
 
     def blob_times(self) -> dict[str, float]:
         with self._mongo_service.errors():
-            documents = list(self._files.find({}, {"filename": 1, "uploadDate": 1}))
+            documents = list(self._files.find({}))
         times: dict[str, float] = {}
         for document in documents:
             name = document.get("filename")
@@ -59,7 +59,7 @@ class GridFSFilePersistenceService(MongoBacked, FilePersistenceService["_UploadW
         """Uploads closed but never renamed to their digest (by upload time), and chunks whose upload never closed
         (by the time in their upload's ObjectId)."""
         with self._mongo_service.errors():
-            never_renamed = list(self._files.find({"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}}, {"uploadDate": 1}))
+            never_renamed = list(self._files.find({"filename": {"$regex": f"^{_PARTIAL_PREFIX}"}}))
             closed = set(self._files.distinct("_id"))
             chunk_owners = self._chunks.distinct("files_id")
         never_closed = [file_id for file_id in chunk_owners
@@ -75,8 +75,8 @@ class GridFSFilePersistenceService(MongoBacked, FilePersistenceService["_UploadW
                 f"{upload_id!r} is not an upload id of this store; list them with partial_uploads()")
         file_id = bson.ObjectId(upload_id)
         with self._mongo_service.errors():
-            document = self._files.find_one({"_id": file_id}, {"filename": 1})
-            if document is not None and not str(document.get("filename", "")).startswith(_PARTIAL_PREFIX):
+            document = self._files.find_one({"_id": file_id})
+            if document is not None and not str(document.get("filename")).startswith(_PARTIAL_PREFIX):
                 return  # committed since it was listed: a blob now, not an unfinished upload
             # An upload that never closed has no file document (NoFile); its chunks are deleted all the same.
             with contextlib.suppress(gridfs.errors.NoFile):
@@ -84,7 +84,7 @@ class GridFSFilePersistenceService(MongoBacked, FilePersistenceService["_UploadW
 
     def delete_blob(self, digest: str) -> None:
         with self._mongo_service.errors():
-            for document in list(self._files.find({"filename": digest}, {"_id": 1})):
+            for document in list(self._files.find({"filename": digest})):
                 self._bucket.delete(document["_id"])
 
     def _open_blob_writer(self) -> "_UploadWriter":
@@ -120,15 +120,13 @@ class GridFSFilePersistenceService(MongoBacked, FilePersistenceService["_UploadW
             try:
                 return self._bucket.open_download_stream_by_name(digest)
             except gridfs.errors.NoFile as error:
-                raise ModelNotFoundError(
-                    f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}; restore it from a "
-                    "backup or run `mmlib verify` to list the models that need it") from error
+                raise missing_blob(digest, f"GridFS in {self._mongo_service.db_name!r}") from error
 
     def _blob_size(self, digest: str) -> int:
         with self._mongo_service.errors():
-            document = self._files.find_one({"filename": digest}, {"length": 1})
+            document = self._files.find_one({"filename": digest})
         if document is None:
-            raise ModelNotFoundError(f"blob {digest} is missing from GridFS in {self._mongo_service.db_name!r}")
+            raise missing_blob(digest, f"GridFS in {self._mongo_service.db_name!r}")
         return int(document["length"])
 
 

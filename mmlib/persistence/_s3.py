@@ -27,9 +27,9 @@ from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 
-from mmlib.errors import BlobNotFoundError, InvalidIdError, StoreUnavailableError
+from mmlib.errors import InvalidIdError, StoreUnavailableError
 from mmlib.persistence._hashing import corrupted_blob
-from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService, split_reference_id
+from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService, missing_blob, split_reference_id
 from mmlib.persistence.store import S3_SCHEME
 from mmlib.util.hash import new_hasher
 
@@ -273,8 +273,7 @@ class ObjectStoreFilePersistenceService(FilePersistenceService[_Spool]):
     def _blob_size(self, digest: str) -> int:
         head = self._head(digest)
         if head is None:
-            raise BlobNotFoundError(f"blob {digest} is missing from {self.url}; restore it from a backup or run "
-                                    "`mmlib verify` to list the models that need it")
+            raise missing_blob(digest, self.url)
         return int(head["ContentLength"])
 
     def _ranges(self, size: int) -> list[tuple[int, int]]:

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Callable, Generic, Iterator, Optional, TypeVar
 
 from mmlib.constants import ID
-from mmlib.errors import DocumentNotFoundError, InvalidIdError, InvalidSaveInfoError
+from mmlib.errors import BlobNotFoundError, DocumentNotFoundError, InvalidIdError, InvalidSaveInfoError
 from mmlib.persistence._archive import extract_directory_archive, write_directory_archive
 from mmlib.persistence._atomic import atomic_write
 from mmlib.persistence._hashing import CHUNK_SIZE, HashingWriter, NullSink, copy_stream, copy_verified, read_verified
@@ -251,3 +251,8 @@ def missing_document(dict_id: str, represent_type: str) -> DocumentNotFoundError
         f"no {represent_type} document with id {dict_id!r} in this store; "
         "list the stored models with `mmlib ls` or `all_model_ids()`")
 
+
+def missing_blob(digest: str, location: str) -> BlobNotFoundError:
+    """The error for an absent blob in the store at `location`, telling the caller how to recover."""
+    return BlobNotFoundError(f"blob {digest} is missing from {location}; restore it from a backup or run "
+                             "`mmlib verify` to list the models that need it")

@@ -23,11 +23,13 @@ conftest.py before anything imports this module.
 
 import multiprocessing
 import os
+import re
 import time
 
 import pytest
 
-from mmlib.errors import IntegrityError, InvalidIdError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.errors import BlobNotFoundError, IntegrityError, InvalidIdError, InvalidSaveInfoError, \
+    ModelNotFoundError
 from mmlib.persistence._hashing import CHUNK_SIZE
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.util.hash import new_hasher
@@ -117,8 +119,13 @@ class FileStoreTests:
         assert not os.path.exists(tmp_path / "out" / "w.bin")
 
     def test_a_missing_blob_is_not_found_and_a_malformed_id_is_invalid(self, store, tmp_path):
-        with pytest.raises(ModelNotFoundError):
-            store.read_bytes("0" * 64 + "/x.bin")
+        missing = "0" * 64
+        says_what_to_do = rf"blob {missing} is missing from .*; restore it from a backup or run `mmlib verify`"
+        with pytest.raises(BlobNotFoundError, match=says_what_to_do):
+            store.read_bytes(f"{missing}/x.bin")
+        with pytest.raises(BlobNotFoundError, match=says_what_to_do):
+            store.recover_file(FileReference(reference_id=f"{missing}/x.bin"), str(tmp_path))
+        assert isinstance(BlobNotFoundError(), ModelNotFoundError), "callers that catch ModelNotFoundError keep working"
         with pytest.raises(InvalidIdError):
             store.recover_file(FileReference(reference_id="../../etc/passwd"), str(tmp_path))
 
@@ -163,7 +170,8 @@ class FileStoreTests:
 
     @pytest.mark.parametrize("upload_id", ["not-an-upload-id", "../x", "", None])
     def test_a_malformed_upload_id_is_an_invalid_id_not_a_missing_one(self, store, upload_id):
-        with pytest.raises(InvalidIdError):
+        with pytest.raises(InvalidIdError, match=re.escape(f"{upload_id!r} is not an upload id of this store; list "
+                                                           "them with partial_uploads()")):
             store.delete_partial_upload(upload_id)
 
     def test_a_failed_write_leaves_no_blob_and_no_partial_upload(self, store):
@@ -244,7 +252,7 @@ class DictStoreTests:
             store.recover_dict("no-such-id", "thing")
         assert isinstance(info.value, KeyError)
         assert "no-such-id" in str(info.value)
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match="no thing document with id 'no-such-id'"):
             store.dict_size("no-such-id", "thing")
 
     def test_all_ids_for_type_lists_in_insertion_order(self, store):

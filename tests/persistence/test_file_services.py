@@ -1,5 +1,6 @@
 """The blob-store conformance suite (mmlib.testing.stores.FileStoreTests) on each of mmlib's blob stores."""
 
+import datetime
 import time
 
 import bson
@@ -7,6 +8,7 @@ import gridfs
 import pytest
 
 from mmlib.persistence import FileSystemPersistenceService, GridFSFilePersistenceService
+from mmlib.persistence._gridfs import _epoch_seconds
 from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
 from mmlib.testing.stores import FileStoreTests
 from store_helpers import flip_byte_in_gridfs, flip_byte_in_object, flip_byte_on_disk
@@ -50,6 +52,41 @@ class TestGridFS(FileStoreTests):
         assert store.partial_uploads() == []
         assert database["fs.chunks"].count_documents({"files_id": {"$in": [closed._id, never_closed]}}) == 0
         assert store.read_bytes(kept.reference_id) == b"a committed blob"
+
+    def test_blob_times_list_committed_blobs_at_their_latest_upload(self, store):
+        database = store.mongo_service.database
+        digest = store.save_bytes(b"uploaded twice", "t.bin").stored_id().split("/")[0]
+        first = database["fs.files"].find_one({"filename": digest})["_id"]
+        gridfs.GridFSBucket(database).upload_from_stream(digest, b"uploaded twice")  # a concurrent writer's copy
+        latest = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+        database["fs.files"].update_one({"_id": first}, {"$set": {"uploadDate": latest}})
+        unfinished = gridfs.GridFSBucket(database).open_upload_stream("partial-closed-but-never-renamed")
+        unfinished.write(b"x" * 100)
+        unfinished.close()
+        assert store.blob_times() == {digest: latest.timestamp()}
+
+    def test_a_commit_failing_after_the_upload_closed_leaves_no_partial_upload(self, store, monkeypatch):
+        def fail(bucket, file_id, new_filename, session=None):
+            raise RuntimeError("renaming failed")
+
+        monkeypatch.setattr(gridfs.GridFSBucket, "rename", fail)
+        with pytest.raises(RuntimeError, match="renaming failed"):
+            store.save_bytes(b"never committed", "lost.bin")
+        database = store.mongo_service.database
+        assert (store.partial_uploads(), database["fs.files"].count_documents({}),
+                database["fs.chunks"].count_documents({})) == ([], 0, 0)
+
+
+def test_upload_times_from_mongodb_are_utc_in_every_time_zone(monkeypatch):
+    """MongoDB returns naive datetimes in UTC; reading them as local time would shift every blob's age."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert _epoch_seconds(datetime.datetime(1970, 1, 2)) == 86400.0
+        assert _epoch_seconds(datetime.datetime(1970, 1, 2, tzinfo=datetime.timezone.utc)) == 86400.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 class TestObjectStore(FileStoreTests):

@@ -1,6 +1,7 @@
 """`open_store` picks backends from one string and explains what it cannot open."""
 
 import os
+import re
 import socket
 import time
 
@@ -10,7 +11,8 @@ from mmlib.equal import state_dict_equal
 from mmlib.errors import StoreUnavailableError
 from mmlib.persistence import FileSystemPersistenceService, GridFSFilePersistenceService, \
     MongoDictPersistenceService, SQLiteDictPersistenceService, open_store
-from mmlib.persistence.store import mongo_database_name
+import mmlib.persistence.store
+from mmlib.persistence.store import MONGO_INSTALL_HINT, mongo_backend, mongo_database_name
 from mmlib.save import BaselineSaveService
 from save_helpers import save_info
 from tiny_models import TinyNet
@@ -53,6 +55,7 @@ def test_mongo_uri_opens_one_client_for_documents_and_blobs(mongo_database):
     ("mongodb://host:27017/team?authSource=admin", "team"),
     ("mongodb://a:1,b:2/models", "models"),
     ("mongodb+srv://user:pw@cluster.example/prod%2Dmodels", "prod-models"),
+    ("mongodb://host/XX.models", "XX.models"),  # only the path's leading slash goes
 ])
 def test_database_name_comes_from_the_uri_path(uri, expected):
     assert mongo_database_name(uri) == expected
@@ -66,6 +69,32 @@ def test_unreachable_server_fails_within_seconds():
     with pytest.raises(StoreUnavailableError, match="cannot reach MongoDB"):
         open_store(f"mongodb://127.0.0.1:{closed_port}/mmlib")
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("location", ["", None])
+def test_no_location_says_what_to_pass(location):
+    with pytest.raises(StoreUnavailableError, match="pass a directory or a mongodb:// URI"):
+        open_store(location)
+
+
+@pytest.mark.parametrize("missing", ["pymongo", "bson.objectid", "gridfs.errors"])
+def test_a_missing_pymongo_gives_an_install_hint(monkeypatch, missing):
+    def fail(name):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    monkeypatch.setattr(mmlib.persistence.store.importlib, "import_module", fail)
+    with pytest.raises(StoreUnavailableError, match=re.escape(MONGO_INSTALL_HINT)):
+        mongo_backend("MongoService")
+
+
+@pytest.mark.parametrize("missing", ["numpy", "pymongo_helpers", None])
+def test_other_import_errors_of_a_mongo_backend_propagate(monkeypatch, missing):
+    def fail(name):
+        raise ImportError("broken install", name=missing)
+
+    monkeypatch.setattr(mmlib.persistence.store.importlib, "import_module", fail)
+    with pytest.raises(ImportError, match="broken install"):
+        mongo_backend("MongoService")
 
 
 def test_unknown_scheme_names_the_known_ones():
@@ -87,6 +116,11 @@ def _count_syncs(monkeypatch) -> list:
         real = getattr(os, name)
         monkeypatch.setattr(os, name, lambda fd, real=real, name=name: calls.append(name) or real(fd))
     return calls
+
+
+def test_a_store_is_durable_unless_asked_otherwise(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    assert store.file_pers_service.durable is True and store.dict_pers_service.durable is True
 
 
 @pytest.mark.parametrize("durable", [True, False])
