@@ -260,7 +260,7 @@ class DeltaCodec:
             planes = [raw[plane * rows:(plane + 1) * rows].data for plane in range(size)]
             return self._combine_planes(planes, base, size, nbytes)
         delta = raw.view(_UNSIGNED[size]) if size in _UNSIGNED else raw
-        if not self.needs_base:
+        if base is None or not self.needs_base:  # plain (a codec that needs a base has one: checked above)
             return delta if share else delta.copy()
         delta = delta.copy()
         if self.op == XOR:
