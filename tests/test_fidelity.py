@@ -122,7 +122,8 @@ class OddExtraState(torch.nn.Module):
         self.value = state
 
 
-@pytest.mark.parametrize("value", [{1, 2}, (1, 2), object(), float("nan"), {"inner": (3,)}], ids=repr)
+@pytest.mark.parametrize("value", [{1, 2}, (1, 2), object(), float("nan"), {"inner": (3,)}],
+                         ids=["set", "tuple", "object", "nan", "dict-holding-a-tuple"])
 def test_extra_state_that_is_neither_a_tensor_nor_json_is_refused(service, local_stores, value):
     _refused(service, local_stores, save_info(OddExtraState(value)), "extra state")
 
