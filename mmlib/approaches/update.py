@@ -175,7 +175,8 @@ class WeightUpdateSaveService(AbstractSaveService):
         changed, base_tensors = self._changed_tensors(state, tree, base_id, base, reader)
         _check_same_types(state, base_tensors, changed, base_id)
         keyframes = self._keyframes(changed, base, base_tensors, reader)
-        encoded = parallel_map(lambda key: self._encode(state[key], keyframes.get(key), base.locations[key]), changed)
+        encoded = parallel_map(lambda key: self._encode(state[key], keyframes.get(key), base.locations[key]), changed,
+                               size=lambda key: state[key].nbytes)
         return _UpdatePlan(tree, base.locations, base.snapshot_id, dict(zip(changed, encoded)), keyframes)
 
     def _base_version(self, base_id: str, reader: UpdateReader) -> CachedVersion:

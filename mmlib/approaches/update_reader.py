@@ -71,10 +71,9 @@ class UpdateReader:
     def tensors(self, holders: dict[str, str]) -> dict[str, torch.Tensor]:
         """The value of each tensor `key` as stored by model `holders[key]`, decoded in parallel."""
         chains = {key: self._chain(holder, key) for key, holder in holders.items()}
-        largest_first = sorted(chains, key=lambda key: -math.prod(chains[key][3]))  # balances the workers
-        values = parallel_map(lambda key: _value(*chains[key]), largest_first)
-        decoded = dict(zip(largest_first, values))
-        return {key: decoded[key] for key in chains}
+        values = parallel_map(lambda key: _value(*chains[key]), chains,
+                              size=lambda key: chains[key][2].itemsize * math.prod(chains[key][3]))
+        return dict(zip(chains, values))
 
     def _chain(self, holder: str, key: str) -> Chain:
         """The arguments of `decode_chain` for tensor `key` of model `holder`.

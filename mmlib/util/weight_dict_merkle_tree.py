@@ -59,7 +59,7 @@ class WeightDictMerkleTree:
         """Hash every entry (a tensor, or a JSON extra state) and build the tree; a tensor object listed under
         several names (tied weights) is hashed once. Tensors are hashed on all cores (BLAKE3 releases the GIL)."""
         distinct = {id(value): value for value in state_dict.values() if isinstance(value, torch.Tensor)}
-        known = dict(zip(distinct, parallel_map(tensor_hash, distinct.values())))
+        known = dict(zip(distinct, parallel_map(tensor_hash, distinct.values(), size=lambda tensor: tensor.nbytes)))
         return cls.from_layer_hashes({key: known[id(value)] if isinstance(value, torch.Tensor)
                                       else json_value_hash(value) for key, value in state_dict.items()})
 
