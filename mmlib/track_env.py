@@ -12,12 +12,13 @@ import platform
 import re
 import sys
 import warnings
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Optional
 
 import torch
 
 from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning
 from mmlib.schema.environment import ENVIRONMENT_FIELDS, Environment
+from mmlib.util.distributions import module_distributions
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def imported_distributions(code_path: str) -> list[str]:
             source = handle.read()
     except OSError:
         return []
-    providers = _module_distributions()
+    providers = module_distributions()
     return sorted({dist for module in _imported_modules(source) - set(sys.stdlib_module_names)
                    for dist in providers.get(module, [])})
 
@@ -143,12 +144,6 @@ def _imported_modules(source: bytes) -> frozenset[str]:
     modules |= {node.module.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
     return frozenset(modules)
-
-
-@functools.lru_cache(maxsize=1)
-def _module_distributions() -> Mapping[str, list[str]]:
-    """Top-level module name -> names of the installed distributions providing it."""
-    return importlib.metadata.packages_distributions()
 
 
 def check_package(package: Optional[dict], installed: Optional[dict], context: str, strict: bool = False) -> None:

@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any, Optional
 
 from mmlib.errors import UnsafeCodeError
+from mmlib.util.distributions import module_distributions
 from mmlib.util.hash import new_hasher
 
 CODE_MODULE_PREFIX = "mmlib_code_"
@@ -162,7 +163,7 @@ def import_object(import_path: str) -> Any:
 def distribution_of(import_path: str) -> Optional[dict]:
     """{'name', 'version'} of the installed distribution providing `import_path`'s top-level package, if any."""
     top_level = parse_import_path(import_path)[0].split(".")[0]
-    names = importlib.metadata.packages_distributions().get(top_level)
+    names = module_distributions().get(top_level)
     if not names:
         return None
     return {"name": names[0], "version": importlib.metadata.version(names[0])}
