@@ -51,5 +51,6 @@ def test_a_delta_chain_decodes_from_the_snapshot_and_from_an_update_holding_the_
     ({"u": {"w": _stored(_XOR, "snap", 0, torch.ones(2), torch.zeros(2))}}, {"w": torch.zeros(2)}),  # depth 0
 ], ids=["missing-in-snapshot", "missing-in-keyframe-blob", "keyframe-is-a-delta", "delta-at-depth-0"])
 def test_a_delta_without_a_keyframe_to_apply_it_to_is_an_integrity_error(updates, snapshot_state):
-    with pytest.raises(IntegrityError, match=r"tensor 'w' of model u has no keyframe .* `mmlib verify`"):
+    with pytest.raises(IntegrityError, match=r"tensor 'w' of model u has no keyframe to apply it to; run "
+                                             "`mmlib verify` and restore the store from a backup"):
         _reader(updates, snapshot_state).tensors({"w": "u"})

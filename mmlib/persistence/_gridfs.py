@@ -109,11 +109,7 @@ class GridFSFilePersistenceService(MongoBacked, FilePersistenceService["_UploadW
 
     def _abort_blob(self, handle: "_UploadWriter") -> None:
         with self._mongo_service.errors():
-            if not handle.upload.closed:
-                handle.upload.abort()
-                return
-            with contextlib.suppress(gridfs.errors.NoFile):
-                self._bucket.delete(handle.upload._id)
+            handle.upload.abort()  # removes the upload's chunks and, if it closed, its file document
 
     def _open_blob_reader(self, digest: str) -> BinaryIO:
         with self._mongo_service.errors():

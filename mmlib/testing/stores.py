@@ -86,10 +86,13 @@ class FileStoreTests:
         assert restored.path is not None and os.path.basename(restored.path) == "other.py"
 
     def test_file_size_is_the_stored_byte_count(self, store, tmp_path):
-        ref = FileReference(path=_write(tmp_path / "f.bin", os.urandom(12345)))
-        store.save_file(ref)
-        store.file_size(ref)
-        assert ref.size == 12345
+        refs = [FileReference(path=_write(tmp_path / f"{size}.bin", os.urandom(size))) for size in (12345, 678)]
+        for ref in refs:
+            store.save_file(ref)
+        for ref, size in zip(refs, (12345, 678)):
+            store.file_size(ref)
+            assert ref.size == size
+            assert store.read_bytes(ref.stored_id()) == open(tmp_path / f"{size}.bin", "rb").read()
 
     def test_save_bytes_round_trip(self, store):
         ref = store.save_bytes(b"payload", "p.bin")

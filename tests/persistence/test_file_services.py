@@ -7,6 +7,7 @@ import bson
 import gridfs
 import pytest
 
+from mmlib.errors import BlobNotFoundError
 from mmlib.persistence import FileSystemPersistenceService, GridFSFilePersistenceService
 from mmlib.persistence._gridfs import _epoch_seconds
 from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
@@ -52,6 +53,17 @@ class TestGridFS(FileStoreTests):
         assert store.partial_uploads() == []
         assert database["fs.chunks"].count_documents({"files_id": {"$in": [closed._id, never_closed]}}) == 0
         assert store.read_bytes(kept.reference_id) == b"a committed blob"
+
+    def test_identical_bytes_keep_one_file_document(self, store):
+        first = store.save_bytes(b"stored twice", "a.bin").stored_id().split("/")[0]
+        store.save_bytes(b"stored twice", "b.bin")
+        database = store.mongo_service.database
+        assert database["fs.files"].count_documents({"filename": first}) == 1
+        assert database["fs.files"].count_documents({}) == 1
+
+    def test_a_missing_blob_names_the_database(self, store):
+        with pytest.raises(BlobNotFoundError, match=f"missing from GridFS in {store.mongo_service.db_name!r}"):
+            store.read_bytes("0" * 64 + "/x.bin")
 
     def test_blob_times_list_committed_blobs_at_their_latest_upload(self, store):
         database = store.mongo_service.database

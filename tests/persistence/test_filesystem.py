@@ -37,3 +37,14 @@ def test_deleting_a_partial_upload_refuses_what_is_not_one_of_its_temp_files(tmp
         with pytest.raises(InvalidIdError):
             service.delete_partial_upload(bad)
     assert neighbour.exists()
+
+
+def test_only_its_own_temp_files_are_listed_as_partial_uploads(tmp_path):
+    service = FileSystemPersistenceService(str(tmp_path / "blobs"))
+    temp = tmp_path / "blobs" / "tmp"
+    (temp / "notes.txt").write_text("someone else's file")
+    (temp / "mmlib-abc.partial").write_text("an upload that never finished")
+    (temp / "mmlib-dir.partial").mkdir()
+    (temp / "mmlib-link.partial").symlink_to(tmp_path / "blobs" / "tmp" / "notes.txt")
+    assert service.partial_uploads() == ["mmlib-abc.partial"]
+

@@ -137,6 +137,11 @@ def test_durable_false_skips_the_flushes_and_still_round_trips(tmp_path, monkeyp
     assert mode == (2 if durable else 1)
 
 
+def test_an_unknown_name_of_the_package_is_an_attribute_error_that_names_it():
+    with pytest.raises(AttributeError, match="module 'mmlib.persistence' has no attribute 'NoSuchStore'"):
+        mmlib.persistence.NoSuchStore
+
+
 def test_the_package_lists_the_mongo_backends_it_imports_on_first_use():
     import mmlib.persistence
 

@@ -7,7 +7,8 @@ import pytest
 import mmlib.util.concurrency
 from mmlib.util.concurrency import SMALL_ITEM_BYTES, parallel_map
 
-SIZES = [10, 3 * SMALL_ITEM_BYTES, 5, SMALL_ITEM_BYTES, 7 * SMALL_ITEM_BYTES, SMALL_ITEM_BYTES - 1, 2 * SMALL_ITEM_BYTES]
+SIZES = [10, 3 * SMALL_ITEM_BYTES, 5, SMALL_ITEM_BYTES, 7 * SMALL_ITEM_BYTES, SMALL_ITEM_BYTES - 1,
+         2 * SMALL_ITEM_BYTES]
 
 
 @pytest.fixture
