@@ -177,6 +177,23 @@ def test_collect_garbage_removes_only_what_no_model_references(populated):
         assert state_dict_hash(maintenance.recover_model(store, model_id).state_dict()) == hashes[model_id]
 
 
+def test_collect_garbage_logs_every_removal_and_counts_what_it_kept_young(populated, caplog):
+    store, _, _ = populated
+    fps, dps = store
+    orphan_blob = fps.save_bytes(b"nobody needs me", "orphan.bin").reference_id.split("/")[0]
+    orphan_document = dps.save_dict({"note": "left by a crashed save"}, "recover_info")
+    partial_count = _leave_partial_uploads(fps)
+    young = maintenance.collect_garbage(store, dry_run=True, grace_seconds=3600)
+    assert (young.count, young.kept_young) == (0, 2 + partial_count), "a young orphan, document and uploads"
+    with caplog.at_level("INFO", logger="mmlib.persistence._gc"):
+        report = maintenance.collect_garbage(store, grace_seconds=0)
+    assert report.kept_young == 0
+    logged = {record.getMessage() for record in caplog.records}
+    assert {f"removed blob {orphan_blob}", f"removed recover_info document {orphan_document}"} <= logged
+    assert {f"removed unfinished upload {upload_id}" for upload_id in report.partial_uploads} <= logged
+    assert len(report.partial_uploads) == partial_count
+
+
 def test_collect_garbage_keeps_everything_of_every_model(populated):
     store, ids, _ = populated
     needed = {item.item_id for model_id in ids.values()

@@ -94,7 +94,9 @@ def test_an_edited_leaf_is_refused_when_loading(field):
     python_dict = WeightDictMerkleTree.from_state_dict(_state_dict()).to_python_dict()
     leaf = _first_leaf(python_dict)
     leaf[field] = "layer9.weight" if field == LAYER_KEY else "0" * 64
-    with pytest.raises(IntegrityError, match="restore the store from a backup"):
+    where = "layer9.weight" if field == LAYER_KEY else "layer0.weight"
+    with pytest.raises(IntegrityError, match=f"does not add up at layer '{where}': its hash is not the hash of its "
+                                             "layer key and weights; .*restore the store from a backup"):
         WeightDictMerkleTree.from_python_dict(python_dict)
 
 
@@ -105,8 +107,29 @@ def test_an_edited_inner_or_root_hash_is_refused_when_loading(path):
     for side in path:
         node = node[side]
     node[HASH_VALUE] = "f" * 64
-    with pytest.raises(IntegrityError, match="does not add up"):
+    where = ".".join(("root",) + path)
+    with pytest.raises(IntegrityError, match=f"does not add up at the node at {where}: its hash is not the hash of "
+                                             "its children"):
         WeightDictMerkleTree.from_python_dict(python_dict)
+
+
+def _rehashed(node: dict) -> WeightDictMerkleTree:
+    """The tree a stored dict describes, every hash recomputed from the leaves up (what a forger would do)."""
+    if LEFT not in node:
+        leaf = WeightDictMerkleTree("", layer_key=node[LAYER_KEY], layer_weights_hash=node[LAYER_WEIGHT_HASH])
+    else:
+        leaf = WeightDictMerkleTree("", left=_rehashed(node[LEFT]),
+                                    right=None if node[RIGHT] is None else _rehashed(node[RIGHT]))
+    leaf.hash_value = leaf._expected_hash()
+    return leaf
+
+
+def test_a_tree_listing_one_layer_twice_is_refused_even_when_its_hashes_add_up():
+    python_dict = WeightDictMerkleTree.from_state_dict(_layers(2)).to_python_dict()
+    python_dict[RIGHT][LAYER_KEY] = python_dict[LEFT][LAYER_KEY]
+    forged = _rehashed(python_dict).to_python_dict()
+    with pytest.raises(IntegrityError, match="lists layer 'layer1' twice"):
+        WeightDictMerkleTree.from_python_dict(forged)
 
 
 def _malformed_dicts():
