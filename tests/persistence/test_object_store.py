@@ -127,6 +127,30 @@ def test_a_missing_bucket_fails_at_once_with_store_unavailable(s3_test_location)
         ObjectStoreFilePersistenceService("s3://mmlib-no-such-bucket/models")
 
 
+def test_a_bucket_removed_after_opening_fails_with_store_unavailable(s3_store):
+    bucket = f"mmlib-gone-{os.getpid()}-{time.monotonic_ns()}"
+    s3_store.client.create_bucket(Bucket=bucket)
+    store = ObjectStoreFilePersistenceService(f"s3://{bucket}/models", part_size=PART)
+    s3_store.client.delete_bucket(Bucket=bucket)
+    with pytest.raises(StoreUnavailableError, match=f"bucket '{bucket}' does not exist"):
+        store.save_bytes(b"nowhere to go", "lost.bin")
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"])
+def test_refused_credentials_are_store_unavailable_and_other_errors_propagate(s3_store, code):
+    from botocore.exceptions import ClientError
+
+    def refuse(error_code: str):
+        def request():
+            raise ClientError({"Error": {"Code": error_code, "Message": "refused"}}, "PutObject")
+        return request
+
+    with pytest.raises(StoreUnavailableError, match=f"was denied \\({code}\\) when trying to write to"):
+        s3_store._call("write to", refuse(code))
+    with pytest.raises(ClientError, match="SlowDown"):
+        s3_store._call("write to", refuse("SlowDown"))
+
+
 def test_an_unreachable_endpoint_fails_within_seconds(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
