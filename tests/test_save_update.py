@@ -162,6 +162,17 @@ def test_other_architecture_is_stored_as_a_snapshot_with_a_warning(local_stores,
     assert store_contents(*local_stores) == before
 
 
+def test_a_tensor_whose_dtype_changed_is_no_update_of_its_base(local_stores, improved):
+    service = WeightUpdateSaveService(*local_stores, improved_version=improved)
+    model = MobileNetV2()
+    base_id = service.save_model(save_info(model))
+    model.classifier[1].bias.data = model.classifier[1].bias.data.double()
+    strict = WeightUpdateSaveService(*local_stores, improved_version=improved, updates_only=True)
+    with pytest.raises(IncompatibleModelError, match=r"tensor 'classifier.1.bias' is torch.float64 \(1000,\), in "
+                                                     f"base model {base_id} it is torch.float32 \\(1000,\\)"):
+        strict.save_model(save_info(model, base_model_id=base_id))
+
+
 def test_execute_checks_verifies_every_version_of_a_chain(local_stores, improved):
     service = WeightUpdateSaveService(*local_stores, improved_version=improved)
     ids, states = save_chain(service, MobileNetV2(), 2)

@@ -1,4 +1,4 @@
-"""The update blob format: a header that names a model outside its model list is refused."""
+"""The update blob format: payloads on 8-byte boundaries, empty payloads, and headers that are refused."""
 
 import json
 import struct
@@ -6,8 +6,12 @@ import struct
 import pytest
 import zstandard
 
-from mmlib.approaches.update_format import Location, read_update
+import numpy as np
+import torch
+
+from mmlib.approaches.update_format import Location, StoredTensor, read_update, write_update
 from mmlib.errors import IntegrityError
+from mmlib.util.delta import DeltaCodec
 
 
 def _blob(models: list, src) -> bytes:
@@ -27,3 +31,55 @@ def test_a_header_naming_a_listed_model_is_read():
 def test_a_header_naming_a_model_outside_its_list_is_an_integrity_error(models, src):
     with pytest.raises(IntegrityError, match="not a valid mmlib weights update"):
         read_update(_blob(models, src), "model")
+
+
+class _Sink:
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, data) -> None:
+        self.data += bytes(data)
+
+
+def _written(stored: dict) -> bytearray:
+    sink = _Sink()
+    write_update(sink, "snap", list(stored), {}, stored)
+    return sink.data
+
+
+def test_every_payload_starts_on_an_8_byte_boundary_and_empty_ones_round_trip():
+    plain = DeltaCodec()
+    tensors = {"odd": torch.arange(3, dtype=torch.uint8), "empty": torch.zeros(0), "wide": torch.arange(5.0).double(),
+               "seven": torch.ones(7, dtype=torch.uint8)}
+    stored = {key: StoredTensor(plain, None, 0, tensor.dtype, tuple(tensor.shape), plain.encode(tensor))
+              for key, tensor in tensors.items()}
+    blob = _written(stored)
+    index = read_update(blob, "model")
+    start = np.frombuffer(blob, dtype=np.uint8).ctypes.data
+    for key, tensor in tensors.items():
+        payload = np.frombuffer(index.stored[key].payload, dtype=np.uint8)
+        assert payload.tobytes() == plain.encode(tensor).tobytes()
+        assert tensor.numel() == 0 or (payload.ctypes.data - start) % 8 == 0, f"{key} is not 8-byte aligned"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda blob: b"NOTMMLIB" + blob[8:], "it does not start with the update marker"),
+    (lambda blob: blob[:16] + b"\xff" * (len(blob) - 16), "the update blob of model m1 is not a valid mmlib weights "
+                                                           r"update \(.*\); run `mmlib verify`"),
+], ids=["marker", "header"])
+def test_a_damaged_blob_says_what_is_wrong(damage, message):
+    blob = bytes(_written({}))
+    with pytest.raises(IntegrityError, match=message):
+        read_update(damage(blob), "m1")
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"format": 9, "snapshot": "snap", "models": [], "tensors": {}}, r"format 9 is not one of the supported formats"),
+    ({"format": 3, "snapshot": None, "models": [], "tensors": {}}, "it names no snapshot model"),
+])
+def test_an_unreadable_header_says_why(header, message):
+    encoded = zstandard.ZstdCompressor().compress(json.dumps(header).encode())
+    blob = b"MMLIBUPD" + struct.pack("<Q", len(encoded)) + encoded + b"\0" * (-len(encoded) % 8)
+    with pytest.raises(IntegrityError, match=message):
+        read_update(blob, "model")
+

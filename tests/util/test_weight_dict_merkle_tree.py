@@ -45,6 +45,12 @@ def test_equal_weights_give_equal_trees_and_an_empty_diff():
     assert tree1.diff(tree2) == (set(), {THIS: set(), OTHER: set()})
 
 
+def test_diff_with_anything_but_a_tree_is_a_type_error_that_says_how_to_build_one():
+    with pytest.raises(TypeError, match="diff compares two WeightDictMerkleTrees, got dict; build one with "
+                                        "WeightDictMerkleTree.from_state_dict"):
+        WeightDictMerkleTree.from_state_dict(_layers(2)).diff({})
+
+
 def test_diff_names_exactly_the_changed_layers():
     changed = _state_dict()
     changed["layer3.weight"] = changed["layer3.weight"] + 1
