@@ -4,7 +4,8 @@
 # then prints the score per module. Needs the `mutation` extra: .venv/bin/python -m pip install -e '.[mutation]'.
 #
 #   bash mutation.sh                every mutant without a result (all of them: many hours on 2 cores)
-#   bash mutation.sh --sample N     a uniform random sample of N mutants (fixed seed: a rerun tests the same ones)
+#   bash mutation.sh --sample N     a uniform random sample of N mutants, drawn once (fixed seed) and kept in
+#                                   mutants/sample.txt: a rerun tests those of them without a result
 #   bash mutation.sh --score        only print the scores so far (all results, then the sample's)
 #   bash mutation.sh NAME...        these mutants (names, or patterns such as 'mmlib.util.delta.*'), rerun
 #
@@ -58,7 +59,10 @@ table(status, "All mutants with a result so far:")
 sample = pathlib.Path(sys.argv[1])
 if sample.exists():
     print()
-    noticed, checked = table(sample.read_text().split(), f"The random sample in {sample}:")
+    drawn = sample.read_text().split()
+    kept = [name for name in drawn if name in status]  # mutants of functions changed since the draw are gone
+    noticed, checked = table(kept, f"The random sample in {sample} ({len(drawn) - len(kept)} of its "
+                                   f"{len(drawn)} mutants gone with the code they mutated):")
     if checked:
         rate = noticed / checked
         spread = 1.96 * math.sqrt(rate * (1 - rate) / checked)
@@ -139,7 +143,10 @@ import sys
 size, seed, out = int(sys.argv[1]), int(sys.argv[2]), pathlib.Path(sys.argv[3])
 codes = {name: code for meta in pathlib.Path("mutants").rglob("*.py.meta")
          for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()}
-sample = sorted(random.Random(seed).sample(sorted(codes), min(size, len(codes))))
+drawn = out.read_text().split() if out.exists() else []
+if not drawn:  # a new sample; else the same one, less the mutants of functions changed since
+    drawn = random.Random(seed).sample(sorted(codes), min(size, len(codes)))
+sample = sorted(name for name in drawn if name in codes)
 out.write_text("\n".join(sample) + "\n")
 print(" ".join(name for name in sample if codes[name] is None))
 SAMPLE
