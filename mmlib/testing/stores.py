@@ -124,11 +124,11 @@ class FileStoreTests:
     def test_a_missing_blob_is_not_found_and_a_malformed_id_is_invalid(self, store, tmp_path):
         missing = "0" * 64
         says_what_to_do = rf"blob {missing} is missing from .*; restore it from a backup or run `mmlib verify`"
-        with pytest.raises(BlobNotFoundError, match=says_what_to_do):
+        with pytest.raises(BlobNotFoundError, match=says_what_to_do) as read:
             store.read_bytes(f"{missing}/x.bin")
         with pytest.raises(BlobNotFoundError, match=says_what_to_do):
             store.recover_file(FileReference(reference_id=f"{missing}/x.bin"), str(tmp_path))
-        assert isinstance(BlobNotFoundError(), ModelNotFoundError), "callers that catch ModelNotFoundError keep working"
+        assert isinstance(read.value, ModelNotFoundError), "callers that catch ModelNotFoundError keep working"
         with pytest.raises(InvalidIdError):
             store.recover_file(FileReference(reference_id="../../etc/passwd"), str(tmp_path))
 
