@@ -42,7 +42,7 @@ def test_a_damaged_sqlite_file_is_a_typed_error(saved, capsys):
     with open(path, "r+b") as handle:
         handle.seek(page_size)
         handle.write(b"this is not a b-tree page" * 400)
-    with pytest.raises((IntegrityError, StoreUnavailableError)):
+    with pytest.raises(IntegrityError, match=f"the SQLite store {path} is damaged \\(.*\\); restore it from a backup"):
         BaselineSaveService(*open_store(location)).recover_model(model_id)
     code, _ = _cli(capsys, "--store", location, "ls")
     assert code in (EXIT_PROBLEMS, EXIT_UNAVAILABLE)
@@ -54,7 +54,8 @@ def test_a_blob_path_that_is_a_directory_is_corruption(saved):
     path = store.file_pers_service.blob_path(digest)
     os.unlink(path)
     os.mkdir(path)
-    with pytest.raises(IntegrityError, match="directory"):
+    with pytest.raises(IntegrityError, match=f"blob {digest} in .* is a directory, not a file; the store is damaged: "
+                                             "restore the blob from a backup"):
         BaselineSaveService(*store).recover_model(model_id)
     assert [problem.kind for problem in maintenance.verify(store)] == [maintenance.CORRUPTION]
 

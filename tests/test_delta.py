@@ -4,6 +4,7 @@ Every test runs twice: with the compiled one-pass kernel and with the numpy code
 built; the two must also write the same bytes.
 """
 
+import re
 import struct
 import warnings
 
@@ -134,8 +135,12 @@ def test_damaged_or_inconsistent_payloads_raise_integrity_error():
     base, new = torch.randn(100), torch.randn(100)
     with pytest.raises(IntegrityError):
         codec.decode(codec.encode(new, base)[:10], torch.float32, (100,), base)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="a xor tensor payload holds 12 bytes where 400 are needed; the update "
+                                             "is damaged"):
         DeltaCodec.from_name("xor").decode(b"\0" * 12, torch.float32, (100,), base)
+    with pytest.raises(IntegrityError, match="a tensor was stored with neither a full copy nor a base; the update "
+                                             "metadata is inconsistent"):
+        decode_chain(None, [], torch.float32, (100,))
     with pytest.raises(IntegrityError):
         codec.decode(codec.encode(new, base), torch.float32, (100,), None)
     with pytest.raises(IntegrityError):
@@ -156,9 +161,18 @@ def test_a_payload_longer_than_its_tensor_raises_integrity_error(name, how):
         codec.decode(LONGER[how](codec, new, base), torch.float32, (100,), base)
 
 
-def test_encoding_against_a_base_of_another_shape_is_refused():
-    with pytest.raises(IncompatibleModelError, match="plain"):
-        DeltaCodec.from_name("xor").encode(torch.randn(4), torch.randn(5))
+def test_encoding_against_a_base_of_another_shape_or_none_is_refused():
+    for base, got in [(torch.randn(5), "(torch.float32, (5,))"), (None, "None")]:
+        with pytest.raises(IncompatibleModelError, match=re.escape(
+                f"a xor delta needs a base tensor of dtype torch.float32 and shape (4,), got {got}; store the tensor "
+                "with the plain codec instead")):
+            DeltaCodec.from_name("xor").encode(torch.randn(4), base)
+
+
+def test_a_codec_built_from_options_that_do_not_go_together_says_which_do():
+    with pytest.raises(UnknownCodecError, match="ops are plain, xor and sub, zigzag goes only with sub, planes needs a "
+                                                "zstd level and excludes shuffle, and zstd levels run from 1 to 22"):
+        DeltaCodec("xor", zigzag=True)
 
 
 def _planes_record(payload: bytes, planes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -1,6 +1,8 @@
 """Parameter update approaches: changed tensors stored as deltas, chains recovered bit-exactly from bounded reads."""
 
 import dataclasses
+import logging
+import re
 
 import pytest
 import torch
@@ -8,13 +10,16 @@ import torch
 from mmlib.approaches.update import UPDATE_FILE_NAME
 from mmlib.approaches.update_format import read_update, write_update
 from mmlib.equal import state_dict_equal
-from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError
+from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning, IncompatibleModelError, IntegrityError, \
+    InvalidSaveInfoError
 from mmlib.models import MobileNetV2, ResNet18
 from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import MODEL_INFO, WEIGHTS_HASH_INFO, ModelInfo
 from mmlib.schema.recover_info import UPDATE
+from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.schema.store_type import ModelStoreType
+from mmlib.track_env import track_current_environment
 from mmlib.util.delta import DEFAULT_CODEC, UnknownCodecError
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 from save_helpers import equal, forge_record, perturb, save_info, save_update_chain, store_contents
@@ -276,4 +281,74 @@ def test_invalid_options_are_rejected(local_stores):
         WeightUpdateSaveService(*local_stores, codec="zip")
     with pytest.raises(InvalidSaveInfoError, match="keyframe_interval"):
         WeightUpdateSaveService(*local_stores, keyframe_interval=0)
+
+
+
+def test_an_environment_difference_warns_unless_the_service_is_strict(local_stores):
+    elsewhere = track_current_environment()
+    elsewhere.pytorch_version = "1.0.0"
+    model = MobileNetV2()
+    service = WeightUpdateSaveService(*local_stores)
+    base_id = service.save_model(ModelSaveInfoBuilder().add_model_info(env=elsewhere, model=model).build())
+    child_id = service.save_model(save_info(drift(model), base_model_id=base_id))
+    for model_id in (base_id, child_id):
+        with pytest.warns(EnvironmentMismatchWarning, match="torch 1.0.0 -> "):
+            service.recover_model(model_id)
+        with pytest.raises(EnvironmentMismatchError, match="torch 1.0.0"):
+            WeightUpdateSaveService(*local_stores, strict_env=True).recover_model(model_id)
+
+
+def test_saving_an_update_logs_how_many_tensors_it_stored(local_stores, caplog):
+    service = WeightUpdateSaveService(*local_stores)
+    model = MobileNetV2()
+    base_id = service.save_model(save_info(model))
+    with torch.no_grad():
+        model.classifier[1].bias.add_(1)
+    with caplog.at_level(logging.DEBUG, logger="mmlib.approaches.update"):
+        child_id = service.save_model(save_info(model, base_model_id=base_id))
+    assert f"saved model {child_id} as an update of {base_id}: 1 of {len(model.state_dict())} tensors stored" \
+        in caplog.messages
+
+
+@pytest.mark.parametrize("edit, difference", [("add", "added: ['extra'], missing: []"),
+                                              ("remove", "added: [], missing: ['extra']")])
+def test_a_model_with_other_state_dict_keys_is_no_update_of_its_base(local_stores, improved, monkeypatch, edit,
+                                                                     difference):
+    """The class builds one more buffer at one of the two saves (as a class reading a setting would), so both
+    saves pass validation and only the keys differ."""
+    built = MobileNetV2.__init__
+
+    def build_with_extra(self, *args, **kwargs):
+        built(self, *args, **kwargs)
+        self.register_buffer("extra", torch.zeros(1))
+
+    service = WeightUpdateSaveService(*local_stores, improved_version=improved, updates_only=True)
+    if edit == "remove":
+        monkeypatch.setattr(MobileNetV2, "__init__", build_with_extra)
+    base_id = service.save_model(save_info(MobileNetV2()))
+    monkeypatch.undo()
+    if edit == "add":
+        monkeypatch.setattr(MobileNetV2, "__init__", build_with_extra)
+    with pytest.raises(IncompatibleModelError, match=re.escape(f"of base model {base_id} ({difference})")):
+        service.save_model(save_info(MobileNetV2(), base_model_id=base_id))
+
+
+def test_a_recovery_reads_each_document_and_blob_once(local_stores, monkeypatch):
+    service = WeightUpdateSaveService(*local_stores, keyframe_interval=3)
+    ids, _ = save_chain(service, MobileNetV2(), 4)
+    service.clear_cache()
+    file_service, dict_service = local_stores
+    blobs, documents = count_reads(monkeypatch, file_service), []
+    original = dict_service.recover_dict
+
+    def spy(dict_id: str, represent_type: str) -> dict:
+        documents.append((dict_id, represent_type))
+        return original(dict_id, represent_type)
+
+    monkeypatch.setattr(dict_service, "recover_dict", spy)
+    for model_id in ids:
+        blobs.clear()
+        documents.clear()
+        service.recover_model(model_id)
+        assert len(blobs) == len(set(blobs)) and len(documents) == len(set(documents)), (blobs, documents)
 

@@ -8,7 +8,7 @@ import torch
 
 from mmlib.approaches.update_format import StoredTensor, write_update
 from mmlib.approaches.update_reader import UpdateReader
-from mmlib.errors import IntegrityError
+from mmlib.errors import IncompatibleModelError, IntegrityError
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.delta import DeltaCodec
 
@@ -54,3 +54,12 @@ def test_a_delta_without_a_keyframe_to_apply_it_to_is_an_integrity_error(updates
     with pytest.raises(IntegrityError, match=r"tensor 'w' of model u has no keyframe to apply it to; run "
                                              "`mmlib verify` and restore the store from a backup"):
         _reader(updates, snapshot_state).tensors({"w": "u"})
+
+
+def test_a_version_stored_by_another_approach_names_the_service_to_recover_it_with():
+    infos = {"prov": SimpleNamespace(store_type=ModelStoreType.PROVENANCE)}
+    reader = UpdateReader(infos.__getitem__, {}.__getitem__, lambda reference: {})
+    with pytest.raises(IncompatibleModelError, match=r"model prov is stored as provenance, not as weights or weight "
+                                                     r"updates; recover it with the save service that stored it "
+                                                     r"\(e.g. ProvenanceSaveService\)"):
+        reader.locations("prov")

@@ -136,7 +136,7 @@ class ObjectStoreFilePersistenceService(FilePersistenceService[_Spool]):
                     "blob location (--blob-dir / MMLIB_BLOB_DIR) and AWS_ENDPOINT_URL") from error
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise StoreUnavailableError(f"access to {self.url} at {endpoint} was denied ({code}) when trying to "
-                                            f"{action}; check the AWS credentials and the bucket policy") from error
+                                            f"{action} it; check the AWS credentials and the bucket policy") from error
             raise
         except BotoCoreError as error:
             raise StoreUnavailableError(f"cannot {action} {self.url}: the object store at {endpoint} is "

@@ -115,7 +115,7 @@ class FileStoreTests:
     def test_corrupted_blob_raises_integrity_error(self, store, tmp_path):
         ref = store.save_bytes(b"0123456789" * 100, "w.bin")
         self.corrupt(store, ref.reference_id.split("/")[0])
-        with pytest.raises(IntegrityError, match="corrupted"):
+        with pytest.raises(IntegrityError, match="is corrupted: its bytes hash to [0-9a-f]{64}; run `mmlib verify`"):
             store.read_bytes(ref.reference_id)
         with pytest.raises(IntegrityError):
             store.recover_file(FileReference(reference_id=ref.reference_id), str(tmp_path / "out"))
@@ -129,7 +129,8 @@ class FileStoreTests:
         with pytest.raises(BlobNotFoundError, match=says_what_to_do):
             store.recover_file(FileReference(reference_id=f"{missing}/x.bin"), str(tmp_path))
         assert isinstance(read.value, ModelNotFoundError), "callers that catch ModelNotFoundError keep working"
-        with pytest.raises(InvalidIdError):
+        with pytest.raises(InvalidIdError, match=r"'../../etc/passwd' is not a file reference id \(expected "
+                                                 r"'<digest>/<file name>'\); pass the reference_id a save set"):
             store.recover_file(FileReference(reference_id="../../etc/passwd"), str(tmp_path))
 
     def test_a_reference_id_climbing_out_of_the_target_is_refused_and_writes_nothing(self, store, tmp_path):

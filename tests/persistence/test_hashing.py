@@ -1,11 +1,12 @@
 """HashingWriter: every byte reaches the sink once, is counted and hashed, small writes inline and large ones in a
-helper thread."""
+helper thread; a blob read back must have its recorded size."""
 
 import io
 
 import pytest
 
-from mmlib.persistence._hashing import PARALLEL_HASH_BYTES, HashingWriter
+from mmlib.errors import IntegrityError
+from mmlib.persistence._hashing import PARALLEL_HASH_BYTES, HashingWriter, read_verified
 from mmlib.util.hash import new_hasher
 
 
@@ -22,3 +23,11 @@ def test_the_writer_passes_on_counts_and_hashes_every_byte(sizes):
     assert sink.getvalue() == data
     assert writer.size == writer.tell() == len(data)
     assert writer.hasher.hexdigest() == new_hasher().update(data).hexdigest()
+
+
+@pytest.mark.parametrize("stored", [b"abc", b"abcdef"], ids=["shorter", "longer"])
+def test_a_blob_that_changed_size_while_read_is_corrupted(stored):
+    digest = new_hasher().update(b"abcde").hexdigest()
+    with pytest.raises(IntegrityError, match=f"blob {digest} is corrupted: it no longer holds its recorded 5 bytes"):
+        read_verified(io.BytesIO(stored), 5, digest)
+    assert bytes(read_verified(io.BytesIO(b"abcde"), 5, digest)) == b"abcde"

@@ -196,3 +196,33 @@ def test_the_streamed_reader_fills_buffers_across_part_boundaries(s3_store):
     digest = s3_store.write_stream(lambda sink: sink.write(data))
     with s3_store._open_blob_reader(digest) as reader:
         assert bytes(read_verified(reader, len(data), digest)) == data
+
+
+@pytest.mark.parametrize("method, action", [
+    ("put_object", "write to"), ("create_multipart_upload", "write to"), ("upload_part", "write to"),
+    ("complete_multipart_upload", "write to"), ("copy_object", "write to"), ("get_object", "read"),
+    ("list_multipart_uploads", "list")])
+def test_a_refused_request_says_what_it_was_trying_to_do(s3_store, monkeypatch, method, action):
+    """Each request of a save (a small or a multipart upload, refreshing a reused blob), a read and a listing."""
+    from botocore.exceptions import ClientError
+    small, large = os.urandom(100), os.urandom(2 * PART + 1)
+    reused = s3_store.save_bytes(os.urandom(100), "reused.bin")
+
+    def refuse(**kwargs):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "refused"}}, method)
+
+    monkeypatch.setattr(s3_store.client, method, refuse)
+    run = {"put_object": lambda: s3_store.save_bytes(small, "small.bin"),
+           "copy_object": lambda: s3_store.save_bytes(bytes(s3_store.read_bytes(reused.reference_id)), "again.bin"),
+           "get_object": lambda: s3_store.read_bytes(reused.reference_id),
+           "list_multipart_uploads": s3_store.partial_upload_times}.get(method,
+                                                                         lambda: s3_store.save_bytes(large, "l.bin"))
+    with pytest.raises(StoreUnavailableError, match=f"was denied \\(AccessDenied\\) when trying to {action} it;"):
+        run()
+
+
+@pytest.mark.parametrize("part_size, parallel_parts", [(5 * MIB - 1, 2), (PART, 0)])
+def test_parts_smaller_than_s3_allows_are_refused(s3_test_location, part_size, parallel_parts):
+    with pytest.raises(InvalidIdError, match=f"part_size must be at least 5 MiB \\(S3's minimum\\) and "
+                                             f"parallel_parts at least 1, got {part_size} and {parallel_parts}"):
+        ObjectStoreFilePersistenceService(s3_test_location, part_size=part_size, parallel_parts=parallel_parts)

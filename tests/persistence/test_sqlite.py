@@ -1,7 +1,10 @@
-"""SQLite-specific behaviour: several processes opening one new store at the same moment."""
+"""SQLite-specific behaviour: several processes opening one new store at the same moment; a path it cannot open."""
 
 import multiprocessing
 
+import pytest
+
+from mmlib.errors import StoreUnavailableError
 from mmlib.persistence import SQLiteDictPersistenceService
 
 PROCESSES = 6
@@ -25,3 +28,11 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
             process.join(timeout=60)
         assert [process.exitcode for process in processes] == [0] * PROCESSES, f"trial {trial}"
         assert len(SQLiteDictPersistenceService(path).all_ids_for_type("thing")) == PROCESSES
+
+
+def test_a_path_it_cannot_open_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "a-file").touch()
+    path = tmp_path / "a-file" / "models.sqlite"
+    with pytest.raises(StoreUnavailableError, match=f"cannot open the SQLite store at {path}: .*; check that its "
+                                                    "directory exists and is writable"):
+        SQLiteDictPersistenceService(str(path))

@@ -2,6 +2,7 @@
 
 import copy
 
+import blake3
 import pytest
 import torch
 
@@ -262,3 +263,37 @@ def test_repr_shows_the_layer_of_a_leaf_and_a_short_root_hash():
     assert repr(tree.left) == f"WeightDictMerkleTree(layer_key='layer1', hash_value='{tree.left.hash_value[:12]}...')"
     assert repr(WeightDictMerkleTree()) == "WeightDictMerkleTree()"
     assert repr(WeightDictMerkleTree(layer_key="x")) == "WeightDictMerkleTree(layer_key='x', hash_value=None)"
+
+
+
+def _node_hash(*parts: str) -> str:
+    """A node's hash recomputed independently: BLAKE3 of its parts, each followed by a zero byte."""
+    return blake3.blake3(b"".join(part.encode() + b"\0" for part in parts)).hexdigest()
+
+
+def test_node_hashes_are_blake3_of_their_parts_so_stored_trees_stay_checkable():
+    """A leaf hashes its key and tensor hash, an inner node its children's hashes, and the last node of an odd
+    level its one child and an empty string."""
+    layers = {"a": "1" * 64, "b": "2" * 64, "c": "3" * 64}
+    leaves = [_node_hash(key, value) for key, value in layers.items()]
+    root = _node_hash(_node_hash(leaves[0], leaves[1]), _node_hash(leaves[2], ""))
+    assert WeightDictMerkleTree.from_layer_hashes(layers).hash_value == root
+
+
+@pytest.mark.parametrize("side", [LEFT, RIGHT])
+def test_a_stored_tree_as_deep_as_allowed_loads_on_either_side_and_a_deeper_one_is_refused(side):
+    def chain(depth: int) -> dict:
+        """A node `depth` levels above its deepest leaf, each level one more leaf on the other side."""
+        def leaf(key: str) -> dict:
+            return {HASH_VALUE: _node_hash(key, "0" * 64), LAYER_KEY: key, LAYER_WEIGHT_HASH: "0" * 64}
+
+        node = leaf("deepest")
+        for level in range(depth):
+            other = leaf(f"layer{level}")
+            pair = {LEFT: node, RIGHT: other} if side == LEFT else {LEFT: other, RIGHT: node}
+            node = {**pair, HASH_VALUE: _node_hash(pair[LEFT][HASH_VALUE], pair[RIGHT][HASH_VALUE])}
+        return node
+
+    assert WeightDictMerkleTree.from_python_dict(chain(64)).check_integrity()
+    with pytest.raises(IntegrityError, match="nested deeper than 64 levels"):
+        WeightDictMerkleTree.from_python_dict(chain(65))
