@@ -57,6 +57,7 @@ class TestGridFS(FileStoreTests):
     def test_identical_bytes_keep_one_file_document(self, store):
         first = store.save_bytes(b"stored twice", "a.bin").stored_id().split("/")[0]
         store.save_bytes(b"stored twice", "b.bin")
+        assert store.write_stream(lambda sink: sink.write(b"stored twice")) == first  # found only at the commit
         database = store.mongo_service.database
         assert database["fs.files"].count_documents({"filename": first}) == 1
         assert database["fs.files"].count_documents({}) == 1
