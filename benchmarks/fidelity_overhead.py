@@ -35,8 +35,7 @@ def measure(model_key: str, repeats: int) -> list[tuple[str, float, str]]:
             "validate architecture on meta (first save per service)":
                 lambda _: lambda: check_rebuildable(cls, captured, modules, f"{cls.__name__}()"),
             "anchor: torch.load + construct + load_state_dict": lambda _: lambda: raw_load(cls, path),
-            "rebuild (meta + assign + layout)":
-                lambda _: lambda: rebuild(cls, lambda: captured.tensors, captured.layout),
+            "rebuild (meta + assign + layout)": lambda _: lambda: rebuild(cls, captured.tensors, captured.layout),
             "check: capture + hash the rebuilt model": lambda _: lambda: merkle_tree(capture(model)),
         }
         medians = {name: result["median_s"] for name, result in median_seconds(steps, repeats).items()}

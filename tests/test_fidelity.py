@@ -5,7 +5,6 @@ save time, checks that must catch a rebuilt model that differs, every dtype, and
 """
 
 import io
-import threading
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from mmlib.approaches import model_building
 from mmlib.equal import state_dict_equal
 from mmlib.errors import IntegrityError, InvalidSaveInfoError
 from mmlib.maintenance import verify
-from mmlib.models import MobileNetV2, ResNet18
+from mmlib.models import ResNet18
 from mmlib.persistence import FileSystemPersistenceService, SQLiteDictPersistenceService, open_store
 from mmlib.persistence.base import split_reference_id
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
@@ -252,28 +251,3 @@ def test_a_weights_blob_naming_an_unknown_dtype_is_an_integrity_error():
     damaged = sink.getvalue().replace(b"complex128", b"complex999")
     with pytest.raises(IntegrityError):
         read_state_dict(memoryview(bytearray(damaged)))
-
-
-def test_the_model_is_built_while_its_tensors_are_read_and_a_read_error_comes_through():
-    stored = {key: tensor.clone() for key, tensor in MobileNetV2().state_dict().items()}
-    building, threads = threading.Event(), {}
-
-    def factory() -> torch.nn.Module:
-        threads["build"] = threading.get_ident()
-        building.set()
-        return MobileNetV2()
-
-    def read_tensors() -> dict:
-        threads["read"] = threading.get_ident()
-        assert building.wait(30), "the tensors were read before the model was being built"
-        return stored
-
-    model, tensors = model_building.rebuild(factory, read_tensors, StateLayout())
-    assert threads["read"] != threads["build"] and tensors is stored
-    assert state_dict_equal(model.state_dict(), stored) and not any(t.is_meta for t in model.state_dict().values())
-
-    def damaged() -> dict:
-        raise IntegrityError("damaged payload")
-
-    with pytest.raises(IntegrityError, match="damaged payload"):
-        model_building.rebuild(MobileNetV2, damaged, StateLayout())

@@ -261,24 +261,22 @@ class AbstractSaveService(ABC):
             raise IncompatibleModelError(
                 f"model {model_info.store_id} is stored as {model_info.store_type.value}, not as a full snapshot; "
                 "recover it with the save service that stored it (e.g. WeightUpdateSaveService)")
-        tensors = self._read_weights(model_info.recover_info.parameters_file)  # verified before any code is imported
-        return self._rebuild(model_info, model_info.recover_info, lambda: tensors, execute_checks)
+        tensors = self._read_weights(model_info.recover_info.parameters_file)
+        return self._rebuild(model_info, model_info.recover_info, tensors, execute_checks), tensors
 
-    def _rebuild(self, model_info: ModelInfo, snapshot: FullModelRecoverInfo,
-                 read_tensors: Callable[[], dict[str, torch.Tensor]],
-                 execute_checks: bool) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-        """Build `model_info`'s model with the code of `snapshot` while `read_tensors` reads its stored tensors;
-        checked when asked (the environment too: Python, torch, numpy and the packages the stored code imports; the
-        model's own package for an import path is compared whenever it is imported). The model and its tensors."""
+    def _rebuild(self, model_info: ModelInfo, snapshot: FullModelRecoverInfo, tensors: dict[str, torch.Tensor],
+                 execute_checks: bool) -> torch.nn.Module:
+        """Build `model_info`'s model with the code of `snapshot` and the stored tensors; checked when asked (the
+        environment too: Python, torch, numpy and the packages the stored code imports; the model's own package
+        for an import path is compared whenever it is imported)."""
         code_path = self._restored_code(snapshot)
         if execute_checks:
             check_environment(snapshot.environment, f"model {model_info.store_id}", self.strict_env,
                               packages=imported_distributions(code_path) if code_path else ())
-        model, tensors = rebuild(self._model_factory(snapshot, code_path), read_tensors,
-                                 model_info.state_layout or StateLayout())
+        model = rebuild(self._model_factory(snapshot, code_path), tensors, model_info.state_layout or StateLayout())
         if execute_checks:
             self._check_model(model_info, model)
-        return model, dict(tensors)
+        return model
 
     def _check_model(self, model_info: ModelInfo, model: torch.nn.Module) -> None:
         """Raise IntegrityError unless the rebuilt model's state dict hashes to the Merkle tree stored at save

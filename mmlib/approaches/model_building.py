@@ -9,13 +9,12 @@ import collections
 import contextlib
 import logging
 import threading
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
 from mmlib.errors import IncompatibleModelError, IntegrityError
 from mmlib.schema.state_layout import StateLayout
-from mmlib.util.concurrency import run_beside
 from mmlib.util.dtypes import dtype_from_name
 
 logger = logging.getLogger(__name__)
@@ -107,45 +106,30 @@ def _restore_layout(model: torch.nn.Module, layout: StateLayout) -> None:
         module.training = name not in in_eval
 
 
-def rebuild(factory: Callable[[], torch.nn.Module], read_tensors: Callable[[], Mapping[str, torch.Tensor]],
-            layout: StateLayout) -> tuple[torch.nn.Module, Mapping[str, torch.Tensor]]:
-    """The saved model, built by `factory` and given the stored tensors (assigned, so they keep their dtype), and
-    those tensors.
+def rebuild(factory: Callable[[], torch.nn.Module], tensors: Mapping[str, torch.Tensor],
+            layout: StateLayout) -> torch.nn.Module:
+    """The saved model, built by `factory` and given the stored tensors (assigned, so they keep their dtype).
 
-    Built on the meta device while `read_tensors` reads or decodes the tensors in a background thread (that work
-    releases the GIL, construction holds it); when anything is left on the meta device after loading (a tensor
-    attribute, a non-persistent buffer), meta construction is not safe for the class, and it is built normally.
+    Built on the meta device first; when anything is left there (a tensor attribute, a non-persistent buffer),
+    meta construction is not safe for the class, and it is built normally instead.
     """
-    tensors, model = run_beside(read_tensors, lambda: _build_on_meta(factory))
     state = _state_to_load(tensors, layout)
-    if model is not None:
-        try:
-            model.load_state_dict(state, assign=True)
-            if not _left_on_meta(model):
-                _restore_layout(model, layout)
-                return model, tensors
-            logger.debug("%r keeps tensors outside its state dict; building it normally", factory)
-        except IncompatibleModelError:
-            raise
-        except CONSTRUCTION_ERRORS as error:
-            logger.debug("loading the meta-device construction of %r failed (%s); building it normally", factory,
-                         error)
-    model = _module_from(factory)
-    model.load_state_dict(state, assign=True)
-    _restore_layout(model, layout)
-    return model, tensors
-
-
-def _build_on_meta(factory: Callable[[], torch.nn.Module]) -> Optional[torch.nn.Module]:
-    """The model `factory` builds on the meta device, or None when the constructor fails there."""
     try:
         with meta_construction():
-            return _module_from(factory)
+            model = _module_from(factory)
+        model.load_state_dict(state, assign=True)
+        if not _left_on_meta(model):
+            _restore_layout(model, layout)
+            return model
+        logger.debug("%r keeps tensors outside its state dict; building it normally", factory)
     except IncompatibleModelError:
         raise
     except CONSTRUCTION_ERRORS as error:
         logger.debug("meta-device construction of %r failed (%s); building it normally", factory, error)
-        return None
+    model = _module_from(factory)
+    model.load_state_dict(state, assign=True)
+    _restore_layout(model, layout)
+    return model
 
 
 def _module_from(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:

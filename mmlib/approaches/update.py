@@ -136,10 +136,8 @@ class WeightUpdateSaveService(AbstractSaveService):
                 model, state = self._recover_snapshot(model_info, execute_checks)
             else:
                 reader.prefetch(_blobs_holding(locations.values()))
-                model, state = self._rebuild(
-                    model_info, reader.snapshot(snapshot_id),
-                    lambda: reader.tensors({key: location.holder for key, location in locations.items()}),
-                    execute_checks)
+                state = reader.tensors({key: location.holder for key, location in locations.items()})
+                model = self._rebuild(model_info, reader.snapshot(snapshot_id), state, execute_checks)
         self._cache.remember(model_id, state, locations, snapshot_id, {}, all_values=not self.improved_version)
         return RestoredModelInfo(model=model, model_id=model_id)
 
