@@ -60,17 +60,23 @@ def update_reference(stores, model_id: str, tmp_path) -> str:
     return info.recover_info.update.reference_id
 
 
+def record_calls(monkeypatch, service, method: str) -> list:
+    """Record the arguments of every call of `service.method`: the blobs `read_bytes` reads (weights, snapshots
+    and updates), the documents `recover_dict` reads."""
+    calls = []
+    original = getattr(service, method)
+
+    def spy(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(service, method, spy)
+    return calls
+
+
 def count_reads(monkeypatch, file_service) -> list:
-    """Record the reference id of every blob read through `read_bytes` (weights, snapshots and updates)."""
-    reads = []
-    original = file_service.read_bytes
-
-    def spy(reference_id: str) -> bytes:
-        reads.append(reference_id)
-        return original(reference_id)
-
-    monkeypatch.setattr(file_service, "read_bytes", spy)
-    return reads
+    """Record every blob read through `read_bytes`."""
+    return record_calls(monkeypatch, file_service, "read_bytes")
 
 
 def save_chain(service, model, versions: int) -> tuple[list, list]:
@@ -338,14 +344,7 @@ def test_a_recovery_reads_each_document_and_blob_once(local_stores, monkeypatch)
     ids, _ = save_chain(service, MobileNetV2(), 4)
     service.clear_cache()
     file_service, dict_service = local_stores
-    blobs, documents = count_reads(monkeypatch, file_service), []
-    original = dict_service.recover_dict
-
-    def spy(dict_id: str, represent_type: str) -> dict:
-        documents.append((dict_id, represent_type))
-        return original(dict_id, represent_type)
-
-    monkeypatch.setattr(dict_service, "recover_dict", spy)
+    blobs, documents = count_reads(monkeypatch, file_service), record_calls(monkeypatch, dict_service, "recover_dict")
     for model_id in ids:
         blobs.clear()
         documents.clear()

@@ -86,13 +86,14 @@ class FileStoreTests:
         assert restored.path is not None and os.path.basename(restored.path) == "other.py"
 
     def test_file_size_is_the_stored_byte_count(self, store, tmp_path):
-        refs = [FileReference(path=_write(tmp_path / f"{size}.bin", os.urandom(size))) for size in (12345, 678)]
+        contents = [os.urandom(size) for size in (12345, 678)]
+        refs = [FileReference(path=_write(tmp_path / f"{len(data)}.bin", data)) for data in contents]
         for ref in refs:
             store.save_file(ref)
-        for ref, size in zip(refs, (12345, 678)):
+        for ref, data in zip(refs, contents):
             store.file_size(ref)
-            assert ref.size == size
-            assert store.read_bytes(ref.stored_id()) == open(tmp_path / f"{size}.bin", "rb").read()
+            assert ref.size == len(data)
+            assert store.read_bytes(ref.stored_id()) == data
 
     def test_save_bytes_round_trip(self, store):
         ref = store.save_bytes(b"payload", "p.bin")
