@@ -8,7 +8,7 @@ import torch
 from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning, InvalidSaveInfoError, \
     ModelNotFoundError, UnsafeCodeError
 from mmlib.models import MobileNetV2
-from mmlib.save import BaselineSaveService
+from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.recover_info import MODEL_CLASS_NAME
 from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
@@ -112,3 +112,36 @@ def test_environment_mismatch_warns_with_differences_and_strict_mode_raises(popu
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         service.recover_model(model_id, execute_checks=False)
+
+
+def _services(file_service, dict_service) -> list:
+    """One service of each of the four approaches over the same store."""
+    return [BaselineSaveService(file_service, dict_service),
+            WeightUpdateSaveService(file_service, dict_service, improved_version=False),
+            WeightUpdateSaveService(file_service, dict_service, improved_version=True),
+            ProvenanceSaveService(file_service, dict_service)]
+
+
+@pytest.mark.parametrize("bad_id", [None, 42, ["x"], {"$ne": None}, b"ab", ("a",)],
+                         ids=["none", "int", "list", "query", "bytes", "tuple"])
+def test_every_approach_answers_a_wrongly_typed_id_with_the_same_typed_error(populated, bad_id):
+    _, model_id, file_service, dict_service = populated
+    before = store_contents(file_service, dict_service)
+    for service in _services(file_service, dict_service):
+        for call in (service.recover_model, service.model_save_size):
+            with pytest.raises(ModelNotFoundError, match="no model with id"):
+                call(bad_id)
+    with pytest.raises(ModelNotFoundError, match="no model with id"):
+        ProvenanceSaveService(file_service, dict_service).add_weights_hash_info(bad_id, MobileNetV2())
+    assert store_contents(file_service, dict_service) == before
+
+
+@pytest.mark.parametrize("bad_info", [None, "info", 42, {"model": None}],
+                         ids=["none", "string", "int", "dict"])
+def test_every_approach_answers_a_wrongly_typed_save_info_with_the_same_typed_error(populated, bad_info):
+    _, _, file_service, dict_service = populated
+    before = store_contents(file_service, dict_service)
+    for service in _services(file_service, dict_service):
+        with pytest.raises(InvalidSaveInfoError, match="ModelSaveInfoBuilder"):
+            service.save_model(bad_info)
+    assert store_contents(file_service, dict_service) == before

@@ -1,5 +1,8 @@
 """Stored code is imported with importlib under unique names; nothing else is ever run."""
 
+import concurrent.futures
+import threading
+
 import pytest
 
 from mmlib.errors import UnsafeCodeError
@@ -51,3 +54,17 @@ def test_reference_objects_are_passed_by_name(tmp_path):
     holder = create_object_with_parameters("Holder", {"size": 3}, code_file=str(code),
                                            init_ref_type_args={"inner": [1]})
     assert (holder.size, holder.inner) == (3, [1])
+
+
+def test_threads_importing_one_stored_code_file_at_once_all_get_it_whole(tmp_path):
+    code = tmp_path / "slow_model.py"
+    code.write_text("import time\ntime.sleep(0.3)\n\nclass SlowNet:\n    pass\n")
+    barrier = threading.Barrier(4)
+
+    def load():
+        barrier.wait()
+        return create_type(str(code), "SlowNet")
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        classes = list(pool.map(lambda _: load(), range(4)))
+    assert len(set(classes)) == 1 and classes[0].__name__ == "SlowNet"

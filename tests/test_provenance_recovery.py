@@ -1,5 +1,6 @@
-"""Provenance recovery: the dataset is unpacked once per data root, and a looping lineage fails instead of hanging."""
+"""Provenance recovery: the dataset is unpacked once per recovery, and a looping lineage fails instead of hanging."""
 
+import os
 import threading
 
 import pytest
@@ -35,9 +36,18 @@ def provenance_version(tmp_path, monkeypatch):
     return stores, service.save_model(info)
 
 
-def test_a_second_recovery_with_the_same_dataset_does_not_unpack_it_again(provenance_version, monkeypatch):
-    (file_service, dict_service), model_id = provenance_version
-    dataset = ModelInfo.load(model_id, file_service, dict_service, "unused", load_recursive=True) \
+def test_versions_trained_on_the_same_dataset_unpack_it_once_per_recovery(provenance_version, tmp_path,
+                                                                          monkeypatch):
+    """A recovery retraining two versions on one dataset unpacks it once; the next recovery unpacks it again, in
+    its own directory (the one before removed its own)."""
+    (file_service, dict_service), version_id = provenance_version
+    service = ProvenanceSaveService(file_service, dict_service)
+    model, raw_data = TinyNet(), str(tmp_path / "images")
+    info = (ModelSaveInfoBuilder().add_model_info(model=model, base_model_id=version_id)
+            .add_prov_data(raw_data_path=raw_data, train_kwargs={"number_batches": 1},
+                           train_service_wrapper=image_classification_train_wrapper(model, raw_data)).build())
+    second_id = service.save_model(info)
+    dataset = ModelInfo.load(second_id, file_service, dict_service, "unused", load_recursive=True) \
         .recover_info.dataset.raw_data.reference_id
     recovered, recover_file = [], file_service.recover_file
 
@@ -46,9 +56,10 @@ def test_a_second_recovery_with_the_same_dataset_does_not_unpack_it_again(proven
         recover_file(file_ref, dst_dir)
 
     monkeypatch.setattr(file_service, "recover_file", spy)
-    for _ in range(2):
-        ProvenanceSaveService(file_service, dict_service).recover_model(model_id, execute_checks=False)
-    assert recovered.count(dataset) == 1
+    for recoveries in (1, 2):
+        ProvenanceSaveService(file_service, dict_service).recover_model(second_id, execute_checks=False)
+        assert recovered.count(dataset) == recoveries
+    assert os.listdir(tmp_path / "data_root") == []
 
 
 def test_a_lineage_that_loops_raises_integrity_error_instead_of_hanging(provenance_version, monkeypatch):

@@ -31,11 +31,9 @@ from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.schema.train_info import CARRIED_STATE, TRAIN_KWARGS, TRAIN_SERVICE
 from mmlib.track_env import track_current_environment
-from provenance_helpers import TinyNet, UnseededNoiseTrainService, WideNet
-from save_helpers import equal, forge_record, save_info
-
-TRAIN_KWARGS_2 = {"number_batches": 2}
-
+from provenance_helpers import (TRAIN_KWARGS_2, TinyNet, UnseededNoiseTrainService, WideNet,
+                                lazy_optimizer_train_wrapper, prov_save_info, save_trained_version)
+from save_helpers import equal, forge_record, perturb, save_info
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -65,21 +63,6 @@ def mmlib_config(tmp_path, monkeypatch):
 def embedded(tmp_path):
     return FileSystemPersistenceService(str(tmp_path / "blobs")), SQLiteDictPersistenceService(
         str(tmp_path / "meta.sqlite"))
-
-
-def prov_save_info(model, base_model_id, raw_data, wrapper, train_kwargs=TRAIN_KWARGS_2):
-    return (ModelSaveInfoBuilder()
-            .add_model_info(env=track_current_environment(), model=model, base_model_id=base_model_id)
-            .add_prov_data(raw_data_path=raw_data, train_kwargs=train_kwargs, train_service_wrapper=wrapper)
-            .build())
-
-
-def save_trained_version(service, model, base_id, raw_data, wrapper, train_kwargs=TRAIN_KWARGS_2):
-    """The paper's flow for one version: save its provenance, train the live model the same way, record the hash."""
-    model_id = service.save_model(prov_save_info(model, base_id, raw_data, wrapper, train_kwargs))
-    deterministic(wrapper.instance.train, [model], train_kwargs)
-    service.add_weights_hash_info(model_id, model)
-    return model_id
 
 
 def sizes_positive(sizes: dict) -> bool:
@@ -288,26 +271,35 @@ def test_recovery_needs_current_data_root(tiny_version, monkeypatch, mmlib_confi
         service.recover_model(version_id)
 
 
-def test_data_root_with_foreign_files_is_not_overwritten(tiny_version, mmlib_config, tmp_path):
-    service, version_id, model = tiny_version
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("keep me")
-    mmlib_config.write_text(f"[VALUES]\ncurrent_data_root = {foreign}\n")
-    with pytest.raises(ConfigurationError, match="did not put there"):
+def test_a_data_root_that_is_a_file_is_a_configuration_error(tiny_version, mmlib_config, tmp_path):
+    service, version_id, _ = tiny_version
+    data_file = tmp_path / "data-file"
+    data_file.write_text("not a directory")
+    mmlib_config.write_text(f"[VALUES]\ncurrent_data_root = {data_file}\n")
+    with pytest.raises(ConfigurationError, match="not a directory"):
         service.recover_model(version_id)
-    assert (foreign / "notes.txt").read_text() == "keep me"
+    mmlib_config.write_text(f"[VALUES]\ncurrent_data_root = {data_file / 'below'}\n")
+    with pytest.raises(ConfigurationError, match="cannot make a recovery directory"):
+        service.recover_model(version_id)
 
 
-def test_recovery_reuses_and_replaces_the_unpacked_dataset(tiny_version, tmp_path):
+def test_recovery_works_beside_foreign_files_and_leaves_nothing_behind(tiny_version, mmlib_config, tmp_path):
+    """Each recovery unpacks and trains in a directory of its own inside current_data_root, removed afterwards
+    (also when the recovery fails): what else the directory holds is never read, replaced or deleted."""
     service, version_id, model = tiny_version
-    data_root = tmp_path / "data_root"
-    assert equal(model, service.recover_model(version_id).model)
-    assert sorted(os.listdir(data_root)) == [".mmlib-dataset", "class_0", "class_1", "class_2"]
-    (data_root / ".mmlib-dataset").write_text("an older dataset")
-    (data_root / "stale.txt").write_text("left from an older dataset")
-    assert equal(model, service.recover_model(version_id).model)
-    assert not (data_root / "stale.txt").exists()
+    data_root = tmp_path / "mine"
+    data_root.mkdir()
+    (data_root / "notes.txt").write_text("keep me")
+    (data_root / "class_0").mkdir()
+    mmlib_config.write_text(f"[VALUES]\ncurrent_data_root = {data_root}\n")
+    for _ in range(2):
+        assert equal(model, service.recover_model(version_id).model)
+        assert sorted(os.listdir(data_root)) == ["class_0", "notes.txt"]
+    service.add_weights_hash_info(version_id, perturb(copy.deepcopy(model)))
+    with pytest.raises(IntegrityError, match="did not reproduce"):
+        service.recover_model(version_id)
+    assert sorted(os.listdir(data_root)) == ["class_0", "notes.txt"]
+    assert (data_root / "notes.txt").read_text() == "keep me"
 
 
 def test_the_original_flow_saves_provenance_without_a_model(embedded, raw_data):
@@ -326,14 +318,15 @@ def test_the_original_flow_saves_provenance_without_a_model(embedded, raw_data):
         service.save_model(ModelSaveInfoBuilder().add_model_info(base_model_id=base_id).build())
 
 
-def save_chain(service, raw_data, versions, model_class=WideNet):
+def save_chain(service, raw_data, versions, model_class=WideNet, make_wrapper=image_classification_train_wrapper):
     """A snapshot and `versions` provenance versions trained on it one after another with one live SGD (momentum
-    0.9): (base id, version ids, the store bytes each save added, trained weights after each version)."""
+    0.9) of the train service `make_wrapper` builds: (base id, version ids, the store bytes each save added,
+    trained weights after each version)."""
     model = model_class()
     before = store_bytes(service)
     ids = [service.save_model(save_info(model))]
     growth = [store_bytes(service) - before]
-    wrapper = image_classification_train_wrapper(model, raw_data, momentum=0.9)
+    wrapper = make_wrapper(model, raw_data, momentum=0.9)
     trained = []
     for _ in range(versions):
         before = store_bytes(service)
@@ -381,6 +374,16 @@ def test_a_middle_version_retrains_only_the_versions_up_to_it(embedded, raw_data
         assert_recovers(embedded, ids[2:3], trained[2:3])
     assert [record.args[0] for record in caplog.records if record.name == PROGRESS_LOGGER] == ids[:3]
     assert_recovers(embedded, ids[1:2], trained[1:2], checks=False)
+
+
+def test_a_train_service_that_restores_its_optimizer_lazily_starts_from_the_carried_state(embedded, raw_data):
+    """The original MMlib's pattern: the train wrapper loads the optimizer wrapper by its id and `train` restores
+    it when it has no instance yet; versions that carry the state recover exactly, checked."""
+    service = ProvenanceSaveService(*embedded, checkpoint_interval=3)
+    _, ids, _, trained = save_chain(service, raw_data, 4, TinyNet, lazy_optimizer_train_wrapper)
+    assert [carried_state(embedded[1], version) for version in ids] == [None, [OPTIMIZER], [OPTIMIZER], None]
+    assert not any(torch.equal(trained[0][name], trained[1][name]) for name in trained[0])
+    assert_recovers(embedded, ids, trained)
 
 
 def test_a_carried_version_stores_nothing_of_the_live_state(embedded, raw_data):

@@ -1,6 +1,8 @@
 """An edited metadata document never runs code: an edit in place breaks the id that commits to it, and even a
 record forged with recomputed digests reaches with its import path or class name only what the record names."""
 
+import logging
+
 import pytest
 
 from mmlib.errors import IncompatibleModelError, IntegrityError, UnsafeCodeError
@@ -42,6 +44,21 @@ def test_an_edited_import_path_runs_nothing(store, tmp_path, model_import):
             service.recover_model(forged_id, execute_checks=checks)
     assert sorted(problem.model_id for problem in verify(store)) == sorted([model_id, forged_id])
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("model_import", ["logging.config:dictConfig", "http.server:HTTPServer", "os.path:join",
+                                          "xml.etree.ElementTree:parse", "concurrent.futures:ThreadPoolExecutor"])
+def test_an_edited_import_path_into_a_standard_library_submodule_is_refused_before_import(store, model_import):
+    service = BaselineSaveService(*store)
+    model_id = service.save_model(save_info(TinyNet()))
+    logging_config = {"config": {"version": 1, "root": {"level": "CRITICAL"}}}
+    forged_id = forge_record(store.dict_pers_service, model_id,
+                             **{MODEL_IMPORT: model_import, MODEL_INIT_ARGS: logging_config})
+    root_level = logging.getLogger().level
+    for checks in (True, False):
+        with pytest.raises(UnsafeCodeError, match="standard library"):
+            service.recover_model(forged_id, execute_checks=checks)
+    assert logging.getLogger().level == root_level  # dictConfig never ran
 
 
 @pytest.mark.parametrize("class_name", ["torch", "nn", "torch.os.system", "os", "tiny_input"])

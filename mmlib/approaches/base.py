@@ -5,6 +5,7 @@ the model document last: a model is listed only once all it needs is stored.
 """
 
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -21,13 +22,16 @@ from mmlib.util.concurrency import run_beside
 from mmlib.approaches.model_building import rebuild
 from mmlib.approaches.model_source import ModelSource, resolve_model_source
 from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, module_types, state_shapes
-from mmlib.errors import IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError
+from mmlib.errors import (IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError,
+                          NotFoundError, StoreUnavailableError)
+from mmlib.persistence import _coordination as coordination
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
 from mmlib.schema.environment import Environment
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
+from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_format import check_store_format
@@ -45,6 +49,8 @@ START_STOP, EVENT_ID, APPROACH, METHOD, EVENT, TIME = "start-stop", "_id", "appr
 START, STOP, ALL_EVENTS = "start", "stop", "all"
 _LOGGED_METHODS = ("save_model", "recover_model")
 _REBUILDABLE_CACHE_SIZE = 64
+# The garbage collection runs the save running in this context saw as it began (see `_saving`).
+_GC_RUNS_AT_START: contextvars.ContextVar[coordination.GcRuns] = contextvars.ContextVar("mmlib_gc_runs_at_start")
 
 
 class AbstractSaveService(ABC):
@@ -97,8 +103,20 @@ class AbstractSaveService(ABC):
         _emit({**record, START_STOP: STOP, TIME: time.time_ns()}, model_id)
 
     @contextlib.contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Time a save and hold a save lease while it runs, so that garbage collection keeps what it writes."""
+        with self._timed("save_model"), coordination.save_lease(self._dict_pers_service) as gc_runs:
+            token = _GC_RUNS_AT_START.set(gc_runs)
+            try:
+                yield
+            finally:
+                _GC_RUNS_AT_START.reset(token)
+
+    @contextlib.contextmanager
     def _recovering(self, model_id: str) -> Iterator[None]:
         """Time a recovery and name the model in any integrity error raised while recovering it."""
+        if not isinstance(model_id, str):
+            raise _unknown_model(model_id)
         try:
             with self._timed("recover_model", model_id):
                 yield
@@ -132,15 +150,47 @@ class AbstractSaveService(ABC):
             self._store_format_recorded = check_store_format(self._dict_pers_service, record)
 
     def _persist_model(self, model_info: ModelInfo) -> str:
-        """Store a model document (after everything it references) in a store that records its format; its id."""
+        """Store a model document (after everything it references) in a store that records its format; its id.
+
+        Then confirm the commit against removals and garbage collection that ran beside the save (see
+        `mmlib.persistence._coordination`): a model whose base or items went meanwhile is withdrawn, and the save
+        raises, so no listed model lacks what it needs.
+        """
         self._check_store_format(record=True)
-        return model_info.persist(self._file_pers_service, self._dict_pers_service)
+        model_id = model_info.persist(self._file_pers_service, self._dict_pers_service)
+        try:
+            self._confirm_commit(model_id, model_info.derived_from)
+        except BaseException:
+            with contextlib.suppress(StoreUnavailableError):
+                self._dict_pers_service.delete_dict(model_id, MODEL_INFO)
+            raise
+        return model_id
+
+    def _confirm_commit(self, model_id: str, base_id: Optional[str]) -> None:
+        """Raise unless the just written model `model_id` keeps its base and every item it references."""
+        dps = self._dict_pers_service
+        if base_id is not None and (coordination.removal_pending(dps, base_id) or not dps.id_exists(base_id,
+                                                                                                  MODEL_INFO)):
+            raise ModelNotFoundError(f"base model {base_id} was removed while model {model_id} was being saved on "
+                                     "it; nothing was saved: save it on another base")
+        gc_runs = _GC_RUNS_AT_START.get(None)
+        if gc_runs is None or not coordination.gc_overlapped(dps, gc_runs) or not dps.id_exists(model_id, MODEL_INFO):
+            return  # no gc ran beside the save, or an `rm` has removed the committed model since
+        try:
+            missing = [f"{item.kind} {item.item_id}" for item in ModelInfo.load_placeholder(model_id).stored_items(dps)
+                       if not (self._file_pers_service.blob_exists(item.item_id) if item.kind == BLOB
+                               else dps.id_exists(item.item_id, item.kind))]
+        except NotFoundError as error:
+            missing = [str(error)]
+        if missing and dps.id_exists(model_id, MODEL_INFO):
+            raise StoreUnavailableError(
+                f"garbage collection removed {missing[0]} while model {model_id} was being saved; nothing was "
+                "saved: save it again (and give gc a grace period longer than a save takes)")
 
     def _require_model(self, model_id: str) -> None:
         self._check_store_format()
         if not isinstance(model_id, str) or not self._dict_pers_service.id_exists(model_id, MODEL_INFO):
-            raise ModelNotFoundError(
-                f"no model with id {model_id!r} in this store; list stored models with `mmlib ls` or all_model_ids()")
+            raise _unknown_model(model_id)
 
     def _load_model_info(self, model_id: str) -> ModelInfo:
         self._require_model(model_id)
@@ -292,8 +342,14 @@ class AbstractSaveService(ABC):
             if differences:
                 raise IntegrityError(
                     f"the recovered model {model_info.store_id} differs from the saved one in {differences} (tied "
-                    "tensors, buffer dtypes, frozen parameters or train/eval modes); its code may have changed: "
+                    "tensors, views of one memory, buffer dtypes, frozen parameters or train/eval modes); its code may have changed: "
                     "run `mmlib verify`")
+
+
+def _unknown_model(model_id: object) -> ModelNotFoundError:
+    """The error for an id (of any type) that names no stored model."""
+    return ModelNotFoundError(
+        f"no model with id {model_id!r} in this store; list stored models with `mmlib ls` or all_model_ids()")
 
 
 def model_to_save(save_info: ModelSaveInfo) -> torch.nn.Module:

@@ -16,7 +16,7 @@ class BaselineSaveService(AbstractSaveService):
 
     def save_model(self, save_info: ModelSaveInfo) -> str:
         self._validate(save_info)
-        with self._timed("save_model"):
+        with self._saving():
             model_id = self._save_snapshot(save_info)
         logger.debug("saved model %s as a full snapshot", model_id)
         return model_id

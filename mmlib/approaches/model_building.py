@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 from mmlib.errors import IncompatibleModelError, IntegrityError
-from mmlib.schema.state_layout import StateLayout
+from mmlib.schema.state_layout import StateLayout, TensorView
 from mmlib.util.dtypes import dtype_from_name
 
 logger = logging.getLogger(__name__)
@@ -65,14 +65,37 @@ def _left_on_meta(model: torch.nn.Module) -> bool:
                               *_plain_tensor_attributes(module)) if tensor is not None)
 
 
-def _state_to_load(tensors: Mapping[str, torch.Tensor], layout: StateLayout) -> "collections.OrderedDict":
-    """The state dict `load_state_dict` gets: stored tensors, aliases, JSON extra states and module versions."""
-    state = collections.OrderedDict(tensors)
+def view_in(root: torch.Tensor, view: TensorView, name: str) -> torch.Tensor:
+    """The tensor `name` that `view` places in the memory of `root`; IntegrityError when it does not fit there."""
+    if not root.is_contiguous() or view.offset + view.span() > root.numel():
+        raise IntegrityError(f"state-dict name {name!r} is recorded as a view of {view.root!r} that does not fit in "
+                             f"its {root.numel()} elements; run `mmlib verify` and restore the store from a backup")
+    flat = root.reshape(-1)
+    return flat.as_strided(view.shape, view.stride, flat.storage_offset() + view.offset)
+
+
+def stored_and_views(tensors: Mapping[str, torch.Tensor], layout: StateLayout) -> dict[str, torch.Tensor]:
+    """The stored tensors and the views of them that the layout records, by state-dict name (aliases aside)."""
+    values = dict(tensors)
+    for name, view in layout.views.items():
+        if view.root not in tensors:
+            raise IntegrityError(f"state-dict name {name!r} views the tensor {view.root!r}, which is not stored; "
+                                 "run `mmlib verify` and restore the store from a backup")
+        values[name] = view_in(tensors[view.root], view, name)
     for name, first in layout.aliases.items():
-        if first not in tensors:
+        if first not in values:
             raise IntegrityError(f"state-dict name {name!r} shares the tensor {first!r}, which is not stored; "
                                  "run `mmlib verify` and restore the store from a backup")
-        state[name] = tensors[first]
+    return values
+
+
+def _state_to_load(tensors: Mapping[str, torch.Tensor], layout: StateLayout) -> "collections.OrderedDict":
+    """The state dict `load_state_dict` gets: stored tensors, their views, aliases (each a tensor object of its
+    own over the same memory; `_restore_layout` ties the tied ones), JSON extra states and module versions."""
+    state = collections.OrderedDict(stored_and_views(tensors, layout))
+    for name, first in layout.aliases.items():
+        shared = state[first]
+        state[name] = shared.as_strided(shared.shape, shared.stride(), shared.storage_offset())
     state.update(layout.extra_states)
     # load_state_dict reads the module versions from this attribute, where state_dict() puts them.
     state._metadata = collections.OrderedDict(  # type: ignore[attr-defined]

@@ -2,8 +2,10 @@
 
 `capture(model)` splits `model.state_dict()` into the tensors to store, each once however many names
 share it, and a JSON-able `StateLayout` with the rest a faithful rebuild needs: which names share a tensor
-(tied weights), per-module versions (`state_dict()._metadata`, which `_load_from_state_dict` migrations
-read), JSON extra states, the dtypes of non-persistent buffers, frozen parameters and modules in eval mode.
+(tied weights), which tensors lie inside the memory of another in another way (slices, transposes,
+reshapes: stored once, as views of it), per-module versions (`state_dict()._metadata`, which
+`_load_from_state_dict` migrations read), JSON extra states, the dtypes of non-persistent buffers, frozen
+parameters and modules in eval mode.
 `check_rebuildable` runs before a save writes anything, so a model that could not come back is refused
 instead of getting an id; `mmlib.approaches.model_building.rebuild` builds it at recovery.
 """
@@ -14,11 +16,11 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
-from mmlib.approaches.model_building import CONSTRUCTION_ERRORS, meta_construction
+from mmlib.approaches.model_building import CONSTRUCTION_ERRORS, meta_construction, stored_and_views
 from mmlib.approaches.model_building import rebuild  # noqa: F401 - benchmarks import it from here
 from mmlib.errors import InvalidSaveInfoError
 from mmlib.save_info import unwrap_compiled
-from mmlib.schema.state_layout import StateLayout
+from mmlib.schema.state_layout import StateLayout, TensorView
 from mmlib.util.dtypes import dtype_name
 
 EXTRA_STATE_SUFFIX = "_extra_state"
@@ -27,20 +29,23 @@ EXTRA_STATE_SUFFIX = "_extra_state"
 @dataclass
 class CapturedState:
     """A model's state split for storage: `tensors` (detached CPU tensors, one per sharing group, in
-    state-dict order), its `layout`, and `names`, every state-dict name in order."""
+    state-dict order; views of another stored tensor left out), its `layout`, and `names`, every state-dict
+    name in order."""
 
     tensors: dict[str, torch.Tensor]
     layout: StateLayout
     names: list[str]
 
     def named_values(self) -> dict[str, Any]:
-        """name -> tensor (aliases give their group's tensor object) or JSON extra state, in state-dict order."""
+        """name -> tensor (aliases give their group's tensor object, views view the stored tensor) or JSON extra
+        state, in state-dict order."""
+        tensors = stored_and_views(self.tensors, self.layout)
         values = {}
         for name in self.names:
             if name in self.layout.extra_states:
                 values[name] = self.layout.extra_states[name]
             else:
-                values[name] = self.tensors[self.layout.aliases.get(name, name)]
+                values[name] = tensors[self.layout.aliases.get(name, name)]
         return values
 
 
@@ -49,7 +54,42 @@ def _sharing_key(tensor: torch.Tensor) -> Optional[tuple]:
     if tensor.numel() == 0:
         return None
     return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
-            tensor.stride(), tensor.dtype)
+            tensor.stride(), tensor.dtype, tensor.is_conj(), tensor.is_neg())
+
+
+def _view_within(name: str, root: torch.Tensor, tensor: torch.Tensor) -> Optional[TensorView]:
+    """Where `tensor` lies in the memory of `root`, called `name` (contiguous, of the same storage and dtype), or
+    None when it reaches outside it."""
+    view = TensorView(name, int(tensor.storage_offset() - root.storage_offset()), tuple(tensor.shape), tensor.stride())
+    return view if view.offset >= 0 and view.offset + view.span() <= root.numel() else None
+
+
+def _find_views(tensors: dict[str, torch.Tensor]) -> dict[str, TensorView]:
+    """Name -> where it lies in another of `tensors`, for each tensor inside the memory of a contiguous one.
+
+    Tensors over one storage (with one dtype) are taken largest contiguous first (in state-dict order among
+    equals): each inside one taken before views the first such one, and one inside none of them is a root
+    when it is contiguous, else stored on its own. The order depends on the tensors alone, so a rebuilt model
+    gives the same views again.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in tensors.items():
+        if tensor.numel() and not tensor.is_conj() and not tensor.is_neg():
+            groups.setdefault((tensor.device, tensor.untyped_storage().data_ptr(), tensor.dtype), []).append(name)
+    views: dict[str, TensorView] = {}
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        contiguous = sorted((name for name in names if tensors[name].is_contiguous()),
+                            key=lambda name: -tensors[name].numel())
+        roots: list[str] = []
+        for name in contiguous + [name for name in names if not tensors[name].is_contiguous()]:
+            view = next(filter(None, (_view_within(root, tensors[root], tensors[name]) for root in roots)), None)
+            if view is not None:
+                views[name] = view
+            elif tensors[name].is_contiguous():
+                roots.append(name)
+    return {name: views[name] for name in tensors if name in views}
 
 
 def _check_storable(name: str, tensor: torch.Tensor) -> None:
@@ -88,7 +128,7 @@ def capture(model: torch.nn.Module) -> CapturedState:
     state = model.state_dict(keep_vars=True)
     layout = StateLayout(module_metadata={prefix: dict(entry)
                                           for prefix, entry in getattr(state, "_metadata", {}).items()})
-    tensors: dict[str, torch.Tensor] = {}
+    distinct: dict[str, torch.Tensor] = {}
     first_of: dict[Optional[tuple], str] = {}  # sharing key -> the first name holding that tensor
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
@@ -106,7 +146,9 @@ def capture(model: torch.nn.Module) -> CapturedState:
             continue
         if key is not None:
             first_of[key] = name
-        tensors[name] = value.detach().to("cpu")
+        distinct[name] = value
+    layout.views = _find_views(distinct)
+    tensors = {name: value.detach().to("cpu") for name, value in distinct.items() if name not in layout.views}
     layout.buffer_dtypes = {name: dtype_name(buffer.dtype) for name, buffer in _non_persistent_buffers(model)}
     layout.frozen = [name for name, parameter in model.named_parameters(remove_duplicate=False)
                      if not parameter.requires_grad]

@@ -3,32 +3,43 @@
 A provenance version stores its training data (one content-addressed blob, shared by every version trained on
 the same data), the train service with the wrappers of the objects it uses (dataset, data loader, optimizer,
 ...), the train kwargs and the environment. Recovery rebuilds the base (a full snapshot or, recursively, another
-provenance version), unpacks the data into `current_data_root` of the MMLIB_CONFIG file, restores the train
-service and trains deterministically. Since the trained weights are known only after the caller trains,
-`add_weights_hash_info` records their hash; checked recoveries compare against it. Train the live model after
-`set_deterministic()` (e.g. `deterministic(train_service.train, [model], train_kwargs)`), as recovery does, or
-the check fails.
+provenance version), restores the train service and trains deterministically. Since the trained weights are known
+only after the caller trains, `add_weights_hash_info` records their hash; checked recoveries compare against it.
+Train the live model after `set_deterministic()` (e.g. `deterministic(train_service.train, [model],
+train_kwargs)`), as recovery does, or the check fails.
+
+Each recovery works in a directory of its own, made under `current_data_root` of the MMLIB_CONFIG file (named
+`.mmlib-recovery-...`) and removed when it ends, also on errors: the unpacked dataset, the restored train code,
+stored and carried state files. While it runs, `config_value("current_data_root")` (which resolves the wrappers'
+`config_args`) names the dataset directory in it, for that recovery only; so any number of processes and threads
+recover at once, and files of the user's in `current_data_root` are never touched. A recovery killed before it
+cleans up leaves its directory behind: delete `.mmlib-recovery-*` directories when no recovery runs. Within one
+process, recoveries build models and train one at a time: both draw from torch's process-wide random generator,
+which a deterministic training must have to itself.
 
 Training state (the optimizer's momentum buffers, as large as the weights) is stored only by checkpoints: the
 first version on a snapshot and every `checkpoint_interval`-th version after it. Recovery retrains every version
 since the snapshot anyway, so a version in between starts from the state its base's retraining left (its
-document records which state objects are carried, and nothing of their state). This holds when the caller
+document records which state objects are carried, and nothing of their state); the train service gets it however
+it loads its state objects (see `StateDictRestorableObjectWrapper.carrying`). This holds when the caller
 trains version k with the same live objects that trained version k-1, as recovery does; save a version that
 starts fresh objects with a service made with `checkpoint_interval=1`. Checkpoints do not shorten recovery:
 without stored weights, it always retrains from the snapshot.
 """
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from typing import Any, NamedTuple, Optional, TypeGuard, TypeVar, Union
+import threading
+from typing import Any, Iterator, NamedTuple, Optional, TypeGuard, TypeVar, Union
 
 import torch
 
 from mmlib.approaches.base import AbstractSaveService, merkle_tree, recorded_environment
 from mmlib.approaches.model_state import capture
-from mmlib.config import config_value
+from mmlib.config import config_override, ini_value
 from mmlib.constants import CURRENT_DATA_ROOT, PROGRESS_LOGGER
 from mmlib.deterministic import set_deterministic
 from mmlib.errors import (ConfigurationError, IncompatibleModelError, IntegrityError, InvalidSaveInfoError,
@@ -50,14 +61,17 @@ from mmlib.util.init_from_file import check_class_name, create_type
 logger = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
 
-# Written into current_data_root after unpacking: which dataset blob it holds, so a directory mmlib did not
-# fill is never deleted and an already unpacked dataset is not unpacked again.
-DATA_MARKER = ".mmlib-dataset"
+# The name prefix of the directory private to one recovery, made in current_data_root.
+RECOVERY_DIR_PREFIX = ".mmlib-recovery-"
 # Versions per stored training state: the state a version starts from has been carried through at most this many
 # retrainings since it was last read from the store; the versions in between store none.
 DEFAULT_CHECKPOINT_INTERVAL = 10
 
 T = TypeVar("T")
+
+# Held while a recovery builds a model or restores and runs a training: torch's random generator is one per
+# process, and a deterministic training must draw from it alone (reentrant: a train service may recover a model).
+_TRAINING = threading.RLock()
 
 
 class _ProvenanceInputs(NamedTuple):
@@ -89,6 +103,43 @@ def _carried_state(model_info: ModelInfo) -> Optional[list[str]]:
     return model_info.recover_info.train_info.carried_state
 
 
+class _RecoveryDir:
+    """The directory private to one recovery: the dataset its training reads, one restore directory per version."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.data = os.path.join(root, "data")
+        self.dataset: Optional[str] = None  # the reference id of the dataset unpacked in `data`
+
+    def restore_dir(self, model_info: ModelInfo) -> str:
+        """Where the train code and state files of `model_info`'s training are restored."""
+        return os.path.join(self.root, "restore", model_info.stored_id())
+
+
+@contextlib.contextmanager
+def _private_recovery_dir() -> Iterator[_RecoveryDir]:
+    """A new directory under `current_data_root` of the MMLIB_CONFIG file, removed afterwards (also on errors);
+    inside the block `config_value(current_data_root)` names its dataset directory, in this thread or task only."""
+    data_root = os.path.abspath(ini_value(CURRENT_DATA_ROOT))
+    if os.path.lexists(data_root) and not os.path.isdir(data_root):
+        raise ConfigurationError(f"{CURRENT_DATA_ROOT} {data_root!r} is not a directory; point it at a directory "
+                                 "(provenance recovery unpacks datasets into new directories inside it)")
+    try:
+        os.makedirs(data_root, exist_ok=True)
+        root = tempfile.mkdtemp(dir=data_root, prefix=RECOVERY_DIR_PREFIX)
+    except OSError as error:
+        raise ConfigurationError(f"cannot make a recovery directory in {CURRENT_DATA_ROOT} {data_root!r}: {error}; "
+                                 "point it at a directory this process may write") from error
+    try:
+        recovery_dir = _RecoveryDir(root)
+        with config_override(CURRENT_DATA_ROOT, recovery_dir.data):
+            yield recovery_dir
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if os.path.lexists(root):
+            logger.warning("could not remove the recovery directory %s; delete it when no recovery runs", root)
+
+
 class ProvenanceSaveService(AbstractSaveService):
     """Stores a derived model as the provenance of its training; a model without base or provenance as a snapshot."""
 
@@ -108,7 +159,7 @@ class ProvenanceSaveService(AbstractSaveService):
 
     def save_model(self, save_info: ModelSaveInfo) -> str:
         provenance = self._checked_provenance(save_info)
-        with self._timed("save_model"):
+        with self._saving():
             if provenance is None:
                 model_id = self._save_snapshot(save_info)
                 logger.debug("saved model %s as a full snapshot", model_id)
@@ -135,15 +186,25 @@ class ProvenanceSaveService(AbstractSaveService):
         with self._recovering(model_id):
             chain = self._retraining_chain(model_id)
             self._verify_retraining_inputs(chain[1:])
-            data_root = self._data_root() if len(chain) > 1 else None
-            model, _ = self._recover_snapshot(chain[0], execute_checks)
-            if data_root is not None:
-                state_objs = None
-                for position, model_info in enumerate(chain[1:], start=1):
-                    progress.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
-                                  len(chain) - 1, model_info.derived_from)
-                    state_objs = self._retrain(model, model_info, data_root, execute_checks, state_objs)
+            if len(chain) > 1:
+                model = self._retrain_chain(chain, execute_checks)
+            else:
+                with _TRAINING:
+                    model, _ = self._recover_snapshot(chain[0], execute_checks)
         return RestoredModelInfo(model=model, model_id=model_id)
+
+    def _retrain_chain(self, chain: list[ModelInfo], execute_checks: bool) -> torch.nn.Module:
+        """The last version of `chain` (a snapshot, then provenance versions), rebuilt from the snapshot by
+        retraining each version in turn inside a directory private to this recovery."""
+        with _private_recovery_dir() as recovery_dir:
+            with _TRAINING:
+                model, _ = self._recover_snapshot(chain[0], execute_checks)
+            state_objs = None
+            for position, model_info in enumerate(chain[1:], start=1):
+                progress.info("retraining model %s (%d of %d) from its base %s", model_info.store_id, position,
+                              len(chain) - 1, model_info.derived_from)
+                state_objs = self._retrain(model, model_info, recovery_dir, execute_checks, state_objs)
+        return model
 
     def _verify_retraining_inputs(self, versions: list[ModelInfo]) -> None:
         """Check every document and blob that retraining `versions` reads (data, train code, stored objects) against
@@ -161,10 +222,10 @@ class ProvenanceSaveService(AbstractSaveService):
         A provenance version needs no model (the original's flow: save it, then train the live model and call
         `add_weights_hash_info`): its code and class are its base's.
         """
-        base_id = save_info.base_model
-        if not _has_provenance(save_info) or base_id is None:
+        if not _has_provenance(save_info) or save_info.base_model is None:
             self._validate(save_info)
             return None
+        base_id = save_info.base_model
         self._validate(save_info, model_required=False)
         raw_dataset, train_info = save_info.raw_dataset, save_info.train_info
         if not isinstance(raw_dataset, (str, os.PathLike)) or not os.path.exists(raw_dataset):
@@ -247,15 +308,11 @@ class ProvenanceSaveService(AbstractSaveService):
                 "recover it with the save service that stored it (e.g. WeightUpdateSaveService)")
         return chain
 
-    @staticmethod
-    def _data_root() -> str:
-        return os.path.abspath(config_value(CURRENT_DATA_ROOT))
-
-    def _retrain(self, model: torch.nn.Module, model_info: ModelInfo, data_root: str, execute_checks: bool,
-                 base_state_objs: Optional[dict[str, Any]]) -> dict[str, Any]:
-        """Turn the recovered base `model` into `model_info`'s version by re-running its training; returns the
-        trained service's state objects, whose state the next version may carry (`base_state_objs` are those of
-        the base's retraining, None when the base is a snapshot)."""
+    def _retrain(self, model: torch.nn.Module, model_info: ModelInfo, recovery_dir: _RecoveryDir,
+                 execute_checks: bool, base_state_objs: Optional[dict[str, Any]]) -> dict[str, Any]:
+        """Turn the recovered base `model` into `model_info`'s version by re-running its training inside
+        `recovery_dir`; returns the trained service's state objects, whose state the next version may carry
+        (`base_state_objs` are those of the base's retraining, None when the base is a snapshot)."""
         recover_info = model_info.recover_info
         if execute_checks:
             if model_info.weights_hash_info is None:
@@ -264,14 +321,17 @@ class ProvenanceSaveService(AbstractSaveService):
                     "add_weights_hash_info(model_id, model) after training it, or recover with execute_checks=False")
             check_environment(recover_info.environment, f"model {model_info.store_id}", self.strict_env)
         with self._timed("restore_dataset", model_info.store_id):
-            self._unpack_dataset(recover_info.dataset, data_root)
-        restore_dir = os.path.join(self._restore_root, model_info.stored_id())
-        with self._timed("restore_train_service", model_info.store_id):
-            train_service = self._restore_train_service(
-                recover_info.train_info, restore_dir, self._carried_states(model_info, base_state_objs, restore_dir))
-        set_deterministic()
-        with self._timed("train", model_info.store_id):
-            train_service.train(model, **(recover_info.train_info.train_kwargs or {}))
+            self._unpack_dataset(recover_info.dataset, recovery_dir)
+        restore_dir = recovery_dir.restore_dir(model_info)
+        with _TRAINING, contextlib.ExitStack() as carrying:
+            with self._timed("restore_train_service", model_info.store_id):
+                wrapper = self._train_wrapper(recover_info.train_info, restore_dir)
+                wrapper.carried_states = self._carried_states(model_info, base_state_objs, restore_dir)
+                carrying.enter_context(wrapper.carrying())
+                train_service = self._restored_train_service(wrapper, restore_dir)
+            set_deterministic()
+            with self._timed("train", model_info.store_id):
+                train_service.train(model, **(recover_info.train_info.train_kwargs or {}))
         if execute_checks:
             self._check_retrained(model_info, model)
         return dict(getattr(train_service, "state_objs", None) or {})
@@ -313,43 +373,26 @@ class ProvenanceSaveService(AbstractSaveService):
                 "`mmlib verify`, or recover with execute_checks=False to get the retrained model unchecked") \
                 from error
 
-    def _unpack_dataset(self, dataset: Dataset, data_root: str) -> None:
-        """Put the stored data at `data_root` (a directory's contents, or a file inside it), replacing an older one."""
+    def _unpack_dataset(self, dataset: Dataset, recovery_dir: _RecoveryDir) -> None:
+        """Put the stored data at `recovery_dir.data` (a directory's contents, or a file inside it), replacing the
+        data an earlier version of the chain was trained on."""
         reference_id = _recorded(dataset.raw_data, "raw data", dataset).stored_id()
-        marker = os.path.join(data_root, DATA_MARKER)
-        if os.path.lexists(data_root) and not os.path.isdir(data_root):
-            raise ConfigurationError(f"{CURRENT_DATA_ROOT} {data_root!r} is not a directory; point it at an empty "
-                                     "or new directory")
-        if os.path.isdir(data_root) and os.listdir(data_root):
-            if not os.path.isfile(marker):
-                raise ConfigurationError(
-                    f"{CURRENT_DATA_ROOT} {data_root!r} holds files mmlib did not put there; point it at an empty "
-                    "or new directory: provenance recovery replaces its contents with the stored dataset")
-            with open(marker, encoding="utf-8") as handle:
-                if handle.read() == reference_id:
-                    logger.debug("dataset %s is already unpacked in %s", reference_id, data_root)
-                    return
-            shutil.rmtree(data_root)
-        parent = os.path.dirname(data_root)
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=".mmlib-data-")
-        try:
-            ref = FileReference(reference_id=reference_id)
-            self._file_pers_service.recover_file(ref, staging)
-            unpacked = ref.path if ref.path is not None and os.path.isdir(ref.path) else staging
-            with open(os.path.join(unpacked, DATA_MARKER), "w", encoding="utf-8") as handle:
-                handle.write(reference_id)
-            if os.path.isdir(data_root):
-                os.rmdir(data_root)
-            os.replace(unpacked, data_root)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        logger.debug("unpacked dataset %s into %s", reference_id, data_root)
+        if recovery_dir.dataset == reference_id:
+            logger.debug("dataset %s is already unpacked in %s", reference_id, recovery_dir.data)
+            return
+        staging = tempfile.mkdtemp(dir=recovery_dir.root, prefix="staging-")
+        ref = FileReference(reference_id=reference_id)
+        self._file_pers_service.recover_file(ref, staging)
+        unpacked = ref.path if ref.path is not None and os.path.isdir(ref.path) else staging
+        if os.path.isdir(recovery_dir.data):
+            shutil.rmtree(recovery_dir.data)
+        os.replace(unpacked, recovery_dir.data)
+        shutil.rmtree(staging, ignore_errors=True)
+        recovery_dir.dataset = reference_id
+        logger.debug("unpacked dataset %s into %s", reference_id, recovery_dir.data)
 
-    def _restore_train_service(self, train_info: TrainInfo, restore_dir: str,
-                               carried_states: dict[str, FileReference]) -> Any:
-        """The train service of a version, rebuilt by the stored wrapper subclass from the stored objects (those
-        named in `carried_states` from that state instead of a stored one)."""
+    def _train_wrapper(self, train_info: TrainInfo, restore_dir: str) -> StateDictRestorableObjectWrapper:
+        """The stored train service wrapper of a version, loaded as the stored subclass from its restored code."""
         train_info = TrainInfo.load(train_info.stored_id(), self._file_pers_service, self._dict_pers_service,
                                     restore_dir, load_recursive=False, load_files=True)
         wrapper_cls = create_type(_recorded(train_info.ts_wrapper_code, "train code", train_info).path,
@@ -358,12 +401,15 @@ class ProvenanceSaveService(AbstractSaveService):
             raise UnsafeCodeError(
                 f"{train_info.ts_wrapper_class_name} in the stored train code is not a "
                 "StateDictRestorableObjectWrapper subclass; the metadata may have been changed, run `mmlib verify`")
-        wrapper = wrapper_cls.load(_recorded(train_info.ts_wrapper, "train service", train_info).stored_id(),
-                                   self._file_pers_service, self._dict_pers_service, restore_dir,
-                                   load_recursive=True, load_files=True)
-        wrapper.carried_states = carried_states
+        return wrapper_cls.load(_recorded(train_info.ts_wrapper, "train service", train_info).stored_id(),
+                                self._file_pers_service, self._dict_pers_service, restore_dir,
+                                load_recursive=True, load_files=True)
+
+    def _restored_train_service(self, wrapper: StateDictRestorableObjectWrapper, restore_dir: str) -> Any:
+        """The train service `wrapper.restore_instance` rebuilds from the stored objects (state objects named in
+        its `carried_states` from that state instead of a stored one)."""
         wrapper.restore_instance(self._file_pers_service, self._dict_pers_service, restore_dir)
         if not callable(getattr(wrapper.instance, "train", None)):
-            raise RestoreError(f"{wrapper_cls.__name__}.restore_instance must set self.instance to a TrainService "
+            raise RestoreError(f"{type(wrapper).__name__}.restore_instance must set self.instance to a TrainService "
                                f"(with a train(model, **kwargs) method), got {type(wrapper.instance).__name__}")
         return wrapper.instance

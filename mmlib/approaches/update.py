@@ -93,7 +93,7 @@ class WeightUpdateSaveService(AbstractSaveService):
 
     def save_model(self, save_info: ModelSaveInfo) -> str:
         self._validate(save_info)
-        with self._timed("save_model"):
+        with self._saving():
             if save_info.base_model is None:
                 return self._save_full(save_info)
             captured = capture(model_to_save(save_info))

@@ -8,7 +8,10 @@ executed: classes are imported with importlib after their names are checked.
 
 A provenance version that carries its state from its base's retraining stores a state-dict wrapper
 `without_state()`: its state-file wrappers keep their class and arguments but no state, and recovery hands the
-state the previous retraining left (`current_state_file`) to `load_state_obj` through `carried_states`.
+state the previous retraining left (`current_state_file`) to the train service through `carried_states`. Inside
+`carrying()` a state-file wrapper gets that state however the train code loads it: by name with `load_state_obj`,
+or by id with `StateFileRestorableObjectWrapper.load` as the original MMlib's train services do, also lazily in
+`train` (`if not wrapper.instance: wrapper.restore_instance(...)`).
 """
 
 import contextlib
@@ -19,7 +22,9 @@ import logging
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from typing import Any, Iterator, Optional, TypeVar, Union
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping, Optional, TypeVar, Union
 
 import torch
 
@@ -44,6 +49,12 @@ CONFIG_ARGS = "config_args"
 INIT_REF_TYPE_ARGS = "init_ref_type_args"
 
 Wrapper = TypeVar("Wrapper", bound="RestorableObjectWrapper")
+
+# Inside `StateDictRestorableObjectWrapper.carrying`: the carried state of each state object of the version being
+# recovered, by the id of its stored (stateless) wrapper document; None where several state objects share that
+# document, so only their names tell their states apart.
+_CARRIED_BY_ID: ContextVar[Mapping[str, Optional[FileReference]]] = ContextVar("mmlib_carried_states",
+                                                                              default=MappingProxyType({}))
 
 
 def check_json_value(value: Any, what: str, hint: str = "pass objects by name with init_ref_type_args instead") -> None:
@@ -239,8 +250,21 @@ class StateFileRestorableObjectWrapper(RestorableObjectWrapper):
         with self._current_state_file():
             return super()._document(fps, dps)
 
+    def load_all_fields(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
+                        restore_root: str, load_recursive: bool = False, load_files: bool = False) -> None:
+        """Fill the fields from the stored document; one stored without state whose state a recovery carries (see
+        `StateDictRestorableObjectWrapper.carrying`) gets the carried state file."""
+        super().load_all_fields(file_pers_service, dict_pers_service, restore_root, load_recursive, load_files)
+        if self.state_file is None:
+            self.state_file = _CARRIED_BY_ID.get().get(self.stored_id())
+
     def restore_instance(self, ref_type_args: Optional[dict] = None) -> Any:
         """Build the instance as RestorableObjectWrapper does, then load its stored state into it."""
+        if self.state_file is None and self.store_id in _CARRIED_BY_ID.get():
+            raise RestoreError(
+                f"the state of {self.class_name} is carried from the base version's retraining, but several state "
+                "objects share its stored wrapper, so its id does not tell which state is its: load it by name "
+                "with load_state_obj(name, ...) in the train wrapper's restore_instance")
         if self.state_file is None or self.state_file.path is None:
             raise RestoreError(f"the state file of {self.class_name} is not restored: load the wrapper with "
                                "StateFileRestorableObjectWrapper.load(id, fps, dps, restore_root, True, True)")
@@ -274,8 +298,8 @@ class StateDictRestorableObjectWrapper(AbstractRestorableObjectWrapper):
     `state_objs` maps each name to the stored id of that wrapper. Subclasses implement `restore_instance`:
     load each wrapper (see `load_state_obj`), restore it, build the train service and set its `state_objs`.
     `carried_states` (name -> state file, set before `restore_instance`) gives state-file wrappers stored without
-    state the state to restore. The service's code file is not reported by `size_info` (it is the train code,
-    see TrainInfo).
+    state the state to restore, inside `carrying()` (however they are loaded). The service's code file is not
+    reported by `size_info` (it is the train code, see TrainInfo).
     """
 
     _representation_type = STATE_DICT_RESTORABLE_OBJECT
@@ -343,6 +367,23 @@ class StateDictRestorableObjectWrapper(AbstractRestorableObjectWrapper):
         if name in self.carried_states and isinstance(wrapper, StateFileRestorableObjectWrapper):
             wrapper.state_file = self.carried_states[name]
         return wrapper
+
+    @contextlib.contextmanager
+    def carrying(self) -> Iterator[None]:
+        """While the block runs, in this thread or task, a StateFileRestorableObjectWrapper loaded from the stored
+        wrapper of a state object named in `carried_states` gets that state file, however the train code loads it:
+        with `load_state_obj`, or with `StateFileRestorableObjectWrapper.load(id, ...)` (in `restore_instance`,
+        or lazily in `train`)."""
+        by_id: dict[str, Optional[FileReference]] = {}
+        for name, state in self.carried_states.items():
+            wrapper_id = (self.state_objs or {}).get(name)
+            if isinstance(wrapper_id, str):
+                by_id[wrapper_id] = None if wrapper_id in by_id else state
+        token = _CARRIED_BY_ID.set(MappingProxyType(by_id))
+        try:
+            yield
+        finally:
+            _CARRIED_BY_ID.reset(token)
 
     def restore_instance(self, file_pers_service: FilePersistenceService,
                          dict_pers_service: DictPersistenceService, restore_root: str) -> None:

@@ -8,17 +8,48 @@ from mmlib.errors import IntegrityError
 from mmlib.util.dtypes import dtype_from_name
 
 
+@dataclass(frozen=True)
+class TensorView:
+    """Where a state-dict tensor lies in the memory of a stored one, `root` (contiguous): `offset` elements from
+    its start, with this `shape` and `stride` (in elements), as `torch.Tensor.as_strided` takes them."""
+
+    root: str
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    def span(self) -> int:
+        """How many elements of the root's memory, from `offset` on, the view reaches."""
+        return 1 + sum(stride * (size - 1) for size, stride in zip(self.shape, self.stride))
+
+    def to_list(self) -> list:
+        """`[root, offset, shape, stride]`, as stored."""
+        return [self.root, self.offset, list(self.shape), list(self.stride)]
+
+    @classmethod
+    def from_list(cls, value: Any) -> "TensorView":
+        """Parse `to_list` output; raises ValueError when it is not one."""
+        if not (isinstance(value, list) and len(value) == 4 and isinstance(value[0], str)
+                and _natural(value[1]) and _naturals(value[2]) and _naturals(value[3])
+                and len(value[2]) == len(value[3])):
+            raise ValueError(f"expected a view [root, offset, shape, stride], got {value!r:.80}")
+        return cls(value[0], value[1], tuple(value[2]), tuple(value[3]))
+
+
 @dataclass
 class StateLayout:
     """Everything about a model's state besides its stored tensors; `None`-free and JSON-able as a document.
 
-    `aliases` maps a state-dict name to the first name of the tensor it shares memory with; `tied` lists the
-    aliases that are the very same Parameter or buffer object (tied weights) rather than two views of one
-    memory.
+    `aliases` maps a state-dict name to the first name of the tensor whose memory it views in the same way
+    (offset, shape, strides and dtype); `tied` lists the aliases that are the very same Parameter or buffer
+    object (tied weights) rather than two tensors over one memory. `views` maps a name whose tensor lies
+    inside the memory of another stored tensor in another way (a slice, a transpose, a reshape) to where it
+    lies there; such a tensor is not stored, and a rebuild views the stored one again.
     """
 
     aliases: dict[str, str] = field(default_factory=dict)
     tied: list[str] = field(default_factory=list)
+    views: dict[str, TensorView] = field(default_factory=dict)
     module_metadata: dict[str, dict] = field(default_factory=dict)
     extra_states: dict[str, Any] = field(default_factory=dict)
     buffer_dtypes: dict[str, str] = field(default_factory=dict)
@@ -32,6 +63,7 @@ class StateLayout:
             grouped.setdefault(json.dumps(entry, sort_keys=True), []).append(prefix)
         document = {
             "aliases": [list(pair) for pair in self.aliases.items()], "tied": list(self.tied),
+            "views": [[name, *view.to_list()] for name, view in self.views.items()],
             "module_metadata": [[json.loads(entry), prefixes] for entry, prefixes in grouped.items()],
             "extra_states": [list(pair) for pair in self.extra_states.items()],
             "buffer_dtypes": [list(pair) for pair in self.buffer_dtypes.items()],
@@ -46,6 +78,7 @@ class StateLayout:
             module_metadata = {prefix: dict(entry) for entry, prefixes in document.get("module_metadata", [])
                                for prefix in _names(prefixes)}
             layout = cls(aliases=_pairs(document.get("aliases", [])), tied=_names(document.get("tied", [])),
+                         views=_views(document.get("views", [])),
                          module_metadata=module_metadata, extra_states=_pairs(document.get("extra_states", []), None),
                          buffer_dtypes=_pairs(document.get("buffer_dtypes", [])),
                          frozen=_names(document.get("frozen", [])),
@@ -58,19 +91,36 @@ class StateLayout:
                                  "and restore the store from a backup") from error
 
     def stored_keys(self, names: list[str]) -> list[str]:
-        """Of a model's state-dict `names`, those whose tensors are stored (not aliases, not JSON extra states)."""
-        return [name for name in names if name not in self.aliases and name not in self.extra_states]
+        """Of a model's state-dict `names`, those whose tensors are stored (not aliases, views or JSON extra
+        states)."""
+        return [name for name in names
+                if name not in self.aliases and name not in self.views and name not in self.extra_states]
 
     def differences(self, other: "StateLayout") -> list[str]:
         """What differs from `other` in what a rebuild restores (module versions aside: code may move them on)."""
-        return [name for name in ("aliases", "tied", "extra_states", "buffer_dtypes", "frozen", "eval_modules")
-                if getattr(self, name) != getattr(other, name)]
+        compared = ("aliases", "tied", "views", "extra_states", "buffer_dtypes", "frozen", "eval_modules")
+        return [name for name in compared if getattr(self, name) != getattr(other, name)]
 
 
 def _names(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError(f"expected a list of names, got {value!r:.80}")
     return value
+
+
+def _views(value: Any) -> dict[str, TensorView]:
+    if not isinstance(value, list) or not all(isinstance(item, list) and item and isinstance(item[0], str)
+                                              for item in value):
+        raise ValueError(f"expected a list of [name, root, offset, shape, stride] views, got {value!r:.80}")
+    return {item[0]: TensorView.from_list(item[1:]) for item in value}
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _naturals(value: Any) -> bool:
+    return isinstance(value, list) and all(_natural(item) for item in value)
 
 
 def _pairs(value: Any, value_type: Optional[type] = str) -> dict[str, Any]:

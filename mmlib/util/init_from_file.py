@@ -7,6 +7,7 @@ import inspect
 import os
 import re
 import sys
+import threading
 from types import ModuleType
 from typing import Any, Optional
 
@@ -47,6 +48,9 @@ def parse_import_cmd(import_cmd: str) -> tuple[str, Optional[str]]:
         "'import package.module' are accepted, and nothing of it was run")
 
 
+_LOADING = threading.RLock()
+
+
 def load_code_module(code: str) -> ModuleType:
     """Import the file at `code` under a module name unique to its bytes; the same bytes give the same module."""
     with open(code, "rb") as handle:
@@ -55,20 +59,21 @@ def load_code_module(code: str) -> ModuleType:
     hasher.update(source)
     stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(code))[0])
     module_name = f"{CODE_MODULE_PREFIX}{hasher.hexdigest()[:24]}_{stem}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, code)
-    if spec is None or spec.loader is None:  # no loader for the file's suffix
-        raise ImportError(f"cannot import the code file {os.path.basename(code)!r}: Python imports only source files "
-                          "ending in .py; pass the .py file that defines the class")
-    module = importlib.util.module_from_spec(spec)
-    setattr(module, STORED_CODE_ATTRIBUTE, (os.path.basename(code), source))
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
+    with _LOADING:  # a module is in sys.modules while its code runs: other threads must not take it half-loaded
+        if module_name in sys.modules:
+            return sys.modules[module_name]
+        spec = importlib.util.spec_from_file_location(module_name, code)
+        if spec is None or spec.loader is None:  # no loader for the file's suffix
+            raise ImportError(f"cannot import the code file {os.path.basename(code)!r}: Python imports only source "
+                              "files ending in .py; pass the .py file that defines the class")
+        module = importlib.util.module_from_spec(spec)
+        setattr(module, STORED_CODE_ATTRIBUTE, (os.path.basename(code), source))
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
     return module
 
 

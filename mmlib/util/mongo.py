@@ -5,12 +5,14 @@ store works without it (`mmlib.persistence.store.mongo_backend` says what to ins
 """
 
 import contextlib
+import re
 import time
 from typing import Iterator, Optional
+from urllib.parse import urlsplit
 
 import bson
 import pymongo
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from mmlib.errors import StoreUnavailableError
@@ -18,6 +20,16 @@ from mmlib.persistence.store import DEFAULT_DB_NAME, MONGO_SCHEMES
 
 CONNECT_TIMEOUT_MS = 5000
 _CREATED = "_mmlib_created"
+# Where the useful part of a pymongo message ends: the timeouts, the topology dump and the server's reply follow.
+_DETAIL_MARKERS = (" (configured timeouts:", ", Timeout:", ", Topology Description:", ", full error:")
+_REASONS = (("connection refused", "connection refused"), ("timed out", "timed out"),
+            ("name or service not known", "host name not found"), ("nodename nor servname", "host name not found"),
+            ("name resolution", "host name not found"), ("getaddrinfo failed", "host name not found"),
+            ("network is unreachable", "network unreachable"), ("no route to host", "no route to host"),
+            ("connection reset", "connection reset"), ("authentication failed", "authentication failed"),
+            ("no replica set members", "no replica set member is available"))
+_REASON_LENGTH = 100
+_AUTH_CODES = (13, 18)  # Unauthorized, AuthenticationFailed
 _DURABLE = WriteConcern(w=1, j=True)
 
 
@@ -26,6 +38,28 @@ def mongo_uri(host: str) -> str:
     if host.startswith(MONGO_SCHEMES):
         return host
     return f"mongodb://{host}"
+
+
+def mongo_hosts(host: str) -> str:
+    """The `host:port` list of a host or URI, without credentials, for messages."""
+    try:
+        netloc = urlsplit(mongo_uri(host)).netloc
+    except ValueError:
+        return "the given URI"
+    return netloc.rpartition("@")[2] or "the given URI"
+
+
+def short_reason(error: Exception) -> str:
+    """Why a pymongo call failed, in a few words: pymongo's own message is a dump of its view of every server."""
+    text = " ".join(str(error).split())
+    for marker in _DETAIL_MARKERS:
+        text = text.partition(marker)[0]
+    lowered = text.lower()
+    known = next((reason for phrase, reason in _REASONS if phrase in lowered), None)
+    if known is not None:
+        return known
+    text = re.sub(r"^\S+:\d+: ", "", text).strip(" .,")  # the `host:port: ` pymongo puts first
+    return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH - 3] + "..."
 
 
 def mongo_client(host: str) -> pymongo.MongoClient:
@@ -47,9 +81,9 @@ class MongoService:
             self._client = mongo_client(host)
             self._db = self._client.get_database(db_name, write_concern=_DURABLE)
         except (PyMongoError, ValueError, TypeError) as error:
-            raise StoreUnavailableError(f"cannot use MongoDB at {host!r} with database {db_name!r}: {error}; fix "
-                                        "the URI (mongodb://host:port/database, a database name without spaces "
-                                        "or dots)") from error
+            raise StoreUnavailableError(f"cannot use MongoDB at {mongo_hosts(host)} with database {db_name!r}: "
+                                        f"{short_reason(error)}; fix the URI (mongodb://host:port/database, a "
+                                        "database name without spaces or dots)") from error
 
     def __repr__(self) -> str:
         return f"MongoService({self.host!r}, {self.db_name!r})"
@@ -69,9 +103,17 @@ class MongoService:
         """
         try:
             yield
+        except ConnectionFailure as error:
+            raise StoreUnavailableError(f"cannot reach MongoDB at {mongo_hosts(self.host)}: {short_reason(error)}; "
+                                        "start the server, or check the host and port in the URI and the network") \
+                from error
+        except OperationFailure as error:
+            advice = "the user, password and roles in the URI" if error.code in _AUTH_CODES else "the server's log"
+            raise StoreUnavailableError(f"MongoDB at {mongo_hosts(self.host)} refused the request: "
+                                        f"{short_reason(error)} (code {error.code}); check {advice}") from error
         except PyMongoError as error:
-            raise StoreUnavailableError(f"cannot reach MongoDB at {mongo_uri(self.host)}: {error}; start the "
-                                        "server or fix the URI") from error
+            raise StoreUnavailableError(f"MongoDB at {mongo_hosts(self.host)} failed: {short_reason(error)} "
+                                        f"({type(error).__name__}); check the server's log") from error
 
     def save_dict(self, insert_dict: dict, collection: str, object_id: Optional[str] = None) -> str:
         """Insert or replace a document; returns its id."""

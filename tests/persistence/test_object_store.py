@@ -16,6 +16,7 @@ import pytest
 from mmlib.errors import IntegrityError, InvalidIdError, StoreUnavailableError
 from mmlib.persistence import FileReference, open_store
 from mmlib.persistence._s3 import ObjectStoreFilePersistenceService, parse_s3_url
+from mmlib.util.hash import new_hasher
 
 MIB = 1024 * 1024
 PART = 5 * MIB  # S3's smallest part: a few parts make a multipart upload
@@ -24,6 +25,12 @@ PART = 5 * MIB  # S3's smallest part: a few parts make a multipart upload
 @pytest.fixture
 def s3_store(s3_test_location) -> ObjectStoreFilePersistenceService:
     return ObjectStoreFilePersistenceService(s3_test_location, part_size=PART, parallel_parts=2)
+
+
+def _digest(data: bytes) -> str:
+    hasher = new_hasher()
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
 def _uploads(store: ObjectStoreFilePersistenceService) -> list:
@@ -137,18 +144,21 @@ def test_a_bucket_removed_after_opening_fails_with_store_unavailable(s3_store):
 
 
 @pytest.mark.parametrize("code", ["AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"])
-def test_refused_credentials_are_store_unavailable_and_other_errors_propagate(s3_store, code):
+def test_refused_credentials_are_store_unavailable_and_only_expected_codes_propagate(s3_store, code):
     from botocore.exceptions import ClientError
 
-    def refuse(error_code: str):
+    def refuse(error_code: str, status: int = 403):
         def request():
-            raise ClientError({"Error": {"Code": error_code, "Message": "refused"}}, "PutObject")
+            raise ClientError({"Error": {"Code": error_code, "Message": "refused"},
+                               "ResponseMetadata": {"HTTPStatusCode": status, "RetryAttempts": 2}}, "PutObject")
         return request
 
     with pytest.raises(StoreUnavailableError, match=f"was denied \\({code}\\) when trying to write to"):
-        s3_store._call("write to", refuse(code))
-    with pytest.raises(ClientError, match="SlowDown"):
-        s3_store._call("write to", refuse("SlowDown"))
+        s3_store._call("write to", refuse(code), expected=())
+    with pytest.raises(StoreUnavailableError, match="still throttled the request \\(SlowDown\\) after 3 attempts"):
+        s3_store._call("write to", refuse("SlowDown", 503), expected=())
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        s3_store._call("write to", refuse("PreconditionFailed", 412), expected=("PreconditionFailed",))
 
 
 def test_an_unreachable_endpoint_fails_within_seconds(monkeypatch):
@@ -199,9 +209,11 @@ def test_the_streamed_reader_fills_buffers_across_part_boundaries(s3_store):
 
 
 @pytest.mark.parametrize("method, action", [
-    ("put_object", "write to"), ("create_multipart_upload", "write to"), ("upload_part", "write to"),
-    ("complete_multipart_upload", "write to"), ("copy_object", "write to"), ("get_object", "read"),
-    ("list_multipart_uploads", "list")])
+    ("put_object", "upload blob {digest} to"), ("create_multipart_upload", "start the upload of blob {digest} to"),
+    ("upload_part", "upload part \\d of blob {digest} to"),
+    ("complete_multipart_upload", "complete the upload of blob {digest} to"),
+    ("copy_object", "refresh the time of blob {digest} in"), ("get_object", "read blob {digest} from"),
+    ("list_multipart_uploads", "list the unfinished uploads in")])
 def test_a_refused_request_says_what_it_was_trying_to_do(s3_store, monkeypatch, method, action):
     """Each request of a save (a small or a multipart upload, refreshing a reused blob), a read and a listing."""
     from botocore.exceptions import ClientError
@@ -217,7 +229,10 @@ def test_a_refused_request_says_what_it_was_trying_to_do(s3_store, monkeypatch, 
            "get_object": lambda: s3_store.read_bytes(reused.reference_id),
            "list_multipart_uploads": s3_store.partial_upload_times}.get(method,
                                                                          lambda: s3_store.save_bytes(large, "l.bin"))
-    with pytest.raises(StoreUnavailableError, match=f"was denied \\(AccessDenied\\) when trying to {action} it;"):
+    digest = {"put_object": _digest(small), "copy_object": reused.reference_id.split("/")[0],
+              "get_object": reused.reference_id.split("/")[0]}.get(method, _digest(large))
+    with pytest.raises(StoreUnavailableError, match=f"was denied \\(AccessDenied\\) when trying to "
+                                                    f"{action.format(digest=digest)} it;"):
         run()
 
 

@@ -1,11 +1,14 @@
 """Restorable object wrappers: persisted, loaded and restored through every store; names checked before import."""
 
+import threading
+
 import pytest
 import torch
 
+from mmlib.config import config_override, config_value, ini_value
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG
 from mmlib.errors import IntegrityError, ConfigurationError, InvalidSaveInfoError, RestoreError, UnsafeCodeError
-from mmlib.persistence import FileReference
+from mmlib.persistence import FileReference, FileSystemPersistenceService, SQLiteDictPersistenceService
 from mmlib.schema import Dataset, TrainInfo
 from mmlib.schema.restorable_object import (CLASS_NAME, IMPORT_CMD, RESTORABLE_OBJECT, RestorableObjectWrapper,
                                             StateDictRestorableObjectWrapper, StateFileRestorableObjectWrapper,
@@ -187,3 +190,73 @@ def test_add_params_from_config(config, monkeypatch):
     with pytest.raises(ConfigurationError, match=MMLIB_CONFIG):
         add_params_from_config({}, {"root": CURRENT_DATA_ROOT})
     assert add_params_from_config({"a": 1}, None) == {"a": 1}
+
+
+def test_a_config_override_holds_for_its_own_thread_only(config):
+    """Inside `config_override` the wrappers' config_args resolve to the override, in that thread alone."""
+    seen = {}
+
+    def resolve_in_thread() -> None:
+        seen["other thread"] = add_params_from_config({}, {"root": CURRENT_DATA_ROOT})["root"]
+
+    with config_override(CURRENT_DATA_ROOT, "/private/one"):
+        with config_override(CURRENT_DATA_ROOT, "/private/two"):
+            assert config_value(CURRENT_DATA_ROOT) == "/private/two"
+        assert add_params_from_config({}, {"root": CURRENT_DATA_ROOT}) == {"root": "/private/one"}
+        assert ini_value(CURRENT_DATA_ROOT) == "/data/here"
+        thread = threading.Thread(target=resolve_in_thread)
+        thread.start()
+        thread.join()
+    assert seen == {"other thread": "/data/here"}
+    assert config_value(CURRENT_DATA_ROOT) == "/data/here"
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    return FileSystemPersistenceService(str(tmp_path / "blobs")), SQLiteDictPersistenceService(
+        str(tmp_path / "meta.sqlite"))
+
+
+def _carried_counter(embedded, tmp_path, counter_code, names: list[str]) -> StateDictRestorableObjectWrapper:
+    """A loaded train service wrapper whose state objects `names` share one counter wrapper stored without state,
+    each carrying a state file of its own (the counter at 10, 11, ...)."""
+    fps, dps = embedded
+    counter = create_type(counter_code, "Counter")(start=0)
+    stateless_id = StateFileRestorableObjectWrapper(code=counter_code, init_args={"start": 0},
+                                                    instance=counter).without_state().persist(fps, dps)
+    wrapper = StateDictRestorableObjectWrapper(c_name="_Service", code=__file__,
+                                               state_objs={name: stateless_id for name in names})
+    loaded = StateDictRestorableObjectWrapper.load(wrapper.persist(fps, dps), fps, dps, str(tmp_path), True, True)
+    for index, name in enumerate(names):
+        counter.value = torch.tensor([10.0 + index])
+        path = str(tmp_path / f"carried-{name}")
+        counter.save_instance_state(path)
+        loaded.carried_states[name] = FileReference(path=path)
+    return loaded
+
+
+def test_inside_carrying_a_wrapper_loaded_by_its_id_gets_the_carried_state(embedded, tmp_path, counter_code):
+    """The original MMlib's train services load their state objects with `Cls.load(id, ...)`, not load_state_obj,
+    and may restore them lazily in train: inside `carrying()` that gets the carried state too."""
+    fps, dps = embedded
+    loaded = _carried_counter(embedded, tmp_path, counter_code, ["counter"])
+    counter_id = loaded.state_objs["counter"]
+    with loaded.carrying():
+        direct = StateFileRestorableObjectWrapper.load(counter_id, fps, dps, str(tmp_path), True, True)
+        by_name = loaded.load_state_obj("counter", StateFileRestorableObjectWrapper, fps, dps, str(tmp_path))
+    assert direct.restore_instance().value.item() == 10.0 == by_name.restore_instance().value.item()
+    outside = StateFileRestorableObjectWrapper.load(counter_id, fps, dps, str(tmp_path), True, True)
+    with pytest.raises(RestoreError, match="state file of Counter is not restored"):
+        outside.restore_instance()
+
+
+def test_carried_states_that_share_a_stored_wrapper_are_told_apart_by_name_only(embedded, tmp_path, counter_code):
+    fps, dps = embedded
+    loaded = _carried_counter(embedded, tmp_path, counter_code, ["first", "second"])
+    with loaded.carrying():
+        direct = StateFileRestorableObjectWrapper.load(loaded.state_objs["first"], fps, dps, str(tmp_path), True, True)
+        with pytest.raises(RestoreError, match="load_state_obj"):
+            direct.restore_instance()
+        values = [loaded.load_state_obj(name, StateFileRestorableObjectWrapper, fps, dps, str(tmp_path))
+                  .restore_instance().value.item() for name in ("first", "second")]
+    assert values == [10.0, 11.0]
