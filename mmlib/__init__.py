@@ -1,3 +1,3 @@
 """mmlib: save and recover PyTorch models exactly (weights, code, environment, provenance)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

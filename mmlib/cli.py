@@ -10,13 +10,13 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import asdict
-from typing import Callable, Optional, Sequence
+from dataclasses import asdict, fields
+from typing import Callable, Optional, Sequence, Union
 
-from mmlib import maintenance
+from mmlib import __version__, maintenance
 from mmlib.constants import PROGRESS_LOGGER
 from mmlib.errors import InvalidIdError, MMLibError, ModelNotFoundError, StoreUnavailableError
-from mmlib.persistence.store import MONGO_SCHEMES, Store, open_store
+from mmlib.persistence.store import Store, open_store
 from mmlib.util.table import format_table
 
 logger = logging.getLogger(__name__)
@@ -82,31 +82,53 @@ def _print_json(value) -> None:
 
 
 def _open(args: argparse.Namespace) -> Store:
-    """The store named by --store / MMLIB_STORE; an existing directory or a MongoDB URI."""
+    """The existing store named by --store / MMLIB_STORE (a directory or a MongoDB URI); never creates one.
+
+    No command saves models, so none may create a store: a mistyped path or blob directory is reported as such.
+    """
     location = args.store or os.environ.get(STORE_ENV)
     blob_dir = args.blob_dir or os.environ.get(BLOB_DIR_ENV)
     if not location:
         raise _UsageError(f"no store given: pass --store DIR_OR_URI or set {STORE_ENV}")
-    if not location.startswith(MONGO_SCHEMES) and "://" not in location and not os.path.isdir(location):
-        raise StoreUnavailableError(f"the store directory {location} does not exist; check --store "
-                                    "(a store directory is created when the first model is saved)")
-    store = open_store(location, blob_dir=blob_dir)
+    store = open_store(location, blob_dir=blob_dir, create=False)
     logger.debug("opened store %r", store)
     return store
 
 
+def _damaged_entries(keys: Sequence[str], damaged: list[maintenance.DamagedModel]) -> list[dict]:
+    """JSON entries for damaged models: the keys of a healthy entry, unknown ones None, and what is damaged."""
+    return [{**dict.fromkeys(keys), "model_id": entry.model_id, "damaged": entry.problem} for entry in damaged]
+
+
+def _damage_lines(damaged: list[maintenance.DamagedModel]) -> list[str]:
+    """One line per damaged model, for below a table or tree."""
+    return [f"damaged model {entry.model_id}: {entry.problem}" for entry in damaged]
+
+
+def _damaged_exit(count: int, total: int) -> int:
+    """The one stderr line and the exit code of a listing that found `count` damaged models among `total`."""
+    return _fail(f"{count} of {total} model(s) damaged (marked above): run `mmlib verify` for what to do",
+                 EXIT_PROBLEMS)
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
-    models = maintenance.list_models(_open(args))
+    survey = maintenance.survey(_open(args))
+    models, damaged = survey.models, survey.damaged
     if args.json:
-        _print_json([asdict(model) for model in models])
-    elif not models:
+        _print_json([asdict(model) for model in models]
+                    + _damaged_entries([f.name for f in fields(maintenance.ModelSummary)], damaged))
+    elif not models and not damaged:
         print("no models in this store")
     else:
-        short = maintenance.abbreviated([m.model_id for m in models] + [m.base_id for m in models if m.base_id])
+        short = maintenance.abbreviated([m.model_id for m in models] + [m.base_id for m in models if m.base_id]
+                                        + [entry.model_id for entry in damaged])
         rows = [(short[m.model_id], m.store_type, short[m.base_id] if m.base_id else "-", _time(m.created),
                  _human_size(m.size)) for m in models]
+        rows += [(short[entry.model_id], "DAMAGED", "-", "-", "-") for entry in damaged]
         print(format_table(("ID", "TYPE", "BASE", "CREATED (UTC)", "SIZE"), rows, right=(4,)))
-    return EXIT_OK
+        if damaged:
+            print("\n" + "\n".join(_damage_lines(damaged)))
+    return _damaged_exit(len(damaged), len(models) + len(damaged)) if damaged else EXIT_OK
 
 
 def _size_lines(sizes: dict, indent: int) -> list[tuple[str, str]]:
@@ -125,7 +147,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     details = maintenance.model_details(store, maintenance.resolve_model_id(store, args.model_id))
     if args.json:
         _print_json(asdict(details))
-        return EXIT_OK
+        return _show_damage_exit(details)
     summary = [("id", details.model_id), ("type", details.store_type), ("base", details.base_id or "-"),
                ("created", f"{_time(details.created)} UTC"), ("size", _human_size(details.size))]
     environment = [(key, ", ".join(value) if isinstance(value, list) else str(value or "-"))
@@ -139,7 +161,18 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(format_table(("SIZE BREAKDOWN", ""), _size_lines(details.sizes, 0), right=(1,)))
     print()
     print(format_table(("LINEAGE (model first, root last)", "TYPE", "CREATED (UTC)"), lineage))
-    return EXIT_OK
+    if details.damage:
+        print()
+        print(format_table(("DAMAGE",), [(problem,) for problem in details.damage]))
+    return _show_damage_exit(details)
+
+
+def _show_damage_exit(details: maintenance.ModelDetails) -> int:
+    """EXIT_OK, or (with one stderr line) EXIT_PROBLEMS when `show` found damage beyond the model's own document."""
+    if not details.damage:
+        return EXIT_OK
+    return _fail(f"model {details.model_id} is readable, but {len(details.damage)} damaged item(s) are marked above: "
+                 "run `mmlib verify` for what to do", EXIT_PROBLEMS)
 
 
 def _tree_lines(node: maintenance.TreeNode, short: dict[str, str], prefix: str, connector: str,
@@ -158,16 +191,23 @@ def _tree_ids(node: maintenance.TreeNode) -> list[str]:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    roots = maintenance.version_tree(_open(args))
+    versions, damaged = maintenance.scan_versions(_open(args))
+    roots = maintenance.tree_of(versions)
     if args.json:
-        _print_json([root.as_dict() for root in roots])
-    elif not roots:
+        _print_json([root.as_dict() for root in roots]
+                    + _damaged_entries([f.name for f in fields(maintenance.Version)] + ["children"], damaged))
+    elif not roots and not damaged:
         print("no models in this store")
     else:
-        short = maintenance.abbreviated(model_id for root in roots for model_id in _tree_ids(root))
+        short = maintenance.abbreviated([model_id for root in roots for model_id in _tree_ids(root)]
+                                        + [entry.model_id for entry in damaged])
         for root in roots:
             print("\n".join(_tree_lines(root, short, "", "", "")))
-    return EXIT_OK
+        for entry in damaged:
+            print(f"{short[entry.model_id]}  DAMAGED")
+        if damaged:
+            print("\n" + "\n".join(_damage_lines(damaged)))
+    return _damaged_exit(len(damaged), len(versions) + len(damaged)) if damaged else EXIT_OK
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
@@ -185,12 +225,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     model_ids = ([maintenance.resolve_model_id(store, given) for given in args.model_ids]
                  or maintenance.all_model_ids(store))
     problems = maintenance.verify(store, model_ids)
+    advice = {problem.kind: maintenance.ADVICE[problem.kind] for problem in problems}
     if args.json:
-        _print_json({"checked": model_ids, "problems": [asdict(problem) for problem in problems]})
+        _print_json({"checked": model_ids, "problems": [asdict(problem) for problem in problems], "advice": advice})
     elif problems:
         for problem in problems:
             print(problem)
         print(f"{len(problems)} problem(s) in {len({p.model_id for p in problems})} of {len(model_ids)} model(s)")
+        for kind, what_to_do in advice.items():
+            print(f"{kind}: {what_to_do}")
     else:
         print(f"{len(model_ids)} model(s) verified: every blob matches its digest and every model recovers")
     return EXIT_PROBLEMS if problems else EXIT_OK
@@ -205,7 +248,8 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         return EXIT_OK
     for model_id in removed:
         print(f"removed model {model_id}")
-    print("run `mmlib gc` to reclaim the space of what no other model uses")
+    print("run `mmlib gc` to reclaim the space of what no other model uses; it keeps what was written within its "
+          "grace period (a day by default), so when no process is saving, `mmlib gc --grace 0` reclaims it now")
     return EXIT_OK
 
 
@@ -224,6 +268,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     print(f"{verb} {len(report.documents)} document(s), {len(report.blobs)} blob(s), "
           f"{len(report.partial_uploads)} unfinished upload(s); kept {report.kept_young} unreferenced item(s) "
           f"younger than {args.grace:g} s (a save may still need them)")
+    if report.kept_young and args.grace > 0:
+        print(f"the {report.kept_young} item(s) kept for the grace period go in a later run, or now with "
+              "`mmlib gc --grace 0` when no process is saving")
     return EXIT_OK
 
 
@@ -277,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmlib", parents=[_common_options(suppress=False)], formatter_class=formatter, epilog=_EPILOG,
         description="Inspect and maintain an mmlib model store.")
+    parser.add_argument("--version", action="version", version=f"mmlib {__version__}",
+                        help="print mmlib's version and exit")
     common = _common_options(suppress=True)
     json_option = argparse.ArgumentParser(add_help=False)
     json_option.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
@@ -380,6 +429,6 @@ def _discard_stdout() -> None:
     os.close(devnull)
 
 
-def _fail(error: Exception, code: int) -> int:
+def _fail(error: Union[Exception, str], code: int) -> int:
     print(f"mmlib: error: {error}", file=sys.stderr)
     return code

@@ -55,6 +55,10 @@ class IncompatibleModelError(MMLibError, ValueError):
     """A model cannot be stored relative to the given base (e.g. a different architecture)."""
 
 
+class InvalidArgumentError(MMLibError, TypeError):
+    """An argument of a public entry point has the wrong type (a store that is not one, a flag that is no bool)."""
+
+
 class InvalidSaveInfoError(MMLibError, ValueError):
     """The save request is incomplete or inconsistent; nothing was written."""
 

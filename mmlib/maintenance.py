@@ -4,12 +4,14 @@ These are the functions behind the `mmlib` command; each takes a `Store` (from `
 Garbage collection is safe while other processes save (see `collect_garbage`).
 """
 
+import contextlib
+import functools
 import logging
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Concatenate, Iterable, Iterator, Optional, ParamSpec, TypeVar
 
 import torch
 
@@ -18,18 +20,21 @@ from mmlib.approaches.base import AbstractSaveService
 from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, EnvironmentMismatchWarning, IntegrityError,
                           InvalidIdError, ModelInUseError, ModelNotFoundError, NotFoundError, RestoreError,
                           StoreUnavailableError)
+from mmlib.persistence import _coordination as coordination
 from mmlib.persistence._atomic import atomic_write
 from mmlib.persistence._gc import DEFAULT_GC_GRACE_S, GarbageReport, sweep
-from mmlib.persistence.store import Store
+from mmlib.persistence.store import Store, checked_store
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, RECORDED_WEIGHTS_HASH, STORE_TYPE, ModelInfo
-from mmlib.schema.schema_obj import BLOB, StoredItem
+from mmlib.schema.schema_obj import BLOB, StoredItem, damaged_document
 from mmlib.schema.store_format import FORMAT_DOCUMENT_ID, STORE_FORMAT, check_store_format
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.safetensors_io import write_state_dict
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 progress = logging.getLogger(PROGRESS_LOGGER)
 
 # The save service that recovers each store type.
@@ -41,6 +46,7 @@ SAVE_SERVICES: dict[ModelStoreType, type[AbstractSaveService]] = {
 # Id prefixes: the shortest one accepted for a model id, and the length tables show.
 MIN_PREFIX = 4
 ABBREVIATED = 12
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _ENVIRONMENT_SUMMARY_FIELDS = ("python_version", "pytorch_version", "processor_info", "gpu_types",
                                "python_platform_info")
 
@@ -64,11 +70,29 @@ class ModelSummary(Version):
 
 @dataclass(frozen=True)
 class ModelDetails(ModelSummary):
-    """Everything `mmlib show` prints: the size breakdown, an environment summary and the lineage up to the root."""
+    """Everything `mmlib show` prints: the size breakdown, an environment summary, the lineage up to the root (or up
+    to where it breaks) and what is damaged (`damage`: empty when nothing is)."""
 
     sizes: dict
     environment: dict
     lineage: list[Version]
+    damage: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DamagedModel:
+    """A stored model that cannot be listed: its metadata cannot be read, or its lineage loops; `problem` says why."""
+
+    model_id: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Every stored model: the healthy ones with their sizes, newest first, and the damaged ones."""
+
+    models: list[ModelSummary]
+    damaged: list[DamagedModel]
 
 
 @dataclass
@@ -86,6 +110,14 @@ class TreeNode:
 CORRUPTION = "corruption"
 CONFIGURATION = "configuration"
 DEPENDENCY = "dependency"
+# What to do about each kind of problem (said once, however many problems of the kind verify found).
+ADVICE = {
+    CORRUPTION: "restore the damaged documents and blobs from a backup, or remove the affected models with `mmlib rm` "
+                "and reclaim their space with `mmlib gc`",
+    CONFIGURATION: "the store is fine: provide the missing settings here (e.g. the MMLIB_CONFIG ini file) and verify "
+                   "again",
+    DEPENDENCY: "the store is fine: install the missing packages here and verify again",
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +144,15 @@ def _iso_time(timestamp: Optional[float]) -> Optional[str]:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
+def _takes_store(function: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """Check a public function's store argument (InvalidArgumentError for anything that is not a store)."""
+    @functools.wraps(function)
+    def checked(store: Store, *args: P.args, **kwargs: P.kwargs) -> R:
+        return function(checked_store(store), *args, **kwargs)
+    return checked
+
+
+@_takes_store
 def require_model(store: Store, model_id: str) -> None:
     """Raise ModelNotFoundError unless `model_id` is a stored model."""
     check_store_format(store.dict_pers_service)
@@ -119,15 +160,21 @@ def require_model(store: Store, model_id: str) -> None:
         raise ModelNotFoundError(f"no model with id {model_id!r} in this store; list the stored models with `mmlib ls`")
 
 
+@_takes_store
 def resolve_model_id(store: Store, id_or_prefix: str) -> str:
     """The model id that `id_or_prefix` names: an id, or a prefix of at least MIN_PREFIX digits that only one
     stored model's id starts with (as git accepts abbreviated commit ids)."""
     if not isinstance(id_or_prefix, str):
         raise InvalidIdError(f"a model id is a string, got {type(id_or_prefix).__name__}; pass an id `mmlib ls` "
                              "shows")
-    if store.dict_pers_service.id_exists(id_or_prefix, MODEL_INFO) or len(id_or_prefix) < MIN_PREFIX:
-        require_model(store, id_or_prefix)
+    if store.dict_pers_service.id_exists(id_or_prefix, MODEL_INFO):
         return id_or_prefix
+    if len(id_or_prefix) < MIN_PREFIX:
+        check_store_format(store.dict_pers_service)
+        if id_or_prefix and all(digit in _HEX_DIGITS for digit in id_or_prefix):
+            raise ModelNotFoundError(f"no model with id {id_or_prefix!r}, and an id prefix needs at least {MIN_PREFIX} "
+                                     "hex digits: give more of the id (`mmlib ls` shows the ids)")
+        require_model(store, id_or_prefix)
     matches = [model_id for model_id in all_model_ids(store) if model_id.startswith(id_or_prefix)]
     if len(matches) > 1:
         raise AmbiguousModelIdError(f"{id_or_prefix!r} is the start of {len(matches)} model ids "
@@ -147,75 +194,170 @@ def abbreviated(model_ids: Iterable[str]) -> dict[str, str]:
     return {model_id: model_id[:length] for model_id in model_ids}
 
 
+@_takes_store
 def descendants(store: Store, model_id: str) -> list[str]:
-    """Ids of every stored model derived from `model_id`, directly or through others (children before theirs)."""
+    """Ids of every stored model derived from `model_id`, directly or through others (children before theirs).
+
+    A model whose document cannot be read names no base that can be trusted: it is left out.
+    """
     children: dict[Optional[str], list[str]] = {}  # base id (None for roots) -> the models derived from it
-    for other_id in all_model_ids(store):
-        children.setdefault(version(store, other_id).base_id, []).append(other_id)
-    found, queue = [], list(children.get(model_id, []))
+    for other in _readable_versions(store)[0].values():
+        children.setdefault(other.base_id, []).append(other.model_id)
+    found: list[str] = []
+    queue = list(children.get(model_id, []))
     while queue:
         child = queue.pop(0)
-        if child not in found:
+        if child not in found and child != model_id:
             found.append(child)
             queue += children.get(child, [])
     return found
 
 
+@_takes_store
 def remove_model(store: Store, model_id: str, with_descendants: bool = False) -> list[str]:
     """Remove a model (and, with `with_descendants`, every model derived from it); returns the removed ids.
 
     Only the model documents go (a model no longer exists once its document is gone); `collect_garbage` then
     reclaims the blobs and documents nothing else references. Refused with ModelInUseError while other models
-    derive from the model, since they could not be recovered or traced without it. Do not remove a model
-    that another process is deriving a new version from at the same time.
+    derive from the model, since they could not be recovered or traced without it. Safe beside saves in other
+    processes: each removed model is marked before its descendants are listed, and a save deriving from a marked
+    model withdraws its version (see `mmlib.persistence._coordination`).
     """
     require_model(store, model_id)
-    derived = descendants(store, model_id)
-    if derived and not with_descendants:
-        raise ModelInUseError(
-            f"{len(derived)} stored model(s) derive from model {model_id} ({', '.join(derived[:3])}"
-            f"{', ...' if len(derived) > 3 else ''}); remove them first, or remove them with it "
-            "(remove_model(..., with_descendants=True), `mmlib rm --with-descendants`)")
-    removed = list(reversed(derived)) + [model_id]
-    for removed_id in removed:
-        store.dict_pers_service.delete_dict(removed_id, MODEL_INFO)
-        store.dict_pers_service.delete_dict(removed_id, RECORDED_WEIGHTS_HASH)
-        logger.info("removed model %s", removed_id)
+    dps = store.dict_pers_service
+    with contextlib.ExitStack() as markers:
+        markers.enter_context(coordination.removal_marker(dps, [model_id]))
+        marked, derived = [model_id], descendants(store, model_id)
+        if derived and not with_descendants:
+            raise ModelInUseError(
+                f"{len(derived)} stored model(s) derive from model {model_id} ({', '.join(derived[:3])}"
+                f"{', ...' if len(derived) > 3 else ''}); remove them first, or remove them with it "
+                "(remove_model(..., with_descendants=True), `mmlib rm --with-descendants`)")
+        while set(derived) - set(marked):  # mark them too, then look for versions saved on them meanwhile
+            unmarked = [derived_id for derived_id in derived if derived_id not in marked]
+            markers.enter_context(coordination.removal_marker(dps, unmarked))
+            marked += unmarked
+            derived = descendants(store, model_id)
+        removed = list(reversed(derived)) + [model_id]
+        for removed_id in removed:
+            dps.delete_dict(removed_id, MODEL_INFO)
+            dps.delete_dict(removed_id, RECORDED_WEIGHTS_HASH)
+            logger.info("removed model %s", removed_id)
     return removed
 
 
+@_takes_store
 def all_model_ids(store: Store) -> list[str]:
     """Ids of every stored model, oldest first."""
     check_store_format(store.dict_pers_service)
     return store.dict_pers_service.all_ids_for_type(MODEL_INFO)
 
 
+@_takes_store
 def version(store: Store, model_id: str) -> Version:
     """Store type, base id and creation time of one model, from its model document alone."""
     require_model(store, model_id)
     document = store.dict_pers_service.recover_dict(model_id, MODEL_INFO)
     try:
-        store_type = ModelStoreType(document[STORE_TYPE]).value
+        if not isinstance(document, dict):
+            raise TypeError(f"it is a {type(document).__name__}, not an object")
+        store_type = ModelStoreType(document.get(STORE_TYPE)).value
         base_id = document.get(DERIVED_FROM)
         if base_id is not None and not isinstance(base_id, str):
-            raise TypeError(f"its base id is a {type(base_id).__name__}")
-        return Version(model_id, store_type, base_id, _iso_time(document.get(CREATED)))
-    except (KeyError, TypeError, ValueError, OverflowError, OSError) as error:
-        raise IntegrityError(f"the document of model {model_id} is damaged ({error!r}); run `mmlib verify` and "
-                             "restore the store from a backup") from error
+            raise TypeError(f"its base id is {base_id!r}, not a string")
+        created = document.get(CREATED)
+        if created is not None and (isinstance(created, bool) or not isinstance(created, (int, float))):
+            raise TypeError(f"its creation time is {created!r}, not a number")
+        return Version(model_id, store_type, base_id, _iso_time(created))
+    except (TypeError, ValueError, OverflowError, OSError) as error:
+        raise damaged_document(MODEL_INFO, model_id, str(error)) from error
 
 
 def _model_sizes(store: Store, model_id: str) -> dict:
     return ModelInfo.load_placeholder(model_id).size_info(store.file_pers_service, store.dict_pers_service)
 
 
-def list_models(store: Store) -> list[ModelSummary]:
-    """Every stored model with its size, newest first."""
-    versions = [version(store, model_id) for model_id in reversed(all_model_ids(store))]
+def _readable_versions(store: Store) -> tuple[dict[str, Version], list[DamagedModel]]:
+    """The version of every model whose document can be read (oldest first), and the models whose cannot."""
+    versions: dict[str, Version] = {}
+    damaged = []
+    for model_id in all_model_ids(store):
+        try:
+            versions[model_id] = version(store, model_id)
+        except IntegrityError as error:
+            damaged.append(DamagedModel(model_id, str(error)))
+    return versions, damaged
+
+
+def _looping(versions: dict[str, Version]) -> dict[str, str]:
+    """model id -> why, for each of `versions` whose lineage loops or runs into a loop (bases outside `versions`
+    end a lineage). Each model is walked once: what a walk learns about a model is kept for later walks."""
+    ends: dict[str, bool] = {}  # model id -> whether its lineage ends (True) or loops (False)
+    for current in versions:
+        path: dict[str, None] = {}  # the models of this walk, in order
+        while current not in ends:
+            path[current] = None
+            base_id = versions[current].base_id
+            if base_id is None or base_id not in versions or base_id in path:
+                ends.update(dict.fromkeys(path, base_id not in path))
+            elif base_id in ends:
+                ends.update(dict.fromkeys(path, ends[base_id]))
+            else:
+                current = base_id
+    problems = {}
+    for model_id in (model_id for model_id, ended in ends.items() if not ended):
+        try:
+            walk_lineage(model_id, versions.__getitem__, lambda entry: entry.base_id,
+                         stop=lambda entry: entry.base_id not in versions)
+        except IntegrityError as error:
+            problems[model_id] = str(error)
+    return problems
+
+
+@_takes_store
+def scan_versions(store: Store) -> tuple[list[Version], list[DamagedModel]]:
+    """The version of every stored model (oldest first), with the damaged ones apart: a model document that cannot
+    be read, or a lineage that loops (entered from outside the loop too)."""
+    versions, damaged = _readable_versions(store)
+    looping = _looping(versions)
+    damaged += [DamagedModel(model_id, problem) for model_id, problem in looping.items()]
+    return [v for model_id, v in versions.items() if model_id not in looping], damaged
+
+
+@_takes_store
+def survey(store: Store) -> Survey:
+    """Every stored model: the healthy ones with their sizes, newest first, and the damaged ones (a model whose
+    documents cannot be read or sized, or whose lineage loops) with what is wrong."""
+    versions, damaged = scan_versions(store)
+    versions.reverse()
     versions.sort(key=lambda v: v.created or "", reverse=True)
-    return [ModelSummary(**v.__dict__, size=total_size(_model_sizes(store, v.model_id))) for v in versions]
+    models = []
+    for v in versions:
+        try:
+            models.append(ModelSummary(**v.__dict__, size=total_size(_model_sizes(store, v.model_id))))
+        except (IntegrityError, InvalidIdError) as error:
+            damaged.append(DamagedModel(v.model_id, str(error)))
+        except NotFoundError as error:
+            damaged.append(DamagedModel(v.model_id, f"something it references is missing ({error})"))
+    return Survey(models, damaged)
 
 
+def _left_out(damaged: list[DamagedModel]) -> None:
+    """Log each damaged model a listing leaves out."""
+    for entry in damaged:
+        logger.warning("left out damaged model %s: %s", entry.model_id, entry.problem)
+
+
+@_takes_store
+def list_models(store: Store) -> list[ModelSummary]:
+    """Every healthy stored model with its size, newest first; damaged ones are left out with a warning (`survey`
+    returns them)."""
+    result = survey(store)
+    _left_out(result.damaged)
+    return result.models
+
+
+@_takes_store
 def lineage(store: Store, model_id: str) -> list[Version]:
     """The model, its base, its base's base, ... up to the root."""
     return walk_lineage(model_id, lambda some_id: version(store, some_id), lambda entry: entry.base_id)
@@ -235,18 +377,54 @@ def _environment_summary(store: Store, chain: list[Version]) -> dict:
     return {}
 
 
+@_takes_store
 def model_details(store: Store, model_id: str) -> ModelDetails:
-    """Metadata, size breakdown (as `model_save_size`), environment summary and lineage of one model."""
-    chain = lineage(store, model_id)
-    sizes = _model_sizes(store, model_id)
-    return ModelDetails(**chain[0].__dict__, size=total_size(sizes), sizes=sizes,
-                        environment=_environment_summary(store, chain), lineage=chain)
+    """Metadata, size breakdown (as `model_save_size`), environment summary and lineage of one model.
+
+    IntegrityError when the model's own document cannot be read; damage found beyond it (a base that is damaged,
+    missing or loops back, an unreadable recover info) is listed in `damage`, and the lineage ends before it.
+    """
+    own = version(store, model_id)
+    chain: list[Version] = []
+    damage = []
+
+    def load(some_id: str) -> Version:
+        entry = own if some_id == model_id and not chain else version(store, some_id)
+        chain.append(entry)
+        return entry
+
+    try:
+        walk_lineage(model_id, load, lambda entry: entry.base_id)
+    except IntegrityError as error:
+        damage.append(str(error))
+    sizes: dict = {}
+    environment: dict = {}
+    try:
+        sizes = _model_sizes(store, model_id)
+        environment = _environment_summary(store, chain)
+    except (IntegrityError, InvalidIdError) as error:
+        damage.append(str(error))
+    except NotFoundError as error:
+        damage.append(f"something model {model_id} references is missing ({error})")
+    return ModelDetails(**own.__dict__, size=total_size(sizes), sizes=sizes, environment=environment, lineage=chain,
+                        damage=damage)
 
 
+@_takes_store
 def version_tree(store: Store) -> list[TreeNode]:
-    """The version graph: one tree per root model, children in the order they were saved."""
-    nodes: dict[Optional[str], TreeNode] = {model_id: TreeNode(version(store, model_id))
-                                             for model_id in all_model_ids(store)}
+    """The version graph of the healthy models; damaged ones are left out with a warning (`scan_versions` returns
+    them)."""
+    versions, damaged = scan_versions(store)
+    _left_out(damaged)
+    return tree_of(versions)
+
+
+def tree_of(versions: list[Version]) -> list[TreeNode]:
+    """The graph of `versions` (oldest first, no loops): one tree per root, children in the order they were saved.
+
+    A version whose base is not among `versions` (missing or damaged) is a root.
+    """
+    nodes: dict[Optional[str], TreeNode] = {v.model_id: TreeNode(v) for v in versions}
     roots: list[TreeNode] = []
     for node in nodes.values():
         parent = nodes.get(node.version.base_id)
@@ -254,11 +432,13 @@ def version_tree(store: Store) -> list[TreeNode]:
     return roots
 
 
+@_takes_store
 def save_service_for(store: Store, store_type: ModelStoreType) -> AbstractSaveService:
     """The mmlib.save service that recovers models of `store_type` from this store."""
     return SAVE_SERVICES[store_type](store.file_pers_service, store.dict_pers_service)
 
 
+@_takes_store
 def recover_model(store: Store, model_id: str, execute_checks: bool = True) -> torch.nn.Module:
     """Recover a model with the save service its store type needs."""
     store_type = ModelStoreType(version(store, model_id).store_type)
@@ -268,6 +448,7 @@ def recover_model(store: Store, model_id: str, execute_checks: bool = True) -> t
     return model
 
 
+@_takes_store
 def export_weights(store: Store, model_id: str, path: str) -> int:
     """Recover a model (with checks) and write its state dict to `path` as safetensors; returns the tensor count."""
     state_dict = recover_model(store, model_id).state_dict()
@@ -285,18 +466,18 @@ def _needed_items(store: Store, model_id: str) -> Iterator[StoredItem]:
 
 
 def _blob_problem(store: Store, digest: str) -> Optional[str]:
-    """None when the blob re-hashes to its digest, else what is wrong with it and what to do."""
+    """None when the blob re-hashes to its digest, else what is wrong with it."""
     try:
         store.file_pers_service.verify_blob(digest)
     except IntegrityError:
-        return "the blob is corrupted (its bytes no longer hash to its digest); restore it from a backup"
+        return "the blob is corrupted (its bytes no longer hash to its digest)"
     except NotFoundError:
-        return "the blob is missing; restore it from a backup"
+        return "the blob is missing"
     return None
 
 
 def _recovery_problem(store: Store, services: dict, model_id: str) -> Optional[tuple[str, str]]:
-    """None when the model recovers with checks, else the kind of problem that stops it and what to do."""
+    """None when the model recovers with checks, else the kind of problem that stops it and what it is."""
     store_type = ModelStoreType(version(store, model_id).store_type)
     try:
         if store_type not in services:
@@ -311,15 +492,17 @@ def _recovery_problem(store: Store, services: dict, model_id: str) -> Optional[t
     except Exception as error:  # verify reports whatever stops a recovery instead of stopping at the first one
         if isinstance(error, ImportError) or isinstance(error.__cause__, ImportError):
             return DEPENDENCY, (f"recovery needs code that is not installed here ({type(error).__name__}: {error}); "
-                                "the store is fine: install it")
-        return CORRUPTION, f"recovery fails ({type(error).__name__}: {error}); restore the store from a backup"
+                                "the store is fine")
+        return CORRUPTION, f"recovery fails ({type(error).__name__}: {error})"
     return None
 
 
+@_takes_store
 def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Problem]:
     """Re-hash every blob the models need, then recover each with checks; returns the problems (empty: all good).
 
-    `model_ids` defaults to every model. A model whose stored items are damaged is not recovered (it cannot be).
+    `model_ids` defaults to every model. A model whose stored items are damaged, or whose lineage loops, is not
+    recovered (it cannot be). A problem says what is wrong; `ADVICE` says what to do about each kind.
     """
     model_ids = all_model_ids(store) if model_ids is None else list(model_ids)
     for model_id in model_ids:
@@ -327,14 +510,14 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
     blob_problems: dict[str, Optional[str]] = {}
     services: dict = {}
     problems = []
+    loops = _looping(_readable_versions(store)[0])
     for position, model_id in enumerate(model_ids, start=1):
         progress.info("verifying model %d of %d: %s", position, len(model_ids), model_id)
-        found = []
+        found = [Problem(model_id, "lineage", loops[model_id])] if model_id in loops else []
         try:
             blobs = sorted({item.item_id for item in _needed_items(store, model_id) if item.kind == BLOB})
         except (NotFoundError, InvalidIdError, IntegrityError) as error:
-            found.append(Problem(model_id, "metadata", f"{error}; the model cannot be recovered: restore the "
-                                                       "store from a backup"))
+            found.append(Problem(model_id, "metadata", str(error)))
             blobs = []
         for digest in blobs:
             if digest not in blob_problems:
@@ -352,24 +535,41 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
     return problems
 
 
+def _unsafe_to_collect(detail: str) -> IntegrityError:
+    """The error that stops garbage collection in a damaged store."""
+    return IntegrityError(f"the store is damaged ({detail}), and garbage collection refuses to run until it is "
+                          "repaired: run `mmlib verify` and repair what it reports")
+
+
 def _live_items(store: Store) -> set[StoredItem]:
-    """Every document and blob some model references (the models' own documents included), and the store format."""
+    """Every document and blob some model references (the models' own documents included), and the store format.
+
+    IntegrityError when a document some model references is damaged or missing (each is checked against its id),
+    or a blob is missing, as `verify` would find: a damaged store is repaired before anything is removed. Blobs
+    are not re-read (that would read the whole store): a corrupted blob is live and kept, and `verify` finds it.
+    """
     live = {StoredItem(STORE_FORMAT, FORMAT_DOCUMENT_ID)}
+    stored_blobs = set(store.file_pers_service.blob_digests())
     for model_id in all_model_ids(store):
         try:
-            live.update(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))
-        except (NotFoundError, InvalidIdError) as error:
-            raise IntegrityError(
-                f"model {model_id} references a missing or malformed item ({error}), so what it needs cannot be told "
-                "apart from garbage; run `mmlib verify` and repair the store before collecting garbage") from error
+            items = set(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))
+        except (NotFoundError, InvalidIdError, IntegrityError) as error:
+            raise _unsafe_to_collect(f"model {model_id}: {error}") from error
+        missing = sorted(item.item_id for item in items if item.kind == BLOB and item.item_id not in stored_blobs)
+        if missing:
+            raise _unsafe_to_collect(f"model {model_id} needs blob {missing[0]}: the blob is missing")
+        live |= items
     return live
 
 
+@_takes_store
 def collect_garbage(store: Store, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_S) -> GarbageReport:
     """Remove every blob and document no model references, and unfinished uploads; returns what was removed.
 
     Safe while other processes save, as long as no save takes longer than `grace_seconds` from writing (or
     reusing) a blob or document to writing its model document: what was written or reused less than
     `grace_seconds` before this run began is kept and counted in `kept_young`. With `dry_run` nothing is removed.
+    Refused with IntegrityError while a document some model needs is damaged or missing, or a blob it needs is
+    missing (as `verify` reports them).
     """
     return sweep(store, lambda: _live_items(store), dry_run=dry_run, grace_seconds=grace_seconds)

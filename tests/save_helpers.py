@@ -1,15 +1,20 @@
 """Small helpers the save-service tests share: building save infos, changing weights, comparing models."""
 
+import threading
+
 import torch
 
 from mmlib.constants import ID
 from mmlib.equal import model_equal
+from mmlib.errors import IntegrityError
 from mmlib.schema.model_info import MODEL_INFO, RECOVER_INFO_ID, ModelInfo
 from mmlib.schema.recover_info import RECOVER_INFO, AbstractRecoverInfo
 from mmlib.save import WeightUpdateSaveService
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.track_env import track_current_environment
 from tiny_models import TinyNet
+
+WALK_TIMEOUT_S = 60
 
 
 def small_input() -> torch.Tensor:
@@ -42,11 +47,12 @@ def sizes_positive(sizes: dict) -> bool:
 
 
 def store_contents(file_service, dict_service) -> tuple:
-    """Everything a store holds (blob digests and every document), to show an operation changed nothing."""
+    """Everything a store holds (blob digests and every document), to show an operation changed nothing (a type
+    with no documents, such as the collection MongoDB keeps after a save's lease is removed, holds nothing)."""
     documents = {kind: sorted((doc_id, repr(dict_service.recover_dict(doc_id, kind)))
                               for doc_id in dict_service.all_ids_for_type(kind))
                  for kind in dict_service.all_types()}
-    return sorted(file_service.blob_digests()), documents
+    return sorted(file_service.blob_digests()), {kind: found for kind, found in documents.items() if found}
 
 
 def save_update_chain(stores, length: int) -> tuple[list[str], torch.nn.Module]:
@@ -79,3 +85,21 @@ def _store_rehashed(dict_service, document: dict, kind: str, schema_class) -> st
     new_id = schema_class._content_id(fields)
     dict_service.save_dict({**fields, ID: new_id}, kind)
     return new_id
+
+
+def promptly(action) -> dict:
+    """{'value': what `action` returned} or {'error': the IntegrityError it raised}; it must end within
+    WALK_TIMEOUT_S (a lineage that loops must not be walked forever)."""
+    outcome = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = action()
+        except IntegrityError as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(WALK_TIMEOUT_S)
+    assert not worker.is_alive(), "the lineage walk did not end"
+    return outcome

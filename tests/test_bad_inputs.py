@@ -5,8 +5,9 @@ import warnings
 import pytest
 import torch
 
-from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning, InvalidSaveInfoError, \
-    ModelNotFoundError, UnsafeCodeError
+from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning, InvalidArgumentError, \
+    InvalidSaveInfoError, ModelNotFoundError, UnsafeCodeError
+from mmlib import maintenance
 from mmlib.models import MobileNetV2
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.recover_info import MODEL_CLASS_NAME
@@ -145,3 +146,40 @@ def test_every_approach_answers_a_wrongly_typed_save_info_with_the_same_typed_er
         with pytest.raises(InvalidSaveInfoError, match="ModelSaveInfoBuilder"):
             service.save_model(bad_info)
     assert store_contents(file_service, dict_service) == before
+
+
+@pytest.mark.parametrize("service_class", [BaselineSaveService, WeightUpdateSaveService, ProvenanceSaveService])
+def test_every_approach_refuses_stores_that_are_not_stores(populated, service_class):
+    _, _, file_service, dict_service = populated
+    for halves, name in [(("./models", dict_service), "file_pers_service"), ((file_service, None), "dict_pers_service"),
+                         ((dict_service, file_service), "file_pers_service")]:
+        with pytest.raises(InvalidArgumentError, match=f"{name} must be a .* open_store"):
+            service_class(*halves)
+
+
+@pytest.mark.parametrize("flag", ["no", None, 1], ids=["string", "none", "int"])
+def test_every_approach_refuses_an_execute_checks_that_is_no_bool(populated, flag):
+    _, model_id, file_service, dict_service = populated
+    for service in _services(file_service, dict_service):
+        with pytest.raises(InvalidArgumentError, match="execute_checks must be a bool"):
+            service.recover_model(model_id, execute_checks=flag)
+
+
+def test_add_weights_hash_info_refuses_what_is_not_a_model(populated):
+    _, model_id, file_service, dict_service = populated
+    with pytest.raises(InvalidArgumentError, match="model must be a Module"):
+        ProvenanceSaveService(file_service, dict_service).add_weights_hash_info(model_id, {"weight": torch.zeros(2)})
+
+
+@pytest.mark.parametrize("bad_store", ["./models", None, ("blobs", "documents")], ids=["path", "none", "pair"])
+def test_maintenance_refuses_stores_that_are_not_stores(bad_store):
+    for call in (maintenance.list_models, maintenance.verify, maintenance.collect_garbage,
+                 lambda store: maintenance.remove_model(store, "abcd"),
+                 lambda store: maintenance.export_weights(store, "abcd", "out.safetensors")):
+        with pytest.raises(InvalidArgumentError, match="a store is what open_store"):
+            call(bad_store)
+
+
+def test_maintenance_takes_a_plain_pair_of_halves(populated):
+    _, model_id, file_service, dict_service = populated
+    assert maintenance.all_model_ids((file_service, dict_service)) == [model_id]

@@ -300,3 +300,37 @@ def test_verify_shows_progress_on_a_terminal_only(tmp_path, capsys, monkeypatch)
     assert code == EXIT_OK and f"verifying model 1 of {len(saved)}" in err
     code, _, err = _run(capsys, "--store", location, "verify", "--json")
     assert code == EXIT_OK and err == ""
+
+
+_READING_COMMANDS = [["ls"], ["show", "abc"], ["tree"], ["verify"], ["recover", "abc", "-o", "w.safetensors"],
+                     ["gc", "--dry-run"], ["gc"], ["rm", "abc"]]
+
+
+@pytest.mark.parametrize("command", _READING_COMMANDS, ids=lambda command: command[0] + str(len(command)))
+def test_a_directory_without_a_store_is_named_and_left_as_it_was(tmp_path, capsys, command):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.jpg").write_bytes(b"not a store")
+    code, out, err = _run(capsys, "--store", str(photos), *command)
+    assert (code, out) == (EXIT_UNAVAILABLE, "") and err.count("\n") == 1
+    assert f"no mmlib store at {photos} " in err
+    assert os.listdir(photos) == ["cat.jpg"]
+
+
+@pytest.mark.parametrize("command", _READING_COMMANDS, ids=lambda command: command[0] + str(len(command)))
+def test_a_mistyped_blob_directory_is_named_and_not_created(tmp_path, capsys, command):
+    location = str(tmp_path / "store")
+    _populate(location)
+    typo = tmp_path / "shared-blobz"
+    code, out, err = _run(capsys, "--store", location, "--blob-dir", str(typo), *command)
+    assert (code, out) == (EXIT_UNAVAILABLE, "") and err.count("\n") == 1
+    assert f"blob directory {typo} does not exist" in err
+    assert not typo.exists()
+
+
+def test_a_store_path_that_is_a_file_is_named_as_a_file(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a store")
+    code, out, err = _run(capsys, "--store", str(notes), "ls")
+    assert (code, out) == (EXIT_UNAVAILABLE, "") and err.count("\n") == 1
+    assert f"{notes} is a file, not a store directory" in err

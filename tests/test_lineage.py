@@ -1,7 +1,6 @@
 """Lineage walks: a loop or a missing base is a typed error naming the broken link, never a hang."""
 
 import re
-import threading
 
 import pytest
 
@@ -10,9 +9,7 @@ from mmlib.maintenance import lineage, verify
 from mmlib.persistence import open_store
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import DERIVED_FROM, MODEL_INFO
-from save_helpers import perturb, save_info, save_update_chain
-
-WALK_TIMEOUT_S = 60
+from save_helpers import perturb, promptly, save_info, save_update_chain
 
 
 @pytest.fixture
@@ -22,18 +19,7 @@ def store(tmp_path):
 
 def _raises_promptly(action, match: str, error_type: type = IntegrityError) -> None:
     """`action` raises `error_type` matching `match` and does not run on (a loop would never end)."""
-    outcome = {}
-
-    def run() -> None:
-        try:
-            action()
-        except IntegrityError as error:
-            outcome["error"] = error
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(WALK_TIMEOUT_S)
-    assert not worker.is_alive(), "the lineage walk did not end"
+    outcome = promptly(action)
     assert "error" in outcome and re.search(match, str(outcome["error"]))
     assert isinstance(outcome["error"], error_type), outcome["error"]
 

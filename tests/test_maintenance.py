@@ -119,7 +119,9 @@ def test_verify_names_the_model_and_the_corrupted_blob(populated, corrupt_blob):
     corrupt_blob(store.file_pers_service, digest)
     problems = maintenance.verify(store)
     assert {p.model_id for p in problems} == {ids["grandchild"], ids["update"]}
-    assert all(p.item == f"blob {digest}" and "corrupted" in p.message and "backup" in p.message for p in problems)
+    assert all(p.item == f"blob {digest}" and "corrupted" in p.message and p.kind == maintenance.CORRUPTION
+               for p in problems)
+    assert "backup" in maintenance.ADVICE[maintenance.CORRUPTION], "what to do is said once, not in each problem"
     assert ids["grandchild"] in str(problems[0]) and digest in str(problems[0])
 
 

@@ -22,7 +22,7 @@ from mmlib.util.concurrency import run_beside
 from mmlib.approaches.model_building import rebuild
 from mmlib.approaches.model_source import ModelSource, resolve_model_source
 from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, module_types, state_shapes
-from mmlib.errors import (IncompatibleModelError, IntegrityError, InvalidSaveInfoError, ModelNotFoundError,
+from mmlib.errors import (IncompatibleModelError, IntegrityError, InvalidArgumentError, InvalidSaveInfoError, ModelNotFoundError,
                           NotFoundError, StoreUnavailableError)
 from mmlib.persistence import _coordination as coordination
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
@@ -60,6 +60,9 @@ class AbstractSaveService(ABC):
 
     def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
                  logging: bool = False, strict_env: bool = False):
+        check_type(file_pers_service, FilePersistenceService, "file_pers_service", "the blob half of open_store(...)")
+        check_type(dict_pers_service, DictPersistenceService, "dict_pers_service",
+                   "the document half of open_store(...)")
         self._file_pers_service = file_pers_service
         self._dict_pers_service = dict_pers_service
         self.logging = logging
@@ -113,10 +116,11 @@ class AbstractSaveService(ABC):
                 _GC_RUNS_AT_START.reset(token)
 
     @contextlib.contextmanager
-    def _recovering(self, model_id: str) -> Iterator[None]:
+    def _recovering(self, model_id: str, execute_checks: bool) -> Iterator[None]:
         """Time a recovery and name the model in any integrity error raised while recovering it."""
         if not isinstance(model_id, str):
             raise _unknown_model(model_id)
+        check_type(execute_checks, bool, "execute_checks", "True or False")
         try:
             with self._timed("recover_model", model_id):
                 yield
@@ -344,6 +348,12 @@ class AbstractSaveService(ABC):
                     f"the recovered model {model_info.store_id} differs from the saved one in {differences} (tied "
                     "tensors, views of one memory, buffer dtypes, frozen parameters or train/eval modes); its code may have changed: "
                     "run `mmlib verify`")
+
+
+def check_type(value: object, expected: type, name: str, hint: str) -> None:
+    """InvalidArgumentError unless `value` is an instance of `expected` (`hint` says what to pass)."""
+    if not isinstance(value, expected):
+        raise InvalidArgumentError(f"{name} must be a {expected.__name__} ({hint}), got {type(value).__name__}")
 
 
 def _unknown_model(model_id: object) -> ModelNotFoundError:

@@ -22,7 +22,7 @@ class BaselineSaveService(AbstractSaveService):
         return model_id
 
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        with self._recovering(model_id):
+        with self._recovering(model_id, execute_checks):
             model_info = self._load_model_info(model_id)
             model, _ = self._recover_snapshot(model_info, execute_checks)
         return RestoredModelInfo(model=model, model_id=model_id)

@@ -37,7 +37,7 @@ from typing import Any, Iterator, NamedTuple, Optional, TypeGuard, TypeVar, Unio
 
 import torch
 
-from mmlib.approaches.base import AbstractSaveService, merkle_tree, recorded_environment
+from mmlib.approaches.base import AbstractSaveService, check_type, merkle_tree, recorded_environment
 from mmlib.approaches.model_state import capture
 from mmlib.config import config_override, ini_value
 from mmlib.constants import CURRENT_DATA_ROOT, PROGRESS_LOGGER
@@ -171,6 +171,7 @@ class ProvenanceSaveService(AbstractSaveService):
     def add_weights_hash_info(self, model_id: str, model: torch.nn.Module) -> None:
         """Record the hash of the weights the stored training produced (call it after training `model`)."""
         self._require_model(model_id)
+        check_type(model, torch.nn.Module, "model", "the model trained as the version's provenance records")
         model_info = ModelInfo.load(model_id, self._file_pers_service, self._dict_pers_service, self._restore_root)
         tree = merkle_tree(capture(model))
         if model_info.store_type != ModelStoreType.PROVENANCE:
@@ -183,7 +184,7 @@ class ProvenanceSaveService(AbstractSaveService):
         record_weights_hash(model_id, tree, self._dict_pers_service)
 
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        with self._recovering(model_id):
+        with self._recovering(model_id, execute_checks):
             chain = self._retraining_chain(model_id)
             self._verify_retraining_inputs(chain[1:])
             if len(chain) > 1:

@@ -126,7 +126,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         return model_id
 
     def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        with self._recovering(model_id):
+        with self._recovering(model_id, execute_checks):
             reader = self._reader()
             model_info = reader.info(model_id)
             lineage = self._lineage_to_snapshot(model_id, reader.info)

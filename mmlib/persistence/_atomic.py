@@ -3,14 +3,28 @@
 A reader sees the old file or the whole new one, never part of it, and a crash leaves no truncated target, only
 a temp file named after it. The fsync before the rename keeps a power failure from publishing a name whose data
 never reached the disk; the directory fsync after it makes the rename itself survive one.
+
+Temp files are created with mode 0666 less the process umask (what `open` gives), not `tempfile`'s 0600, so a
+published file is readable (or writable) by whom the umask says: a team sharing a store sets umask 002.
 """
 
 import contextlib
 import os
-import tempfile
+import secrets
 from typing import BinaryIO, Iterator
 
 TEMP_SUFFIX = ".partial"
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def create_temp_file(directory: str, prefix: str) -> tuple[int, str]:
+    """A new file `<prefix><random hex>.partial` in `directory`, open for writing, with the umask's permissions."""
+    while True:
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        try:
+            return os.open(path, _NEW_FILE_FLAGS, 0o666), path
+        except FileExistsError:
+            continue
 
 
 def sync_directory(path: str) -> None:
@@ -39,7 +53,7 @@ def atomic_write(path: str, *, durable: bool = True) -> Iterator[BinaryIO]:
     are recreated from the store when lost: the write stays atomic for readers, but a power failure may lose it.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX)
+    fd, temp_path = create_temp_file(directory, f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "wb") as out:
             yield out

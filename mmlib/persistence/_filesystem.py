@@ -3,12 +3,11 @@
 import contextlib
 import os
 import re
-import tempfile
 import threading
 from typing import BinaryIO, Iterator, Optional
 
 from mmlib.errors import IntegrityError, InvalidIdError, StoreUnavailableError
-from mmlib.persistence._atomic import TEMP_SUFFIX, publish
+from mmlib.persistence._atomic import TEMP_SUFFIX, create_temp_file, publish
 from mmlib.persistence._references import DIGEST_LENGTH
 from mmlib.persistence.base import FilePersistenceService, missing_blob
 
@@ -91,20 +90,14 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
     blob that a power failure could lose. `durable=False` skips those flushes, for scratch checkpoints: a crash
     of the process loses nothing, a power failure or kernel crash may lose or truncate recent blobs (which
     verification then reports).
+
+    Opening creates nothing, so a user who may only read the directory can read blobs; the directory and its
+    `tmp/` are created by the first write. Files and directories get the process umask's permissions.
     """
 
     def __init__(self, base_path: str, durable: bool = True):
         self.base_path = os.path.abspath(base_path)
         self.durable = durable
-        try:
-            os.makedirs(os.path.join(self.base_path, _TEMP_DIR), exist_ok=True)
-        except OSError as error:
-            raise StoreUnavailableError(
-                f"cannot create the file store at {self.base_path}: {error}; "
-                "choose a directory you can write to") from error
-        if not os.access(self.base_path, os.W_OK):
-            raise StoreUnavailableError(
-                f"the file store at {self.base_path} is not writable; fix its permissions or choose another directory")
 
     def __repr__(self) -> str:
         return f"FileSystemPersistenceService({self.base_path!r})"
@@ -118,6 +111,8 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
         return os.path.exists(self.blob_path(digest))
 
     def blob_digests(self) -> Iterator[str]:
+        if not os.path.isdir(self.base_path):
+            return
         for prefix in sorted(os.listdir(self.base_path)):
             folder = os.path.join(self.base_path, prefix)
             if len(prefix) != 2 or not os.path.isdir(folder):
@@ -160,9 +155,19 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
         except FileNotFoundError:
             pass
 
+    def _unwritable(self, error: OSError) -> StoreUnavailableError:
+        """The error for a write the file system refused (permissions, a read-only mount, a file in the way)."""
+        return StoreUnavailableError(
+            f"cannot write to the file store at {self.base_path} ({error}); ask its owner for write access (a team "
+            "shares a group-writable directory and umask 002) or choose a directory you can write to")
+
     def _open_blob_writer(self) -> _WritebackFile:
-        fd, temp_path = tempfile.mkstemp(dir=os.path.join(self.base_path, _TEMP_DIR), prefix=_TEMP_PREFIX,
-                                         suffix=TEMP_SUFFIX)
+        temp_dir = os.path.join(self.base_path, _TEMP_DIR)
+        try:
+            os.makedirs(temp_dir, exist_ok=True)
+            fd, temp_path = create_temp_file(temp_dir, _TEMP_PREFIX)
+        except OSError as error:
+            raise self._unwritable(error) from error
         return _WritebackFile(fd, temp_path, self.durable)
 
     def _commit_blob(self, handle: _WritebackFile, digest: str) -> None:
@@ -174,12 +179,19 @@ class FileSystemPersistenceService(FilePersistenceService[_WritebackFile]):
             self._touch_blob(digest)
             return
         handle.sync_and_close()
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        publish(temp_path, target, durable=self.durable)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            publish(temp_path, target, durable=self.durable)
+        except PermissionError as error:
+            raise self._unwritable(error) from error
 
     def _touch_blob(self, digest: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.utime(self.blob_path(digest))
+        except FileNotFoundError:
+            pass
+        except PermissionError as error:  # another user's blob that is not group-writable
+            raise self._unwritable(error) from error
 
     def _abort_blob(self, handle: _WritebackFile) -> None:
         with contextlib.suppress(OSError):

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from mmlib.persistence import _coordination as coordination
 from mmlib.persistence.store import Store
 from mmlib.schema.schema_obj import BLOB, StoredItem
 
@@ -42,17 +43,30 @@ def sweep(store: Store, live_items: Callable[[], set[StoredItem]], *, dry_run: b
     """Remove every document and blob not in `live_items()`, and unfinished uploads, older than `grace_seconds`.
 
     Items are listed with their times before the live set is computed, and listed again just before removal:
-    an item a save reused, committed or removed meanwhile is kept. Documents go first, so an interrupted run
-    leaves only garbage behind.
+    an item a save reused, committed or removed meanwhile is kept, and so is what was written since the oldest
+    running save began, whatever the grace period. Documents go first, so an interrupted run leaves only garbage
+    behind. A run that removes is marked in the store, so that saves committing beside it check their items
+    afterwards (a dry run writes nothing).
     """
+    if dry_run:
+        return _sweep(store, live_items, dry_run=True, grace_seconds=grace_seconds)
+    with coordination.gc_run(store.dict_pers_service):
+        return _sweep(store, live_items, dry_run=False, grace_seconds=grace_seconds)
+
+
+def _sweep(store: Store, live_items: Callable[[], set[StoredItem]], *, dry_run: bool,
+           grace_seconds: float) -> GarbageReport:
+    """The sweep of one run (a dry run lists what it would remove)."""
     fps, dps = store
     # Ages count up to when listing began: a save that used an item before then and finished within the grace
     # period is in the live set; one that finishes while the live set is computed used the item too recently.
-    # With no grace period nobody saves: everything unreferenced goes, even what a clock a little ahead stamped.
+    # With no grace period, everything unreferenced goes, even what a clock a little ahead stamped, except what
+    # running saves wrote (their leases say since when).
     deadline = time.time() - grace_seconds if grace_seconds > 0 else math.inf
     before = _item_times(store)
     live = live_items()
     after = _item_times(store)
+    deadline = min(deadline, coordination.oldest_save_start(dps))
     unreferenced = [item for item in before if item not in live and item.kind != _PARTIAL_UPLOAD]
     partial = [item for item in before if item.kind == _PARTIAL_UPLOAD]
     old = [item for item in unreferenced + partial if before[item] <= deadline and after.get(item) == before[item]]
@@ -76,8 +90,9 @@ def sweep(store: Store, live_items: Callable[[], set[StoredItem]], *, dry_run: b
 def _item_times(store: Store) -> dict[StoredItem, float]:
     """Every document, blob and unfinished upload of the store, with when it was last written or reused."""
     fps, dps = store
-    times = {StoredItem(kind, item_id): moment for kind in dps.all_types()
+    times = {StoredItem(kind, item_id): moment for kind in dps.all_types() if kind not in coordination.COORDINATION_TYPES
              for item_id, moment in dps.document_times(kind).items()}
+    times.update({StoredItem(kind, marker): -math.inf for kind, marker in coordination.stale_markers(dps)})
     times.update({StoredItem(BLOB, digest): moment for digest, moment in fps.blob_times().items()})
     times.update({StoredItem(_PARTIAL_UPLOAD, upload_id): moment
                   for upload_id, moment in fps.partial_upload_times().items()})

@@ -6,7 +6,7 @@ import os
 from typing import Any, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 
-from mmlib.errors import StoreUnavailableError
+from mmlib.errors import InvalidArgumentError, StoreUnavailableError
 from mmlib.persistence._filesystem import FileSystemPersistenceService
 from mmlib.persistence._sqlite import SQLiteDictPersistenceService
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
@@ -34,6 +34,15 @@ class Store(NamedTuple):
     dict_pers_service: DictPersistenceService
 
 
+def checked_store(store: object) -> Store:
+    """`store` as a Store when it is one, or a (blob store, document store) pair; InvalidArgumentError otherwise."""
+    if (isinstance(store, tuple) and len(store) == 2 and isinstance(store[0], FilePersistenceService)
+            and isinstance(store[1], DictPersistenceService)):
+        return Store(*store)
+    raise InvalidArgumentError(f"a store is what open_store(...) returns (a blob store and a document store), got "
+                               f"{type(store).__name__}")
+
+
 def mongo_database_name(uri: str) -> str:
     """The database a MongoDB URI names in its path (`mongodb://host:port/dbname`), else `mmlib`."""
     name = unquote(urlsplit(uri).path.lstrip("/"))
@@ -55,10 +64,13 @@ def mongo_backend(name: str) -> Any:
     return getattr(module, name)
 
 
-def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = True) -> Store:
+def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = True, *, create: bool = True) -> Store:
     """Open the store at `location`: the one string every node needs.
 
-    A directory gives SQLite + files inside it (created on first use). A MongoDB URI gives MongoDB documents
+    A directory gives SQLite + files inside it. Opening creates nothing (a user who may only read a store can
+    open it); the first save creates the directory, its `metadata.sqlite` and its blob directory. With
+    `create=False` (tools that only read or clean up) a directory without `metadata.sqlite`, or a `blob_dir` that
+    does not exist, raises StoreUnavailableError instead of opening an empty store. A MongoDB URI gives MongoDB documents
     (database from the URI path, default `mmlib`) with blobs in GridFS of the same database, so nodes need
     nothing else; the server is contacted once, so an unreachable one fails here, within seconds.
     `blob_dir` puts the blobs in that directory instead (e.g. a file system every node shares), or in S3-compatible
@@ -73,24 +85,44 @@ def open_store(location: str, blob_dir: Optional[str] = None, durable: bool = Tr
         dict_service = mongo_backend("MongoDictPersistenceService")(mongo_service=connection)
         dict_service.all_types()
         if blob_dir is not None:
-            return Store(_blob_store(blob_dir, durable), dict_service)
+            return Store(_blob_store(blob_dir, durable, create), dict_service)
         return Store(mongo_backend("GridFSFilePersistenceService")(mongo_service=connection), dict_service)
     if "://" in location:
         raise StoreUnavailableError(
             f"unknown store scheme in {location!r}: use a directory path or one of {', '.join(MONGO_SCHEMES)}")
     directory = os.path.abspath(location)
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as error:
-        raise StoreUnavailableError(f"cannot create the store directory {directory}: {error}") from error
-    blobs = blob_dir if blob_dir is not None else os.path.join(directory, BLOB_DIR)
-    return Store(_blob_store(blobs, durable),
-                 SQLiteDictPersistenceService(os.path.join(directory, METADATA_FILE), durable))
+    _check_store_directory(directory, create)
+    blobs = (FileSystemPersistenceService(os.path.join(directory, BLOB_DIR), durable) if blob_dir is None
+             else _blob_store(blob_dir, durable, create))
+    return Store(blobs, SQLiteDictPersistenceService(os.path.join(directory, METADATA_FILE), durable))
 
 
-def _blob_store(blob_dir: str, durable: bool) -> FilePersistenceService:
-    """Blobs in object storage for an `s3://bucket/prefix` location (the `s3` extra), else in that directory."""
+def _check_store_directory(directory: str, create: bool) -> None:
+    """Raise StoreUnavailableError when `directory` is no store (with `create`: when a save could not create one)."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise StoreUnavailableError(f"{directory} is a file, not a store directory; pass the directory that holds "
+                                    f"{METADATA_FILE} (a new one is created by the first save)")
+    if not create:
+        if not os.path.isfile(os.path.join(directory, METADATA_FILE)):
+            missing = f"no {METADATA_FILE} there" if os.path.isdir(directory) else "the directory does not exist"
+            raise StoreUnavailableError(f"no mmlib store at {directory} ({missing}); check the path (a store is "
+                                        "created by the first save)")
+        return
+    parent = os.path.dirname(directory)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StoreUnavailableError(f"cannot create the store directory {directory}: {parent} is a file, not a "
+                                    "directory; choose another path")
+
+
+def _blob_store(blob_dir: str, durable: bool, create: bool = True) -> FilePersistenceService:
+    """Blobs in object storage for an `s3://bucket/prefix` location (the `s3` extra), else in that directory
+    (which, without `create`, must exist)."""
     if blob_dir.startswith(S3_SCHEME):
         from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
         return ObjectStoreFilePersistenceService(blob_dir)
+    if not create and not os.path.isdir(blob_dir):
+        raise StoreUnavailableError(f"blob directory {os.path.abspath(blob_dir)} does not exist; check the blob "
+                                    "directory given (--blob-dir or MMLIB_BLOB_DIR), or restore it from a backup")
     return FileSystemPersistenceService(blob_dir, durable)

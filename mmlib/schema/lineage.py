@@ -22,9 +22,10 @@ def walk_lineage(model_id: str, load: Callable[[str], Record], base_of: Callable
         if base_id is None:
             break
         if base_id in walked:
-            raise IntegrityError(f"the lineage of model {model_id} loops: model {walked[-1]} names {base_id} as its "
-                                 "base, which is already one of its descendants; the metadata was changed, run "
-                                 "`mmlib verify` and restore the store from a backup")
+            loop = " -> ".join(walked[walked.index(base_id):] + [base_id])
+            raise IntegrityError(f"the lineage of model {model_id} loops ({loop}): model {walked[-1]} names {base_id} "
+                                 "as its base, which derives from it; the model documents were changed: restore them "
+                                 "from a backup or remove the models of the loop with `mmlib rm`")
         try:
             chain.append(load(base_id))
         except ModelNotFoundError as error:

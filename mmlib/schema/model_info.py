@@ -52,9 +52,9 @@ class ModelInfo(SchemaObj):
     _fields = (
         ValueField("store_type", key=STORE_TYPE, encode=lambda value: value.value, decode=ModelStoreType),
         ObjectField("recover_info", _recover_info_class, key=RECOVER_INFO_ID, size_key="recover_info"),
-        ValueField("derived_from", key=DERIVED_FROM),
-        ValueField("weights_hash_document", key=WEIGHTS_HASH_INFO),
-        ValueField("created", key=CREATED),
+        ValueField("derived_from", key=DERIVED_FROM, types=(str,)),
+        ValueField("weights_hash_document", key=WEIGHTS_HASH_INFO, types=(dict,)),
+        ValueField("created", key=CREATED, types=(int, float)),
         ValueField("state_layout", key=STATE_LAYOUT, encode=StateLayout.to_document,
                    decode=StateLayout.from_document),
     )

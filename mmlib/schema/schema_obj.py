@@ -8,6 +8,7 @@ An id therefore commits to everything reachable from it, and every read checks t
 the document still hashes to its id.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,19 @@ BLOB = "blob"
 Obj = TypeVar("Obj", bound="SchemaObj")
 
 
+def damaged_document(represent_type: str, document_id: str, detail: str) -> IntegrityError:
+    """The error for a stored document that cannot be read as its type: malformed or wrongly typed fields."""
+    return IntegrityError(f"document {represent_type} {document_id} is damaged ({detail}); restore it from a backup "
+                          "or remove the model with `mmlib rm`")
+
+
+def _stored_id(stored: Any, what: str) -> str:
+    """A reference id or document id read from a document; TypeError unless it is a string."""
+    if not isinstance(stored, str):
+        raise TypeError(f"{what} is a {type(stored).__name__}, not a string")
+    return stored
+
+
 def content_digest(document: dict) -> str:
     """The BLAKE3 digest (64 hex digits) of a JSON document, independent of key order."""
     hasher = new_hasher()
@@ -41,15 +55,19 @@ class StoredItem(NamedTuple):
 
 
 class ValueField:
-    """A JSON value stored in the document; `encode`/`decode` convert to and from the attribute's type."""
+    """A JSON value stored in the document; `encode`/`decode` convert to and from the attribute's type.
+
+    With `types`, a stored value of another type is damage (TypeError, which loading reports as IntegrityError).
+    """
 
     def __init__(self, attr: str, key: Optional[str] = None, encode: Optional[Callable] = None,
-                 decode: Optional[Callable] = None):
+                 decode: Optional[Callable] = None, types: tuple[type, ...] = ()):
         self.attr = attr
         self.key = key or attr
         self.size_key = self.key
         self._encode = encode or (lambda value: value)
         self._decode = decode or (lambda value: value)
+        self._types = types
 
     def persist(self, obj: "SchemaObj", fps: FilePersistenceService, dps: DictPersistenceService) -> Any:
         value = getattr(obj, self.attr)
@@ -57,7 +75,12 @@ class ValueField:
 
     def load(self, document: dict, fps, dps, restore_root, load_recursive, load_files) -> Any:
         stored = document.get(self.key)
-        return None if stored is None else self._decode(stored)
+        if stored is None:
+            return None
+        if self._types and (not isinstance(stored, self._types) or isinstance(stored, bool) and bool not in
+                            self._types):
+            raise TypeError(f"it is a {type(stored).__name__}, not a {' or '.join(t.__name__ for t in self._types)}")
+        return self._decode(stored)
 
     def size(self, document: dict, fps, dps) -> Optional[Union[int, dict]]:
         """Stored bytes this field adds beyond the document itself (None: nothing to report)."""
@@ -83,7 +106,7 @@ class FileField(ValueField):
         stored = document.get(self.key)
         if stored is None:
             return None
-        ref = FileReference(reference_id=stored)
+        ref = FileReference(reference_id=_stored_id(stored, "its reference id"))
         if load_files:
             fps.recover_file(ref, restore_root)
         return ref
@@ -92,14 +115,14 @@ class FileField(ValueField):
         stored = document.get(self.key)
         if stored is None:
             return None
-        ref = FileReference(reference_id=stored)
+        ref = FileReference(reference_id=_stored_id(stored, "its reference id"))
         fps.file_size(ref)
         return ref.size
 
     def references(self, document, dps) -> Iterator[StoredItem]:
         stored = document.get(self.key)
         if stored is not None:
-            yield StoredItem(BLOB, split_reference_id(stored)[0])
+            yield StoredItem(BLOB, split_reference_id(_stored_id(stored, "its reference id"))[0])
 
 
 class ObjectField(ValueField):
@@ -125,19 +148,21 @@ class ObjectField(ValueField):
         stored = document.get(self.key)
         if stored is None:
             return None
-        cls = self.resolve(document)
+        cls, obj_id = self.resolve(document), _stored_id(stored, "its document id")
         if load_recursive:
-            return cls.load(stored, fps, dps, restore_root, load_recursive, load_files)
-        return cls.load_placeholder(stored)
+            return cls.load(obj_id, fps, dps, restore_root, load_recursive, load_files)
+        return cls.load_placeholder(obj_id)
 
     def size(self, document, fps, dps) -> Optional[dict]:
         stored = document.get(self.key)
-        return None if stored is None else self.resolve(document).load_placeholder(stored).size_info(fps, dps)
+        if stored is None:
+            return None
+        return self.resolve(document).load_placeholder(_stored_id(stored, "its document id")).size_info(fps, dps)
 
     def references(self, document, dps) -> Iterator[StoredItem]:
         stored = document.get(self.key)
         if stored is not None:
-            yield from self.resolve(document).load_placeholder(stored).stored_items(dps)
+            yield from self.resolve(document).load_placeholder(_stored_id(stored, "its document id")).stored_items(dps)
 
 
 class IsolatedFileField(FileField):
@@ -154,7 +179,8 @@ class IsolatedFileField(FileField):
     def load(self, document, fps, dps, restore_root, load_recursive, load_files) -> Optional[FileReference]:
         stored = document.get(self.key)
         if stored is not None:
-            restore_root = os.path.join(restore_root, split_reference_id(stored)[0][:16])
+            digest = split_reference_id(_stored_id(stored, "its reference id"))[0]
+            restore_root = os.path.join(restore_root, digest[:16])
         return super().load(document, fps, dps, restore_root, load_recursive, load_files)
 
     def size(self, document, fps, dps) -> Optional[int]:
@@ -180,18 +206,26 @@ class ObjectMapField(ValueField):
             return None
         return {name: item if isinstance(item, str) else item.persist(fps, dps) for name, item in value.items()}
 
-    def load(self, document, fps, dps, restore_root, load_recursive, load_files) -> Optional[dict]:
+    def _stored_ids(self, document: dict) -> Optional[dict[str, str]]:
+        """The stored name -> document id map; TypeError unless it is one."""
         stored = document.get(self.key)
-        return None if stored is None else dict(stored)
+        if stored is None:
+            return None
+        if not isinstance(stored, dict):
+            raise TypeError(f"it is a {type(stored).__name__}, not a map of names to document ids")
+        return {name: _stored_id(obj_id, f"the document id of {name!r}") for name, obj_id in stored.items()}
+
+    def load(self, document, fps, dps, restore_root, load_recursive, load_files) -> Optional[dict]:
+        return self._stored_ids(document)
 
     def size(self, document, fps, dps) -> Optional[dict]:
-        stored = document.get(self.key)
+        stored = self._stored_ids(document)
         if stored is None:
             return None
         return {name: self._cls.load_placeholder(obj_id).size_info(fps, dps) for name, obj_id in stored.items()}
 
     def references(self, document, dps) -> Iterator[StoredItem]:
-        for obj_id in (document.get(self.key) or {}).values():
+        for obj_id in (self._stored_ids(document) or {}).values():
             yield from self._cls.load_placeholder(obj_id).stored_items(dps)
 
 
@@ -255,20 +289,33 @@ class SchemaObj:
         """Fill every field of a placeholder from its stored document (content-addressed ones re-hashed first)."""
         document = self.stored_document(dict_pers_service)
         for field in self._fields:
-            try:
+            with self._reading(field):
                 value = field.load(document, file_pers_service, dict_pers_service, restore_root, load_recursive,
                                    load_files)
-            except MMLibError:
-                raise
-            except (KeyError, TypeError, ValueError, AttributeError) as error:
-                raise IntegrityError(
-                    f"{self._representation_type} document {self.store_id} has a damaged field {field.key!r} "
-                    f"({error!r}); run `mmlib verify` and restore the store from a backup") from error
             setattr(self, field.attr, value)
+
+    @contextlib.contextmanager
+    def _reading(self, field: ValueField) -> Iterator[None]:
+        """Turn what a wrongly typed `field` makes Python raise into IntegrityError naming this document."""
+        try:
+            yield
+        except MMLibError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
+            raise damaged_document(self._representation_type, str(self.store_id),
+                                   f"field {field.key!r}: {error}") from error
+
+    def _recover_document(self, dict_pers_service: DictPersistenceService) -> dict:
+        """The stored document as it is (not checked against its id); IntegrityError unless it is a JSON object."""
+        document = dict_pers_service.recover_dict(self.stored_id(), self._representation_type)
+        if not isinstance(document, dict):
+            raise damaged_document(self._representation_type, self.stored_id(),
+                                   f"it is a {type(document).__name__}, not an object")
+        return document
 
     def stored_document(self, dict_pers_service: DictPersistenceService) -> dict:
         """The stored document of this object; IntegrityError when it no longer hashes to its id."""
-        document = dict_pers_service.recover_dict(self.stored_id(), self._representation_type)
+        document = self._recover_document(dict_pers_service)
         fields = {key: value for key, value in document.items() if key != ID}
         if self._content_id(fields) != self.store_id:
             raise IntegrityError(
@@ -282,14 +329,16 @@ class SchemaObj:
         document = self.stored_document(dict_pers_service)
         yield StoredItem(self._representation_type, self.stored_id())
         for field in self._fields:
-            yield from field.references(document, dict_pers_service)
+            with self._reading(field):
+                yield from field.references(document, dict_pers_service)
 
     def size_info(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService) -> dict:
         """Stored bytes of this object: its own document (`metadata_size`) and each referenced blob and object."""
-        document = dict_pers_service.recover_dict(self.stored_id(), self._representation_type)
+        document = self._recover_document(dict_pers_service)
         sizes: dict = {METADATA_SIZE: dict_pers_service.dict_size(self.stored_id(), self._representation_type)}
         for field in self._fields:
-            size = field.size(document, file_pers_service, dict_pers_service)
+            with self._reading(field):
+                size = field.size(document, file_pers_service, dict_pers_service)
             if size is not None:
                 sizes[field.size_key] = size
         return sizes

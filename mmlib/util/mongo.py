@@ -27,7 +27,8 @@ _REASONS = (("connection refused", "connection refused"), ("timed out", "timed o
             ("name resolution", "host name not found"), ("getaddrinfo failed", "host name not found"),
             ("network is unreachable", "network unreachable"), ("no route to host", "no route to host"),
             ("connection reset", "connection reset"), ("authentication failed", "authentication failed"),
-            ("no replica set members", "no replica set member is available"))
+            ("no replica set members", "no replica set member is available"),
+            ("no servers found yet", "timed out"))  # selection gave up before the first connection attempt did
 _REASON_LENGTH = 100
 _AUTH_CODES = (13, 18)  # Unauthorized, AuthenticationFailed
 _DURABLE = WriteConcern(w=1, j=True)

@@ -92,3 +92,9 @@ def test_a_refused_operation_names_its_code_and_what_to_check():
     ("h:1: something new " + "y" * 300, "something new " + "y" * 83 + "...")])
 def test_short_reasons(text, reason):
     assert short_reason(pymongo.errors.PyMongoError(text)) == reason
+
+
+def test_a_selection_that_gives_up_before_any_connection_attempt_ends_is_a_timeout():
+    error = pymongo.errors.ServerSelectionTimeoutError(
+        "No servers found yet, Timeout: 0.5s, Topology Description: <TopologyDescription id: 1, ...>")
+    assert short_reason(error) == "timed out"

@@ -16,7 +16,10 @@ import pytest
 from mmlib.errors import IntegrityError, InvalidIdError, StoreUnavailableError
 from mmlib.persistence import FileReference, open_store
 from mmlib.persistence._s3 import ObjectStoreFilePersistenceService, parse_s3_url
+from mmlib.save import BaselineSaveService
 from mmlib.util.hash import new_hasher
+from save_helpers import save_info
+from tiny_models import TinyNet
 
 MIB = 1024 * 1024
 PART = 5 * MIB  # S3's smallest part: a few parts make a multipart upload
@@ -178,11 +181,13 @@ def test_open_store_puts_blobs_in_the_bucket(tmp_path, s3_test_location):
 
 
 def test_the_cli_reports_a_missing_bucket_in_one_line_with_exit_code_3(tmp_path, s3_test_location):
+    BaselineSaveService(*open_store(str(tmp_path / "store"))).save_model(save_info(TinyNet()))
     completed = subprocess.run([sys.executable, "-m", "mmlib", "--store", str(tmp_path / "store"), "ls"],
                                env={**os.environ, "MMLIB_BLOB_DIR": "s3://mmlib-no-such-bucket/models"},
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 3, completed.stderr
-    assert len(completed.stderr.strip().splitlines()) == 1 and "does not exist" in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1 and "mmlib-no-such-bucket" in completed.stderr
+    assert "does not exist" in completed.stderr
 
 
 def test_a_location_that_is_not_s3_is_invalid():

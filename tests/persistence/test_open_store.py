@@ -18,11 +18,43 @@ from save_helpers import save_info
 from tiny_models import TinyNet
 
 
-def test_directory_gives_sqlite_and_files_created_on_first_use(tmp_path):
+def test_directory_gives_sqlite_and_files_created_by_the_first_save(tmp_path):
     store = open_store(str(tmp_path / "new-store"))
     assert isinstance(store.file_pers_service, FileSystemPersistenceService)
     assert isinstance(store.dict_pers_service, SQLiteDictPersistenceService)
+    assert not (tmp_path / "new-store").exists()
+    BaselineSaveService(*store).save_model(save_info(TinyNet()))
     assert os.path.isfile(tmp_path / "new-store" / "metadata.sqlite")
+    assert os.path.isdir(tmp_path / "new-store" / "blobs")
+
+
+def test_opening_an_existing_directory_creates_nothing(tmp_path):
+    store = open_store(str(tmp_path))
+    assert store.dict_pers_service.all_types() == [] and list(store.file_pers_service.blob_digests()) == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_create_a_directory_without_a_store_is_refused(tmp_path):
+    for location in (tmp_path, tmp_path / "missing"):
+        with pytest.raises(StoreUnavailableError, match=f"no mmlib store at {location} "):
+            open_store(str(location), create=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_create_a_missing_blob_directory_is_refused(tmp_path):
+    BaselineSaveService(*open_store(str(tmp_path / "store"))).save_model(save_info(TinyNet()))
+    assert open_store(str(tmp_path / "store"), create=False).dict_pers_service.all_types()
+    missing = tmp_path / "typo"
+    with pytest.raises(StoreUnavailableError, match=f"blob directory {missing} does not exist"):
+        open_store(str(tmp_path / "store"), blob_dir=str(missing), create=False)
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_file_is_named_as_a_file_not_a_store(tmp_path, create):
+    (tmp_path / "notes.txt").write_text("not a store")
+    with pytest.raises(StoreUnavailableError, match=f"{tmp_path / 'notes.txt'} is a file, not a store directory"):
+        open_store(str(tmp_path / "notes.txt"), create=create)
 
 
 def test_mongo_uri_with_shared_directory(mongo_uri, tmp_path):
