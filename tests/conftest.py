@@ -151,6 +151,16 @@ def corrupt_blob():
     return corrupt_stored_blob
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train on one thread in a module's tests: their small batches gain nothing from more, and lose a lot on a
+    busy machine (or one whose cores several workers share)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def restore_global_state():
     """Undo set_deterministic's global changes (flags and random state) so every test runs as configured."""

@@ -35,13 +35,7 @@ from provenance_helpers import (TRAIN_KWARGS_2, TinyNet, UnseededNoiseTrainServi
                                 lazy_optimizer_train_wrapper, prov_save_info, save_trained_version)
 from save_helpers import equal, forge_record, perturb, save_info
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train on one thread: batches of four 64x64 images gain nothing from more, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
