@@ -4,6 +4,7 @@ Root ignores permission bits, so the reads run in a child process that has switc
 """
 
 import contextlib
+import functools
 import io
 import multiprocessing
 import os
@@ -14,7 +15,10 @@ import subprocess
 import tempfile
 from typing import Callable, Iterator
 
+import pymongo
+import pymongo.monitoring
 import pytest
+import torch
 
 from mmlib import maintenance
 from mmlib.cli import main
@@ -175,3 +179,44 @@ def test_files_and_directories_get_the_umask_s_permissions(tmp_path, umask, mask
     assert {name for name in os.listdir(location)} >= {METADATA_FILE, f"{METADATA_FILE}-wal", "blobs"}
     assert _modes(location) == {("dir", directory_mode), ("file", file_mode)}
     assert stat.S_IMODE(exported.stat().st_mode) == file_mode
+
+
+class _WriteCommands(pymongo.monitoring.CommandListener):
+    """Records the write commands clients send to the MongoDB server."""
+
+    WRITES = {"insert", "update", "delete", "findAndModify", "createIndexes", "create", "drop", "dropIndexes"}
+
+    def __init__(self):
+        self.writes: list[str] = []
+
+    def started(self, event) -> None:
+        if event.command_name in self.WRITES:
+            self.writes.append(event.command_name)
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+def test_reading_a_mongodb_store_sends_no_write_command(mongo_database, monkeypatch):
+    """What a user with MongoDB's `read` role does (open, ls, show, tree, verify, recover, gc --dry-run) writes
+    nothing: the server would refuse it."""
+    uri, name = mongo_database
+    location = f"{uri}/{name}"
+    model = TinyNet()
+    model_id = BaselineSaveService(*open_store(location)).save_model(save_info(model))
+    listener = _WriteCommands()
+    monkeypatch.setattr(pymongo, "MongoClient", functools.partial(pymongo.MongoClient, event_listeners=[listener]))
+    reader = open_store(location, create=False)
+    recovered = BaselineSaveService(*reader).recover_model(model_id, execute_checks=True).model
+    assert maintenance.list_models(reader)[0].model_id == model_id
+    maintenance.model_details(reader, model_id)
+    maintenance.version_tree(reader)
+    assert maintenance.verify(reader) == []
+    maintenance.collect_garbage(reader, dry_run=True, grace_seconds=0)
+    assert listener.writes == []
+    assert all(torch.equal(recovered.state_dict()[key], value) for key, value in model.state_dict().items())
+    BaselineSaveService(*reader).save_model(save_info(TinyNet()))  # the listener sees what a writer sends
+    assert "insert" in listener.writes or "update" in listener.writes

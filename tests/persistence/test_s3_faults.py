@@ -10,7 +10,9 @@ up on an answer after a second, so every test takes seconds.
 import os
 
 import pytest
+import torch
 
+from mmlib import maintenance
 from mmlib.errors import StoreUnavailableError
 from mmlib.persistence import SQLiteDictPersistenceService, Store, _s3, open_store
 from mmlib.persistence._s3 import ObjectStoreFilePersistenceService
@@ -18,6 +20,7 @@ from mmlib.save import BaselineSaveService
 from mmlib.testing.fault_proxy import ANSWER, CUT_REQUEST, CUT_RESPONSE, STALL, FaultProxy
 from mmlib.util.hash import new_hasher
 from save_helpers import save_info
+from tiny_models import TinyNet
 from zoo_models import TiedDecoderLM
 
 MIB = 1024 * 1024
@@ -190,3 +193,23 @@ def test_a_save_whose_upload_fails_raises_and_lists_no_model(save_service, proxy
     assert objects == ([] if not failing else objects), "with every PUT failing, no blob was stored"
     for key in objects:  # what went up before the failure is whole (garbage collection removes it)
         direct.verify_blob(key[len(direct.prefix):])
+
+
+def test_a_read_only_bucket_credential_recovers_lists_and_verifies_but_cannot_save(proxy, tmp_path,
+                                                                                   s3_test_location):
+    """Readers with only s3:GetObject and s3:ListBucket: every write request the bucket refuses (403) changes
+    nothing they do, and a save fails with a typed error that lists no model."""
+    location = str(tmp_path / "store")
+    model = TinyNet()
+    model_id = BaselineSaveService(*open_store(location, blob_dir=s3_test_location)).save_model(save_info(model))
+    for method in ("PUT", "POST", "DELETE"):
+        proxy.inject(ANSWER, method=method, status=403, code="AccessDenied")
+    reader = open_store(location, blob_dir=s3_test_location)
+    recovered = BaselineSaveService(*reader).recover_model(model_id, execute_checks=True).model
+    assert all(torch.equal(recovered.state_dict()[name], value) for name, value in model.state_dict().items())
+    assert [summary.model_id for summary in maintenance.list_models(reader)] == [model_id]
+    assert maintenance.verify(reader) == []
+    assert maintenance.collect_garbage(reader, dry_run=True, grace_seconds=0).count == 0
+    with pytest.raises(StoreUnavailableError, match="AccessDenied|access"):
+        BaselineSaveService(*reader).save_model(save_info(TinyNet()))
+    assert maintenance.all_model_ids(reader) == [model_id]
