@@ -10,6 +10,7 @@ after each read the `-wal` and `-shm` files must still be absent and the file's 
 unchanged; otherwise the read is repeated on a new connection.
 """
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -18,13 +19,14 @@ import time
 from typing import Optional
 from urllib.parse import quote
 
+from mmlib.constants import ID
 from mmlib.errors import IntegrityError, StoreUnavailableError
 from mmlib.persistence.base import DictPersistenceService, document_id, missing_document
 
 _BUSY_TIMEOUT_S = 60.0
 _WAL_RETRY_S = 0.01
 _UNLOCKED_READ_TRIES = 5
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     type TEXT NOT NULL,
@@ -51,6 +53,15 @@ def _enable_wal(connection: sqlite3.Connection) -> None:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(_WAL_RETRY_S)
+
+
+def _create_file(path: str) -> None:
+    """Create the database file with the umask's permissions (SQLite gives them to its `-wal` and `-shm` files),
+    unless it exists. An existing file is never opened here: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, so another connection of this process would lose its locks, and another
+    process could then take itself for the last user of the WAL and delete it under this one's writes."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, _NEW_FILE_FLAGS, 0o666))
 
 
 def _unlocked_snapshot(path: str) -> Optional[tuple[int, ...]]:
@@ -118,7 +129,7 @@ class SQLiteDictPersistenceService(DictPersistenceService):
                 "shares a group-writable directory and umask 002) or save into a store you can write to")
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            os.close(os.open(self.path, _NEW_FILE_FLAGS, 0o666))
+            _create_file(self.path)
             connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
             _enable_wal(connection)
             connection.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
@@ -200,6 +211,16 @@ class SQLiteDictPersistenceService(DictPersistenceService):
                     "ON CONFLICT (type, id) DO UPDATE SET body = excluded.body, created = excluded.created",
                     (represent_type, dict_id, body, time.time()))
         return dict_id
+
+    def insert_dict(self, insert_dict: dict, represent_type: str) -> bool:
+        body = json.dumps(insert_dict, sort_keys=True)
+        try:
+            cursor = self.connection().execute(
+                "INSERT INTO documents (type, id, body, created) VALUES (?, ?, ?, ?) ON CONFLICT (type, id) DO NOTHING",
+                (represent_type, str(insert_dict[ID]), body, time.time()))
+        except sqlite3.DatabaseError as error:
+            raise self._failure(error) from error
+        return cursor.rowcount == 1
 
     def _body(self, dict_id: str, represent_type: str) -> str:
         rows = self._select("SELECT body FROM documents WHERE type = ? AND id = ?", (represent_type, str(dict_id)))

@@ -3,6 +3,8 @@
 import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +99,18 @@ def test_an_unlocked_read_is_repeated_when_a_writer_changed_the_file_meanwhile(t
     monkeypatch.setattr(_sqlite.os, "access", lambda path, mode: False)
     assert reader.all_ids_for_type("thing") == ["one", "two"]
     assert sum("immutable=1" in uri for uri in uris) == 2
+
+
+def test_a_second_store_object_on_one_file_keeps_the_first_one_s_writes_visible_to_other_processes(tmp_path):
+    """Opening (creating) the file must not open an existing one: closing any descriptor of it would drop this
+    process's SQLite locks, and the next process to close would take itself for the last one and delete the WAL
+    that the first store object still writes to."""
+    path = str(tmp_path / "meta.sqlite")
+    first = SQLiteDictPersistenceService(path)
+    first.save_dict({"id": "a", "v": 1}, "thing")
+    SQLiteDictPersistenceService(path).save_dict({"id": "b", "v": 2}, "thing")
+    reader = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT id FROM documents').fetchall())"
+    subprocess.run([sys.executable, "-c", reader, path], check=True, capture_output=True)
+    first.save_dict({"id": "c", "v": 3}, "thing")
+    seen = subprocess.run([sys.executable, "-c", reader, path], check=True, capture_output=True, text=True).stdout
+    assert seen.strip() == "[('a',), ('b',), ('c',)]"
