@@ -1,3 +1,19 @@
-"""mmlib: save and recover PyTorch models exactly (weights, code, environment, provenance)."""
+"""mmlib: save and recover PyTorch models exactly (weights, code, environment, provenance).
+
+The one-line API (`mmlib.save`, `mmlib.load`, ... from `mmlib.api`) is imported on first use, so that `import
+mmlib` (and the `mmlib` command) stays quick.
+"""
+
+import importlib
+from typing import Any
 
 __version__ = "0.2.0"
+_API = ("Version", "open_store", "save", "load", "get", "find", "set_alias", "set_tags", "set_metrics")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    """The one-line API's names, imported from `mmlib.api` when first asked for."""
+    if name in _API:
+        return getattr(importlib.import_module("mmlib.api"), name)
+    raise AttributeError(f"module 'mmlib' has no attribute {name!r}")

@@ -61,6 +61,9 @@ class _UsageError(Exception):
     """A command line that names something unusable (reported with exit code 2)."""
 
 
+REFERENCE_HELP = "a model: its id, a unique prefix of it, NAME (the latest version), NAME:vN or NAME:ALIAS"
+
+
 def _human_size(size: int) -> str:
     if size < 1024:
         return f"{size} B"
@@ -242,14 +245,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_rm(args: argparse.Namespace) -> int:
     store = _open(args)
     removed = maintenance.remove_model(store, maintenance.resolve_model_id(store, args.model_id),
-                                       with_descendants=args.with_descendants)
+                                       with_descendants=args.with_descendants, force=args.force)
     if args.json:
         _print_json({"removed": removed})
         return EXIT_OK
     for model_id in removed:
         print(f"removed model {model_id}")
     print("run `mmlib gc` to reclaim the space of what no other model uses; it keeps what was written within its "
-          "grace period (a day by default), so when no process is saving, `mmlib gc --grace 0` reclaims it now")
+          "grace period (a day by default); `mmlib gc --grace 0` reclaims it now (safe while others save)")
     return EXIT_OK
 
 
@@ -270,7 +273,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
           f"younger than {args.grace:g} s (a save may still need them)")
     if report.kept_young and args.grace > 0:
         print(f"the {report.kept_young} item(s) kept for the grace period go in a later run, or now with "
-              "`mmlib gc --grace 0` when no process is saving")
+              "`mmlib gc --grace 0` (it keeps what running saves wrote)")
     return EXIT_OK
 
 
@@ -342,11 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("ls", _cmd_ls, "list the stored models, newest first", "mmlib --store ./models ls")
     show = command("show", _cmd_show, "show a model: metadata, environment, size breakdown, lineage",
                    "mmlib --store ./models show MODEL_ID --json")
-    show.add_argument("model_id", metavar="ID", help="model id or a unique prefix of it (see `mmlib ls`)")
+    show.add_argument("model_id", metavar="ID", help=REFERENCE_HELP)
     command("tree", _cmd_tree, "print the version graph as an indented tree", "mmlib --store ./models tree")
     recover = command("recover", _cmd_recover, "recover a model (with checks) and write its weights as safetensors",
                       "mmlib --store ./models recover MODEL_ID -o weights.safetensors", json_output=False)
-    recover.add_argument("model_id", metavar="ID", help="model id or a unique prefix of it (see `mmlib ls`)")
+    recover.add_argument("model_id", metavar="ID", help=REFERENCE_HELP)
     recover.add_argument("-o", "--output", required=True, metavar="FILE", help="the .safetensors file to write")
     verify = command("verify", _cmd_verify, "re-hash every blob the models need and recover each model; "
                      "exit code 1 on any problem", "mmlib --store ./models verify MODEL_ID")
@@ -354,16 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="models to verify, ids or unique prefixes (default: all)")
     rm = command("rm", _cmd_rm, "remove a model (refused while other models derive from it); `gc` then reclaims "
                  "its space", "mmlib --store ./models rm MODEL_ID --with-descendants")
-    rm.add_argument("model_id", metavar="ID", help="model id or a unique prefix of it (see `mmlib ls`)")
+    rm.add_argument("model_id", metavar="ID", help=REFERENCE_HELP)
     rm.add_argument("--with-descendants", action="store_true",
                     help="also remove every model derived from it, directly or through others")
+    rm.add_argument("--force", action="store_true", help="remove a version even while aliases point at it")
     gc = command("gc", _cmd_gc, "remove blobs, documents and unfinished uploads no model references and no "
                  "save wrote or reused within the grace period (safe while other processes save)",
                  "mmlib --store ./models gc --dry-run")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.add_argument("--grace", type=float, default=maintenance.DEFAULT_GC_GRACE_S, metavar="SECONDS",
                     help="keep what was written less than this long ago (default: %(default)g, a day; "
-                         "0 when no process saves)")
+                         "0 reclaims at once what no model needs: it keeps what running saves wrote)")
     command("bench", _cmd_bench, f"run the benchmark ({BENCHMARK_MODULE}) of the mmlib source checkout mmlib runs "
             "from, or of the current directory; other arguments go to the benchmark", "mmlib bench --quick",
             json_output=False)

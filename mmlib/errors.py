@@ -59,6 +59,10 @@ class InvalidArgumentError(MMLibError, TypeError):
     """An argument of a public entry point has the wrong type (a store that is not one, a flag that is no bool)."""
 
 
+class DeviceUnavailableError(MMLibError, RuntimeError):
+    """The device a model is to be recovered to does not exist here (no CUDA, fewer GPUs, another backend)."""
+
+
 class InvalidSaveInfoError(MMLibError, ValueError):
     """The save request is incomplete or inconsistent; nothing was written."""
 

@@ -16,14 +16,17 @@ from typing import Callable, Concatenate, Iterable, Iterator, Optional, ParamSpe
 import torch
 
 from mmlib.constants import PROGRESS_LOGGER
-from mmlib.approaches.base import AbstractSaveService
+from mmlib.approaches.base import AbstractSaveService, DeviceLike
 from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, EnvironmentMismatchWarning, IntegrityError,
                           InvalidIdError, ModelInUseError, ModelNotFoundError, NotFoundError, RestoreError,
                           StoreUnavailableError)
+from mmlib import refs
 from mmlib.persistence import _coordination as coordination
 from mmlib.persistence._atomic import atomic_write
 from mmlib.persistence._gc import DEFAULT_GC_GRACE_S, GarbageReport, sweep
+from mmlib.persistence.base import DictPersistenceService
 from mmlib.persistence.store import Store, checked_store
+from mmlib.refs import MIN_PREFIX
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, RECORDED_WEIGHTS_HASH, STORE_TYPE, ModelInfo
@@ -43,8 +46,7 @@ SAVE_SERVICES: dict[ModelStoreType, type[AbstractSaveService]] = {
     ModelStoreType.WEIGHT_UPDATES: WeightUpdateSaveService,
     ModelStoreType.PROVENANCE: ProvenanceSaveService,
 }
-# Id prefixes: the shortest one accepted for a model id, and the length tables show.
-MIN_PREFIX = 4
+# The length of the id prefixes tables show.
 ABBREVIATED = 12
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _ENVIRONMENT_SUMMARY_FIELDS = ("python_version", "pytorch_version", "processor_info", "gpu_types",
@@ -162,13 +164,18 @@ def require_model(store: Store, model_id: str) -> None:
 
 @_takes_store
 def resolve_model_id(store: Store, id_or_prefix: str) -> str:
-    """The model id that `id_or_prefix` names: an id, or a prefix of at least MIN_PREFIX digits that only one
-    stored model's id starts with (as git accepts abbreviated commit ids)."""
+    """The model id that `id_or_prefix` names: an id, a prefix of at least MIN_PREFIX digits that only one
+    stored model's id starts with (as git accepts abbreviated commit ids), or a name reference (`NAME`,
+    `NAME:vN`, `NAME:ALIAS`; see `mmlib.refs`)."""
     if not isinstance(id_or_prefix, str):
         raise InvalidIdError(f"a model id is a string, got {type(id_or_prefix).__name__}; pass an id `mmlib ls` "
                              "shows")
     if store.dict_pers_service.id_exists(id_or_prefix, MODEL_INFO):
         return id_or_prefix
+    named = refs.resolve_name(store.dict_pers_service, id_or_prefix, lambda: [
+        model_id for model_id in all_model_ids(store) if model_id.startswith(id_or_prefix)])
+    if named is not None:
+        return named
     if len(id_or_prefix) < MIN_PREFIX:
         check_store_format(store.dict_pers_service)
         if id_or_prefix and all(digit in _HEX_DIGITS for digit in id_or_prefix):
@@ -181,7 +188,8 @@ def resolve_model_id(store: Store, id_or_prefix: str) -> str:
                                     f"({', '.join(match[:ABBREVIATED] for match in matches[:5])}, ...); give more "
                                     "of the id")
     if not matches:
-        require_model(store, id_or_prefix)
+        raise ModelNotFoundError(f"no model with id {id_or_prefix!r} in this store"
+                                 f"{refs.names_hint(store.dict_pers_service)}; list the stored models with `mmlib ls`")
     return matches[0]
 
 
@@ -214,8 +222,10 @@ def descendants(store: Store, model_id: str) -> list[str]:
 
 
 @_takes_store
-def remove_model(store: Store, model_id: str, with_descendants: bool = False) -> list[str]:
+def remove_model(store: Store, model_id: str, with_descendants: bool = False, *, force: bool = False) -> list[str]:
     """Remove a model (and, with `with_descendants`, every model derived from it); returns the removed ids.
+
+    A version an alias points at is kept unless `force`; a removed version's number is never given again.
 
     Only the model documents go (a model no longer exists once its document is gone); `collect_garbage` then
     reclaims the blobs and documents nothing else references. Refused with ModelInUseError while other models
@@ -239,11 +249,29 @@ def remove_model(store: Store, model_id: str, with_descendants: bool = False) ->
             marked += unmarked
             derived = descendants(store, model_id)
         removed = list(reversed(derived)) + [model_id]
+        if not force:
+            _refuse_aliased(dps, removed)
         for removed_id in removed:
             dps.delete_dict(removed_id, MODEL_INFO)
             dps.delete_dict(removed_id, RECORDED_WEIGHTS_HASH)
+            refs.forget_model(dps, removed_id)
             logger.info("removed model %s", removed_id)
     return removed
+
+
+def _refuse_aliased(dps: DictPersistenceService, model_ids: list[str]) -> None:
+    """ModelInUseError when an alias (other than the implicit `latest`) points at one of `model_ids`."""
+    for model_id in model_ids:
+        version = refs.version_of(dps, model_id)
+        if version is None:
+            continue
+        name, number = version
+        aliases = [alias for alias in refs.aliases_of(dps, name, number) if alias != refs.LATEST]
+        if aliases:
+            raise ModelInUseError(
+                f"model {model_id} is {name}:v{number}, which alias(es) {', '.join(aliases)} point at; move them "
+                "first (mmlib.set_alias, `mmlib alias`), or remove it anyway (remove_model(..., force=True), "
+                "`mmlib rm --force`)")
 
 
 @_takes_store
@@ -273,7 +301,8 @@ def version(store: Store, model_id: str) -> Version:
         raise damaged_document(MODEL_INFO, model_id, str(error)) from error
 
 
-def _model_sizes(store: Store, model_id: str) -> dict:
+def model_size_info(store: Store, model_id: str) -> dict:
+    """Bytes a model's own documents and blobs take, as a nested dict (as `model_save_size` returns)."""
     return ModelInfo.load_placeholder(model_id).size_info(store.file_pers_service, store.dict_pers_service)
 
 
@@ -334,7 +363,7 @@ def survey(store: Store) -> Survey:
     models = []
     for v in versions:
         try:
-            models.append(ModelSummary(**v.__dict__, size=total_size(_model_sizes(store, v.model_id))))
+            models.append(ModelSummary(**v.__dict__, size=total_size(model_size_info(store, v.model_id))))
         except (IntegrityError, InvalidIdError) as error:
             damaged.append(DamagedModel(v.model_id, str(error)))
         except NotFoundError as error:
@@ -371,6 +400,7 @@ def _environment_summary(store: Store, chain: list[Version]) -> dict:
         environment = getattr(model_info.recover_info, "environment", None)
         if environment is not None:
             summary = {name: getattr(environment, name) for name in _ENVIRONMENT_SUMMARY_FIELDS}
+            summary["saved_on_device"] = getattr(environment, "device", None) or "cpu"
             summary["installed_packages"] = len(environment.pip_freeze or [])
             summary["recorded_by"] = entry.model_id
             return summary
@@ -400,7 +430,7 @@ def model_details(store: Store, model_id: str) -> ModelDetails:
     sizes: dict = {}
     environment: dict = {}
     try:
-        sizes = _model_sizes(store, model_id)
+        sizes = model_size_info(store, model_id)
         environment = _environment_summary(store, chain)
     except (IntegrityError, InvalidIdError) as error:
         damage.append(str(error))
@@ -439,10 +469,12 @@ def save_service_for(store: Store, store_type: ModelStoreType) -> AbstractSaveSe
 
 
 @_takes_store
-def recover_model(store: Store, model_id: str, execute_checks: bool = True) -> torch.nn.Module:
-    """Recover a model with the save service its store type needs."""
+def recover_model(store: Store, model_id: str, execute_checks: bool = True,
+                  device: Optional[DeviceLike] = None) -> torch.nn.Module:
+    """Recover a model with the save service its store type needs, on `device` (default: the CPU)."""
     store_type = ModelStoreType(version(store, model_id).store_type)
-    model = save_service_for(store, store_type).recover_model(model_id, execute_checks=execute_checks).model
+    model = save_service_for(store, store_type).recover_model(model_id, execute_checks=execute_checks,
+                                                              device=device).model
     if model is None:
         raise RestoreError(f"the {store_type.value} save service recovered no model for {model_id}")
     return model
@@ -549,6 +581,7 @@ def _live_items(store: Store) -> set[StoredItem]:
     are not re-read (that would read the whole store): a corrupted blob is live and kept, and `verify` finds it.
     """
     live = {StoredItem(STORE_FORMAT, FORMAT_DOCUMENT_ID)}
+    live |= {StoredItem(kind, ref) for kind in refs.REF_TYPES for ref in store.dict_pers_service.all_ids_for_type(kind)}
     stored_blobs = set(store.file_pers_service.blob_digests())
     for model_id in all_model_ids(store):
         try:

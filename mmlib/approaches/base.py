@@ -14,16 +14,17 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
 from mmlib.util.concurrency import run_beside
-from mmlib.approaches.model_building import rebuild
+from mmlib.approaches.model_building import CPU, rebuild
 from mmlib.approaches.model_source import ModelSource, resolve_model_source
-from mmlib.approaches.model_state import CapturedState, capture, check_rebuildable, module_types, state_shapes
-from mmlib.errors import (IncompatibleModelError, IntegrityError, InvalidArgumentError, InvalidSaveInfoError, ModelNotFoundError,
-                          NotFoundError, StoreUnavailableError)
+from mmlib.approaches.model_state import (CapturedState, capture, check_rebuildable, module_types, state_device,
+                                          state_shapes)
+from mmlib.errors import (DeviceUnavailableError, IncompatibleModelError, IntegrityError, InvalidArgumentError,
+                          InvalidSaveInfoError, ModelNotFoundError, NotFoundError, StoreUnavailableError)
 from mmlib.persistence import _coordination as coordination
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
@@ -44,6 +45,8 @@ from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 logger = logging.getLogger(__name__)
 
 PARAMETERS_FILE_NAME = "parameters.safetensors"
+# What `recover_model(..., device=...)` takes besides None (see `recovery_device`).
+DeviceLike = Union[str, torch.device]
 # The original MMlib's timing log: one JSON object per line with these keys.
 START_STOP, EVENT_ID, APPROACH, METHOD, EVENT, TIME = "start-stop", "_id", "approach", "method", "event", "time"
 START, STOP, ALL_EVENTS = "start", "stop", "all"
@@ -116,14 +119,16 @@ class AbstractSaveService(ABC):
                 _GC_RUNS_AT_START.reset(token)
 
     @contextlib.contextmanager
-    def _recovering(self, model_id: str, execute_checks: bool) -> Iterator[None]:
-        """Time a recovery and name the model in any integrity error raised while recovering it."""
+    def _recovering(self, model_id: str, execute_checks: bool, device: object = None) -> Iterator[torch.device]:
+        """Time a recovery and name the model in any integrity error raised while recovering it; gives the checked
+        device to recover to (see `recovery_device`)."""
         if not isinstance(model_id, str):
             raise _unknown_model(model_id)
         check_type(execute_checks, bool, "execute_checks", "True or False")
+        target = recovery_device(device)
         try:
             with self._timed("recover_model", model_id):
-                yield
+                yield target
         except IntegrityError as error:
             if str(model_id) in str(error):
                 raise
@@ -134,8 +139,10 @@ class AbstractSaveService(ABC):
         """Store the model described by `save_info`; returns its model id."""
 
     @abstractmethod
-    def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        """Rebuild a stored model; with `execute_checks` its weights are verified against the stored hashes."""
+    def recover_model(self, model_id: str, execute_checks: bool = True,
+                      device: Optional[DeviceLike] = None) -> RestoredModelInfo:
+        """Rebuild a stored model on `device` (default: the CPU, wherever it was saved from); with `execute_checks`
+        its weights are verified there against the stored hashes."""
 
     def model_save_size(self, model_id: str) -> dict:
         """Bytes the model's own documents and blobs take, as a nested dict with `metadata_size` at every level."""
@@ -309,34 +316,37 @@ class AbstractSaveService(ABC):
             target = create_type(code_path, snapshot.model_class_name)
         return functools.partial(target, **(snapshot.model_init_args or {}))
 
-    def _recover_snapshot(self, model_info: ModelInfo, execute_checks: bool) -> tuple[torch.nn.Module, dict]:
-        """The model a full snapshot stores, and the stored tensors it was given."""
+    def _recover_snapshot(self, model_info: ModelInfo, execute_checks: bool,
+                          device: torch.device = CPU) -> tuple[torch.nn.Module, dict]:
+        """The model a full snapshot stores, built on `device`, and the stored tensors (on the CPU) it was given."""
         if model_info.store_type != ModelStoreType.FULL_MODEL:
             raise IncompatibleModelError(
                 f"model {model_info.store_id} is stored as {model_info.store_type.value}, not as a full snapshot; "
                 "recover it with the save service that stored it (e.g. WeightUpdateSaveService)")
         tensors = self._read_weights(model_info.recover_info.parameters_file)
-        return self._rebuild(model_info, model_info.recover_info, tensors, execute_checks), tensors
+        return self._rebuild(model_info, model_info.recover_info, tensors, execute_checks, device), tensors
 
     def _rebuild(self, model_info: ModelInfo, snapshot: FullModelRecoverInfo, tensors: dict[str, torch.Tensor],
-                 execute_checks: bool) -> torch.nn.Module:
-        """Build `model_info`'s model with the code of `snapshot` and the stored tensors; checked when asked (the
-        environment too: Python, torch, numpy and the packages the stored code imports; the model's own package
-        for an import path is compared whenever it is imported)."""
+                 execute_checks: bool, device: torch.device = CPU) -> torch.nn.Module:
+        """Build `model_info`'s model on `device` with the code of `snapshot` and the stored tensors; checked there
+        when asked (the environment too: Python, torch, numpy and the packages the stored code imports; the model's
+        own package for an import path is compared whenever it is imported)."""
         code_path = self._restored_code(snapshot)
         if execute_checks:
             check_environment(snapshot.environment, f"model {model_info.store_id}", self.strict_env,
                               packages=imported_distributions(code_path) if code_path else ())
-        model = rebuild(self._model_factory(snapshot, code_path), tensors, model_info.state_layout or StateLayout())
+        model = rebuild(self._model_factory(snapshot, code_path), tensors, model_info.state_layout or StateLayout(),
+                        device)
         if execute_checks:
             self._check_model(model_info, model)
         return model
 
     def _check_model(self, model_info: ModelInfo, model: torch.nn.Module) -> None:
         """Raise IntegrityError unless the rebuilt model's state dict hashes to the Merkle tree stored at save
-        time and its tensors are shared, typed and frozen as they were saved."""
+        time and its tensors are shared, typed and frozen as they were saved (on any device: each tensor is copied
+        to the CPU on its own to be hashed)."""
         stored = model_info.weights_hash_info
-        captured = capture(model)
+        captured = capture(model, to_cpu=False)
         if stored is None or not stored.check_integrity() or merkle_tree(captured) != stored:
             raise IntegrityError(
                 f"the recovered weights of model {model_info.store_id} do not match the hashes stored when it was "
@@ -356,6 +366,38 @@ def check_type(value: object, expected: type, name: str, hint: str) -> None:
         raise InvalidArgumentError(f"{name} must be a {expected.__name__} ({hint}), got {type(value).__name__}")
 
 
+def recovery_device(device: object) -> torch.device:
+    """The device a recovery places the model on: None means the CPU; else a device name ("cuda:0") or a
+    torch.device that exists here (not "meta", which holds no values), with an index where it has devices."""
+    if device is None:
+        return CPU
+    if not isinstance(device, (str, torch.device)):
+        raise InvalidArgumentError(f"device must be None, a str or a torch.device (e.g. 'cpu' or 'cuda:0'), got "
+                                   f"{type(device).__name__}")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise InvalidArgumentError(f"device {device!r} names no device ({error}); pass e.g. 'cpu' or 'cuda:0'") \
+            from error
+    if resolved.type == "meta":
+        raise InvalidArgumentError("device 'meta' holds no values, so no recovered model can live there; pass "
+                                   "'cpu' or an accelerator such as 'cuda:0'")
+    if resolved.type == "cpu":
+        return CPU
+    backend = getattr(torch, resolved.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available) or not is_available():
+        raise DeviceUnavailableError(f"device {device!r} is not available here (this torch {torch.__version__} "
+                                     f"finds no {resolved.type} device); recover with device='cpu' (the default) "
+                                     f"or on a machine with one")
+    count = getattr(backend, "device_count", lambda: 1)()
+    index = resolved.index if resolved.index is not None else getattr(backend, "current_device", lambda: 0)()
+    if index >= count:
+        raise DeviceUnavailableError(f"device {device!r} does not exist here: this machine has {count} "
+                                     f"{resolved.type} device(s), numbered from 0; pass one of those or 'cpu'")
+    return torch.device(resolved.type, index)
+
+
 def _unknown_model(model_id: object) -> ModelNotFoundError:
     """The error for an id (of any type) that names no stored model."""
     return ModelNotFoundError(
@@ -372,8 +414,13 @@ def model_to_save(save_info: ModelSaveInfo) -> torch.nn.Module:
 
 
 def recorded_environment(save_info: ModelSaveInfo) -> Environment:
-    """The environment a save records: the one given, or this process's when none was (recovery needs one)."""
-    return save_info.environment if save_info.environment is not None else track_current_environment()
+    """The environment a save records: the one given, or this process's when none was (recovery needs one), with the
+    device the model's state lies on (see `state_device`; the given environment is copied, not changed)."""
+    environment = save_info.environment if save_info.environment is not None else track_current_environment()
+    device = state_device(save_info.model) if isinstance(save_info.model, torch.nn.Module) else None
+    if device == environment.device:
+        return environment
+    return Environment(**environment.as_dict(), device=device)
 
 
 def _emit(record: dict, model_id: Optional[str]) -> None:

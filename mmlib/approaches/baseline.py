@@ -2,7 +2,9 @@
 
 import logging
 
-from mmlib.approaches.base import AbstractSaveService
+from typing import Optional
+
+from mmlib.approaches.base import AbstractSaveService, DeviceLike
 from mmlib.save_info import ModelSaveInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
 
@@ -21,8 +23,9 @@ class BaselineSaveService(AbstractSaveService):
         logger.debug("saved model %s as a full snapshot", model_id)
         return model_id
 
-    def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        with self._recovering(model_id, execute_checks):
+    def recover_model(self, model_id: str, execute_checks: bool = True,
+                      device: Optional[DeviceLike] = None) -> RestoredModelInfo:
+        with self._recovering(model_id, execute_checks, device) as target:
             model_info = self._load_model_info(model_id)
-            model, _ = self._recover_snapshot(model_info, execute_checks)
+            model, _ = self._recover_snapshot(model_info, execute_checks, target)
         return RestoredModelInfo(model=model, model_id=model_id)

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 _INIT_FUNCTION_NAMES = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
 _INIT_PATCH_LOCK = threading.Lock()
+CPU = torch.device("cpu")
 # What a constructor may raise on the meta device (e.g. reading a tensor's values); then it is built normally.
 CONSTRUCTION_ERRORS = (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError, IndexError)
 
@@ -129,18 +130,21 @@ def _restore_layout(model: torch.nn.Module, layout: StateLayout) -> None:
         module.training = name not in in_eval
 
 
-def rebuild(factory: Callable[[], torch.nn.Module], tensors: Mapping[str, torch.Tensor],
-            layout: StateLayout) -> torch.nn.Module:
-    """The saved model, built by `factory` and given the stored tensors (assigned, so they keep their dtype).
+def rebuild(factory: Callable[[], torch.nn.Module], tensors: Mapping[str, torch.Tensor], layout: StateLayout,
+            device: torch.device = CPU) -> torch.nn.Module:
+    """The saved model, built by `factory` and given the stored tensors (assigned, so they keep their dtype), on
+    `device`.
 
     Built on the meta device first; when anything is left there (a tensor attribute, a non-persistent buffer),
-    meta construction is not safe for the class, and it is built normally instead.
+    meta construction is not safe for the class, and it is built normally instead (on the CPU, as it was when
+    saved; `assign_state` then moves what the constructor made to `device`). Each stored tensor is copied to
+    `device` on its own, so no second copy of the whole state is made on the CPU.
     """
-    state = _state_to_load(tensors, layout)
+    placed = {name: tensor.to(device) for name, tensor in tensors.items()}
     try:
         with meta_construction():
             model = _module_from(factory)
-        model.load_state_dict(state, assign=True)
+        model.load_state_dict(_state_to_load(placed, layout), assign=True)
         if not _left_on_meta(model):
             _restore_layout(model, layout)
             return model
@@ -149,9 +153,23 @@ def rebuild(factory: Callable[[], torch.nn.Module], tensors: Mapping[str, torch.
         raise
     except CONSTRUCTION_ERRORS as error:
         logger.debug("meta-device construction of %r failed (%s); building it normally", factory, error)
-    model = _module_from(factory)
-    model.load_state_dict(state, assign=True)
+    return assign_state(_module_from(factory), placed, layout, device)
+
+
+def assign_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], layout: StateLayout,
+                 device: torch.device) -> torch.nn.Module:
+    """`model` given `tensors` (stored tensors, as `capture` splits them) on `device` and its `layout` restored;
+    buffers outside the state dict are moved to `device` too, a buffer shared by several modules once."""
+    placed = {name: tensor.to(device) for name, tensor in tensors.items()}
+    model.load_state_dict(_state_to_load(placed, layout), assign=True)
     _restore_layout(model, layout)
+    moved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (buffer, kept alive so ids stay unique; copy)
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != device:
+                if id(buffer) not in moved:
+                    moved[id(buffer)] = (buffer, buffer.to(device))
+                module._buffers[name] = moved[id(buffer)][1]
     return model
 
 

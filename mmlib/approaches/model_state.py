@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
-from mmlib.approaches.model_building import CONSTRUCTION_ERRORS, meta_construction, stored_and_views
+from mmlib.approaches.model_building import CONSTRUCTION_ERRORS, assign_state, meta_construction, stored_and_views
 from mmlib.approaches.model_building import rebuild  # noqa: F401 - benchmarks import it from here
 from mmlib.errors import InvalidSaveInfoError
 from mmlib.save_info import unwrap_compiled
@@ -28,9 +28,9 @@ EXTRA_STATE_SUFFIX = "_extra_state"
 
 @dataclass
 class CapturedState:
-    """A model's state split for storage: `tensors` (detached CPU tensors, one per sharing group, in
-    state-dict order; views of another stored tensor left out), its `layout`, and `names`, every state-dict
-    name in order."""
+    """A model's state split for storage: `tensors` (detached tensors, on the CPU unless captured with
+    `to_cpu=False`, one per sharing group, in state-dict order; views of another stored tensor left out), its
+    `layout`, and `names`, every state-dict name in order."""
 
     tensors: dict[str, torch.Tensor]
     layout: StateLayout
@@ -122,8 +122,12 @@ def _non_persistent_buffers(model: torch.nn.Module) -> Iterator[tuple[str, torch
                 yield (f"{prefix}.{name}" if prefix else name), buffer
 
 
-def capture(model: torch.nn.Module) -> CapturedState:
-    """Split the model's state into tensors to store and their layout; refuses what cannot be stored exactly."""
+def capture(model: torch.nn.Module, *, to_cpu: bool = True) -> CapturedState:
+    """Split the model's state into tensors to store and their layout; refuses what cannot be stored exactly.
+
+    The tensors are copied to the CPU (what a save stores); `to_cpu=False` leaves them on their device, for a
+    check that hashes them (`tensor_hash` copies one tensor at a time) without a CPU copy of the whole model.
+    """
     model = unwrap_compiled(model)
     state = model.state_dict(keep_vars=True)
     layout = StateLayout(module_metadata={prefix: dict(entry)
@@ -148,12 +152,30 @@ def capture(model: torch.nn.Module) -> CapturedState:
             first_of[key] = name
         distinct[name] = value
     layout.views = _find_views(distinct)
-    tensors = {name: value.detach().to("cpu") for name, value in distinct.items() if name not in layout.views}
+    tensors = {name: value.detach().to("cpu") if to_cpu else value.detach() for name, value in distinct.items()
+               if name not in layout.views}
     layout.buffer_dtypes = {name: dtype_name(buffer.dtype) for name, buffer in _non_persistent_buffers(model)}
     layout.frozen = [name for name, parameter in model.named_parameters(remove_duplicate=False)
                      if not parameter.requires_grad]
     layout.eval_modules = [name for name, module in model.named_modules(remove_duplicate=False) if not module.training]
     return CapturedState(tensors, layout, list(state))
+
+
+def state_device(model: torch.nn.Module) -> Optional[str]:
+    """The device the model's parameters and buffers lie on, as a save records it ("cuda:0"; several joined by
+    commas); None when they lie on the CPU alone, or the model has none."""
+    devices = sorted({str(tensor.device) for tensor in (*model.parameters(), *model.buffers())})
+    return None if devices in ([], ["cpu"]) else ",".join(devices)
+
+
+def move_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` with its parameters and buffers on `device`, placed as a rebuild places them (tied tensors and views
+    of one memory keep sharing it there, which `model.to` would not keep for buffers and views); `model`
+    unchanged when they are there already."""
+    if all(tensor.device == device for tensor in (*model.parameters(), *model.buffers())):
+        return model
+    captured = capture(model)
+    return assign_state(model, captured.tensors, captured.layout, device)
 
 
 def state_shapes(values: Mapping[str, Any]) -> dict[str, Optional[list[int]]]:

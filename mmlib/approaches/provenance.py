@@ -37,8 +37,9 @@ from typing import Any, Iterator, NamedTuple, Optional, TypeGuard, TypeVar, Unio
 
 import torch
 
-from mmlib.approaches.base import AbstractSaveService, check_type, merkle_tree, recorded_environment
-from mmlib.approaches.model_state import capture
+from mmlib.approaches.base import AbstractSaveService, DeviceLike, check_type, merkle_tree, recorded_environment
+from mmlib.approaches.model_building import CPU
+from mmlib.approaches.model_state import capture, move_model
 from mmlib.config import config_override, ini_value
 from mmlib.constants import CURRENT_DATA_ROOT, PROGRESS_LOGGER
 from mmlib.deterministic import set_deterministic
@@ -183,15 +184,21 @@ class ProvenanceSaveService(AbstractSaveService):
             return
         record_weights_hash(model_id, tree, self._dict_pers_service)
 
-    def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        with self._recovering(model_id, execute_checks):
+    def recover_model(self, model_id: str, execute_checks: bool = True,
+                      device: Optional[DeviceLike] = None) -> RestoredModelInfo:
+        """Rebuild a stored version on `device` (default: the CPU). A snapshot is built there directly; a
+        provenance version is retrained on the CPU, where its recorded training is deterministic, each version
+        checked there, and the result is then moved to `device` (and checked there again)."""
+        with self._recovering(model_id, execute_checks, device) as target:
             chain = self._retraining_chain(model_id)
             self._verify_retraining_inputs(chain[1:])
             if len(chain) > 1:
-                model = self._retrain_chain(chain, execute_checks)
+                model = move_model(self._retrain_chain(chain, execute_checks), target)
+                if execute_checks and target != CPU:
+                    self._check_model(chain[-1], model)
             else:
                 with _TRAINING:
-                    model, _ = self._recover_snapshot(chain[0], execute_checks)
+                    model, _ = self._recover_snapshot(chain[0], execute_checks, target)
         return RestoredModelInfo(model=model, model_id=model_id)
 
     def _retrain_chain(self, chain: list[ModelInfo], execute_checks: bool) -> torch.nn.Module:

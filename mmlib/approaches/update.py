@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from mmlib.approaches.base import AbstractSaveService, merkle_tree, model_to_save
+from mmlib.approaches.base import AbstractSaveService, DeviceLike, merkle_tree, model_to_save
 from mmlib.util.concurrency import parallel_map, run_beside
 from mmlib.approaches.model_state import CapturedState, capture
 from mmlib.approaches.update_format import Location, StoredTensor, snapshot_locations, write_update
@@ -125,19 +125,21 @@ class WeightUpdateSaveService(AbstractSaveService):
                      len(stored), len(state))
         return model_id
 
-    def recover_model(self, model_id: str, execute_checks: bool = True) -> RestoredModelInfo:
-        with self._recovering(model_id, execute_checks):
+    def recover_model(self, model_id: str, execute_checks: bool = True,
+                      device: Optional[DeviceLike] = None) -> RestoredModelInfo:
+        """Rebuild a stored version on `device` (default: the CPU); the versions kept in memory stay on the CPU."""
+        with self._recovering(model_id, execute_checks, device) as target:
             reader = self._reader()
             model_info = reader.info(model_id)
             lineage = self._lineage_to_snapshot(model_id, reader.info)
             _, (locations, snapshot_id) = run_beside(lambda: reader.prefetch(self._snapshot_needed(lineage)),
                                                      lambda: reader.locations(model_id))
             if model_info.store_type == ModelStoreType.FULL_MODEL:
-                model, state = self._recover_snapshot(model_info, execute_checks)
+                model, state = self._recover_snapshot(model_info, execute_checks, target)
             else:
                 reader.prefetch(_blobs_holding(locations.values()))
                 state = reader.tensors({key: location.holder for key, location in locations.items()})
-                model = self._rebuild(model_info, reader.snapshot(snapshot_id), state, execute_checks)
+                model = self._rebuild(model_info, reader.snapshot(snapshot_id), state, execute_checks, target)
         self._cache.remember(model_id, state, locations, snapshot_id, {}, all_values=not self.improved_version)
         return RestoredModelInfo(model=model, model_id=model_id)
 

@@ -1,6 +1,6 @@
 """Document store in MongoDB: one collection per document type, for many nodes sharing one server."""
 
-
+from mmlib.constants import ID
 from mmlib.persistence.base import DictPersistenceService, document_id, missing_document
 from mmlib.util.mongo import MongoBacked
 
@@ -14,6 +14,9 @@ class MongoDictPersistenceService(MongoBacked, DictPersistenceService):
 
     def save_dict(self, insert_dict: dict, represent_type: str) -> str:
         return self._mongo_service.save_dict(insert_dict, represent_type, document_id(insert_dict, self.generate_id))
+
+    def insert_dict(self, insert_dict: dict, represent_type: str) -> bool:
+        return self._mongo_service.insert_new(insert_dict, represent_type, str(insert_dict[ID]))
 
     def recover_dict(self, dict_id: str, represent_type: str) -> dict:
         document = self._mongo_service.get_dict(str(dict_id), represent_type)

@@ -206,6 +206,12 @@ class DictPersistenceService(ABC):
         """Store a document and return its id (the dict's `id` value when given, else a new one)."""
 
     @abstractmethod
+    def insert_dict(self, insert_dict: dict, represent_type: str) -> bool:
+        """Store a document under its `id` only if no document of this type has that id: True when it was stored,
+        False when one existed (left unchanged). Atomic across processes, so that of several writers claiming
+        one id (a version number of a name) exactly one gets True."""
+
+    @abstractmethod
     def recover_dict(self, dict_id: str, represent_type: str) -> dict:
         """The stored document; raises DocumentNotFoundError when absent."""
 

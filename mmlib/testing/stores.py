@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import re
 import time
+from typing import Any, Callable
 
 import pytest
 
@@ -38,6 +39,7 @@ __all__ = ["DictStoreTests", "FileStoreTests"]
 
 ADDERS = 4
 FIELDS_PER_ADDER = 25
+CLAIMS_PER_CLAIMER = 10
 
 
 def _write(path, data: bytes) -> str:
@@ -216,6 +218,31 @@ def _add_fields(reopen, store: DictPersistenceService, dict_id: str, adder: int,
         store.add_field(dict_id, "thing", f"field-{adder}-{number}", number)
 
 
+def results_of_processes(context: Any, target: Callable[..., None], arguments: list[tuple], results: Any,
+                         count: int, timeout: float = 120) -> list:
+    """Start one process of `context` per argument tuple, all running `target(*arguments, results)`, and return the
+    `count` items they put on the `results` queue; each process must exit cleanly."""
+    processes = [context.Process(target=target, args=(*process_arguments, results)) for process_arguments in arguments]
+    for process in processes:
+        process.start()
+    collected = [results.get(timeout=timeout) for _ in range(count)]
+    for process in processes:
+        process.join(timeout=timeout)
+    assert [process.exitcode for process in processes] == [0] * len(processes)
+    return collected
+
+
+def _claim_ids(reopen, store: DictPersistenceService, claimer: int, start, claimed) -> None:
+    """Claim ids `claim-0`, `claim-1`, ... with insert_dict, each the next one this process did not get."""
+    store = reopen(store)
+    start.wait()
+    number = 0
+    for _ in range(CLAIMS_PER_CLAIMER):
+        while not store.insert_dict({"id": f"claim-{number}", "claimer": claimer}, "thing"):
+            number += 1
+        claimed.put((claimer, number))
+
+
 class DictStoreTests:
     """The contract of a document store (`DictPersistenceService`).
 
@@ -287,6 +314,24 @@ class DictStoreTests:
         expected = {f"field-{adder}-{number}": number for adder in range(ADDERS)
                     for number in range(FIELDS_PER_ADDER)}
         assert store.recover_dict(dict_id, "thing") == {"v": 1, **expected}
+
+    def test_insert_dict_stores_only_a_new_id_and_leaves_an_existing_one_unchanged(self, store):
+        assert store.insert_dict({"id": "first", "v": 1}, "thing")
+        assert not store.insert_dict({"id": "first", "v": 2}, "thing")
+        assert store.recover_dict("first", "thing") == {"id": "first", "v": 1}
+        assert store.insert_dict({"id": "first", "v": 3}, "other")
+        assert store.all_ids_for_type("thing") == ["first"]
+
+    def test_processes_claiming_ids_at_once_each_get_distinct_ones_without_gaps(self, store):
+        context = multiprocessing.get_context("fork")
+        start = context.Barrier(ADDERS)
+        results = results_of_processes(context, _claim_ids, [(self.reopen, store, claimer, start)
+                                                             for claimer in range(ADDERS)],
+                                       context.Queue(), ADDERS * CLAIMS_PER_CLAIMER)
+        numbers = sorted(number for _, number in results)
+        assert numbers == list(range(ADDERS * CLAIMS_PER_CLAIMER))
+        for claimer, number in results:
+            assert store.recover_dict(f"claim-{number}", "thing")["claimer"] == claimer
 
     def test_dict_size_grows_with_content(self, store):
         small = store.save_dict({"v": "x"}, "thing")

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import bson
 import pymongo
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from mmlib.errors import StoreUnavailableError
@@ -124,6 +124,16 @@ class MongoService:
             self._db[collection].update_one({"_id": object_id}, {"$set": {**document, _CREATED: time.time()}},
                                             upsert=True)
         return object_id
+
+    def insert_new(self, insert_dict: dict, collection: str, object_id: str) -> bool:
+        """Insert a document under `object_id` unless one has that id: True when inserted, False when it existed."""
+        document = {key: value for key, value in insert_dict.items() if key not in ("_id", _CREATED)}
+        with self.errors():
+            try:
+                self._db[collection].insert_one({**document, "_id": object_id, _CREATED: time.time()})
+            except DuplicateKeyError:
+                return False
+        return True
 
     def get_ids(self, collection: str) -> list[str]:
         """All document ids of a collection in insertion order."""

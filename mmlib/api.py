@@ -1,0 +1,217 @@
+"""The one-line API: save, load and find models by name, on top of the original save services.
+
+    import mmlib
+    store = mmlib.open_store("./models")
+    v1 = mmlib.save(model, store, name="detector", tags={"data": "coco"}, metrics={"val_acc": 0.81})
+    model = mmlib.load("detector:latest", store)
+
+Wherever a store is taken, a path or URI string (what `open_store` takes) is accepted too.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional, Union
+
+import torch
+
+from mmlib import maintenance, refs
+from mmlib.approaches.base import DeviceLike
+from mmlib.errors import IncompatibleModelError, InvalidArgumentError, InvalidIdError, InvalidSaveInfoError
+from mmlib.persistence.store import Store, checked_store, open_store
+from mmlib.save import BaselineSaveService, WeightUpdateSaveService
+from mmlib.schema.environment import Environment
+from mmlib.schema.model_info import CREATED, MODEL_INFO
+from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
+from mmlib.schema.store_type import ModelStoreType
+from mmlib.track_env import track_current_environment
+
+StoreLike = Union[Store, tuple, str]
+SNAPSHOT, UPDATE, PROVENANCE = "snapshot", "update", "provenance"
+APPROACHES = {ModelStoreType.FULL_MODEL.value: SNAPSHOT, ModelStoreType.WEIGHT_UPDATES.value: UPDATE,
+              ModelStoreType.PROVENANCE.value: PROVENANCE}
+
+__all__ = ["Version", "open_store", "save", "load", "get", "find", "set_alias", "set_tags", "set_metrics"]
+
+
+@dataclass(frozen=True)
+class Version:
+    """A stored model version as the one-line API shows it (metadata only: no weights are read); `created` is ISO
+    8601 in UTC, `size` the bytes this version added to the store."""
+
+    id: str
+    name: Optional[str]
+    number: Optional[int]
+    base_id: Optional[str]
+    approach: str
+    created: Optional[str]
+    aliases: list[str] = field(default_factory=list)
+    tags: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    size: int = 0
+
+    @property
+    def ref(self) -> str:
+        """The shortest stable reference to this version: `NAME:vN`, or the id of an unnamed model."""
+        return refs.version_id(self.name, self.number) if self.name is not None and self.number else self.id
+
+
+def _store(store: StoreLike) -> Store:
+    """`store` opened when it is a path or URI, else checked to be a store."""
+    return open_store(store) if isinstance(store, str) else checked_store(store)
+
+
+def _checked_values(values: Optional[dict], what: str, kinds: tuple[type, ...]) -> dict:
+    """`values` (None: empty) when it maps strings to values of `kinds` (a bool is no number here)."""
+    values = {} if values is None else values
+
+    def valid(value: Any) -> bool:
+        return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+    if not isinstance(values, dict) or not all(isinstance(key, str) and valid(value) for key, value in values.items()):
+        raise InvalidSaveInfoError(f"{what} must map strings to {' or '.join(kind.__name__ for kind in kinds)}, got "
+                                   f"{values!r}")
+    return values
+
+
+def save(model: torch.nn.Module, store: StoreLike, name: Optional[str] = None, *, base: Optional[str] = None,
+         approach: Optional[str] = None, tags: Optional[dict] = None, metrics: Optional[dict] = None,
+         init_args: Optional[dict] = None, model_import: Optional[str] = None, code: Optional[str] = None,
+         env: Optional[Environment] = None) -> Version:
+    """Save `model` (as the next version of `name`, when given) and return its Version.
+
+    The approach: a model whose `base` is given (any reference), or by default the latest version of `name` when
+    it has the same architecture, is stored as a compressed update of it; anything else as a snapshot.
+    `approach="snapshot"` or `"update"` forces one (an update needs a base of the same architecture).
+    """
+    store = _store(store)
+    dps = store.dict_pers_service
+    if name is not None:
+        refs.check_name(name)
+    tags = _checked_values(tags, "tags", (str, int, float, bool))
+    metrics = _checked_values(metrics, "metrics", (int, float))
+    if (tags or metrics) and name is None:
+        raise InvalidSaveInfoError("tags and metrics belong to a named version: pass name=...")
+    if approach not in (None, SNAPSHOT, UPDATE):
+        raise InvalidSaveInfoError(f"approach must be {SNAPSHOT!r} or {UPDATE!r}, got {approach!r}; a provenance "
+                                   "version records its training: save it with ProvenanceSaveService")
+    base_id = maintenance.resolve_model_id(store, base) if base is not None else None
+    if base_id is None and name is not None and approach != SNAPSHOT:
+        latest = refs.latest_number(dps, name)
+        base_id = refs.version_record(dps, name, latest)["model_id"] if latest is not None else None
+    if approach == UPDATE and base_id is None:
+        raise InvalidSaveInfoError("an update needs a base: pass base=... or save earlier versions under this name")
+
+    def info(base_model_id: Optional[str]) -> Any:
+        return ModelSaveInfoBuilder().add_model_info(
+            env=env or track_current_environment(), model=model, code=code, base_model_id=base_model_id,
+            init_args=init_args, model_import=model_import).build()
+
+    if approach == SNAPSHOT or base_id is None:
+        model_id = BaselineSaveService(*store).save_model(info(base_id))
+    else:
+        try:
+            model_id = WeightUpdateSaveService(*store, updates_only=True).save_model(info(base_id))
+        except IncompatibleModelError:
+            if approach == UPDATE or base is not None:
+                raise
+            model_id = BaselineSaveService(*store).save_model(info(None))  # a new architecture under the name
+    if name is not None:
+        refs.claim_version(dps, name, model_id, tags, metrics)
+    return _version(store, model_id)
+
+
+def load(reference: str, store: StoreLike, *, device: Optional[DeviceLike] = None,
+         execute_checks: bool = True) -> torch.nn.Module:
+    """The model a reference (id, prefix, `NAME`, `NAME:vN`, `NAME:ALIAS`) names, on `device` (default: the CPU),
+    checked unless asked not to."""
+    store = _store(store)
+    return maintenance.recover_model(store, maintenance.resolve_model_id(store, reference),
+                                     execute_checks=execute_checks, device=device)
+
+
+def get(reference: str, store: StoreLike) -> Version:
+    """The Version a reference names (metadata only: no weights are read)."""
+    store = _store(store)
+    return _version(store, maintenance.resolve_model_id(store, reference))
+
+
+def _version(store: Store, model_id: str) -> Version:
+    """The Version of a stored model."""
+    dps = store.dict_pers_service
+    stored = maintenance.version(store, model_id)
+    created = dps.recover_dict(model_id, MODEL_INFO)[CREATED]  # a number: maintenance.version checked it
+    named = refs.version_of(dps, model_id)
+    record = refs.version_record(dps, *named) if named is not None else {}
+    return Version(id=model_id, name=named[0] if named else None, number=named[1] if named else None,
+                   base_id=stored.base_id, approach=APPROACHES[stored.store_type],
+                   created=datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="microseconds"),
+                   aliases=refs.aliases_of(dps, *named) if named else [], tags=record.get("tags", {}),
+                   metrics=record.get("metrics", {}),
+                   size=maintenance.total_size(maintenance.model_size_info(store, model_id)))
+
+
+def _named(store: Store, reference: str) -> tuple[str, int]:
+    """(name, number) of the named version a reference names."""
+    model_id = maintenance.resolve_model_id(store, reference)
+    named = refs.version_of(store.dict_pers_service, model_id)
+    if named is None:
+        raise InvalidIdError(f"model {model_id} was saved without a name, so it has no aliases, tags or metrics: "
+                             "save it again with mmlib.save(model, store, name=...)")
+    return named
+
+
+def set_alias(store: StoreLike, reference: str, alias: str) -> None:
+    """Point `alias` of the version's name at the version `reference` names (`NAME:ALIAS` then names it)."""
+    store = _store(store)
+    refs.set_alias(store.dict_pers_service, *_named(store, reference), alias)
+
+
+def set_tags(store: StoreLike, reference: str, tags: dict) -> None:
+    """Add tags to (or change tags of) the named version `reference` names."""
+    store = _store(store)
+    refs.update_version(store.dict_pers_service, *_named(store, reference), "tags",
+                        _checked_values(tags, "tags", (str, int, float, bool)))
+
+
+def set_metrics(store: StoreLike, reference: str, metrics: dict) -> None:
+    """Add metrics to (or change metrics of) the named version `reference` names."""
+    store = _store(store)
+    refs.update_version(store.dict_pers_service, *_named(store, reference), "metrics",
+                        _checked_values(metrics, "metrics", (int, float)))
+
+
+def find(store: StoreLike, *, name: Optional[str] = None, tags: Optional[dict] = None,
+         order_by: Optional[str] = None) -> list[Version]:
+    """The named versions of the store (of `name`, with every tag of `tags`), newest first or by `order_by`:
+    `created`, `number`, `name` or `metrics.KEY` / `tags.KEY`, with a leading `-` for descending (versions that
+    lack the key come last, newest first)."""
+    store = _store(store)
+    dps = store.dict_pers_service
+    wanted = _checked_values(tags, "tags", (str, int, float, bool))
+    records = [dps.recover_dict(ref, refs.VERSION) for ref in dps.all_ids_for_type(refs.VERSION)]
+    chosen = [record for record in records if not record.get("removed") and (name is None or record["name"] == name)
+              and all(record.get("tags", {}).get(key) == value for key, value in wanted.items())]
+    newest_first = _ordered([_version(store, record["model_id"]) for record in chosen], "-created")
+    return _ordered(newest_first, order_by) if order_by is not None else newest_first
+
+
+def _ordered(versions: list[Version], order_by: str) -> list[Version]:
+    """`versions` sorted by `order_by` (see `find`); those that lack its key last, in their given order."""
+    if not isinstance(order_by, str):
+        raise InvalidArgumentError(f"order_by must be a str such as '-metrics.val_acc', got {order_by!r}")
+    descending = order_by.startswith("-")
+    key = order_by.lstrip("-")
+    group, _, inner = key.partition(".")
+
+    def value(version: Version) -> Any:
+        if group in ("metrics", "tags") and inner:
+            return getattr(version, group).get(inner)
+        if key in ("created", "number", "name"):
+            return getattr(version, key)
+        raise InvalidArgumentError(f"cannot order by {order_by!r}: use created, number, name, metrics.KEY or "
+                                   "tags.KEY, with a leading '-' for descending")
+
+    present = [version for version in versions if value(version) is not None]
+    absent = [version for version in versions if value(version) is None]
+    return sorted(present, key=lambda version: (value(version), version.name or "", version.number or 0),
+                  reverse=descending) + absent

@@ -1,0 +1,190 @@
+"""Names, version numbers, aliases, tags and metrics: mutable refs to immutable, content-addressed models.
+
+Like git refs, they live beside the models, in documents of their own, and never change a model id:
+
+- `model_version` `NAME:vN` holds the model id of version N of a name, with its tags and metrics. A number is
+  claimed by creating its document only if it does not exist (`insert_dict`), so processes saving one name at once
+  get distinct consecutive numbers, and numbers are never reused.
+- `model_name` `NAME` holds the newest number claimed (a hint a reader checks forward from: claims may race it).
+- `model_alias` `NAME:ALIAS` holds the number an alias points at; `alias_history` keeps every move.
+- `version_of` `MODEL_ID` names the version a model is (for `ls`, `show` and `rm`).
+
+A reference is a full model id or a unique prefix of at least 4 hex digits, `NAME` (its latest version),
+`NAME:vN`, or `NAME:ALIAS` (`latest` is implicit).
+"""
+
+import getpass
+import re
+import socket
+import time
+from typing import Callable, Optional
+
+from mmlib.constants import ID
+from mmlib.errors import AmbiguousModelIdError, InvalidIdError, ModelNotFoundError
+from mmlib.persistence.base import DictPersistenceService
+
+VERSION = "model_version"
+NAME = "model_name"
+ALIAS = "model_alias"
+ALIAS_HISTORY = "alias_history"
+VERSION_OF = "version_of"
+REF_TYPES = (VERSION, NAME, ALIAS, ALIAS_HISTORY, VERSION_OF)
+LATEST = "latest"
+MIN_PREFIX = 4  # hex digits an id prefix needs, as git asks of abbreviated commit ids
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+_VERSION_SUFFIX = re.compile(r"v([1-9][0-9]*)")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """`name` when it is a valid name or alias (letters, digits, `.`, `_`, `-`, starting with a letter)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidIdError(f"{what} {name!r} is not valid: use letters, digits, '.', '_' and '-', starting with a "
+                             "letter (e.g. 'detector' or 'resnet50-coco')")
+    return name
+
+
+def version_id(name: str, number: int) -> str:
+    """The id of the document of version `number` of `name`."""
+    return f"{name}:v{number}"
+
+
+def _latest_hint(dps: DictPersistenceService, name: str) -> int:
+    if not dps.id_exists(name, NAME):
+        return 0
+    latest = dps.recover_dict(name, NAME).get("latest")
+    return latest if isinstance(latest, int) and latest > 0 else 0
+
+
+def claim_version(dps: DictPersistenceService, name: str, model_id: str, tags: dict, metrics: dict) -> int:
+    """Make `model_id` the next version of `name`; returns its number (distinct across processes, never reused)."""
+    number = _latest_hint(dps, name)
+    while True:
+        number += 1
+        record = {ID: version_id(name, number), "name": name, "number": number, "model_id": model_id,
+                  "tags": tags, "metrics": metrics, "created": time.time()}
+        if dps.insert_dict(record, VERSION):
+            break
+    dps.save_dict({ID: name, "name": name, "latest": number}, NAME)
+    dps.save_dict({ID: model_id, "name": name, "number": number}, VERSION_OF)
+    return number
+
+
+def latest_number(dps: DictPersistenceService, name: str) -> Optional[int]:
+    """The newest version of `name` whose model still exists, or None when it has none."""
+    number = _latest_hint(dps, name)
+    while dps.id_exists(version_id(name, number + 1), VERSION):
+        number += 1
+    while number > 0 and not _version_exists(dps, name, number):
+        number -= 1
+    return number or None
+
+
+def _version_exists(dps: DictPersistenceService, name: str, number: int) -> bool:
+    return dps.id_exists(version_id(name, number), VERSION) and not dps.recover_dict(
+        version_id(name, number), VERSION).get("removed", False)
+
+
+def version_record(dps: DictPersistenceService, name: str, number: int) -> dict:
+    """The stored record of version `number` of `name`; ModelNotFoundError when there is none (any more)."""
+    if not _version_exists(dps, name, number):
+        raise ModelNotFoundError(f"{name} has no version {number}; list its versions with `mmlib ls --name {name}`")
+    return dps.recover_dict(version_id(name, number), VERSION)
+
+
+def version_of(dps: DictPersistenceService, model_id: str) -> Optional[tuple[str, int]]:
+    """(name, number) of the version `model_id` is, or None for a model saved without a name."""
+    if not dps.id_exists(model_id, VERSION_OF):
+        return None
+    record = dps.recover_dict(model_id, VERSION_OF)
+    return record["name"], record["number"]
+
+
+def aliases_of(dps: DictPersistenceService, name: str, number: int) -> list[str]:
+    """The aliases pointing at version `number` of `name` (`latest` included when it is the newest)."""
+    found = [alias_id.partition(":")[2] for alias_id in dps.all_ids_for_type(ALIAS)
+             if alias_id.startswith(f"{name}:") and dps.recover_dict(alias_id, ALIAS).get("number") == number]
+    return ([LATEST] if latest_number(dps, name) == number else []) + sorted(found)
+
+
+def set_alias(dps: DictPersistenceService, name: str, number: int, alias: str) -> None:
+    """Point `alias` of `name` at version `number`, recording the move in the alias history."""
+    check_name(alias, "alias")
+    if alias == LATEST or _VERSION_SUFFIX.fullmatch(alias):
+        raise InvalidIdError(f"{alias!r} cannot be set as an alias: `latest` always names the newest version and "
+                             "`vN` version N")
+    alias_id = f"{name}:{alias}"
+    old = dps.recover_dict(alias_id, ALIAS).get("number") if dps.id_exists(alias_id, ALIAS) else None
+    dps.save_dict({ID: alias_id, "name": name, "alias": alias, "number": number}, ALIAS)
+    dps.save_dict({"name": name, "alias": alias, "old": old, "new": number, "time": time.time(),
+                   "user": getpass.getuser(), "host": socket.gethostname()}, ALIAS_HISTORY)
+
+
+def alias_history(dps: DictPersistenceService, name: str, alias: str) -> list[dict]:
+    """Every move of `alias` of `name`, oldest first."""
+    records = [dps.recover_dict(record_id, ALIAS_HISTORY) for record_id in dps.all_ids_for_type(ALIAS_HISTORY)]
+    return [record for record in records if record.get("name") == name and record.get("alias") == alias]
+
+
+def update_version(dps: DictPersistenceService, name: str, number: int, field: str, values: dict) -> None:
+    """Merge `values` into the tags or metrics (`field`) of version `number` of `name`."""
+    record = version_record(dps, name, number)
+    dps.add_field(version_id(name, number), VERSION, field, {**record.get(field, {}), **values})
+
+
+def forget_model(dps: DictPersistenceService, model_id: str) -> None:
+    """Mark the version a removed model was as removed (its number is never given again)."""
+    version = version_of(dps, model_id)
+    if version is not None:
+        dps.add_field(version_id(*version), VERSION, "removed", True)
+        dps.delete_dict(model_id, VERSION_OF)
+
+
+def names(dps: DictPersistenceService) -> list[str]:
+    """Every name some version was saved under."""
+    return dps.all_ids_for_type(NAME)
+
+
+def names_hint(dps: DictPersistenceService) -> str:
+    """`; stored names: a, b, ...` for messages about a reference that named nothing, or "" without names."""
+    known = names(dps)
+    return f"; stored names: {', '.join(known[:10])}{', ...' if len(known) > 10 else ''}" if known else ""
+
+
+def resolve_name(dps: DictPersistenceService, reference: str, prefix_matches: Callable[[], list[str]]) -> Optional[str]:
+    """The model id a named reference (`NAME`, `NAME:vN`, `NAME:ALIAS`) names, or None when `reference` is no
+    name (an id or id prefix, for the caller). `prefix_matches()` lists the model ids `reference` starts: a
+    reference that is both a name and such a prefix is ambiguous."""
+    name, separator, selector = reference.partition(":")
+    if separator:
+        return _resolve_named(dps, check_name(name), selector)
+    if not (NAME_PATTERN.fullmatch(reference) and dps.id_exists(reference, NAME)):
+        return None
+    prefixed = prefix_matches() if _HEX.fullmatch(reference) and len(reference) >= MIN_PREFIX else []
+    if prefixed:
+        raise AmbiguousModelIdError(f"{reference!r} is both a name and the start of model id(s) "
+                                    f"{', '.join(model_id[:12] for model_id in prefixed[:5])}; write "
+                                    f"{reference}:latest for the name, or more of the id")
+    return _resolve_named(dps, reference, LATEST)
+
+
+def _resolve_named(dps: DictPersistenceService, name: str, selector: str) -> str:
+    """The model id of `name` at `selector` (`latest`, `vN` or an alias)."""
+    if not dps.id_exists(name, NAME):
+        raise ModelNotFoundError(f"no model was saved under the name {name!r}{names_hint(dps)}")
+    version = _VERSION_SUFFIX.fullmatch(selector)
+    if version is not None:
+        return version_record(dps, name, int(version.group(1)))["model_id"]
+    if selector == LATEST:
+        number = latest_number(dps, name)
+        if number is None:
+            raise ModelNotFoundError(f"every version of {name} was removed")
+        return version_record(dps, name, number)["model_id"]
+    alias_id = f"{name}:{check_name(selector, 'alias')}"
+    if not dps.id_exists(alias_id, ALIAS):
+        aliases = sorted(alias.partition(":")[2] for alias in dps.all_ids_for_type(ALIAS)
+                         if alias.startswith(f"{name}:"))
+        raise ModelNotFoundError(f"{name} has no alias {selector!r} (its aliases: {', '.join(aliases) or 'none'}; "
+                                 f"versions are named {name}:vN, the newest {name}:latest)")
+    return version_record(dps, name, dps.recover_dict(alias_id, ALIAS)["number"])["model_id"]
+

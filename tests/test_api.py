@@ -1,0 +1,181 @@
+"""The one-line API (`mmlib.save`, `mmlib.load`, `mmlib.get`, `mmlib.find`, aliases, tags, metrics) on every store."""
+
+import multiprocessing
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mmlib
+from api_workers import save_versions
+from mmlib import maintenance
+from mmlib.errors import (AmbiguousModelIdError, IncompatibleModelError, InvalidIdError, InvalidSaveInfoError,
+                          ModelInUseError, ModelNotFoundError)
+from mmlib.refs import ALIAS_HISTORY, VERSION
+from mmlib.testing.stores import results_of_processes
+from tiny_models import TinyNet
+from zoo_models import TiedDecoderLM
+
+SAVERS, SAVES_EACH = 4, 10
+
+
+def _same_weights(model: torch.nn.Module, expected: dict) -> bool:
+    state = model.state_dict()
+    return state.keys() == expected.keys() and all(torch.equal(state[key], expected[key]) for key in expected)
+
+
+def _nudged(model: torch.nn.Module) -> dict:
+    """Change the model's weights a little; its new state dict (a copy)."""
+    with torch.no_grad():
+        model.fc.weight.add_(0.01)
+    return {key: value.clone() for key, value in model.state_dict().items()}
+
+
+@pytest.fixture
+def detector(location):
+    """(store, model, [state dict of v1, of v2]) with versions 1 and 2 of `detector` saved."""
+    store = mmlib.open_store(location)
+    model = TinyNet()
+    states = [{key: value.clone() for key, value in model.state_dict().items()}]
+    mmlib.save(model, store, name="detector", tags={"data": "coco"}, metrics={"val_acc": 0.81})
+    states.append(_nudged(model))
+    mmlib.save(model, location, name="detector", metrics={"val_acc": 0.84})
+    return store, model, states
+
+
+def test_versions_are_numbered_and_load_by_name_number_and_alias(detector):
+    store, _, states = detector
+    v1, v2 = mmlib.get("detector:v1", store), mmlib.get("detector", store)
+    assert (v1.name, v1.number, v1.approach, v1.base_id) == ("detector", 1, "snapshot", None)
+    assert (v2.number, v2.approach, v2.base_id, v2.aliases) == (2, "update", v1.id, ["latest"])
+    assert v1.tags == {"data": "coco"} and v2.metrics == {"val_acc": 0.84} and 0 < v2.size < v1.size
+    assert _same_weights(mmlib.load("detector", store), states[1])
+    assert _same_weights(mmlib.load("detector:v1", store), states[0])
+    mmlib.set_alias(store, "detector:v1", "production")
+    assert _same_weights(mmlib.load("detector:production", store, execute_checks=False), states[0])
+    assert mmlib.get("detector:production", store).aliases == ["production"]
+    assert _same_weights(mmlib.load(v2.id[:8], store), states[1])
+    on_device = mmlib.load("detector:v2", store, device=torch.device("cpu"))
+    assert _same_weights(on_device, states[1]) and {tensor.device.type for tensor in on_device.state_dict().values()} \
+        == {"cpu"}
+    assert maintenance.model_details(store, v2.id).environment["saved_on_device"] == "cpu"
+
+
+def test_an_alias_moves_and_keeps_its_history(detector):
+    store, _, _ = detector
+    mmlib.set_alias(store, "detector:v1", "production")
+    mmlib.set_alias(store, "detector:v2", "production")
+    assert mmlib.get("detector:production", store).number == 2
+    history = [store.dict_pers_service.recover_dict(record, ALIAS_HISTORY)
+               for record in store.dict_pers_service.all_ids_for_type(ALIAS_HISTORY)]
+    assert [(record["old"], record["new"]) for record in history] == [(None, 1), (1, 2)]
+    assert all(record["user"] and record["host"] and record["time"] > 0 for record in history)
+    with pytest.raises(InvalidIdError, match="latest"):
+        mmlib.set_alias(store, "detector:v1", "latest")
+
+
+def test_tags_and_metrics_can_be_added_later_and_find_filters_and_orders(detector):
+    store, model, _ = detector
+    mmlib.save(model, store, name="classifier", tags={"data": "coco"}, metrics={"val_acc": 0.9})
+    mmlib.set_tags(store, "detector:v2", {"data": "coco", "reviewed": "yes"})
+    mmlib.set_metrics(store, "detector:v1", {"val_loss": 0.3})
+    found = mmlib.find(store, name="detector", tags={"data": "coco"}, order_by="-metrics.val_acc")
+    assert [version.ref for version in found] == ["detector:v2", "detector:v1"]
+    assert [version.ref for version in mmlib.find(store, tags={"data": "coco"}, order_by="metrics.val_acc")] == \
+        ["detector:v1", "detector:v2", "classifier:v1"]
+    assert [version.ref for version in mmlib.find(store, order_by="-metrics.val_loss")] == \
+        ["detector:v1", "classifier:v1", "detector:v2"]  # versions without the metric come last
+    assert mmlib.get("detector:v1", store).metrics == {"val_acc": 0.81, "val_loss": 0.3}
+    assert [version.ref for version in mmlib.find(store)][0] == "classifier:v1"  # newest first
+
+
+def test_a_new_architecture_under_a_name_is_a_snapshot_and_approaches_can_be_forced(detector):
+    store, model, _ = detector
+    other = TiedDecoderLM(vocab=50, width=8)
+    v3 = mmlib.save(other, store, name="detector", init_args={"vocab": 50, "width": 8})
+    assert (v3.number, v3.approach, v3.base_id) == (3, "snapshot", None)
+    assert mmlib.save(model, store, name="detector", approach="snapshot").approach == "snapshot"
+    with pytest.raises(IncompatibleModelError):
+        mmlib.save(model, store, name="detector", base="detector:v3")
+    with pytest.raises(IncompatibleModelError):
+        mmlib.save(model, store, name="detector", approach="update", base="detector:v3")
+    assert mmlib.save(model, store, name="detector", base="detector:v2").approach == "update"
+
+
+def test_bad_names_references_and_values_are_typed_errors(detector):
+    store, model, _ = detector
+    before = maintenance.all_model_ids(store)
+    for bad in ("1st", "has space", "a/b", ""):
+        with pytest.raises(InvalidIdError, match="letters, digits"):
+            mmlib.save(model, store, name=bad)
+    with pytest.raises(InvalidSaveInfoError, match="metrics must map"):
+        mmlib.save(model, store, name="detector", metrics={"val_acc": "high"})
+    with pytest.raises(InvalidSaveInfoError, match="named version"):
+        mmlib.save(model, store, tags={"data": "coco"})
+    with pytest.raises(InvalidSaveInfoError, match="approach"):
+        mmlib.save(model, store, name="detector", approach="provenance")
+    assert maintenance.all_model_ids(store) == before
+    with pytest.raises(ModelNotFoundError, match="stored names: detector"):
+        mmlib.get("detectr", store)
+    with pytest.raises(ModelNotFoundError, match="has no version 9"):
+        mmlib.load("detector:v9", store)
+    with pytest.raises(ModelNotFoundError, match="no alias 'staging'.*detector:latest"):
+        mmlib.load("detector:staging", store)
+    with pytest.raises(InvalidIdError, match="without a name"):
+        mmlib.set_alias(store, mmlib.save(model, store).id, "production")
+
+
+def test_a_name_that_is_also_an_id_prefix_is_ambiguous(location):
+    store = mmlib.open_store(location)
+    model_id = next(version.id for version in iter(lambda: mmlib.save(TinyNet(), store), None)
+                    if version.id[0] in "abcdef")
+    mmlib.save(TinyNet(), store, name=model_id[:6])
+    with pytest.raises(AmbiguousModelIdError, match="both a name and the start of model id"):
+        mmlib.get(model_id[:6], store)
+    assert mmlib.get(f"{model_id[:6]}:latest", store).number == 1
+
+
+def test_rm_keeps_an_aliased_version_unless_forced_and_numbers_are_never_reused(detector):
+    store, model, _ = detector
+    v2 = mmlib.get("detector:v2", store)
+    mmlib.set_alias(store, "detector:v2", "production")
+    with pytest.raises(ModelInUseError, match="production"):
+        maintenance.remove_model(store, v2.id)
+    maintenance.remove_model(store, v2.id, force=True)
+    assert mmlib.get("detector", store).number == 1
+    with pytest.raises(ModelNotFoundError, match="no version 2"):
+        mmlib.get("detector:v2", store)
+    assert mmlib.save(model, store, name="detector").number == 3
+    maintenance.collect_garbage(store, grace_seconds=0)
+    assert [version.number for version in mmlib.find(store, name="detector", order_by="number")] == [1, 3]
+    assert store.dict_pers_service.id_exists("detector:v2", VERSION)  # gc keeps every ref
+
+
+def test_the_cli_takes_references(detector, location):
+    completed = subprocess.run([sys.executable, "-m", "mmlib", "--store", location, "show", "detector:v1"],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0 and mmlib.get("detector:v1", detector[0]).id in completed.stdout
+    completed = subprocess.run([sys.executable, "-m", "mmlib", "--store", location, "show", "detectr"],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and "stored names: detector" in completed.stderr
+    mmlib.set_alias(detector[0], "detector:v2", "production")
+    removals = [subprocess.run([sys.executable, "-m", "mmlib", "--store", location, "rm", "detector:production",
+                                *flags], capture_output=True, text=True, timeout=120) for flags in ([], ["--force"])]
+    assert [completed.returncode for completed in removals] == [1, 0], [completed.stderr for completed in removals]
+    assert "alias(es) production" in removals[0].stderr and mmlib.get("detector", detector[0]).number == 1
+
+
+def test_processes_saving_one_name_at_once_get_consecutive_numbers(location):
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "mmlib.api", "api_workers"])
+    start = context.Barrier(SAVERS)
+    saved = results_of_processes(context, save_versions, [(location, "shared", seed, SAVES_EACH, start)
+                                                          for seed in range(SAVERS)],
+                                 context.Queue(), SAVERS * SAVES_EACH, timeout=300)
+    assert sorted(number for number, _, _ in saved) == list(range(1, SAVERS * SAVES_EACH + 1))
+    store = mmlib.open_store(location)
+    for number, model_id, state in saved:
+        assert mmlib.get(f"shared:v{number}", store).id == model_id
+        assert _same_weights(mmlib.load(f"shared:v{number}", store),
+                             {key: torch.from_numpy(value) for key, value in state.items()})
