@@ -48,6 +48,7 @@ def run(versions: int, rounds: int) -> dict:
             "resolve NAME (latest)": lambda _: lambda: maintenance.resolve_model_id(store, "detector"),
             "resolve NAME:vN": lambda _: lambda: maintenance.resolve_model_id(store, middle),
             "resolve NAME:ALIAS": lambda _: lambda: maintenance.resolve_model_id(store, "detector:production"),
+            "get NAME:ALIAS (metadata)": lambda _: lambda: mmlib.get("detector:production", store),
             "load by id": lambda _: lambda: mmlib.load(model_id, store),
             "load by NAME:ALIAS": lambda _: lambda: mmlib.load("detector:production", store),
         }

@@ -135,18 +135,18 @@ def get(reference: str, store: StoreLike) -> Version:
     return _version(store, maintenance.resolve_model_id(store, reference))
 
 
-def _version(store: Store, model_id: str) -> Version:
-    """The Version of a stored model."""
+def _version(store: Store, model_id: str, named: Optional[refs.NamedVersion] = None) -> Version:
+    """The Version of a stored model (`named`: what the refs say of it, when the caller read them already)."""
     dps = store.dict_pers_service
     stored = maintenance.version(store, model_id)
     created = dps.recover_dict(model_id, MODEL_INFO)[CREATED]  # a number: maintenance.version checked it
-    named = refs.version_of(dps, model_id)
-    record = refs.version_record(dps, *named) if named is not None else {}
-    return Version(id=model_id, name=named[0] if named else None, number=named[1] if named else None,
+    if named is None:
+        named = refs.named_version(dps, model_id)
+    return Version(id=model_id, name=named.name if named else None, number=named.number if named else None,
                    base_id=stored.base_id, approach=APPROACHES[stored.store_type],
                    created=datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="microseconds"),
-                   aliases=refs.aliases_of(dps, *named) if named else [], tags=record.get("tags", {}),
-                   metrics=record.get("metrics", {}),
+                   aliases=named.aliases if named else [], tags=named.tags if named else {},
+                   metrics=named.metrics if named else {},
                    size=maintenance.total_size(maintenance.model_size_info(store, model_id)))
 
 
@@ -186,12 +186,11 @@ def find(store: StoreLike, *, name: Optional[str] = None, tags: Optional[dict] =
     `created`, `number`, `name` or `metrics.KEY` / `tags.KEY`, with a leading `-` for descending (versions that
     lack the key come last, newest first)."""
     store = _store(store)
-    dps = store.dict_pers_service
     wanted = _checked_values(tags, "tags", (str, int, float, bool))
-    records = [dps.recover_dict(ref, refs.VERSION) for ref in dps.all_ids_for_type(refs.VERSION)]
-    chosen = [record for record in records if not record.get("removed") and (name is None or record["name"] == name)
-              and all(record.get("tags", {}).get(key) == value for key, value in wanted.items())]
-    newest_first = _ordered([_version(store, record["model_id"]) for record in chosen], "-created")
+    table = refs.named_versions(store.dict_pers_service)
+    chosen = {model_id: named for model_id, named in table.items() if name in (None, named.name)
+              and all(named.tags.get(key) == value for key, value in wanted.items())}
+    newest_first = _ordered([_version(store, model_id, named) for model_id, named in chosen.items()], "-created")
     return _ordered(newest_first, order_by) if order_by is not None else newest_first
 
 

@@ -11,9 +11,10 @@ import os
 import sys
 import warnings
 from dataclasses import asdict, fields
-from typing import Callable, Optional, Sequence, Union
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional, Sequence, Union
 
-from mmlib import __version__, maintenance
+from mmlib import __version__, maintenance, refs
 from mmlib.constants import PROGRESS_LOGGER
 from mmlib.errors import InvalidIdError, MMLibError, ModelNotFoundError, StoreUnavailableError
 from mmlib.persistence.store import Store, open_store
@@ -114,24 +115,94 @@ def _damaged_exit(count: int, total: int) -> int:
                  EXIT_PROBLEMS)
 
 
+def _tag_filters(given: list[str]) -> dict[str, str]:
+    """KEY=VALUE arguments as a dict."""
+    pairs = [item.partition("=") for item in given]
+    if any(not key or not separator for key, separator, _ in pairs):
+        raise _UsageError(f"tags are given as KEY=VALUE, got {given!r}")
+    return {key: value for key, _, value in pairs}
+
+
+def _listed(args: argparse.Namespace, models: list, named: dict) -> list:
+    """The models `ls` shows: those of `--name` with every `--tag`, ordered by `--sort` (newest first by default;
+    models without the sort key last)."""
+    wanted = _tag_filters(args.tag)
+    if args.name is not None or wanted:
+        models = [m for m in models if m.model_id in named and args.name in (None, named[m.model_id].name)
+                  and all(str(named[m.model_id].tags.get(key)) == value for key, value in wanted.items())]
+    if args.sort is None:
+        return models
+    group, _, key = args.sort.lstrip("-").partition(".")
+    if group not in ("metrics", "tags") or not key:
+        raise _UsageError(f"--sort takes metrics.KEY or tags.KEY (with a leading - for descending), got {args.sort!r}")
+
+    def value(model: maintenance.ModelSummary) -> Any:
+        return getattr(named[model.model_id], group).get(key) if model.model_id in named else None
+
+    present = [m for m in models if value(m) is not None]
+    return sorted(present, key=value, reverse=args.sort.startswith("-")) + [m for m in models if value(m) is None]
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
-    survey = maintenance.survey(_open(args))
-    models, damaged = survey.models, survey.damaged
+    store = _open(args)
+    survey = maintenance.survey(store)
+    named = refs.named_versions(store.dict_pers_service)
+    models, damaged = _listed(args, survey.models, named), survey.damaged
     if args.json:
-        _print_json([asdict(model) for model in models]
+        _print_json([{**asdict(model), **(named[model.model_id]._asdict() if model.model_id in named else {})}
+                     for model in models]
                     + _damaged_entries([f.name for f in fields(maintenance.ModelSummary)], damaged))
     elif not models and not damaged:
-        print("no models in this store")
+        print("no models in this store" if not (args.name or args.tag) else "no model matches")
     else:
         short = maintenance.abbreviated([m.model_id for m in models] + [m.base_id for m in models if m.base_id]
                                         + [entry.model_id for entry in damaged])
-        rows = [(short[m.model_id], m.store_type, short[m.base_id] if m.base_id else "-", _time(m.created),
-                 _human_size(m.size)) for m in models]
+        rows: list[tuple[str, ...]] = [(short[m.model_id], m.store_type, short[m.base_id] if m.base_id else "-",
+                                        _time(m.created), _human_size(m.size)) for m in models]
         rows += [(short[entry.model_id], "DAMAGED", "-", "-", "-") for entry in damaged]
-        print(format_table(("ID", "TYPE", "BASE", "CREATED (UTC)", "SIZE"), rows, right=(4,)))
+        header: tuple[str, ...] = ("ID", "TYPE", "BASE", "CREATED (UTC)", "SIZE")
+        if named:  # a store with names gets their columns
+            header += ("NAME", "VERSION", "ALIASES")
+            rows = [(*row, *_name_columns(named.get(model_id))) for row, model_id in
+                    zip(rows, [m.model_id for m in models] + [entry.model_id for entry in damaged])]
+        print(format_table(header, rows, right=(4,)))
         if damaged:
             print("\n" + "\n".join(_damage_lines(damaged)))
     return _damaged_exit(len(damaged), len(models) + len(damaged)) if damaged else EXIT_OK
+
+
+def _name_columns(version: Optional[refs.NamedVersion]) -> tuple[str, str, str]:
+    """NAME, VERSION and ALIASES of a model in `ls` ("-" for a model saved without a name)."""
+    if version is None:
+        return "-", "-", "-"
+    return version.name, f"v{version.number}", ",".join(version.aliases) or "-"
+
+
+def _cmd_alias(args: argparse.Namespace) -> int:
+    store = _open(args)
+    if args.delete:
+        name = args.reference.partition(":")[0]
+        refs.delete_alias(store.dict_pers_service, refs.check_name(name), args.alias)
+        print(f"deleted alias {name}:{args.alias}")
+        return EXIT_OK
+    model_id = maintenance.resolve_model_id(store, args.reference)
+    version = refs.version_of(store.dict_pers_service, model_id)
+    if version is None:
+        raise _UsageError(f"model {model_id} was saved without a name, so it takes no alias; save it with a name")
+    refs.set_alias(store.dict_pers_service, *version, args.alias)
+    print(f"{version[0]}:{args.alias} -> {version[0]}:v{version[1]} ({model_id[:maintenance.ABBREVIATED]})")
+    return EXIT_OK
+
+
+def _cmd_tag(args: argparse.Namespace) -> int:
+    store = _open(args)
+    model_id = maintenance.resolve_model_id(store, args.reference)
+    version = refs.version_of(store.dict_pers_service, model_id)
+    if version is None:
+        raise _UsageError(f"model {model_id} was saved without a name, so it takes no tags; save it with a name")
+    refs.update_version(store.dict_pers_service, *version, "tags", _tag_filters(args.tags))
+    print(f"tagged {version[0]}:v{version[1]}: {refs.version_record(store.dict_pers_service, *version)['tags']}")
+    return EXIT_OK
 
 
 def _size_lines(sizes: dict, indent: int) -> list[tuple[str, str]]:
@@ -147,12 +218,19 @@ def _size_lines(sizes: dict, indent: int) -> list[tuple[str, str]]:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     store = _open(args)
+    dps = store.dict_pers_service
     details = maintenance.model_details(store, maintenance.resolve_model_id(store, args.model_id))
+    named = refs.version_of(dps, details.model_id)
+    name, _, selector = args.model_id.partition(":")
+    history = refs.alias_history(dps, name, selector) if selector and selector != refs.LATEST else []
     if args.json:
-        _print_json(asdict(details))
+        _print_json({**asdict(details), "name": named[0] if named else None, "number": named[1] if named else None,
+                     "aliases": refs.aliases_of(dps, *named) if named else [], "alias_history": history})
         return _show_damage_exit(details)
     summary = [("id", details.model_id), ("type", details.store_type), ("base", details.base_id or "-"),
                ("created", f"{_time(details.created)} UTC"), ("size", _human_size(details.size))]
+    if named:
+        summary += [("version", refs.version_id(*named)), ("aliases", ", ".join(refs.aliases_of(dps, *named)))]
     environment = [(key, ", ".join(value) if isinstance(value, list) else str(value or "-"))
                    for key, value in details.environment.items()]
     lineage = [(f"{'  ' * depth}{v.model_id}", v.store_type, _time(v.created))
@@ -164,6 +242,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(format_table(("SIZE BREAKDOWN", ""), _size_lines(details.sizes, 0), right=(1,)))
     print()
     print(format_table(("LINEAGE (model first, root last)", "TYPE", "CREATED (UTC)"), lineage))
+    if history:
+        print()
+        print(format_table((f"ALIAS {name}:{selector} (oldest move first)", "FROM", "TO", "BY"),
+                           [(_time(datetime.fromtimestamp(move["time"], timezone.utc).isoformat()),
+                             f"v{move['old']}" if move["old"] else "-", f"v{move['new']}" if move["new"] else "-",
+                             f"{move['user']}@{move['host']}") for move in history]))
     if details.damage:
         print()
         print(format_table(("DAMAGE",), [(problem,) for problem in details.damage]))
@@ -342,7 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    command("ls", _cmd_ls, "list the stored models, newest first", "mmlib --store ./models ls")
+    ls = command("ls", _cmd_ls, "list the stored models, newest first", "mmlib --store ./models ls --name detector "
+                 "--sort=-metrics.val_acc")
+    ls.add_argument("--name", help="only the versions of this name")
+    ls.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only versions with this tag "
+                    "(repeatable)")
+    ls.add_argument("--sort", metavar="[-]metrics.KEY", help="order by a metric or tag; descending with a leading "
+                    "- (write --sort=-metrics.KEY)")
+    alias = command("alias", _cmd_alias, "point an alias of a version's name at it (NAME:ALIAS then names it)",
+                    "mmlib --store ./models alias detector:v3 production", json_output=False)
+    alias.add_argument("reference", metavar="REF", help=REFERENCE_HELP)
+    alias.add_argument("alias", metavar="ALIAS", help="letters, digits, '.', '_', '-', starting with a letter")
+    alias.add_argument("--delete", action="store_true", help="remove the alias of REF's name instead")
+    tag = command("tag", _cmd_tag, "add tags to a named version", "mmlib --store ./models tag detector:v3 "
+                  "data=coco reviewed=yes", json_output=False)
+    tag.add_argument("reference", metavar="REF", help=REFERENCE_HELP)
+    tag.add_argument("tags", nargs="+", metavar="KEY=VALUE")
     show = command("show", _cmd_show, "show a model: metadata, environment, size breakdown, lineage",
                    "mmlib --store ./models show MODEL_ID --json")
     show.add_argument("model_id", metavar="ID", help=REFERENCE_HELP)
@@ -354,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command("verify", _cmd_verify, "re-hash every blob the models need and recover each model; "
                      "exit code 1 on any problem", "mmlib --store ./models verify MODEL_ID")
     verify.add_argument("model_ids", nargs="*", metavar="ID",
-                        help="models to verify, ids or unique prefixes (default: all)")
+                        help="models to verify: ids, unique prefixes, NAME, NAME:vN or NAME:ALIAS (default: all)")
     rm = command("rm", _cmd_rm, "remove a model (refused while other models derive from it); `gc` then reclaims "
                  "its space", "mmlib --store ./models rm MODEL_ID --with-descendants")
     rm.add_argument("model_id", metavar="ID", help=REFERENCE_HELP)

@@ -533,9 +533,11 @@ def _recovery_problem(store: Store, services: dict, model_id: str) -> Optional[t
 def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Problem]:
     """Re-hash every blob the models need, then recover each with checks; returns the problems (empty: all good).
 
-    `model_ids` defaults to every model. A model whose stored items are damaged, or whose lineage loops, is not
-    recovered (it cannot be). A problem says what is wrong; `ADVICE` says what to do about each kind.
+    `model_ids` defaults to every model, and then every name, version and alias ref is checked to name a stored
+    model too. A model whose stored items are damaged, or whose lineage loops, is not recovered (it cannot be). A
+    problem says what is wrong; `ADVICE` says what to do about each kind.
     """
+    every_model = model_ids is None
     model_ids = all_model_ids(store) if model_ids is None else list(model_ids)
     for model_id in model_ids:
         require_model(store, model_id)
@@ -564,6 +566,9 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
                 found.append(Problem(model_id, "recovery", message, kind))
         logger.debug("verified model %s: %d problem(s)", model_id, len(found))
         problems += found
+    if every_model:
+        problems += [Problem(target, f"ref {ref}", "names a model or version that is not in the store")
+                     for ref, target in refs.dangling_refs(store.dict_pers_service, set(model_ids))]
     return problems
 
 

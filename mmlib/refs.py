@@ -17,7 +17,7 @@ import getpass
 import re
 import socket
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from mmlib.constants import ID
 from mmlib.errors import AmbiguousModelIdError, InvalidIdError, ModelNotFoundError
@@ -107,6 +107,44 @@ def aliases_of(dps: DictPersistenceService, name: str, number: int) -> list[str]
     return ([LATEST] if latest_number(dps, name) == number else []) + sorted(found)
 
 
+class NamedVersion(NamedTuple):
+    """What the refs say of one model: its name, version number, aliases, tags and metrics."""
+
+    name: str
+    number: int
+    aliases: list[str]
+    tags: dict
+    metrics: dict
+
+
+def named_version(dps: DictPersistenceService, model_id: str) -> Optional[NamedVersion]:
+    """The NamedVersion of one model (reading only its own refs and the aliases), or None for an unnamed one."""
+    version = version_of(dps, model_id)
+    if version is None:
+        return None
+    record = version_record(dps, *version)
+    return NamedVersion(*version, aliases_of(dps, *version), record.get("tags") or {}, record.get("metrics") or {})
+
+
+def named_versions(dps: DictPersistenceService) -> dict[str, NamedVersion]:
+    """model id -> its NamedVersion, for every named version not removed (every ref read once, for listings)."""
+    records = [dps.recover_dict(ref, VERSION) for ref in dps.all_ids_for_type(VERSION)]
+    live = [record for record in records if not record.get("removed") and isinstance(record.get("name"), str)
+            and isinstance(record.get("number"), int) and isinstance(record.get("model_id"), str)]
+    latest: dict[str, int] = {}
+    for record in live:
+        latest[record["name"]] = max(latest.get(record["name"], 0), record["number"])
+    aliases: dict[tuple[str, int], list[str]] = {}
+    for alias_id in dps.all_ids_for_type(ALIAS):
+        alias = dps.recover_dict(alias_id, ALIAS)
+        aliases.setdefault((alias["name"], alias["number"]), []).append(alias["alias"])
+    return {record["model_id"]: NamedVersion(
+        record["name"], record["number"],
+        ([LATEST] if latest[record["name"]] == record["number"] else [])
+        + sorted(aliases.get((record["name"], record["number"]), [])),
+        record.get("tags") or {}, record.get("metrics") or {}) for record in live}
+
+
 def set_alias(dps: DictPersistenceService, name: str, number: int, alias: str) -> None:
     """Point `alias` of `name` at version `number`, recording the move in the alias history."""
     check_name(alias, "alias")
@@ -116,7 +154,22 @@ def set_alias(dps: DictPersistenceService, name: str, number: int, alias: str) -
     alias_id = f"{name}:{alias}"
     old = dps.recover_dict(alias_id, ALIAS).get("number") if dps.id_exists(alias_id, ALIAS) else None
     dps.save_dict({ID: alias_id, "name": name, "alias": alias, "number": number}, ALIAS)
-    dps.save_dict({"name": name, "alias": alias, "old": old, "new": number, "time": time.time(),
+    _record_move(dps, name, alias, old, number)
+
+
+def delete_alias(dps: DictPersistenceService, name: str, alias: str) -> None:
+    """Remove `alias` of `name` (recorded in the alias history as a move to nothing)."""
+    alias_id = f"{name}:{check_name(alias, 'alias')}"
+    if not dps.id_exists(alias_id, ALIAS):
+        raise ModelNotFoundError(f"{name} has no alias {alias!r}")
+    old = dps.recover_dict(alias_id, ALIAS).get("number")
+    dps.delete_dict(alias_id, ALIAS)
+    _record_move(dps, name, alias, old, None)
+
+
+def _record_move(dps: DictPersistenceService, name: str, alias: str, old: Optional[int], new: Optional[int]) -> None:
+    """Add a move of `alias` of `name` from version `old` to `new` (None: none) to the alias history."""
+    dps.save_dict({"name": name, "alias": alias, "old": old, "new": new, "time": time.time(),
                    "user": getpass.getuser(), "host": socket.gethostname()}, ALIAS_HISTORY)
 
 
@@ -133,11 +186,38 @@ def update_version(dps: DictPersistenceService, name: str, number: int, field: s
 
 
 def forget_model(dps: DictPersistenceService, model_id: str) -> None:
-    """Mark the version a removed model was as removed (its number is never given again)."""
+    """Mark the version a removed model was as removed (its number is never given again) and delete the aliases
+    that pointed at it (recorded in their history)."""
     version = version_of(dps, model_id)
-    if version is not None:
-        dps.add_field(version_id(*version), VERSION, "removed", True)
-        dps.delete_dict(model_id, VERSION_OF)
+    if version is None:
+        return
+    name, number = version
+    dps.add_field(version_id(name, number), VERSION, "removed", True)
+    for alias_id in dps.all_ids_for_type(ALIAS):
+        alias = dps.recover_dict(alias_id, ALIAS)
+        if alias.get("name") == name and alias.get("number") == number:
+            delete_alias(dps, name, alias["alias"])
+    dps.delete_dict(model_id, VERSION_OF)
+
+
+def dangling_refs(dps: DictPersistenceService, model_ids: set[str]) -> list[tuple[str, str]]:
+    """(ref, model id) of every version ref that names a model not in `model_ids` (the stored models) without being
+    marked removed, and of every alias of a version that is not there: what verify reports."""
+    found = []
+    live: set[tuple[object, object]] = set()
+    for ref in dps.all_ids_for_type(VERSION):
+        record = dps.recover_dict(ref, VERSION)
+        if record.get("removed"):
+            continue
+        if record.get("model_id") in model_ids:
+            live.add((record.get("name"), record.get("number")))
+        else:
+            found.append((ref, str(record.get("model_id"))))
+    for alias_id in dps.all_ids_for_type(ALIAS):
+        alias = dps.recover_dict(alias_id, ALIAS)
+        if (alias.get("name"), alias.get("number")) not in live:
+            found.append((alias_id, f"{alias.get('name')}:v{alias.get('number')}"))
+    return found
 
 
 def names(dps: DictPersistenceService) -> list[str]:

@@ -4,6 +4,7 @@ import threading
 
 import torch
 
+from mmlib.cli import main
 from mmlib.constants import ID
 from mmlib.equal import model_equal
 from mmlib.errors import IntegrityError
@@ -103,3 +104,10 @@ def promptly(action) -> dict:
     worker.join(WALK_TIMEOUT_S)
     assert not worker.is_alive(), "the lineage walk did not end"
     return outcome
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run the `mmlib` command in this process; returns (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -1,5 +1,6 @@
 """The one-line API (`mmlib.save`, `mmlib.load`, `mmlib.get`, `mmlib.find`, aliases, tags, metrics) on every store."""
 
+import json
 import multiprocessing
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from mmlib.errors import (AmbiguousModelIdError, IncompatibleModelError, Invalid
                           ModelInUseError, ModelNotFoundError)
 from mmlib.refs import ALIAS_HISTORY, VERSION
 from mmlib.testing.stores import results_of_processes
+from save_helpers import run_cli
 from tiny_models import TinyNet
 from zoo_models import TiedDecoderLM
 
@@ -179,3 +181,49 @@ def test_processes_saving_one_name_at_once_get_consecutive_numbers(location):
         assert mmlib.get(f"shared:v{number}", store).id == model_id
         assert _same_weights(mmlib.load(f"shared:v{number}", store),
                              {key: torch.from_numpy(value) for key, value in state.items()})
+
+
+def test_ls_shows_names_filters_and_sorts_and_alias_tag_show_work_from_the_command_line(detector, location, capsys):
+    store, model, _ = detector
+    unnamed = mmlib.save(TinyNet(), store)
+    code, out, _ = run_cli(capsys, "--store", location, "alias", "detector:v1", "production")
+    assert code == 0 and "detector:production -> detector:v1" in out
+    code, out, _ = run_cli(capsys, "--store", location, "tag", "detector", "reviewed=yes")
+    assert code == 0 and mmlib.get("detector:v2", store).tags == {"reviewed": "yes"}
+    code, out, _ = run_cli(capsys, "--store", location, "ls")
+    header, *rows = out.splitlines()
+    assert header.split()[-3:] == ["NAME", "VERSION", "ALIASES"] and len(rows) == 3
+    assert rows[0].split()[-3:] == ["-", "-", "-"] and rows[0].startswith(unnamed.id[:12])
+    assert rows[1].split()[-3:] == ["detector", "v2", "latest"] and rows[2].split()[-3:] == ["detector", "v1",
+                                                                                            "production"]
+    code, out, _ = run_cli(capsys, "--store", location, "ls", "--name", "detector", "--tag", "data=coco")
+    assert [row.split()[-2] for row in out.splitlines()[1:]] == ["v1"]
+    code, out, _ = run_cli(capsys, "--store", location, "ls", "--sort=metrics.val_acc", "--json")
+    listed = json.loads(out)
+    assert [entry.get("number") for entry in listed] == [1, 2, None] and listed[0]["metrics"] == {"val_acc": 0.81}
+    code, out, _ = run_cli(capsys, "--store", location, "alias", "detector:v2", "production")
+    code, out, _ = run_cli(capsys, "--store", location, "show", "detector:production")
+    lines = out.splitlines()
+    assert code == 0 and ["version", "detector:v2"] in [line.split() for line in lines]
+    moves = lines[lines.index(next(line for line in lines if line.startswith("ALIAS detector:production"))) + 1:]
+    assert [move.split()[2:4] for move in moves] == [["-", "v1"], ["v1", "v2"]]
+    code, out, _ = run_cli(capsys, "--store", location, "alias", "detector", "production", "--delete")
+    assert code == 0 and mmlib.get("detector:v2", store).aliases == ["latest"]
+    code, _, err = run_cli(capsys, "--store", location, "ls", "--tag", "novalue")
+    assert code == 2 and "KEY=VALUE" in err
+
+
+def test_verify_reports_refs_that_name_no_stored_model_and_forced_removal_drops_aliases(detector):
+    store, _, _ = detector
+    v1, v2 = mmlib.get("detector:v1", store), mmlib.get("detector:v2", store)
+    mmlib.set_alias(store, "detector:v1", "production")
+    maintenance.remove_model(store, v2.id, force=True)
+    maintenance.remove_model(store, v1.id, force=True)
+    assert maintenance.verify(store) == [] and mmlib.find(store) == []
+    with pytest.raises(ModelNotFoundError, match="no alias 'production'"):
+        mmlib.get("detector:production", store)
+    again = mmlib.save(TinyNet(), store, name="detector")
+    mmlib.set_alias(store, again.ref, "production")
+    store.dict_pers_service.delete_dict(again.id, "model_info")  # the model document lost behind mmlib's back
+    assert sorted(problem.item for problem in maintenance.verify(store)) == \
+        ["ref detector:production", "ref detector:v3"]

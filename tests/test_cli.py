@@ -18,13 +18,13 @@ import mmlib.cli
 import mmlib.save
 from mmlib import maintenance
 from mmlib.errors import AmbiguousModelIdError
-from mmlib.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_UNAVAILABLE, EXIT_USAGE, main
+from mmlib.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_UNAVAILABLE, EXIT_USAGE
 from mmlib.persistence import open_store
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
 from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.store_format import check_store_format
 from mmlib.util.hash import state_dict_hash
-from save_helpers import perturb, save_info
+from save_helpers import perturb, run_cli as _run, save_info
 from tiny_models import TinyNet
 
 _SUBPROCESS_TIMEOUT_S = 120
@@ -108,13 +108,6 @@ def test_the_command_in_a_real_process(location, tmp_path, corrupt_blob):
     report = json.loads(_finish(_start(location, "verify", "--json"), EXIT_PROBLEMS))
     assert report["checked"] == [model_id for model_id, _ in saved.values()]
     assert [(p["model_id"], p["item"]) for p in report["problems"]] == [(saved["sibling"][0], f"blob {digest}")]
-
-
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run `main` in this process; returns (exit code, stdout, stderr)."""
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_tree_gc_and_verify_in_process(location, capsys):

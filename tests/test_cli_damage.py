@@ -11,13 +11,13 @@ import pytest
 
 import mmlib
 from mmlib import maintenance
-from mmlib.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, main
+from mmlib.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from mmlib.errors import IntegrityError
 from mmlib.persistence import open_store
 from mmlib.save import BaselineSaveService
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, STORE_TYPE, ModelInfo
 from mmlib.schema.schema_obj import BLOB
-from save_helpers import forge_record, perturb, promptly, save_info, save_update_chain
+from save_helpers import forge_record, perturb, promptly, run_cli, save_info, save_update_chain
 from store_helpers import corrupt_blob
 from tiny_models import TinyNet
 
@@ -38,11 +38,10 @@ def two_models(tmp_path):
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run `main` in this process; returns (exit code, stdout, stderr)."""
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and captured.err.count("\n") <= 1, captured.err
-    return code, captured.out, captured.err
+    """Run `main` in this process; returns (exit code, stdout, stderr), stderr one line at most."""
+    code, out, err = run_cli(capsys, *argv)
+    assert "Traceback" not in err and err.count("\n") <= 1, err
+    return code, out, err
 
 
 def _write_body(location: str, model_id: str, body: str) -> None:
