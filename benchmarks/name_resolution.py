@@ -1,5 +1,6 @@
 """What a name costs: resolving `NAME`, `NAME:vN` and `NAME:ALIAS` in a store with thousands of versions of one name,
-and a named load against a load by id, side by side in one run (medians and p90 of interleaved rounds).
+a named save against an unnamed one and a named load against a load by id, side by side in one run (medians and
+p90 of interleaved rounds).
 
     python -m benchmarks.name_resolution [--versions 2000] [--rounds 30] [--out bench-results/name_resolution.json]
 
@@ -49,6 +50,9 @@ def run(versions: int, rounds: int) -> dict:
             "resolve NAME:vN": lambda _: lambda: maintenance.resolve_model_id(store, middle),
             "resolve NAME:ALIAS": lambda _: lambda: maintenance.resolve_model_id(store, "detector:production"),
             "get NAME:ALIAS (metadata)": lambda _: lambda: mmlib.get("detector:production", store),
+            "save without a name": lambda _: lambda: mmlib.save(_Tiny(), store, approach="snapshot", init_args={}),
+            "save as NAME:vN+1": lambda _: lambda: mmlib.save(_Tiny(), store, name="detector", approach="snapshot",
+                                                               init_args={}),
             "load by id": lambda _: lambda: mmlib.load(model_id, store),
             "load by NAME:ALIAS": lambda _: lambda: mmlib.load("detector:production", store),
         }
