@@ -592,8 +592,11 @@ def _live_items(store: Store) -> set[StoredItem]:
         try:
             items = set(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))
         except (NotFoundError, InvalidIdError, IntegrityError) as error:
+            if not store.dict_pers_service.id_exists(model_id, MODEL_INFO):
+                continue  # removed, or withdrawn by its save, since it was listed: nothing of it is live
             raise _unsafe_to_collect(f"model {model_id}: {error}") from error
-        missing = sorted(item.item_id for item in items if item.kind == BLOB and item.item_id not in stored_blobs)
+        missing = sorted(item.item_id for item in items if item.kind == BLOB and item.item_id not in stored_blobs
+                         and not store.file_pers_service.blob_exists(item.item_id))  # or saved since the listing
         if missing:
             raise _unsafe_to_collect(f"model {model_id} needs blob {missing[0]}: the blob is missing")
         live |= items

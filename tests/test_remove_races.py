@@ -182,3 +182,27 @@ def test_markers_left_by_dead_processes_block_nothing_and_gc_collects_them(hooke
     maintenance.collect_garbage(store, grace_seconds=0)
     assert not any(store.dict_pers_service.all_ids_for_type(kind) for kind in
                    (coordination.GC_RUNNING, coordination.SAVE_LEASE, coordination.REMOVAL_MARKER))
+
+
+def test_gc_skips_a_model_removed_or_withdrawn_after_it_listed_it_and_sees_blobs_saved_since(hooked_store,
+                                                                                             monkeypatch):
+    service, store, documents, root_id = hooked_store
+    gone_id = service.save_model(save_info(TinyNet(), base_model_id=root_id))
+    maintenance.remove_model(store, gone_id)
+    listed = [root_id, gone_id]  # as gc listed them just before the removal
+    monkeypatch.setattr(maintenance, "all_model_ids", lambda _: listed)
+    real_digests = store.file_pers_service.blob_digests
+    newer_id = []
+
+    def digests_then_a_save():  # a save commits a new blob and its model after gc first listed the blobs
+        digests = list(real_digests())
+        if not newer_id:
+            newer_id.append(service.save_model(save_info(TinyNet(), base_model_id=root_id)))
+            listed.append(newer_id[0])
+        return iter(digests)
+
+    monkeypatch.setattr(store.file_pers_service, "blob_digests", digests_then_a_save)
+    maintenance.collect_garbage(store, grace_seconds=0, dry_run=True)
+    monkeypatch.undo()
+    maintenance.collect_garbage(store, grace_seconds=0)
+    assert maintenance.verify(store) == [] and maintenance.all_model_ids(store) == [root_id, newer_id[0]]
