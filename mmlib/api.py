@@ -16,7 +16,7 @@ import torch
 
 from mmlib import maintenance, refs
 from mmlib.approaches.base import DeviceLike
-from mmlib.errors import IncompatibleModelError, InvalidArgumentError, InvalidIdError, InvalidSaveInfoError
+from mmlib.errors import IncompatibleModelError, InvalidArgumentError, InvalidSaveInfoError
 from mmlib.persistence.store import Store, checked_store, open_store
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.environment import Environment
@@ -152,12 +152,7 @@ def _version(store: Store, model_id: str, named: Optional[refs.NamedVersion] = N
 
 def _named(store: Store, reference: str) -> tuple[str, int]:
     """(name, number) of the named version a reference names."""
-    model_id = maintenance.resolve_model_id(store, reference)
-    named = refs.version_of(store.dict_pers_service, model_id)
-    if named is None:
-        raise InvalidIdError(f"model {model_id} was saved without a name, so it has no aliases, tags or metrics: "
-                             "save it again with mmlib.save(model, store, name=...)")
-    return named
+    return refs.named_or_refused(store.dict_pers_service, maintenance.resolve_model_id(store, reference))
 
 
 def set_alias(store: StoreLike, reference: str, alias: str) -> None:

@@ -186,9 +186,7 @@ def _cmd_alias(args: argparse.Namespace) -> int:
         print(f"deleted alias {name}:{args.alias}")
         return EXIT_OK
     model_id = maintenance.resolve_model_id(store, args.reference)
-    version = refs.version_of(store.dict_pers_service, model_id)
-    if version is None:
-        raise _UsageError(f"model {model_id} was saved without a name, so it takes no alias; save it with a name")
+    version = refs.named_or_refused(store.dict_pers_service, model_id)
     refs.set_alias(store.dict_pers_service, *version, args.alias)
     print(f"{version[0]}:{args.alias} -> {version[0]}:v{version[1]} ({model_id[:maintenance.ABBREVIATED]})")
     return EXIT_OK
@@ -196,10 +194,7 @@ def _cmd_alias(args: argparse.Namespace) -> int:
 
 def _cmd_tag(args: argparse.Namespace) -> int:
     store = _open(args)
-    model_id = maintenance.resolve_model_id(store, args.reference)
-    version = refs.version_of(store.dict_pers_service, model_id)
-    if version is None:
-        raise _UsageError(f"model {model_id} was saved without a name, so it takes no tags; save it with a name")
+    version = refs.named_or_refused(store.dict_pers_service, maintenance.resolve_model_id(store, args.reference))
     refs.update_version(store.dict_pers_service, *version, "tags", _tag_filters(args.tags))
     print(f"tagged {version[0]}:v{version[1]}: {refs.version_record(store.dict_pers_service, *version)['tags']}")
     return EXIT_OK

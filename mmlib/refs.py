@@ -20,7 +20,7 @@ import time
 from typing import Callable, NamedTuple, Optional
 
 from mmlib.constants import ID
-from mmlib.errors import AmbiguousModelIdError, InvalidIdError, ModelNotFoundError
+from mmlib.errors import AmbiguousModelIdError, DocumentNotFoundError, InvalidIdError, ModelNotFoundError
 from mmlib.persistence.base import DictPersistenceService
 
 VERSION = "model_version"
@@ -80,16 +80,25 @@ def latest_number(dps: DictPersistenceService, name: str) -> Optional[int]:
     return number or None
 
 
+def _live_record(dps: DictPersistenceService, name: str, number: int) -> Optional[dict]:
+    """The record of version `number` of `name` (one read), or None when there is none or it was removed."""
+    try:
+        record = dps.recover_dict(version_id(name, number), VERSION)
+    except DocumentNotFoundError:
+        return None
+    return None if record.get("removed", False) else record
+
+
 def _version_exists(dps: DictPersistenceService, name: str, number: int) -> bool:
-    return dps.id_exists(version_id(name, number), VERSION) and not dps.recover_dict(
-        version_id(name, number), VERSION).get("removed", False)
+    return _live_record(dps, name, number) is not None
 
 
 def version_record(dps: DictPersistenceService, name: str, number: int) -> dict:
     """The stored record of version `number` of `name`; ModelNotFoundError when there is none (any more)."""
-    if not _version_exists(dps, name, number):
+    record = _live_record(dps, name, number)
+    if record is None:
         raise ModelNotFoundError(f"{name} has no version {number}; list its versions with `mmlib ls --name {name}`")
-    return dps.recover_dict(version_id(name, number), VERSION)
+    return record
 
 
 def version_of(dps: DictPersistenceService, model_id: str) -> Optional[tuple[str, int]]:
@@ -98,6 +107,16 @@ def version_of(dps: DictPersistenceService, model_id: str) -> Optional[tuple[str
         return None
     record = dps.recover_dict(model_id, VERSION_OF)
     return record["name"], record["number"]
+
+
+def named_or_refused(dps: DictPersistenceService, model_id: str) -> tuple[str, int]:
+    """(name, number) of the version `model_id` is; InvalidIdError for a model saved without a name (it takes no
+    aliases, tags or metrics)."""
+    version = version_of(dps, model_id)
+    if version is None:
+        raise InvalidIdError(f"model {model_id} was saved without a name, so it has no aliases, tags or metrics: "
+                             "save it again with mmlib.save(model, store, name=...)")
+    return version
 
 
 def aliases_of(dps: DictPersistenceService, name: str, number: int) -> list[str]:
