@@ -170,10 +170,7 @@ def set_alias(dps: DictPersistenceService, name: str, number: int, alias: str) -
     if alias == LATEST or _VERSION_SUFFIX.fullmatch(alias):
         raise InvalidIdError(f"{alias!r} cannot be set as an alias: `latest` always names the newest version and "
                              "`vN` version N")
-    alias_id = f"{name}:{alias}"
-    old = dps.recover_dict(alias_id, ALIAS).get("number") if dps.id_exists(alias_id, ALIAS) else None
-    dps.save_dict({ID: alias_id, "name": name, "alias": alias, "number": number}, ALIAS)
-    _record_move(dps, name, alias, old, number)
+    _move_alias(dps, name, alias, number)
 
 
 def delete_alias(dps: DictPersistenceService, name: str, alias: str) -> None:
@@ -181,21 +178,60 @@ def delete_alias(dps: DictPersistenceService, name: str, alias: str) -> None:
     alias_id = f"{name}:{check_name(alias, 'alias')}"
     if not dps.id_exists(alias_id, ALIAS):
         raise ModelNotFoundError(f"{name} has no alias {alias!r}")
-    old = dps.recover_dict(alias_id, ALIAS).get("number")
-    dps.delete_dict(alias_id, ALIAS)
-    _record_move(dps, name, alias, old, None)
+    _move_alias(dps, name, alias, None)
 
 
-def _record_move(dps: DictPersistenceService, name: str, alias: str, old: Optional[int], new: Optional[int]) -> None:
-    """Add a move of `alias` of `name` from version `old` to `new` (None: none) to the alias history."""
-    dps.save_dict({"name": name, "alias": alias, "old": old, "new": new, "time": time.time(),
-                   "user": getpass.getuser(), "host": socket.gethostname()}, ALIAS_HISTORY)
+def _move_alias(dps: DictPersistenceService, name: str, alias: str, new: Optional[int]) -> None:
+    """Move `alias` of `name` to version `new` (None: remove it), atomically across processes.
+
+    Moves are numbered: move K is claimed by creating history document `NAME:ALIAS:K` (`insert_dict`), so of
+    concurrent moves each gets its own K and records as its old target the new target of move K-1. The alias
+    document then follows the newest move: a writer that finds a newer move after writing writes that one's target,
+    so whichever writer is last leaves the target of the newest move.
+    """
+    alias_id = f"{name}:{alias}"
+    move = _alias_record(dps, alias_id).get("move", 0)
+    while True:
+        move += 1
+        previous = _move_record(dps, alias_id, move - 1)
+        old = previous["new"] if previous is not None else _alias_record(dps, alias_id).get("number")
+        if dps.insert_dict({ID: f"{alias_id}:{move}", "name": name, "alias": alias, "move": move, "old": old,
+                            "new": new, "time": time.time(), "user": getpass.getuser(),
+                            "host": socket.gethostname()}, ALIAS_HISTORY):
+            break
+    while True:
+        newest = _move_record(dps, alias_id, move)
+        if newest is None or newest["new"] is None:
+            dps.delete_dict(alias_id, ALIAS)
+        else:
+            dps.save_dict({ID: alias_id, "name": name, "alias": alias, "number": newest["new"], "move": move}, ALIAS)
+        if not dps.id_exists(f"{alias_id}:{move + 1}", ALIAS_HISTORY):
+            return
+        while dps.id_exists(f"{alias_id}:{move + 1}", ALIAS_HISTORY):
+            move += 1
+
+
+def _alias_record(dps: DictPersistenceService, alias_id: str) -> dict:
+    """The alias document, or {} when the alias is not set."""
+    try:
+        return dps.recover_dict(alias_id, ALIAS)
+    except DocumentNotFoundError:
+        return {}
+
+
+def _move_record(dps: DictPersistenceService, alias_id: str, move: int) -> Optional[dict]:
+    """Move `move` of an alias from its history, or None (move 0, or a history written before moves were numbered)."""
+    try:
+        return dps.recover_dict(f"{alias_id}:{move}", ALIAS_HISTORY) if move > 0 else None
+    except DocumentNotFoundError:
+        return None
 
 
 def alias_history(dps: DictPersistenceService, name: str, alias: str) -> list[dict]:
     """Every move of `alias` of `name`, oldest first."""
     records = [dps.recover_dict(record_id, ALIAS_HISTORY) for record_id in dps.all_ids_for_type(ALIAS_HISTORY)]
-    return [record for record in records if record.get("name") == name and record.get("alias") == alias]
+    moves = [record for record in records if record.get("name") == name and record.get("alias") == alias]
+    return sorted(moves, key=lambda record: (record.get("move", 0), record.get("time", 0)))
 
 
 def update_version(dps: DictPersistenceService, name: str, number: int, field: str, values: dict) -> None:

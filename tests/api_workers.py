@@ -16,3 +16,12 @@ def save_versions(location: str, name: str, seed: int, count: int, start, result
         model = TinyNet()
         version = mmlib.save(model, store, name=name, approach="snapshot")
         results.put((version.number, version.id, {key: value.numpy().copy() for key, value in model.state_dict().items()}))
+
+
+def move_alias(location: str, alias: str, numbers: list, start, results) -> None:
+    """Point `alias` of `shared` at each of `numbers` in turn, reporting how many moves were made."""
+    store = mmlib.open_store(location)
+    start.wait()
+    for number in numbers:
+        mmlib.set_alias(store, f"shared:v{number}", alias)
+    results.put(len(numbers))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import mmlib
-from api_workers import save_versions
-from mmlib import maintenance
+from api_workers import move_alias, save_versions
+from mmlib import maintenance, refs
 from mmlib.errors import (AmbiguousModelIdError, IncompatibleModelError, InvalidIdError, InvalidSaveInfoError,
                           ModelInUseError, ModelNotFoundError)
 from mmlib.refs import ALIAS_HISTORY, VERSION
@@ -181,6 +181,25 @@ def test_processes_saving_one_name_at_once_get_consecutive_numbers(location):
         assert mmlib.get(f"shared:v{number}", store).id == model_id
         assert _same_weights(mmlib.load(f"shared:v{number}", store),
                              {key: torch.from_numpy(value) for key, value in state.items()})
+
+
+def test_processes_moving_one_alias_at_once_leave_a_history_of_chained_moves(location):
+    store = mmlib.open_store(location)
+    for _ in range(3):
+        mmlib.save(TinyNet(), store, name="shared", approach="snapshot")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "mmlib.api", "api_workers"])
+    start = context.Barrier(SAVERS)
+    moves = results_of_processes(context, move_alias, [(location, "production", [1 + (worker + step) % 3
+                                                                                  for step in range(8)], start)
+                                                       for worker in range(SAVERS)],
+                                 context.Queue(), SAVERS, timeout=300)
+    history = refs.alias_history(store.dict_pers_service, "shared", "production")
+    assert [move["move"] for move in history] == list(range(1, sum(moves) + 1))
+    assert history[0]["old"] is None
+    assert all(later["old"] == earlier["new"] for earlier, later in zip(history, history[1:]))
+    assert mmlib.get(f"shared:v{history[-1]['new']}", store).aliases[-1] == "production"
+    assert mmlib.get("shared:production", store).number == history[-1]["new"]
 
 
 def test_ls_shows_names_filters_and_sorts_and_alias_tag_show_work_from_the_command_line(detector, location, capsys):
