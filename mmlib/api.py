@@ -96,28 +96,54 @@ def save(model: torch.nn.Module, store: StoreLike, name: Optional[str] = None, *
                                    "version records its training: save it with ProvenanceSaveService")
     base_id = maintenance.resolve_model_id(store, base) if base is not None else None
     if base_id is None and name is not None and approach != SNAPSHOT:
-        latest = refs.latest_number(dps, name)
-        base_id = refs.version_record(dps, name, latest)["model_id"] if latest is not None else None
-    if approach == UPDATE and base_id is None:
-        raise InvalidSaveInfoError("an update needs a base: pass base=... or save earlier versions under this name")
-
-    def info(base_model_id: Optional[str]) -> Any:
-        return ModelSaveInfoBuilder().add_model_info(
-            env=env or track_current_environment(), model=model, code=code, base_model_id=base_model_id,
-            init_args=init_args, model_import=model_import).build()
-
-    if approach == SNAPSHOT or base_id is None:
-        model_id = BaselineSaveService(*store).save_model(info(base_id))
-    else:
-        try:
-            model_id = WeightUpdateSaveService(*store, updates_only=True).save_model(info(base_id))
-        except IncompatibleModelError:
-            if approach == UPDATE or base is not None:
-                raise
-            model_id = BaselineSaveService(*store).save_model(info(None))  # a new architecture under the name
+        base_id = latest_model_id(dps, name)
+    model_id = Savers(store).save(model, base_id, approach, strict_base=base is not None, init_args=init_args,
+                                  model_import=model_import, code=code, env=env)
     if name is not None:
         refs.claim_version(dps, name, model_id, tags, metrics)
     return _version(store, model_id)
+
+
+def latest_model_id(dps: Any, name: str) -> Optional[str]:
+    """The model id of the newest version of `name`, or None when it has none."""
+    latest = refs.latest_number(dps, name)
+    return refs.version_record(dps, name, latest)["model_id"] if latest is not None else None
+
+
+class Savers:
+    """The save services `save` stores models with; one kept across saves keeps their last versions in memory, so a
+    save on top of them reads nothing back."""
+
+    def __init__(self, store: Store):
+        self.snapshots = BaselineSaveService(*store)
+        self.updates = WeightUpdateSaveService(*store, updates_only=True)
+        self._environment: Optional[Environment] = None
+
+    def environment(self) -> Environment:
+        """The environment of this process, tracked once."""
+        if self._environment is None:
+            self._environment = track_current_environment()
+        return self._environment
+
+    def save(self, model: torch.nn.Module, base_id: Optional[str], approach: Optional[str], *, strict_base: bool,
+             env: Optional[Environment] = None, **source: Any) -> str:
+        """Store `model` as an update of `base_id` (a snapshot when there is none, when `approach` is `"snapshot"`,
+        or when its architecture differs unless `approach` is `"update"` or `strict_base`); its model id."""
+        if approach == UPDATE and base_id is None:
+            raise InvalidSaveInfoError("an update needs a base: pass base=... or save earlier versions under this name")
+
+        def info(base_model_id: Optional[str]) -> Any:
+            return ModelSaveInfoBuilder().add_model_info(env=env or self.environment(), model=model,
+                                                         base_model_id=base_model_id, **source).build()
+
+        if approach == SNAPSHOT or base_id is None:
+            return self.snapshots.save_model(info(base_id))
+        try:
+            return self.updates.save_model(info(base_id))
+        except IncompatibleModelError:
+            if approach == UPDATE or strict_base:
+                raise
+            return self.snapshots.save_model(info(None))  # a new architecture under the name
 
 
 def load(reference: str, store: StoreLike, *, device: Optional[DeviceLike] = None,

@@ -29,7 +29,9 @@ from mmlib.persistence.store import Store, checked_store
 from mmlib.refs import MIN_PREFIX
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.lineage import walk_lineage
-from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, RECORDED_WEIGHTS_HASH, STORE_TYPE, ModelInfo
+from mmlib.pruning import Lineages, own_items, weights_blob
+from mmlib.schema.model_info import (CREATED, DERIVED_FROM, MODEL_INFO, PRUNED, RECORDED_WEIGHTS_HASH, STORE_TYPE,
+                                     ModelInfo)
 from mmlib.schema.schema_obj import BLOB, StoredItem, damaged_document
 from mmlib.schema.store_format import FORMAT_DOCUMENT_ID, STORE_FORMAT, check_store_format
 from mmlib.schema.store_type import ModelStoreType
@@ -254,6 +256,7 @@ def remove_model(store: Store, model_id: str, with_descendants: bool = False, *,
         for removed_id in removed:
             dps.delete_dict(removed_id, MODEL_INFO)
             dps.delete_dict(removed_id, RECORDED_WEIGHTS_HASH)
+            dps.delete_dict(removed_id, PRUNED)
             refs.forget_model(dps, removed_id)
             logger.info("removed model %s", removed_id)
     return removed
@@ -346,11 +349,12 @@ def _looping(versions: dict[str, Version]) -> dict[str, str]:
 @_takes_store
 def scan_versions(store: Store) -> tuple[list[Version], list[DamagedModel]]:
     """The version of every stored model (oldest first), with the damaged ones apart: a model document that cannot
-    be read, or a lineage that loops (entered from outside the loop too)."""
+    be read, or a lineage that loops (entered from outside the loop too). Pruned models are left out."""
     versions, damaged = _readable_versions(store)
     looping = _looping(versions)
     damaged += [DamagedModel(model_id, problem) for model_id, problem in looping.items()]
-    return [v for model_id, v in versions.items() if model_id not in looping], damaged
+    hidden = looping.keys() | set(store.dict_pers_service.all_ids_for_type(PRUNED))
+    return [v for model_id, v in versions.items() if model_id not in hidden], damaged
 
 
 @_takes_store
@@ -489,12 +493,21 @@ def export_weights(store: Store, model_id: str, path: str) -> int:
     return len(state_dict)
 
 
-def _needed_items(store: Store, model_id: str) -> Iterator[StoredItem]:
-    """Every document and blob recovering the model reads: its own and, for updates, its bases' up to a snapshot."""
+def _lineages(store: Store) -> Lineages:
+    """What deciding which weights each model needs takes (see `mmlib.pruning`)."""
+    return Lineages(store, [(v.model_id, v.store_type, v.base_id) for v in _readable_versions(store)[0].values()])
+
+
+def _needed_items(store: Store, model_id: str, lineages: Lineages) -> Iterator[StoredItem]:
+    """Every document and blob recovering the model reads: its own and, for updates, its bases' up to a snapshot,
+    except the weights of pruned bases that it reads no tensor from."""
     needed = walk_lineage(model_id, lambda some_id: version(store, some_id), lambda entry: entry.base_id,
                           stop=lambda entry: entry.store_type == ModelStoreType.FULL_MODEL.value)
     for entry in needed:
-        yield from ModelInfo.load_placeholder(entry.model_id).stored_items(store.dict_pers_service)
+        yield from own_items(store, entry.model_id, entry.model_id in lineages.pruned)
+    if lineages.reaches_pruned(model_id):
+        for holder in lineages.models_read(model_id) & lineages.pruned:
+            yield StoredItem(BLOB, weights_blob(store, holder) or "")
 
 
 def _blob_problem(store: Store, digest: str) -> Optional[str]:
@@ -538,7 +551,9 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
     problem says what is wrong; `ADVICE` says what to do about each kind.
     """
     every_model = model_ids is None
-    model_ids = all_model_ids(store) if model_ids is None else list(model_ids)
+    lineages = _lineages(store)
+    model_ids = [model_id for model_id in all_model_ids(store) if model_id not in lineages.pruned] \
+        if model_ids is None else list(model_ids)
     for model_id in model_ids:
         require_model(store, model_id)
     blob_problems: dict[str, Optional[str]] = {}
@@ -549,7 +564,8 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
         progress.info("verifying model %d of %d: %s", position, len(model_ids), model_id)
         found = [Problem(model_id, "lineage", loops[model_id])] if model_id in loops else []
         try:
-            blobs = sorted({item.item_id for item in _needed_items(store, model_id) if item.kind == BLOB})
+            blobs = sorted({item.item_id for item in _needed_items(store, model_id, lineages)
+                            if item.kind == BLOB})
         except (NotFoundError, InvalidIdError, IntegrityError) as error:
             found.append(Problem(model_id, "metadata", str(error)))
             blobs = []
@@ -588,9 +604,10 @@ def _live_items(store: Store) -> set[StoredItem]:
     live = {StoredItem(STORE_FORMAT, FORMAT_DOCUMENT_ID)}
     live |= {StoredItem(kind, ref) for kind in refs.REF_TYPES for ref in store.dict_pers_service.all_ids_for_type(kind)}
     stored_blobs = set(store.file_pers_service.blob_digests())
+    lineages = _lineages(store)
     for model_id in all_model_ids(store):
         try:
-            items = set(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))
+            items = own_items(store, model_id, model_id in lineages.pruned)
         except (NotFoundError, InvalidIdError, IntegrityError) as error:
             if not store.dict_pers_service.id_exists(model_id, MODEL_INFO):
                 continue  # removed, or withdrawn by its save, since it was listed: nothing of it is live
@@ -600,7 +617,10 @@ def _live_items(store: Store) -> set[StoredItem]:
         if missing:
             raise _unsafe_to_collect(f"model {model_id} needs blob {missing[0]}: the blob is missing")
         live |= items
-    return live
+    try:
+        return live | {StoredItem(BLOB, digest) for digest in lineages.needed_pruned_blobs()}
+    except (NotFoundError, IntegrityError) as error:
+        raise _unsafe_to_collect(f"a model derived from a pruned one cannot be read: {error}") from error
 
 
 @_takes_store
@@ -614,3 +634,12 @@ def collect_garbage(store: Store, dry_run: bool = False, grace_seconds: float = 
     missing (as `verify` reports them).
     """
     return sweep(store, lambda: _live_items(store), dry_run=dry_run, grace_seconds=grace_seconds)
+
+
+@_takes_store
+def reclaim_pruned(store: Store, model_ids: Iterable[str]) -> GarbageReport:
+    """Remove the weights blobs of pruned models that no other model reads, now (no grace period: the pruned models
+    are marked, so no save can derive from them, and running saves' leases keep what they wrote)."""
+    candidates = {StoredItem(BLOB, digest) for digest in (weights_blob(store, model_id) for model_id in model_ids)
+                  if digest is not None}
+    return sweep(store, lambda: _live_items(store), dry_run=False, grace_seconds=0, only=candidates)

@@ -56,13 +56,15 @@ def _latest_hint(dps: DictPersistenceService, name: str) -> int:
     return latest if isinstance(latest, int) and latest > 0 else 0
 
 
-def claim_version(dps: DictPersistenceService, name: str, model_id: str, tags: dict, metrics: dict) -> int:
-    """Make `model_id` the next version of `name`; returns its number (distinct across processes, never reused)."""
+def claim_version(dps: DictPersistenceService, name: str, model_id: str, tags: dict, metrics: dict,
+                  extra: Optional[dict] = None) -> int:
+    """Make `model_id` the next version of `name` (its record holding `extra` fields too, such as a checkpoint's);
+    returns its number (distinct across processes, never reused)."""
     number = _latest_hint(dps, name)
     while True:
         number += 1
-        record = {ID: version_id(name, number), "name": name, "number": number, "model_id": model_id,
-                  "tags": tags, "metrics": metrics, "created": time.time()}
+        record = {**(extra or {}), ID: version_id(name, number), "name": name, "number": number,
+                  "model_id": model_id, "tags": tags, "metrics": metrics, "created": time.time()}
         if dps.insert_dict(record, VERSION):
             break
     dps.save_dict({ID: name, "name": name, "latest": number}, NAME)
@@ -78,6 +80,30 @@ def latest_number(dps: DictPersistenceService, name: str) -> Optional[int]:
     while number > 0 and not _version_exists(dps, name, number):
         number -= 1
     return number or None
+
+
+def live_records(dps: DictPersistenceService, name: str) -> list[dict]:
+    """The records of every version of `name` not removed, oldest first."""
+    prefix = f"{name}:v"
+    records = [dps.recover_dict(ref, VERSION) for ref in dps.all_ids_for_type(VERSION) if ref.startswith(prefix)]
+    return sorted((record for record in records if not record.get("removed") and isinstance(record.get("number"), int)
+                   and record.get("name") == name), key=lambda record: record["number"])
+
+
+def latest_record(dps: DictPersistenceService, name: str) -> Optional[dict]:
+    """The record of the newest version of `name`, or None when it has none."""
+    number = latest_number(dps, name)
+    return _live_record(dps, name, number) if number is not None else None
+
+
+def aliased_numbers(dps: DictPersistenceService, name: str) -> dict[int, list[str]]:
+    """version number -> the aliases of `name` pointing at it (`latest` aside)."""
+    found: dict[int, list[str]] = {}
+    for alias_id in dps.all_ids_for_type(ALIAS):
+        if alias_id.startswith(f"{name}:"):
+            alias = dps.recover_dict(alias_id, ALIAS)
+            found.setdefault(alias["number"], []).append(alias["alias"])
+    return found
 
 
 def _live_record(dps: DictPersistenceService, name: str, number: int) -> Optional[dict]:

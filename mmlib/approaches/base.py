@@ -30,7 +30,7 @@ from mmlib.persistence.base import DictPersistenceService, FilePersistenceServic
 from mmlib.save_info import ModelSaveInfo
 from mmlib.schema.environment import Environment
 from mmlib.schema.lineage import walk_lineage
-from mmlib.schema.model_info import MODEL_INFO, ModelInfo
+from mmlib.schema.model_info import MODEL_INFO, PRUNED, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
 from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.restored_model_info import RestoredModelInfo
@@ -125,6 +125,7 @@ class AbstractSaveService(ABC):
         if not isinstance(model_id, str):
             raise _unknown_model(model_id)
         check_type(execute_checks, bool, "execute_checks", "True or False")
+        self._refuse_pruned(model_id)
         target = recovery_device(device)
         try:
             with self._timed("recover_model", model_id):
@@ -180,8 +181,8 @@ class AbstractSaveService(ABC):
     def _confirm_commit(self, model_id: str, base_id: Optional[str]) -> None:
         """Raise unless the just written model `model_id` keeps its base and every item it references."""
         dps = self._dict_pers_service
-        if base_id is not None and (coordination.removal_pending(dps, base_id) or not dps.id_exists(base_id,
-                                                                                                  MODEL_INFO)):
+        if base_id is not None and (coordination.removal_pending(dps, base_id) or dps.id_exists(base_id, PRUNED)
+                                    or not dps.id_exists(base_id, MODEL_INFO)):
             raise ModelNotFoundError(f"base model {base_id} was removed while model {model_id} was being saved on "
                                      "it; nothing was saved: save it on another base")
         gc_runs = _GC_RUNS_AT_START.get(None)
@@ -203,6 +204,12 @@ class AbstractSaveService(ABC):
         if not isinstance(model_id, str) or not self._dict_pers_service.id_exists(model_id, MODEL_INFO):
             raise _unknown_model(model_id)
 
+    def _refuse_pruned(self, model_id: str) -> None:
+        """ModelNotFoundError for a model a retention policy pruned (its record stays, its weights may not)."""
+        if self._dict_pers_service.id_exists(model_id, PRUNED):
+            raise ModelNotFoundError(f"model {model_id} was pruned by a retention policy (mmlib.Checkpointer or "
+                                     "`mmlib prune`): its weights are gone; recover a version that was kept")
+
     def _load_model_info(self, model_id: str) -> ModelInfo:
         self._require_model(model_id)
         return ModelInfo.load(model_id, self._file_pers_service, self._dict_pers_service, self._restore_root,
@@ -219,6 +226,7 @@ class AbstractSaveService(ABC):
             model_to_save(save_info)
         if save_info.base_model is not None:
             self._require_model(save_info.base_model)
+            self._refuse_pruned(save_info.base_model)
 
     def _model_source(self, save_info: ModelSaveInfo) -> ModelSource:
         """How a snapshot of the model will be rebuilt (see `resolve_model_source` for the sources it tries)."""

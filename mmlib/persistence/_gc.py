@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from mmlib.persistence import _coordination as coordination
 from mmlib.persistence.store import Store
@@ -38,24 +38,24 @@ class GarbageReport:
         return len(self.blobs) + len(self.documents) + len(self.partial_uploads)
 
 
-def sweep(store: Store, live_items: Callable[[], set[StoredItem]], *, dry_run: bool,
-          grace_seconds: float) -> GarbageReport:
+def sweep(store: Store, live_items: Callable[[], set[StoredItem]], *, dry_run: bool, grace_seconds: float,
+          only: Optional[set[StoredItem]] = None) -> GarbageReport:
     """Remove every document and blob not in `live_items()`, and unfinished uploads, older than `grace_seconds`.
 
     Items are listed with their times before the live set is computed, and listed again just before removal:
     an item a save reused, committed or removed meanwhile is kept, and so is what was written since the oldest
     running save began, whatever the grace period. Documents go first, so an interrupted run leaves only garbage
     behind. A run that removes is marked in the store, so that saves committing beside it check their items
-    afterwards (a dry run writes nothing).
+    afterwards (a dry run writes nothing). `only` limits what may be removed to those items.
     """
     if dry_run:
-        return _sweep(store, live_items, dry_run=True, grace_seconds=grace_seconds)
+        return _sweep(store, live_items, dry_run=True, grace_seconds=grace_seconds, only=only)
     with coordination.gc_run(store.dict_pers_service):
-        return _sweep(store, live_items, dry_run=False, grace_seconds=grace_seconds)
+        return _sweep(store, live_items, dry_run=False, grace_seconds=grace_seconds, only=only)
 
 
-def _sweep(store: Store, live_items: Callable[[], set[StoredItem]], *, dry_run: bool,
-           grace_seconds: float) -> GarbageReport:
+def _sweep(store: Store, live_items: Callable[[], set[StoredItem]], *, dry_run: bool, grace_seconds: float,
+           only: Optional[set[StoredItem]]) -> GarbageReport:
     """The sweep of one run (a dry run lists what it would remove)."""
     fps, dps = store
     # Ages count up to when listing began: a save that used an item before then and finished within the grace
@@ -63,7 +63,7 @@ def _sweep(store: Store, live_items: Callable[[], set[StoredItem]], *, dry_run: 
     # With no grace period, everything unreferenced goes, even what a clock a little ahead stamped, except what
     # running saves wrote (their leases say since when).
     deadline = time.time() - grace_seconds if grace_seconds > 0 else math.inf
-    before = _item_times(store)
+    before = {item: moment for item, moment in _item_times(store).items() if only is None or item in only}
     live = live_items()
     after = _item_times(store)
     deadline = min(deadline, coordination.oldest_save_start(dps))

@@ -18,6 +18,9 @@ from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 
 MODEL_INFO = "model_info"
+# Marks a model pruned by a retention policy: its record stays, its weights go where nothing reads them
+# (`mmlib.pruning`).
+PRUNED = "pruned_model"
 STORE_TYPE = "store_type"
 RECOVER_INFO_ID = "recover_info_id"
 DERIVED_FROM = "derived_from"

@@ -1,0 +1,266 @@
+"""Checkpoints while training: save the model with what a resume needs, resume exactly, keep only what matters.
+
+    ckpt = mmlib.Checkpointer(store, name="run-17", model=model, optimizer=opt, scheduler=sched,
+                              keep_last=3, keep_best=1, monitor="val_loss", mode="min")
+    ckpt.save(step=step, metrics={"val_loss": v})        # a mmlib.Version; blocking=False saves in the background
+    start = mmlib.resume("run-17", store, model=model, optimizer=opt, scheduler=sched)
+
+A checkpoint is a named version of the model whose record also names a second, unnamed model: its training state
+(`mmlib.training_state`), stored as an update of the previous checkpoint's. Retention prunes the versions no rule
+keeps once a new one is committed (`mmlib.pruning`): their records stay while kept versions derive from them, their
+weights go as soon as no kept version reads them.
+"""
+
+import concurrent.futures
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+
+from mmlib import maintenance, pruning, refs, training_state
+from mmlib.api import StoreLike, Savers, Version, _checked_values, _store, _version
+from mmlib.errors import InvalidArgumentError, ModelNotFoundError
+from mmlib.persistence import _coordination as coordination
+from mmlib.persistence.store import Store
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+STATE_IMPORT = "mmlib.training_state:TrainingStateModule"
+_SAVE_ATTEMPTS = 5  # a save whose base another process pruned meanwhile is saved again on the new latest version
+
+__all__ = ["Checkpointer", "Retention", "resume", "prune"]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which checkpoints of a name stay: the `keep_last` newest, the `keep_best` best by metric `monitor` (`mode`
+    "min" or "max"), the first at or after every `keep_every` steps, and every version an alias points at. No rule
+    at all keeps everything."""
+
+    keep_last: Optional[int] = None
+    keep_best: int = 0
+    monitor: Optional[str] = None
+    mode: str = "min"
+    keep_every: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for field, value in (("keep_last", self.keep_last), ("keep_every", self.keep_every)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InvalidArgumentError(f"{field} must be a positive int or None, got {value!r}")
+        if not isinstance(self.keep_best, int) or isinstance(self.keep_best, bool) or self.keep_best < 0:
+            raise InvalidArgumentError(f"keep_best must be an int >= 0, got {self.keep_best!r}")
+        if self.keep_best and not isinstance(self.monitor, str):
+            raise InvalidArgumentError("keep_best needs monitor=..., the metric that says which is best")
+        if self.mode not in ("min", "max"):
+            raise InvalidArgumentError(f"mode must be 'min' or 'max', got {self.mode!r}")
+        if self.active and self.keep_last is None:
+            raise InvalidArgumentError("a retention policy keeps the newest checkpoint (resuming needs it): give "
+                                       "keep_last=1 or more")
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule is given (else everything is kept)."""
+        return self.keep_last is not None or self.keep_best > 0 or self.keep_every is not None
+
+    def reasons(self, records: list[dict], aliased: dict[int, list[str]]) -> dict[int, list[str]]:
+        """version number -> the rules that keep it, for the live version records of one name (oldest first);
+        versions no rule keeps are absent. `aliased`: number -> aliases pointing at it."""
+        if not self.active:
+            return {record["number"]: ["all"] for record in records}
+        kept: dict[int, list[str]] = {}
+        for record in records[-self.keep_last:] if self.keep_last else []:
+            kept.setdefault(record["number"], []).append("last")
+        for record in self._best(records)[:self.keep_best]:
+            kept.setdefault(record["number"], []).append("best")
+        if self.keep_every:
+            windows: set[int] = set()
+            for record in records:
+                window = _step(record) // self.keep_every
+                if window not in windows:
+                    windows.add(window)
+                    kept.setdefault(record["number"], []).append("every")
+        for number, aliases in aliased.items():
+            kept.setdefault(number, []).extend(f"alias {alias}" for alias in aliases)
+        return kept
+
+    def _best(self, records: list[dict]) -> list[dict]:
+        """The records with a number for `monitor`, best first (the earlier first among equals)."""
+        scored = [record for record in records if _metric(record, self.monitor) is not None]
+        sign = 1 if self.mode == "min" else -1
+        return sorted(scored, key=lambda record: sign * (_metric(record, self.monitor) or 0.0))
+
+
+def _metric(record: dict, monitor: Optional[str]) -> Optional[float]:
+    value = (record.get("metrics") or {}).get(monitor)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) else None
+
+
+def _step(record: dict) -> int:
+    """A checkpoint's step (a version saved otherwise counts its number)."""
+    step = (record.get(CHECKPOINT) or {}).get("step")
+    return step if isinstance(step, int) else record["number"]
+
+
+def prune(store: StoreLike, name: str, retention: Retention, *, dry_run: bool = False) -> list[dict]:
+    """Prune the versions of `name` that `retention` does not keep; returns their records. Kept versions keep their
+    ids and recover exactly; the pruned ones' weights go as far as no kept version reads them."""
+    store = _store(store)
+    dps = store.dict_pers_service
+    records = refs.live_records(dps, refs.check_name(name))
+    kept = retention.reasons(records, refs.aliased_numbers(dps, name))
+    doomed = [record for record in records if record["number"] not in kept]
+    if dry_run or not doomed:
+        return doomed
+    model_ids = [model_id for record in doomed for model_id in (record["model_id"], _state_id(record)) if model_id]
+    with coordination.removal_marker(dps, model_ids):
+        pruning.mark_pruned(store, model_ids, f"retention of {name}: {asdict(retention)}")
+    report = maintenance.reclaim_pruned(store, model_ids)
+    logger.info("pruned %d version(s) of %s; %d blob(s) reclaimed", len(doomed), name, len(report.blobs))
+    return doomed
+
+
+def _state_id(record: dict) -> Optional[str]:
+    state_id = (record.get(CHECKPOINT) or {}).get("state")
+    return state_id if isinstance(state_id, str) else None
+
+
+def _module_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose tensors are copies on the CPU (pinned where they are on a GPU), made without a
+    second copy on the device: what a background save writes while training goes on."""
+    memo: dict[int, Any] = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        copied = training_state.cpu_copy(tensor.detach())
+        memo[id(tensor)] = torch.nn.Parameter(copied, tensor.requires_grad) \
+            if isinstance(tensor, torch.nn.Parameter) else copied
+    return copy.deepcopy(model, memo)
+
+
+class Checkpointer:
+    """Saves checkpoints of one training run as versions of `name`: the model, and the optimizer's and scheduler's
+    state, the RNG states and `extra` values a resume needs. After each save the versions `Retention` does not keep
+    are pruned; the newest is always kept. `keep_best` versions also get the alias `best`."""
+
+    def __init__(self, store: StoreLike, name: str, model: torch.nn.Module, optimizer: Any = None,
+                 scheduler: Any = None, *, keep_last: Optional[int] = None, keep_best: int = 0,
+                 monitor: Optional[str] = None, mode: str = "min", keep_every: Optional[int] = None):
+        self.store: Store = _store(store)
+        self.name = refs.check_name(name)
+        if not isinstance(model, torch.nn.Module):
+            raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.retention = Retention(keep_last, keep_best, monitor, mode, keep_every)
+        self._savers = Savers(self.store)
+        self._worker: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._pending: Optional[concurrent.futures.Future] = None
+
+    def save(self, step: int, *, epoch: Optional[int] = None, metrics: Optional[dict] = None,
+             tags: Optional[dict] = None, extra: Optional[dict] = None, blocking: bool = True) -> Any:
+        """Save a checkpoint at `step`; returns its Version, or with `blocking=False` a Future of it: the state is
+        copied (the model's tensors to CPU memory) and written in the background while training goes on. At most one
+        save is in flight: the next waits for it, and raises what it raised."""
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise InvalidArgumentError(f"step must be an int >= 0, got {step!r}")
+        metrics = _checked_values(metrics, "metrics", (int, float))
+        tags = _checked_values(tags, "tags", (str, int, float, bool))
+        self.wait()
+        state = {"optimizer": training_state.state_of(self.optimizer),
+                 "scheduler": training_state.state_of(self.scheduler),
+                 "rng": training_state.rng_states(), "extra": extra or {}}
+        record = {"step": step, "epoch": epoch, "retention": asdict(self.retention)}
+        if blocking:
+            return self._commit(self.model, state, record, tags, metrics)
+        model = _module_copy(self.model)
+        module, tree = training_state.pack(state, copy=True)
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"mmlib-checkpoint-{self.name}")
+        self._pending = self._worker.submit(self._commit_copied, training_state.copies_done(), model, module, tree,
+                                            record, tags, metrics)
+        return self._pending
+
+    def wait(self) -> Optional[Version]:
+        """Wait for the save in flight, if any; its Version (raises what it raised)."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
+
+    def close(self) -> None:
+        """Finish the save in flight and stop the background worker."""
+        try:
+            self.wait()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown()
+                self._worker = None
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _commit(self, model: torch.nn.Module, state: dict, record: dict, tags: dict, metrics: dict) -> Version:
+        module, tree = training_state.pack(state)
+        return self._commit_packed(model, module, tree, record, tags, metrics)
+
+    def _commit_copied(self, copies_done: Any, *args: Any) -> Version:
+        copies_done()
+        return self._commit_packed(*args)
+
+    def _commit_packed(self, model: torch.nn.Module, module: training_state.TrainingStateModule, tree: Any, record: dict, tags: dict,
+                       metrics: dict) -> Version:
+        """Store the training state and the model on the newest version, claim the next version number, prune."""
+        dps = self.store.dict_pers_service
+        for attempt in range(1, _SAVE_ATTEMPTS + 1):
+            latest = refs.latest_record(dps, self.name)
+            try:
+                state_id = self._savers.save(module, _state_id(latest) if latest else None, None, strict_base=False,
+                                             model_import=STATE_IMPORT,
+                                             init_args={"layout": module.layout})
+                model_id = self._savers.save(model, latest["model_id"] if latest else None, None, strict_base=False)
+                break
+            except ModelNotFoundError:  # the newest version was pruned by another process of the run meanwhile
+                if attempt == _SAVE_ATTEMPTS:
+                    raise
+                self._savers.updates.clear_cache()
+        number = refs.claim_version(dps, self.name, model_id, tags, metrics,
+                                    {CHECKPOINT: {**record, "state": state_id, "tree": tree}})
+        if self.retention.keep_best and self._is_best(number):
+            refs.set_alias(dps, self.name, number, "best")
+        if self.retention.active:
+            prune(self.store, self.name, self.retention)
+        return _version(self.store, model_id)
+
+    def _is_best(self, number: int) -> bool:
+        records = refs.live_records(self.store.dict_pers_service, self.name)
+        best = self.retention._best(records)
+        return bool(best) and best[0]["number"] == number
+
+
+def resume(reference: str, store: StoreLike, model: Optional[torch.nn.Module] = None, optimizer: Any = None,
+           scheduler: Any = None, *, extra: Optional[dict] = None, restore_rng: bool = True,
+           execute_checks: bool = True) -> int:
+    """Load a checkpoint (any reference; a name gives its newest) into `model` and every given object, restore the RNG
+    states and fill `extra` (a dict) with the values saved as extra; returns the checkpoint's step."""
+    store = _store(store)
+    dps = store.dict_pers_service
+    model_id = maintenance.resolve_model_id(store, reference)
+    named = refs.version_of(dps, model_id)
+    checkpoint = refs.version_record(dps, *named).get(CHECKPOINT) if named is not None else None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state"), str):
+        raise InvalidArgumentError(f"{reference} is not a checkpoint (it was saved without training state): load it "
+                                   "with mmlib.load, or resume from a version a Checkpointer saved")
+    module = maintenance.recover_model(store, checkpoint["state"], execute_checks=execute_checks)
+    state = training_state.unpack(module, checkpoint["tree"], checkpoint["state"])
+    if model is not None:
+        recovered = maintenance.recover_model(store, model_id, execute_checks=execute_checks)
+        model.load_state_dict(recovered.state_dict())
+    training_state.load_state_of(optimizer, state["optimizer"], "optimizer")
+    training_state.load_state_of(scheduler, state["scheduler"], "scheduler")
+    if extra is not None:
+        extra.update(state["extra"])
+    if restore_rng:
+        training_state.set_rng_states(state["rng"])
+    return checkpoint["step"]
