@@ -78,6 +78,21 @@ def median_seconds(steps: Mapping[str, Step], repeats: int) -> dict[str, dict[st
     return {name: {"median_s": statistics.median(values), "runs_s": values} for name, values in runs.items()}
 
 
+def p90(values: list[float]) -> float:
+    """The 90th percentile of `values` (nearest rank, at least one value): what a slow run of the step costs."""
+    if not values:
+        raise ValueError("p90 of no values")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def bytes_on_disk(directory: str) -> int:
+    """Bytes of every file under `directory` (their sizes, as `ls -l` shows them): what a store or a folder of
+    checkpoint files really takes, however its parts are shared."""
+    return sum(os.path.getsize(os.path.join(folder, name))
+               for folder, _, names in os.walk(directory) for name in names)
+
+
 def ratio(value: float, reference: float) -> Optional[float]:
     """`value / reference`, or None when the reference is not positive (JSON has no NaN)."""
     return value / reference if reference > 0 else None

@@ -36,7 +36,8 @@ __all__ = ["Version", "open_store", "save", "load", "get", "find", "set_alias", 
 @dataclass(frozen=True)
 class Version:
     """A stored model version as the one-line API shows it (metadata only: no weights are read); `created` is ISO
-    8601 in UTC, `size` the bytes this version added to the store."""
+    8601 in UTC, `size` the bytes this version added to the store; `checkpoint` the step, epoch, training state id
+    and retention of a version a Checkpointer saved (else empty)."""
 
     id: str
     name: Optional[str]
@@ -48,6 +49,7 @@ class Version:
     tags: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     size: int = 0
+    checkpoint: dict = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -173,7 +175,8 @@ def _version(store: Store, model_id: str, named: Optional[refs.NamedVersion] = N
                    created=datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="microseconds"),
                    aliases=named.aliases if named else [], tags=named.tags if named else {},
                    metrics=named.metrics if named else {},
-                   size=maintenance.total_size(maintenance.model_size_info(store, model_id)))
+                   size=maintenance.total_size(maintenance.model_size_info(store, model_id)),
+                   checkpoint=named.checkpoint if named else {})
 
 
 def _named(store: Store, reference: str) -> tuple[str, int]:

@@ -28,7 +28,6 @@ from mmlib.persistence.store import Store
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint"
 STATE_IMPORT = "mmlib.training_state:TrainingStateModule"
 _SAVE_ATTEMPTS = 5  # a save whose base another process pruned meanwhile is saved again on the new latest version
 
@@ -84,7 +83,7 @@ class Retention:
                     windows.add(window)
                     kept.setdefault(record["number"], []).append("every")
         for number, aliases in aliased.items():
-            kept.setdefault(number, []).extend(f"alias {alias}" for alias in aliases)
+            kept.setdefault(number, []).extend(f"alias:{alias}" for alias in aliases)
         return kept
 
     def _best(self, records: list[dict]) -> list[dict]:
@@ -101,7 +100,7 @@ def _metric(record: dict, monitor: Optional[str]) -> Optional[float]:
 
 def _step(record: dict) -> int:
     """A checkpoint's step (a version saved otherwise counts its number)."""
-    step = (record.get(CHECKPOINT) or {}).get("step")
+    step = (record.get(refs.CHECKPOINT) or {}).get("step")
     return step if isinstance(step, int) else record["number"]
 
 
@@ -124,7 +123,7 @@ def prune(store: StoreLike, name: str, retention: Retention, *, dry_run: bool = 
 
 
 def _state_id(record: dict) -> Optional[str]:
-    state_id = (record.get(CHECKPOINT) or {}).get("state")
+    state_id = (record.get(refs.CHECKPOINT) or {}).get("state")
     return state_id if isinstance(state_id, str) else None
 
 
@@ -226,7 +225,7 @@ class Checkpointer:
                     raise
                 self._savers.updates.clear_cache()
         number = refs.claim_version(dps, self.name, model_id, tags, metrics,
-                                    {CHECKPOINT: {**record, "state": state_id, "tree": tree}})
+                                    {refs.CHECKPOINT: {**record, "state": state_id, "tree": tree}})
         if self.retention.keep_best and self._is_best(number):
             refs.set_alias(dps, self.name, number, "best")
         if self.retention.active:
@@ -248,7 +247,7 @@ def resume(reference: str, store: StoreLike, model: Optional[torch.nn.Module] = 
     dps = store.dict_pers_service
     model_id = maintenance.resolve_model_id(store, reference)
     named = refs.version_of(dps, model_id)
-    checkpoint = refs.version_record(dps, *named).get(CHECKPOINT) if named is not None else None
+    checkpoint = refs.version_record(dps, *named).get(refs.CHECKPOINT) if named is not None else None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state"), str):
         raise InvalidArgumentError(f"{reference} is not a checkpoint (it was saved without training state): load it "
                                    "with mmlib.load, or resume from a version a Checkpointer saved")

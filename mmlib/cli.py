@@ -147,7 +147,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     store = _open(args)
     survey = maintenance.survey(store)
     named = refs.named_versions(store.dict_pers_service)
-    models, damaged = _listed(args, survey.models, named), survey.damaged
+    training_states = {version.checkpoint.get("state") for version in named.values()}
+    models = [model for model in survey.models if model.model_id not in training_states]
+    models, damaged = _listed(args, models, named), survey.damaged
     if args.json:
         _print_json([{**asdict(model), **(named[model.model_id]._asdict() if model.model_id in named else {})}
                      for model in models]
@@ -161,14 +163,40 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                                         _time(m.created), _human_size(m.size)) for m in models]
         rows += [(short[entry.model_id], "DAMAGED", "-", "-", "-") for entry in damaged]
         header: tuple[str, ...] = ("ID", "TYPE", "BASE", "CREATED (UTC)", "SIZE")
+        listed = [m.model_id for m in models] + [entry.model_id for entry in damaged]
         if named:  # a store with names gets their columns
             header += ("NAME", "VERSION", "ALIASES")
-            rows = [(*row, *_name_columns(named.get(model_id))) for row, model_id in
-                    zip(rows, [m.model_id for m in models] + [entry.model_id for entry in damaged])]
+            rows = [(*row, *_name_columns(named.get(model_id))) for row, model_id in zip(rows, listed)]
+        if args.name is not None and any(named[model_id].checkpoint for model_id in listed if model_id in named):
+            extra_header, columns = _checkpoint_columns(store, args.name, [named.get(model_id) for model_id in listed])
+            header += extra_header
+            rows = [(*row, *extra) for row, extra in zip(rows, columns)]
         print(format_table(header, rows, right=(4,)))
         if damaged:
             print("\n" + "\n".join(_damage_lines(damaged)))
     return _damaged_exit(len(damaged), len(models) + len(damaged)) if damaged else EXIT_OK
+
+
+def _checkpoint_columns(store: Store, name: str, versions: list[Optional[refs.NamedVersion]]
+                        ) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """STEP, the monitored metric and KEPT (the rules that keep each version) for the checkpoints of `name`, under
+    the retention its newest checkpoint was saved with."""
+    from mmlib.checkpoints import Retention
+
+    dps = store.dict_pers_service
+    latest = refs.latest_record(dps, name) or {}
+    retention = Retention(**(latest.get(refs.CHECKPOINT) or {}).get("retention", {}))
+    reasons = retention.reasons(refs.live_records(dps, name), refs.aliased_numbers(dps, name))
+    monitor = retention.monitor
+    header = ("STEP",) + ((monitor.upper(),) if monitor else ()) + ("KEPT BY",)
+    columns = []
+    for version in versions:
+        step = str(version.checkpoint.get("step", "-")) if version and version.checkpoint else "-"
+        metric = (f"{version.metrics[monitor]:.6g}" if version and monitor in version.metrics else "-",) \
+            if monitor else ()
+        kept = ",".join(reasons.get(version.number, ["-"])) if version else "-"
+        columns.append((step, *metric, kept))
+    return header, columns
 
 
 def _name_columns(version: Optional[refs.NamedVersion]) -> tuple[str, str, str]:
@@ -176,6 +204,23 @@ def _name_columns(version: Optional[refs.NamedVersion]) -> tuple[str, str, str]:
     if version is None:
         return "-", "-", "-"
     return version.name, f"v{version.number}", ",".join(version.aliases) or "-"
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from mmlib.checkpoints import Retention, prune
+
+    retention = Retention(args.keep_last, args.keep_best, args.monitor, args.mode, args.keep_every)
+    if not retention.active:
+        raise _UsageError("give at least one rule: --keep-last N, with --keep-best K --monitor METRIC or --keep-every "
+                          "STEPS")
+    pruned = prune(_open(args), args.name, retention, dry_run=args.dry_run)
+    verb = "would prune" if args.dry_run else "pruned"
+    for record in pruned:
+        print(f"{verb} {args.name}:v{record['number']} ({record['model_id'][:maintenance.ABBREVIATED]})")
+    print(f"{verb} {len(pruned)} version(s) of {args.name}" + ("" if args.dry_run or not pruned else
+                                                                "; their weights that no kept version reads are "
+                                                                "reclaimed"))
+    return EXIT_OK
 
 
 def _cmd_alias(args: argparse.Namespace) -> int:
@@ -304,9 +349,9 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     store = _open(args)
-    model_ids = ([maintenance.resolve_model_id(store, given) for given in args.model_ids]
-                 or maintenance.all_model_ids(store))
-    problems = maintenance.verify(store, model_ids)
+    given = [maintenance.resolve_model_id(store, reference) for reference in args.model_ids]
+    problems = maintenance.verify(store, given or None)
+    model_ids = given or maintenance.kept_model_ids(store)
     advice = {problem.kind: maintenance.ADVICE[problem.kind] for problem in problems}
     if args.json:
         _print_json({"checked": model_ids, "problems": [asdict(problem) for problem in problems], "advice": advice})
@@ -462,6 +507,19 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--grace", type=float, default=maintenance.DEFAULT_GC_GRACE_S, metavar="SECONDS",
                     help="keep what was written less than this long ago (default: %(default)g, a day; "
                          "0 reclaims at once what no model needs: it keeps what running saves wrote)")
+    prune_command = command("prune", _cmd_prune, "drop the versions of a name that no retention rule keeps (kept "
+                            "versions keep their ids and recover exactly)", "mmlib --store ./models prune run-17 "
+                            "--keep-last 3 --keep-best 1 --monitor val_loss", json_output=False)
+    prune_command.add_argument("name", metavar="NAME", help="the name whose versions to prune")
+    prune_command.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest versions (at least 1)")
+    prune_command.add_argument("--keep-best", type=int, default=0, metavar="K",
+                               help="keep the K best versions by --monitor")
+    prune_command.add_argument("--monitor", metavar="METRIC", help="the metric --keep-best ranks by")
+    prune_command.add_argument("--mode", choices=("min", "max"), default="min", help="whether lower (min, the "
+                               "default) or higher (max) --monitor is better")
+    prune_command.add_argument("--keep-every", type=int, metavar="STEPS",
+                               help="keep the first checkpoint of every STEPS steps")
+    prune_command.add_argument("--dry-run", action="store_true", help="only list what would be pruned")
     command("bench", _cmd_bench, f"run the benchmark ({BENCHMARK_MODULE}) of the mmlib source checkout mmlib runs "
             "from, or of the current directory; other arguments go to the benchmark", "mmlib bench --quick",
             json_output=False)

@@ -278,6 +278,13 @@ def _refuse_aliased(dps: DictPersistenceService, model_ids: list[str]) -> None:
 
 
 @_takes_store
+def kept_model_ids(store: Store) -> list[str]:
+    """Ids of every stored model that was not pruned (what `verify` checks), oldest first."""
+    pruned = set(store.dict_pers_service.all_ids_for_type(PRUNED))
+    return [model_id for model_id in all_model_ids(store) if model_id not in pruned]
+
+
+@_takes_store
 def all_model_ids(store: Store) -> list[str]:
     """Ids of every stored model, oldest first."""
     check_store_format(store.dict_pers_service)
@@ -552,10 +559,12 @@ def verify(store: Store, model_ids: Optional[Iterable[str]] = None) -> list[Prob
     """
     every_model = model_ids is None
     lineages = _lineages(store)
-    model_ids = [model_id for model_id in all_model_ids(store) if model_id not in lineages.pruned] \
-        if model_ids is None else list(model_ids)
+    model_ids = kept_model_ids(store) if model_ids is None else list(model_ids)
     for model_id in model_ids:
         require_model(store, model_id)
+        if model_id in lineages.pruned:
+            raise ModelNotFoundError(f"model {model_id} was pruned by a retention policy: its weights are gone, "
+                                     "there is nothing to verify")
     blob_problems: dict[str, Optional[str]] = {}
     services: dict = {}
     problems = []

@@ -30,6 +30,7 @@ ALIAS_HISTORY = "alias_history"
 VERSION_OF = "version_of"
 REF_TYPES = (VERSION, NAME, ALIAS, ALIAS_HISTORY, VERSION_OF)
 LATEST = "latest"
+CHECKPOINT = "checkpoint"  # the field of a version record that a checkpoint's step and training state are in
 MIN_PREFIX = 4  # hex digits an id prefix needs, as git asks of abbreviated commit ids
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 _VERSION_SUFFIX = re.compile(r"v([1-9][0-9]*)")
@@ -123,7 +124,9 @@ def version_record(dps: DictPersistenceService, name: str, number: int) -> dict:
     """The stored record of version `number` of `name`; ModelNotFoundError when there is none (any more)."""
     record = _live_record(dps, name, number)
     if record is None:
-        raise ModelNotFoundError(f"{name} has no version {number}; list its versions with `mmlib ls --name {name}`")
+        gone = "was removed or pruned" if dps.id_exists(version_id(name, number), VERSION) else "does not exist"
+        raise ModelNotFoundError(f"{version_id(name, number)} {gone}; list the versions of {name} with "
+                                 f"`mmlib ls --name {name}`")
     return record
 
 
@@ -153,13 +156,21 @@ def aliases_of(dps: DictPersistenceService, name: str, number: int) -> list[str]
 
 
 class NamedVersion(NamedTuple):
-    """What the refs say of one model: its name, version number, aliases, tags and metrics."""
+    """What the refs say of one model: its name, version number, aliases, tags and metrics, and for a checkpoint
+    its step, epoch, training state's model id and the retention it was saved under."""
 
     name: str
     number: int
     aliases: list[str]
     tags: dict
     metrics: dict
+    checkpoint: dict = {}
+
+
+def checkpoint_summary(record: dict) -> dict:
+    """A version record's checkpoint fields, without the training state's description ({} for other versions)."""
+    checkpoint = record.get(CHECKPOINT)
+    return {key: value for key, value in checkpoint.items() if key != "tree"} if isinstance(checkpoint, dict) else {}
 
 
 def named_version(dps: DictPersistenceService, model_id: str) -> Optional[NamedVersion]:
@@ -168,7 +179,8 @@ def named_version(dps: DictPersistenceService, model_id: str) -> Optional[NamedV
     if version is None:
         return None
     record = version_record(dps, *version)
-    return NamedVersion(*version, aliases_of(dps, *version), record.get("tags") or {}, record.get("metrics") or {})
+    return NamedVersion(*version, aliases_of(dps, *version), record.get("tags") or {}, record.get("metrics") or {},
+                        checkpoint_summary(record))
 
 
 def named_versions(dps: DictPersistenceService) -> dict[str, NamedVersion]:
@@ -187,7 +199,7 @@ def named_versions(dps: DictPersistenceService) -> dict[str, NamedVersion]:
         record["name"], record["number"],
         ([LATEST] if latest[record["name"]] == record["number"] else [])
         + sorted(aliases.get((record["name"], record["number"]), [])),
-        record.get("tags") or {}, record.get("metrics") or {}) for record in live}
+        record.get("tags") or {}, record.get("metrics") or {}, checkpoint_summary(record)) for record in live}
 
 
 def set_alias(dps: DictPersistenceService, name: str, number: int, alias: str) -> None:

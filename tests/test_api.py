@@ -120,7 +120,7 @@ def test_bad_names_references_and_values_are_typed_errors(detector):
     assert maintenance.all_model_ids(store) == before
     with pytest.raises(ModelNotFoundError, match="stored names: detector"):
         mmlib.get("detectr", store)
-    with pytest.raises(ModelNotFoundError, match="has no version 9"):
+    with pytest.raises(ModelNotFoundError, match="detector:v9 does not exist"):
         mmlib.load("detector:v9", store)
     with pytest.raises(ModelNotFoundError, match="no alias 'staging'.*detector:latest"):
         mmlib.load("detector:staging", store)

@@ -1,0 +1,233 @@
+"""Training checkpoints: resume equals the uninterrupted run, retention keeps every kept version exact while pruning
+the bases of kept ones, training state round trips without pickling."""
+
+import copy
+import math
+import random
+
+import numpy
+import pytest
+import torch
+
+import mmlib
+from mmlib import maintenance, pruning, refs, training_state
+from mmlib.errors import IntegrityError, InvalidArgumentError, ModelNotFoundError
+from mmlib.persistence.store import checked_store
+from mmlib.schema.model_info import PRUNED
+from save_helpers import run_cli
+
+STORE_PAIRS = [("sqlite", "filesystem"), ("mongo", "gridfs")]
+WITH_OBJECT_STORAGE = True
+
+
+class Regressor(torch.nn.Module):
+    """A small net with dropout and batch norm, so that resuming depends on the RNG and on buffers."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Linear(6, 16)
+        self.norm = torch.nn.BatchNorm1d(16)
+        self.drop = torch.nn.Dropout(0.25)
+        self.out = torch.nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(self.drop(torch.relu(self.norm(self.hidden(x)))))
+
+
+OPTIMIZERS = {
+    "sgd-momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda params: torch.optim.Adam(params, lr=0.01, betas=(0.8, 0.95)),
+    "adamw-amsgrad": lambda params: torch.optim.AdamW(params, lr=0.01, amsgrad=True),
+}
+
+
+def _run(optimizer_kind: str):
+    """(model, optimizer, scheduler) of a fresh run, seeded."""
+    torch.manual_seed(0)
+    model = Regressor()
+    optimizer = OPTIMIZERS[optimizer_kind](model.parameters())
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=40)
+    return model, optimizer, scheduler
+
+
+def _train(model, optimizer, scheduler, steps: int) -> None:
+    """Steps whose batches come from torch's, numpy's and Python's global RNGs (as data loaders and augmentations
+    draw them), so that a resume must restore all three."""
+    model.train()
+    for _ in range(steps):
+        noise = float(numpy.random.rand()) + random.random()
+        inputs = torch.randn(8, 6) + noise
+        loss = ((model(inputs) - inputs[:, :2]) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def _same_state(actual, expected) -> bool:
+    """Whether two nested state dicts are equal, tensors bit for bit (dtype included)."""
+    if isinstance(expected, torch.Tensor):
+        return isinstance(actual, torch.Tensor) and actual.dtype == expected.dtype and torch.equal(actual, expected)
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and actual.keys() == expected.keys() and all(
+            _same_state(actual[key], expected[key]) for key in expected)
+    if isinstance(expected, (list, tuple)):
+        return type(actual) is type(expected) and len(actual) == len(expected) and all(
+            _same_state(a, e) for a, e in zip(actual, expected))
+    return actual == expected or (isinstance(expected, float) and math.isnan(expected) and math.isnan(actual))
+
+
+def _snapshot(model, optimizer, scheduler) -> tuple:
+    return (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
+            copy.deepcopy(scheduler.state_dict()))
+
+
+@pytest.mark.parametrize("optimizer_kind", list(OPTIMIZERS))
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "background"])
+def test_resuming_and_training_on_equals_the_uninterrupted_run(tmp_path, optimizer_kind, blocking):
+    numpy.random.seed(1)
+    random.seed(2)
+    store = mmlib.open_store(str(tmp_path / "store"))
+    model, optimizer, scheduler = _run(optimizer_kind)
+    with mmlib.Checkpointer(store, "run", model, optimizer, scheduler, keep_last=2) as checkpointer:
+        for step in (5, 10, 15):
+            _train(model, optimizer, scheduler, 5)
+            checkpointer.save(step=step, metrics={"loss": 1.0 / step}, extra={"seen": step * 8}, blocking=blocking)
+    _train(model, optimizer, scheduler, 10)
+    expected = _snapshot(model, optimizer, scheduler)
+
+    numpy.random.seed(99)  # a fresh process would start from other RNG states
+    random.seed(99)
+    torch.manual_seed(99)
+    resumed, resumed_optimizer, resumed_scheduler = _run(optimizer_kind)
+    extra: dict = {}
+    assert mmlib.resume("run", store, resumed, resumed_optimizer, resumed_scheduler, extra=extra) == 15
+    assert extra == {"seen": 120}
+    _train(resumed, resumed_optimizer, resumed_scheduler, 10)
+    assert _same_state(_snapshot(resumed, resumed_optimizer, resumed_scheduler), expected)
+
+
+def test_a_resume_without_the_rng_states_or_the_optimizer_state_diverges(tmp_path):
+    """The resume test above fails when either is left out: what it checks is what a resume needs."""
+    store = mmlib.open_store(str(tmp_path / "store"))
+    model, optimizer, scheduler = _run("adam")
+    _train(model, optimizer, scheduler, 5)
+    mmlib.Checkpointer(store, "run", model, optimizer, scheduler).save(step=5)
+    _train(model, optimizer, scheduler, 5)
+    expected = _snapshot(model, optimizer, scheduler)
+    for restore_rng, with_optimizer in ((False, True), (True, False)):
+        torch.manual_seed(99)
+        resumed, resumed_optimizer, resumed_scheduler = _run("adam")
+        mmlib.resume("run", store, resumed, resumed_optimizer if with_optimizer else None, resumed_scheduler,
+                     restore_rng=restore_rng)
+        _train(resumed, resumed_optimizer, resumed_scheduler, 5)
+        assert not _same_state(resumed.state_dict(), expected[0])
+
+
+def _kept_states(store, name: str) -> dict[int, dict]:
+    return {version.number: version for version in mmlib.find(store, name=name)}
+
+
+def test_retention_prunes_the_bases_of_kept_versions_and_every_kept_version_recovers_exactly(stores):
+    store = checked_store(stores)
+    model, optimizer, scheduler = _run("adam")
+    saved: dict[int, dict] = {}
+    losses = [5.0, 1.0, 4.0, 3.0, 0.5, 6.0, 7.0, 8.0, 9.0, 2.0, 10.0, 11.0]
+    checkpointer = mmlib.Checkpointer(store, "run", model, optimizer, scheduler, keep_last=3, keep_best=1,
+                                      monitor="loss", keep_every=40)
+    for number, loss in enumerate(losses, start=1):
+        _train(model, optimizer, scheduler, 1)
+        checkpointer.save(step=number * 5, metrics={"loss": loss})
+        saved[number] = copy.deepcopy(model.state_dict())
+    kept = _kept_states(store, "run")
+    # the newest 3, the best (v5, loss 0.5), the first of every 40 steps (v1 at 5, v8 at 40)
+    assert sorted(kept) == [1, 5, 8, 10, 11, 12]
+    assert mmlib.get("run:best", store).number == 5
+    for number in kept:
+        assert _same_state(mmlib.load(f"run:v{number}", store).state_dict(), saved[number])
+    assert maintenance.verify(store) == []
+    pruned = store.dict_pers_service.all_ids_for_type(PRUNED)
+    assert len(pruned) == 2 * 6  # six versions pruned, each with its training state
+    with pytest.raises(ModelNotFoundError, match="pruned"):
+        maintenance.recover_model(store, store.dict_pers_service.recover_dict("run:v2", refs.VERSION)["model_id"])
+    with pytest.raises(ModelNotFoundError, match="run:v2 was removed or pruned"):
+        mmlib.load("run:v2", store)
+    assert maintenance.collect_garbage(store, grace_seconds=0).count == 0  # pruning reclaimed at once
+    assert maintenance.verify(store) == []
+
+
+def test_pruned_weights_are_reclaimed_but_those_kept_versions_read_stay(tmp_path):
+    location = tmp_path / "store"
+    store = mmlib.open_store(str(location))
+    torch.manual_seed(0)
+    model = Regressor()
+    for step in range(1, 11):
+        with torch.no_grad():
+            model.out.weight.add_(0.01)  # one tensor changes: the others stay in v1's snapshot blob
+        mmlib.Checkpointer(store, "run", model).save(step=step)
+    blobs_before = set(store.file_pers_service.blob_digests())
+    first, eighth = (refs.version_record(store.dict_pers_service, "run", number)["model_id"] for number in (1, 8))
+    pruned = mmlib.prune(store, "run", mmlib.Retention(keep_last=1))
+    assert [record["number"] for record in pruned] == list(range(1, 10))
+    blobs_after = set(store.file_pers_service.blob_digests())
+    assert pruning.weights_blob(store, first) in blobs_after  # v10 reads its unchanged tensors from v1's snapshot
+    # v8's change is a delta of v1's tensor; v9 stored it in full (every 8th change is a keyframe), and v10 is a
+    # delta of v9's: nothing reads v8's blob any more
+    assert pruning.weights_blob(store, eighth) not in blobs_after
+    assert len(blobs_after) < len(blobs_before)
+    assert _same_state(mmlib.load("run", store).state_dict(), model.state_dict())
+    assert maintenance.verify(store) == []
+
+
+def test_training_state_round_trips_what_optimizers_and_schedulers_hold_without_pickling():
+    state = {"int keys": {0: torch.arange(3), 7: {"step": torch.tensor(4.0)}}, "tuple": (0.9, 0.999),
+             "floats": [math.inf, -math.inf, 1e-300, 0.1], "nested": [{"a": None, "b": True}], "empty": torch.empty(0)}
+    module, tree = training_state.pack(state)
+    assert _same_state(training_state.unpack(module, tree), state)
+    with pytest.raises(InvalidArgumentError, match="set"):
+        training_state.pack({"lambda": {1, 2}})
+    forged = copy.deepcopy(tree)
+    forged["$dict"][1][1]["$tuple"][0] = 0.5
+    with pytest.raises(IntegrityError, match="does not match"):
+        training_state.unpack(module, forged)
+
+
+def test_resume_refuses_a_version_saved_without_training_state(tmp_path):
+    store = mmlib.open_store(str(tmp_path / "store"))
+    mmlib.save(Regressor(), store, name="plain")
+    with pytest.raises(InvalidArgumentError, match="not a checkpoint"):
+        mmlib.resume("plain", store, Regressor())
+
+
+def test_retention_arguments_are_checked():
+    with pytest.raises(InvalidArgumentError, match="keep_last"):
+        mmlib.Retention(keep_best=1, monitor="loss")
+    with pytest.raises(InvalidArgumentError, match="monitor"):
+        mmlib.Retention(keep_last=1, keep_best=1)
+    with pytest.raises(InvalidArgumentError, match="mode"):
+        mmlib.Retention(keep_last=1, mode="lowest")
+
+
+def test_prune_and_ls_from_the_command_line(tmp_path, capsys):
+    location = str(tmp_path / "store")
+    store = mmlib.open_store(location)
+    model = Regressor()
+    checkpointer = mmlib.Checkpointer(store, "run", model, keep_last=2, keep_best=1, monitor="val_loss")
+    for step, loss in ((10, 0.3), (20, 0.1), (30, 0.2), (40, 0.4)):
+        with torch.no_grad():
+            model.out.bias.add_(1.0)
+        checkpointer.save(step=step, metrics={"val_loss": loss})
+    code, out, _ = run_cli(capsys, "--store", location, "ls", "--name", "run")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split()[-4:] == ["STEP", "VAL_LOSS", "KEPT", "BY"]
+    assert [row.split()[-4:] for row in rows] == [["latest", "40", "0.4", "last"], ["-", "30", "0.2", "last"],
+                                                  ["best", "20", "0.1", "best,alias:best"]]
+    code, out, _ = run_cli(capsys, "--store", location, "prune", "run", "--keep-last", "1", "--dry-run")
+    assert code == 0 and "would prune run:v3" in out and len(mmlib.find(store, name="run")) == 3
+    code, out, _ = run_cli(capsys, "--store", location, "prune", "run", "--keep-last", "1")
+    assert code == 0 and "pruned 1 version(s) of run" in out  # v2 stays: the alias `best` points at it
+    assert sorted(version.number for version in mmlib.find(store, name="run")) == [2, 4]
+    code, out, _ = run_cli(capsys, "--store", location, "verify")
+    assert code == 0
+    code, _, err = run_cli(capsys, "--store", location, "prune", "run")
+    assert code == 2 and "--keep-last" in err
