@@ -139,3 +139,28 @@ def write_all(results: dict[str, Any], out_dir: str, suffix: str) -> list[str]:
     if results["provenance"].get("available"):
         paths.append(provenance_plot(results["provenance"], os.path.join(out_dir, f"provenance{suffix}.png")))
     return paths
+
+
+def checkpoint_storage_plot(results: dict[str, Any], path: str) -> str:
+    """Bytes a training run's checkpoints take after each checkpoint: the mmlib store against the kept torch.save
+    files, one panel per workload (`benchmarks.checkpoints` results); dotted, the store's peak during each save."""
+    workloads = list(results["workloads"].values())
+    figure, axes = plt.subplots(1, len(workloads), figsize=(5.0 * len(workloads), 3.8), squeeze=False)
+    for axis, workload in zip(axes[0], workloads):
+        checkpoints = workload["checkpoints"]
+        steps = [entry["step"] for entry in checkpoints]
+        axis.plot(steps, [entry["store_bytes"] / 1e6 for entry in checkpoints], marker="o", markersize=3,
+                  label="mmlib store (after retention)")
+        peaks = workload.get("store_bytes_before_pruning") or []
+        if len(peaks) == len(steps):
+            axis.plot(steps, [value / 1e6 for value in peaks], ":", color="C0", label="mmlib store, before pruning")
+        axis.plot(steps, [entry["baseline_bytes"] / 1e6 for entry in checkpoints], marker="s", markersize=3,
+                  color="C1", label="torch.save files (kept)")
+        axis.plot(steps, [entry["baseline_peak_bytes"] / 1e6 for entry in checkpoints], ":", color="C1",
+                  label="torch.save files, before deleting")
+        axis.set_ylim(bottom=0)
+        axis.set_xlabel("training step (a checkpoint at each marker)")
+        axis.set_ylabel("bytes on disk (MB)")
+        axis.set_title(workload["label"], fontsize="small")
+    figure.suptitle("Storage of a training run's checkpoints")
+    return _save(figure, axes[0][0], path)

@@ -317,7 +317,8 @@ def model_size_info(store: Store, model_id: str) -> dict:
 
 
 def _readable_versions(store: Store) -> tuple[dict[str, Version], list[DamagedModel]]:
-    """The version of every model whose document can be read (oldest first), and the models whose cannot."""
+    """The version of every model whose document can be read (oldest first), and the models whose cannot (a model
+    removed since the listing is left out)."""
     versions: dict[str, Version] = {}
     damaged = []
     for model_id in all_model_ids(store):
@@ -325,6 +326,8 @@ def _readable_versions(store: Store) -> tuple[dict[str, Version], list[DamagedMo
             versions[model_id] = version(store, model_id)
         except IntegrityError as error:
             damaged.append(DamagedModel(model_id, str(error)))
+        except ModelNotFoundError:
+            continue  # removed, or withdrawn by its save, since it was listed
     return versions, damaged
 
 

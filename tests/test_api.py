@@ -146,7 +146,7 @@ def test_rm_keeps_an_aliased_version_unless_forced_and_numbers_are_never_reused(
         maintenance.remove_model(store, v2.id)
     maintenance.remove_model(store, v2.id, force=True)
     assert mmlib.get("detector", store).number == 1
-    with pytest.raises(ModelNotFoundError, match="no version 2"):
+    with pytest.raises(ModelNotFoundError, match="detector:v2 was removed or pruned"):
         mmlib.get("detector:v2", store)
     assert mmlib.save(model, store, name="detector").number == 3
     maintenance.collect_garbage(store, grace_seconds=0)
