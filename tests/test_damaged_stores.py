@@ -50,7 +50,8 @@ def test_a_damaged_sqlite_file_is_a_typed_error(saved, capsys):
 
 def test_a_blob_path_that_is_a_directory_is_corruption(saved):
     location, store, model_id = saved
-    digest = next(item.item_id for item in maintenance._needed_items(store, model_id, maintenance._lineages(store)) if item.kind == "blob")
+    digest = next(item.item_id for item in maintenance._needed_items(store, model_id, maintenance._lineages(store))
+                  if item.kind == "blob")
     path = store.file_pers_service.blob_path(digest)
     os.unlink(path)
     os.mkdir(path)

@@ -1,0 +1,1 @@
+"""Checkpoint callbacks for training frameworks (`lightning`, `transformers`), thin adapters over mmlib.Checkpointer."""
