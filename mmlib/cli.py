@@ -18,6 +18,7 @@ from mmlib import __version__, maintenance, refs
 from mmlib.constants import PROGRESS_LOGGER
 from mmlib.errors import InvalidIdError, MMLibError, ModelNotFoundError, StoreUnavailableError
 from mmlib.persistence.store import Store, open_store
+from mmlib.schema.model_info import PRUNED
 from mmlib.util.table import format_table
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,10 @@ def _checkpoint_columns(store: Store, name: str, versions: list[Optional[refs.Na
     return header, columns
 
 
+def _or_dash(value: Any) -> Any:
+    return "-" if value is None else value
+
+
 def _name_columns(version: Optional[refs.NamedVersion]) -> tuple[str, str, str]:
     """NAME, VERSION and ALIASES of a model in `ls` ("-" for a model saved without a name)."""
     if version is None:
@@ -271,10 +276,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
                ("created", f"{_time(details.created)} UTC"), ("size", _human_size(details.size))]
     if named:
         summary += [("version", refs.version_id(*named)), ("aliases", ", ".join(refs.aliases_of(dps, *named)))]
+        checkpoint = refs.checkpoint_summary(refs.version_record(dps, *named))
+        if checkpoint:
+            summary += [("checkpoint step", str(checkpoint.get("step"))), ("epoch", str(_or_dash(checkpoint.get("epoch")))),
+                        ("training state", str(checkpoint.get("state")))]
     environment = [(key, ", ".join(value) if isinstance(value, list) else str(value or "-"))
                    for key, value in details.environment.items()]
-    lineage = [(f"{'  ' * depth}{v.model_id}", v.store_type, _time(v.created))
-               for depth, v in enumerate(details.lineage)]
+    pruned = set(dps.all_ids_for_type(PRUNED))
+    lineage = [(f"{'  ' * depth}{v.model_id}", v.store_type + (" (pruned)" if v.model_id in pruned else ""),
+                _time(v.created)) for depth, v in enumerate(details.lineage)]
     print(format_table(("MODEL", ""), summary))
     print()
     print(format_table(("ENVIRONMENT", ""), environment))

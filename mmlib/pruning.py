@@ -21,6 +21,9 @@ from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecover
 from mmlib.schema.schema_obj import BLOB, StoredItem
 from mmlib.schema.store_type import ModelStoreType
 
+_READS: dict[str, frozenset[str]] = {}  # update blob reference -> the models whose weights it reads
+_READS_CACHED = 4096
+
 
 class Lineages:
     """The base and store type of every model of a store (`(model id, store type, base id)` triples, as listed),
@@ -57,9 +60,13 @@ class Lineages:
         reference = weights_reference(self.store, model_id)
         if reference is None:
             return set()
-        index = read_update(memoryview(self.store.file_pers_service.read_bytes(reference)), model_id)
-        return {location.holder for location in index.locations.values()} | {
-            location.keyframe for location in index.locations.values()}
+        if reference not in _READS:  # a blob never changes: what it reads is worked out once per process
+            if len(_READS) >= _READS_CACHED:
+                _READS.pop(next(iter(_READS)))
+            index = read_update(memoryview(self.store.file_pers_service.read_bytes(reference)), model_id)
+            _READS[reference] = frozenset(location.holder for location in index.locations.values()) | frozenset(
+                location.keyframe for location in index.locations.values())
+        return set(_READS[reference])
 
     def needed_pruned_blobs(self) -> set[str]:
         """The weights blobs of pruned models that models not pruned still read."""

@@ -229,5 +229,9 @@ def test_prune_and_ls_from_the_command_line(tmp_path, capsys):
     assert sorted(version.number for version in mmlib.find(store, name="run")) == [2, 4]
     code, out, _ = run_cli(capsys, "--store", location, "verify")
     assert code == 0
+    code, out, _ = run_cli(capsys, "--store", location, "show", "run")
+    assert code == 0 and "checkpoint step  40" in out and "version          run:v4" in out
+    assert [line.split()[1:3] for line in out.splitlines() if "(pruned)" in line] == [  # v3, and v1 below v2
+        ["weight_updates", "(pruned)"], ["full_model", "(pruned)"]]
     code, _, err = run_cli(capsys, "--store", location, "prune", "run")
     assert code == 2 and "--keep-last" in err
