@@ -1,5 +1,6 @@
 """Build classes and objects from stored code without exec/eval: importlib only, names checked first."""
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -171,7 +172,13 @@ def distribution_of(import_path: str) -> Optional[dict]:
     names = module_distributions().get(top_level)
     if not names:
         return None
-    return {"name": names[0], "version": importlib.metadata.version(names[0])}
+    return {"name": names[0], "version": _installed_version(names[0])}
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_version(distribution: str) -> str:
+    """The installed version of a distribution (read once per process: it reads the distribution's metadata)."""
+    return importlib.metadata.version(distribution)
 
 
 def create_object_with_parameters(class_name: str, init_args: dict, code_file: Optional[str] = None,
