@@ -606,8 +606,10 @@ def _unsafe_to_collect(detail: str) -> IntegrityError:
                           "repaired: run `mmlib verify` and repair what it reports")
 
 
-def _live_items(store: Store) -> set[StoredItem]:
-    """Every document and blob some model references (the models' own documents included), and the store format.
+def _live_items(store: Store, pruned_models: bool = True) -> set[StoredItem]:
+    """Every document and blob some model references (the models' own documents included), and the store format;
+    without `pruned_models`, leaving out the documents of pruned models (for removing blobs only: what they need
+    of blobs, other models need too).
 
     IntegrityError when a document some model references is damaged or missing (each is checked against its id),
     or a blob is missing, as `verify` would find: a damaged store is repaired before anything is removed. Blobs
@@ -618,6 +620,8 @@ def _live_items(store: Store) -> set[StoredItem]:
     stored_blobs = set(store.file_pers_service.blob_digests())
     lineages = _lineages(store)
     for model_id in all_model_ids(store):
+        if model_id in lineages.pruned and not pruned_models:
+            continue
         try:
             items = own_items(store, model_id, model_id in lineages.pruned)
         except (NotFoundError, InvalidIdError, IntegrityError) as error:
@@ -654,4 +658,5 @@ def reclaim_pruned(store: Store, model_ids: Iterable[str]) -> GarbageReport:
     are marked, so no save can derive from them, and running saves' leases keep what they wrote)."""
     candidates = {StoredItem(BLOB, digest) for digest in (weights_blob(store, model_id) for model_id in model_ids)
                   if digest is not None}
-    return sweep(store, lambda: _live_items(store), dry_run=False, grace_seconds=0, only=candidates)
+    return sweep(store, lambda: _live_items(store, pruned_models=False), dry_run=False, grace_seconds=0,
+                 only=candidates)
