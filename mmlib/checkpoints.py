@@ -12,6 +12,7 @@ weights go as soon as no kept version reads them.
 """
 
 import concurrent.futures
+import contextlib
 import copy
 import logging
 import math
@@ -22,7 +23,7 @@ import torch
 
 from mmlib import maintenance, pruning, refs, training_state
 from mmlib.api import StoreLike, Savers, Version, _checked_values, _store, _version
-from mmlib.errors import InvalidArgumentError, ModelNotFoundError
+from mmlib.errors import InvalidArgumentError, MMLibError, ModelNotFoundError
 from mmlib.persistence import _coordination as coordination
 from mmlib.persistence.store import Store
 
@@ -215,10 +216,7 @@ class Checkpointer:
         for attempt in range(1, _SAVE_ATTEMPTS + 1):
             latest = refs.latest_record(dps, self.name)
             try:
-                state_id = self._savers.save(module, _state_id(latest) if latest else None, None, strict_base=False,
-                                             model_import=STATE_IMPORT,
-                                             init_args={"layout": module.layout})
-                model_id = self._savers.save(model, latest["model_id"] if latest else None, None, strict_base=False)
+                state_id, model_id = self._save_on(latest, model, module)
                 break
             except ModelNotFoundError:  # the newest version was pruned by another process of the run meanwhile
                 if attempt == _SAVE_ATTEMPTS:
@@ -231,6 +229,20 @@ class Checkpointer:
         if self.retention.active:
             prune(self.store, self.name, self.retention)
         return _version(self.store, model_id)
+
+    def _save_on(self, latest: Optional[dict], model: torch.nn.Module,
+                 module: training_state.TrainingStateModule) -> tuple[str, str]:
+        """(training state id, model id), each saved on those of the checkpoint record `latest` (None: as snapshots).
+        A training state saved before the model's save failed is removed again (no checkpoint names it)."""
+        state_id = self._savers.save(module, _state_id(latest) if latest else None, None, strict_base=False,
+                                     model_import=STATE_IMPORT, init_args={"layout": module.layout})
+        try:
+            return state_id, self._savers.save(model, latest["model_id"] if latest else None, None,
+                                               strict_base=False)
+        except BaseException:
+            with contextlib.suppress(MMLibError):
+                maintenance.remove_model(self.store, state_id)
+            raise
 
     def _is_best(self, number: int) -> bool:
         records = refs.live_records(self.store.dict_pers_service, self.name)

@@ -11,7 +11,7 @@ import torch
 
 import mmlib
 from mmlib import maintenance, pruning, refs, training_state
-from mmlib.errors import IntegrityError, InvalidArgumentError, ModelNotFoundError
+from mmlib.errors import IntegrityError, InvalidArgumentError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.store import checked_store
 from mmlib.schema.model_info import PRUNED
 from save_helpers import run_cli
@@ -235,3 +235,21 @@ def test_prune_and_ls_from_the_command_line(tmp_path, capsys):
         ["weight_updates", "(pruned)"], ["full_model", "(pruned)"]]
     code, _, err = run_cli(capsys, "--store", location, "prune", "run")
     assert code == 2 and "--keep-last" in err
+
+
+class Unsavable(Regressor):
+    """A model whose state dict holds a value that is no tensor: its save is refused."""
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        state["note"] = "not a tensor"
+        return state
+
+
+def test_a_checkpoint_whose_model_cannot_be_saved_leaves_nothing_behind(tmp_path):
+    store = mmlib.open_store(str(tmp_path / "store"))
+    model = Unsavable()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(InvalidSaveInfoError, match="note"):
+        mmlib.Checkpointer(store, "run", model, optimizer).save(step=1)
+    assert maintenance.all_model_ids(store) == [] and mmlib.find(store) == []
