@@ -129,31 +129,47 @@ def _state_id(record: dict) -> Optional[str]:
 
 
 def _module_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose tensors are copies on the CPU (pinned where they are on a GPU), made without a
-    second copy on the device: what a background save writes while training goes on."""
-    memo: dict[int, Any] = {}
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        copied = training_state.cpu_copy(tensor.detach())
-        memo[id(tensor)] = torch.nn.Parameter(copied, tensor.requires_grad) \
-            if isinstance(tensor, torch.nn.Parameter) else copied
-    return copy.deepcopy(model, memo)
+    """A copy of `model` (each module copied shallowly) whose tensors are copies in CPU memory (pinned where they are
+    on a GPU), made without a second copy on the device: what a background save writes while training goes on.
+    Tensors shared between modules stay shared."""
+    tensors: dict[int, torch.Tensor] = {}
+
+    def copied(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if tensor is None:
+            return None
+        if id(tensor) not in tensors:
+            value = training_state.cpu_copy(tensor.detach())
+            tensors[id(tensor)] = torch.nn.Parameter(value, tensor.requires_grad) \
+                if isinstance(tensor, torch.nn.Parameter) else value
+        return tensors[id(tensor)]
+
+    modules = {id(module): copy.copy(module) for module in model.modules()}
+    for module in modules.values():
+        module._parameters = {key: copied(value) for key, value in module._parameters.items()}  # type: ignore
+        module._buffers = {key: copied(value) for key, value in module._buffers.items()}
+        module._modules = {key: None if child is None else modules[id(child)]
+                           for key, child in module._modules.items()}
+    return modules[id(model)]
 
 
 class Checkpointer:
     """Saves checkpoints of one training run as versions of `name`: the model, and the optimizer's and scheduler's
     state, the RNG states and `extra` values a resume needs. After each save the versions `Retention` does not keep
-    are pruned; the newest is always kept. `keep_best` versions also get the alias `best`."""
+    are pruned; the newest is always kept. `keep_best` versions also get the alias `best`. `init_args`,
+    `model_import` and `code` say how to rebuild the model, as `mmlib.save` takes them."""
 
     def __init__(self, store: StoreLike, name: str, model: torch.nn.Module, optimizer: Any = None,
                  scheduler: Any = None, *, keep_last: Optional[int] = None, keep_best: int = 0,
-                 monitor: Optional[str] = None, mode: str = "min", keep_every: Optional[int] = None):
+                 monitor: Optional[str] = None, mode: str = "min", keep_every: Optional[int] = None,
+                 init_args: Optional[dict] = None, model_import: Optional[str] = None, code: Optional[str] = None):
         self.store: Store = _store(store)
         self.name = refs.check_name(name)
         if not isinstance(model, torch.nn.Module):
             raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.retention = Retention(keep_last, keep_best, monitor, mode, keep_every)
-        self._savers = Savers(self.store)
+        self._source: dict[str, Any] = {"init_args": init_args, "model_import": model_import, "code": code}
+        self._model_savers, self._state_savers = Savers(self.store), Savers(self.store)  # one lineage each
         self._worker: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pending: Optional[concurrent.futures.Future] = None
 
@@ -221,7 +237,8 @@ class Checkpointer:
             except ModelNotFoundError:  # the newest version was pruned by another process of the run meanwhile
                 if attempt == _SAVE_ATTEMPTS:
                     raise
-                self._savers.updates.clear_cache()
+                self._model_savers.updates.clear_cache()
+                self._state_savers.updates.clear_cache()
         number = refs.claim_version(dps, self.name, model_id, tags, metrics,
                                     {refs.CHECKPOINT: {**record, "state": state_id, "tree": tree}})
         if self.retention.keep_best and self._is_best(number):
@@ -234,11 +251,11 @@ class Checkpointer:
                  module: training_state.TrainingStateModule) -> tuple[str, str]:
         """(training state id, model id), each saved on those of the checkpoint record `latest` (None: as snapshots).
         A training state saved before the model's save failed is removed again (no checkpoint names it)."""
-        state_id = self._savers.save(module, _state_id(latest) if latest else None, None, strict_base=False,
-                                     model_import=STATE_IMPORT, init_args={"layout": module.layout})
+        state_id = self._state_savers.save(module, _state_id(latest) if latest else None, None, strict_base=False,
+                                           model_import=STATE_IMPORT, init_args={"layout": module.layout})
         try:
-            return state_id, self._savers.save(model, latest["model_id"] if latest else None, None,
-                                               strict_base=False)
+            return state_id, self._model_savers.save(model, latest["model_id"] if latest else None, None,
+                                                     strict_base=False, **self._source)
         except BaseException:
             with contextlib.suppress(MMLibError):
                 maintenance.remove_model(self.store, state_id)

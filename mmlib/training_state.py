@@ -155,10 +155,10 @@ def pack(state: dict, copy: bool = False) -> tuple[TrainingStateModule, Any]:
     tree = _encoded(state, tensors, "the training state")
     if copy:
         tensors = [cpu_copy(tensor) for tensor in tensors]
-    module = TrainingStateModule([[dtype_name(tensor.dtype), list(tensor.shape)] for tensor in tensors])
-    for index, tensor in enumerate(tensors):
-        setattr(module, f"t{index}", tensor)
-    setattr(module, TREE_DIGEST, _tree_digest(tree))
+    module = TrainingStateModule([])  # then given the tensors themselves, not allocated for them
+    module.layout = [[dtype_name(tensor.dtype), list(tensor.shape)] for tensor in tensors]
+    module._buffers = {f"t{index}": tensor for index, tensor in enumerate(tensors)}
+    module.register_buffer(TREE_DIGEST, _tree_digest(tree))
     return module, tree
 
 

@@ -15,6 +15,7 @@ from mmlib.errors import IntegrityError, InvalidArgumentError, InvalidSaveInfoEr
 from mmlib.persistence.store import checked_store
 from mmlib.schema.model_info import PRUNED
 from save_helpers import run_cli
+from zoo_models import TiedDecoderLM
 
 STORE_PAIRS = [("sqlite", "filesystem"), ("mongo", "gridfs")]
 WITH_OBJECT_STORAGE = True
@@ -253,3 +254,18 @@ def test_a_checkpoint_whose_model_cannot_be_saved_leaves_nothing_behind(tmp_path
     with pytest.raises(InvalidSaveInfoError, match="note"):
         mmlib.Checkpointer(store, "run", model, optimizer).save(step=1)
     assert maintenance.all_model_ids(store) == [] and mmlib.find(store) == []
+
+
+def test_a_background_checkpoint_copies_the_model_as_it_was_with_its_tied_weights(tmp_path):
+    store = mmlib.open_store(str(tmp_path / "store"))
+    model = TiedDecoderLM()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    expected = copy.deepcopy(model.state_dict())
+    with mmlib.Checkpointer(store, "lm", model, optimizer) as checkpointer:
+        pending = checkpointer.save(step=1, blocking=False)
+        with torch.no_grad():
+            model.token_embedding.weight.add_(1.0)  # training goes on while the copy is written
+        version = pending.result()
+    recovered = mmlib.load(version.ref, store)
+    assert recovered.head.weight is recovered.token_embedding.weight
+    assert _same_state(recovered.state_dict(), expected)
