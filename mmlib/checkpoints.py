@@ -30,6 +30,9 @@ from mmlib.persistence.store import Store
 logger = logging.getLogger(__name__)
 
 STATE_IMPORT = "mmlib.training_state:TrainingStateModule"
+# Unchanged tensors up to this size (RNG states a run does not draw from, say) are stored again in every checkpoint,
+# so that no pruned checkpoint's blob is kept only for them.
+_RESTORED_BYTES = 16 * 1024
 _SAVE_ATTEMPTS = 5  # a save whose base another process pruned meanwhile is saved again on the new latest version
 
 __all__ = ["Checkpointer", "Retention", "resume", "prune"]
@@ -118,7 +121,7 @@ def prune(store: StoreLike, name: str, retention: Retention, *, dry_run: bool = 
     model_ids = [model_id for record in doomed for model_id in (record["model_id"], _state_id(record)) if model_id]
     with coordination.removal_marker(dps, model_ids):
         pruning.mark_pruned(store, model_ids, f"retention of {name}: {asdict(retention)}")
-    report = maintenance.reclaim_pruned(store, model_ids)
+    report = maintenance.reclaim_pruned(store)
     logger.info("pruned %d version(s) of %s; %d blob(s) reclaimed", len(doomed), name, len(report.blobs))
     return doomed
 
@@ -169,7 +172,8 @@ class Checkpointer:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.retention = Retention(keep_last, keep_best, monitor, mode, keep_every)
         self._source: dict[str, Any] = {"init_args": init_args, "model_import": model_import, "code": code}
-        self._model_savers, self._state_savers = Savers(self.store), Savers(self.store)  # one lineage each
+        self._model_savers, self._state_savers = (Savers(self.store, restore_small=_RESTORED_BYTES)
+                                                  for _ in range(2))  # one for each lineage
         self._worker: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pending: Optional[concurrent.futures.Future] = None
 
@@ -254,12 +258,17 @@ class Checkpointer:
         state_id = self._state_savers.save(module, _state_id(latest) if latest else None, None, strict_base=False,
                                            model_import=STATE_IMPORT, init_args={"layout": module.layout})
         try:
-            return state_id, self._model_savers.save(model, latest["model_id"] if latest else None, None,
-                                                     strict_base=False, **self._source)
+            model_id = self._model_savers.save(model, latest["model_id"] if latest else None, None,
+                                               strict_base=False, **self._source)
         except BaseException:
             with contextlib.suppress(MMLibError):
                 maintenance.remove_model(self.store, state_id)
             raise
+        for saved_id, savers in ((state_id, self._state_savers), (model_id, self._model_savers)):
+            reads, reference = savers.updates.models_read(saved_id), pruning.weights_reference(self.store, saved_id)
+            if reads is not None and reference is not None:
+                pruning.remember_reads(reference, reads)
+        return state_id, model_id
 
     def _is_best(self, number: int) -> bool:
         records = refs.live_records(self.store.dict_pers_service, self.name)

@@ -50,6 +50,7 @@ SAVE_SERVICES: dict[ModelStoreType, type[AbstractSaveService]] = {
 }
 # The length of the id prefixes tables show.
 ABBREVIATED = 12
+RECLAIMED = "reclaimed"  # set in a pruned model's marker once its weights blob is gone
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _ENVIRONMENT_SUMMARY_FIELDS = ("python_version", "pytorch_version", "processor_info", "gpu_types",
                                "python_platform_info")
@@ -653,10 +654,17 @@ def collect_garbage(store: Store, dry_run: bool = False, grace_seconds: float = 
 
 
 @_takes_store
-def reclaim_pruned(store: Store, model_ids: Iterable[str]) -> GarbageReport:
+def reclaim_pruned(store: Store) -> GarbageReport:
     """Remove the weights blobs of pruned models that no other model reads, now (no grace period: the pruned models
-    are marked, so no save can derive from them, and running saves' leases keep what they wrote)."""
-    candidates = {StoredItem(BLOB, digest) for digest in (weights_blob(store, model_id) for model_id in model_ids)
-                  if digest is not None}
-    return sweep(store, lambda: _live_items(store, pruned_models=False), dry_run=False, grace_seconds=0,
-                 only=candidates)
+    are marked, so no save can derive from them, and running saves' leases keep what they wrote). A pruned model
+    whose blob kept versions still read is looked at again next time; one whose blob is gone is marked reclaimed."""
+    dps = store.dict_pers_service
+    pending = {model_id: weights_blob(store, model_id) for model_id in dps.all_ids_for_type(PRUNED)
+               if not dps.recover_dict(model_id, PRUNED).get(RECLAIMED) and dps.id_exists(model_id, MODEL_INFO)}
+    candidates = {StoredItem(BLOB, digest) for digest in pending.values() if digest is not None}
+    report = sweep(store, lambda: _live_items(store, pruned_models=False), dry_run=False, grace_seconds=0,
+                   only=candidates)
+    for model_id, digest in pending.items():
+        if digest is None or not store.file_pers_service.blob_exists(digest):
+            dps.add_field(model_id, PRUNED, RECLAIMED, True)
+    return report

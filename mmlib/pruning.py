@@ -61,11 +61,9 @@ class Lineages:
         if reference is None:
             return set()
         if reference not in _READS:  # a blob never changes: what it reads is worked out once per process
-            if len(_READS) >= _READS_CACHED:
-                _READS.pop(next(iter(_READS)))
             index = read_update(memoryview(self.store.file_pers_service.read_bytes(reference)), model_id)
-            _READS[reference] = frozenset(location.holder for location in index.locations.values()) | frozenset(
-                location.keyframe for location in index.locations.values())
+            remember_reads(reference, {location.holder for location in index.locations.values()}
+                           | {location.keyframe for location in index.locations.values()})
         return set(_READS[reference])
 
     def needed_pruned_blobs(self) -> set[str]:
@@ -81,6 +79,14 @@ class Lineages:
                 if digest is not None:
                     needed.add(digest)
         return needed
+
+
+def remember_reads(reference: str, models: set[str]) -> None:
+    """Note that the update blob `reference` reads tensors from `models` (what its save knew), so that deciding what
+    pruned models' blobs are still needed does not read the blob back."""
+    if len(_READS) >= _READS_CACHED:
+        _READS.pop(next(iter(_READS)))
+    _READS[reference] = frozenset(models)
 
 
 def weights_reference(store: Store, model_id: str) -> Optional[str]:

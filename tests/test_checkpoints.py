@@ -15,6 +15,7 @@ from mmlib.errors import IntegrityError, InvalidArgumentError, InvalidSaveInfoEr
 from mmlib.persistence.store import checked_store
 from mmlib.schema.model_info import PRUNED
 from save_helpers import run_cli
+from checkpoint_workers import Wide
 from zoo_models import TiedDecoderLM
 
 STORE_PAIRS = [("sqlite", "filesystem"), ("mongo", "gridfs")]
@@ -158,26 +159,28 @@ def test_retention_prunes_the_bases_of_kept_versions_and_every_kept_version_reco
 
 
 def test_pruned_weights_are_reclaimed_but_those_kept_versions_read_stay(tmp_path):
-    location = tmp_path / "store"
-    store = mmlib.open_store(str(location))
+    store = mmlib.open_store(str(tmp_path / "store"))
     torch.manual_seed(0)
-    model = Regressor()
+    model = Wide()
     for step in range(1, 11):
         with torch.no_grad():
-            model.out.weight.add_(0.01)  # one tensor changes: the others stay in v1's snapshot blob
-        mmlib.Checkpointer(store, "run", model).save(step=step)
-    blobs_before = set(store.file_pers_service.blob_digests())
-    first, eighth = (refs.version_record(store.dict_pers_service, "run", number)["model_id"] for number in (1, 8))
-    pruned = mmlib.prune(store, "run", mmlib.Retention(keep_last=1))
-    assert [record["number"] for record in pruned] == list(range(1, 10))
-    blobs_after = set(store.file_pers_service.blob_digests())
-    assert pruning.weights_blob(store, first) in blobs_after  # v10 reads its unchanged tensors from v1's snapshot
+            model.second.weight.add_(0.01)  # changes; `first.weight` (128 KiB) stays in v1's snapshot blob
+        mmlib.Checkpointer(store, "run", model, keep_last=1).save(step=step)
+    records = {number: store.dict_pers_service.recover_dict(f"run:v{number}", refs.VERSION) for number in range(1, 11)}
+    blobs = set(store.file_pers_service.blob_digests())
+    assert pruning.weights_blob(store, records[1]["model_id"]) in blobs  # v10 reads `first.weight` from it
     # v8's change is a delta of v1's tensor; v9 stored it in full (every 8th change is a keyframe), and v10 is a
     # delta of v9's: nothing reads v8's blob any more
-    assert pruning.weights_blob(store, eighth) not in blobs_after
-    assert len(blobs_after) < len(blobs_before)
+    assert pruning.weights_blob(store, records[8]["model_id"]) not in blobs
+    # the training states hold only small tensors (RNG states), stored again in every checkpoint even when
+    # unchanged: no pruned training state's blob is kept for them (identical ones are one blob)
+    state_blobs = {pruning.weights_blob(store, record["checkpoint"]["state"]) for record in records.values()}
+    assert state_blobs & blobs == {pruning.weights_blob(store, records[10]["checkpoint"]["state"])}
     assert _same_state(mmlib.load("run", store).state_dict(), model.state_dict())
     assert maintenance.verify(store) == []
+    before = set(store.file_pers_service.blob_digests())
+    assert maintenance.collect_garbage(store, grace_seconds=0).blobs == []  # pruning reclaimed all it could
+    assert set(store.file_pers_service.blob_digests()) == before
 
 
 def test_training_state_round_trips_what_optimizers_and_schedulers_hold_without_pickling():

@@ -24,7 +24,7 @@ from mmlib.equal import tensor_equal
 from mmlib.errors import IncompatibleModelError, InvalidSaveInfoError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
 from mmlib.save_info import ModelSaveInfo
-from mmlib.schema.model_info import ModelInfo
+from mmlib.schema.model_info import PRUNED, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecoverInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
@@ -66,13 +66,15 @@ class WeightUpdateSaveService(AbstractSaveService):
     `mmlib.util.delta`; `"plain"` stores them as they are). Deltas are taken against the tensor's last full
     copy (its keyframe), so a recovery decodes at most one delta per tensor; every `keyframe_interval`-th
     change stores the tensor in full again. The last `cache_size` saved or recovered versions (and the
-    keyframes of saved ones) stay in memory so that saving on top of them reads nothing.
+    keyframes of saved ones) stay in memory so that saving on top of them reads nothing. Unchanged tensors of at
+    most `restore_small` bytes are stored again in every version, so that no older version's blob is needed only
+    for them (checkpoints, whose older versions are pruned, use this).
     """
 
     def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
                  improved_version: bool = True, logging: bool = False, *, updates_only: bool = False,
                  codec: str = DEFAULT_CODEC, keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
-                 cache_size: int = DEFAULT_CACHE_SIZE, strict_env: bool = False):
+                 cache_size: int = DEFAULT_CACHE_SIZE, strict_env: bool = False, restore_small: int = 0):
         super().__init__(file_pers_service, dict_pers_service, logging, strict_env=strict_env)
         if not isinstance(keyframe_interval, int) or keyframe_interval < 1:
             raise InvalidSaveInfoError(f"keyframe_interval must be a positive int, got {keyframe_interval!r}; "
@@ -81,11 +83,18 @@ class WeightUpdateSaveService(AbstractSaveService):
         self.updates_only = updates_only
         self.codec = DeltaCodec.from_name(codec)
         self.keyframe_interval = keyframe_interval
+        self.restore_small = restore_small
         self._cache = VersionCache(cache_size)
 
     @property
     def approach(self) -> str:
         return "param_update_improved" if self.improved_version else "param_update"
+
+    def models_read(self, model_id: str) -> Optional[set[str]]:
+        """The models whose blobs a recovery of a version saved or recovered by this service lately reads tensors
+        from (None when it is no longer kept in memory)."""
+        cached = self._cache.get(model_id)
+        return None if cached is None else _blobs_holding(cached.locations.values())
 
     def clear_cache(self) -> None:
         """Forget the versions kept in memory, so the next save reads its base from the store."""
@@ -146,10 +155,14 @@ class WeightUpdateSaveService(AbstractSaveService):
     def _snapshot_needed(self, lineage: list[ModelInfo]) -> list[str]:
         """The snapshot whose weights a recovery of `lineage[0]` reads for sure, so it can be read while the
         version's own blob is: with fewer changes since the snapshot than a keyframe interval, every delta in the
-        lineage is of a snapshot tensor. Empty when unsure, or when the version is the snapshot itself."""
+        lineage is of a snapshot tensor. Empty when unsure, when the version is the snapshot itself, or when the
+        snapshot was pruned."""
         if len(lineage) < 2 or len(lineage) > self.keyframe_interval or not self.codec.needs_base:
             return []
-        return [lineage[-1].stored_id()]
+        snapshot_id = lineage[-1].stored_id()
+        if self._dict_pers_service.id_exists(snapshot_id, PRUNED):
+            return []  # its weights may be gone: they are read only if the version reads from them
+        return [snapshot_id]
 
     def _reader(self) -> UpdateReader:
         return UpdateReader(self._load_model_info, self._file_pers_service.read_bytes, self._read_weights)
@@ -179,7 +192,10 @@ class WeightUpdateSaveService(AbstractSaveService):
         keyframes = self._keyframes(changed, base, base_tensors, reader)
         encoded = parallel_map(lambda key: self._encode(state[key], keyframes.get(key), base.locations[key]), changed,
                                size=lambda key: state[key].nbytes)
-        return _UpdatePlan(tree, base.locations, base.snapshot_id, dict(zip(changed, encoded)), keyframes)
+        stored = dict(zip(changed, encoded))
+        stored.update({key: self._full_copy(tensor) for key, tensor in state.items()
+                       if key not in stored and tensor.nbytes <= self.restore_small})
+        return _UpdatePlan(tree, base.locations, base.snapshot_id, stored, keyframes)
 
     def _base_version(self, base_id: str, reader: UpdateReader) -> CachedVersion:
         """The base as cached, or else as stored: its locations and snapshot, with no tensor or keyframe values."""
@@ -232,6 +248,10 @@ class WeightUpdateSaveService(AbstractSaveService):
         if self._stores_delta(base_location):
             return StoredTensor(self.codec, base_location.keyframe, base_location.depth + 1, tensor.dtype,
                                  tuple(tensor.shape), self.codec.encode(tensor, keyframe))
+        return self._full_copy(tensor)
+
+    def _full_copy(self, tensor: torch.Tensor) -> StoredTensor:
+        """A tensor stored in full: its own keyframe."""
         codec = _KEYFRAME_CODEC if self.codec.needs_base else self.codec
         return StoredTensor(codec, None, 0, tensor.dtype, tuple(tensor.shape), codec.encode(tensor))
 
