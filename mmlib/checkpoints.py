@@ -243,8 +243,9 @@ class Checkpointer:
                     raise
                 self._model_savers.updates.clear_cache()
                 self._state_savers.updates.clear_cache()
+        dps.save_dict({"id": state_id, "tree": tree}, refs.TRAINING_TREE)
         number = refs.claim_version(dps, self.name, model_id, tags, metrics,
-                                    {refs.CHECKPOINT: {**record, "state": state_id, "tree": tree}})
+                                    {refs.CHECKPOINT: {**record, "state": state_id}})
         if self.retention.keep_best and self._is_best(number):
             refs.set_alias(dps, self.name, number, "best")
         if self.retention.active:
@@ -290,7 +291,8 @@ def resume(reference: str, store: StoreLike, model: Optional[torch.nn.Module] = 
         raise InvalidArgumentError(f"{reference} is not a checkpoint (it was saved without training state): load it "
                                    "with mmlib.load, or resume from a version a Checkpointer saved")
     module = maintenance.recover_model(store, checkpoint["state"], execute_checks=execute_checks)
-    state = training_state.unpack(module, checkpoint["tree"], checkpoint["state"])
+    tree = dps.recover_dict(checkpoint["state"], refs.TRAINING_TREE)["tree"]
+    state = training_state.unpack(module, tree, checkpoint["state"])
     if model is not None:
         recovered = maintenance.recover_model(store, model_id, execute_checks=execute_checks)
         model.load_state_dict(recovered.state_dict())

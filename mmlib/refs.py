@@ -28,7 +28,8 @@ NAME = "model_name"
 ALIAS = "model_alias"
 ALIAS_HISTORY = "alias_history"
 VERSION_OF = "version_of"
-REF_TYPES = (VERSION, NAME, ALIAS, ALIAS_HISTORY, VERSION_OF)
+TRAINING_TREE = "training_tree"  # a checkpoint's training state description, under its training state's model id
+REF_TYPES = (VERSION, NAME, ALIAS, ALIAS_HISTORY, VERSION_OF, TRAINING_TREE)
 LATEST = "latest"
 CHECKPOINT = "checkpoint"  # the field of a version record that a checkpoint's step and training state are in
 MIN_PREFIX = 4  # hex digits an id prefix needs, as git asks of abbreviated commit ids
@@ -168,9 +169,9 @@ class NamedVersion(NamedTuple):
 
 
 def checkpoint_summary(record: dict) -> dict:
-    """A version record's checkpoint fields, without the training state's description ({} for other versions)."""
+    """A version record's checkpoint fields ({} for other versions)."""
     checkpoint = record.get(CHECKPOINT)
-    return {key: value for key, value in checkpoint.items() if key != "tree"} if isinstance(checkpoint, dict) else {}
+    return dict(checkpoint) if isinstance(checkpoint, dict) else {}
 
 
 def named_version(dps: DictPersistenceService, model_id: str) -> Optional[NamedVersion]:
@@ -279,13 +280,16 @@ def update_version(dps: DictPersistenceService, name: str, number: int, field: s
 
 
 def forget_model(dps: DictPersistenceService, model_id: str) -> None:
-    """Mark the version a removed model was as removed (its number is never given again) and delete the aliases
-    that pointed at it (recorded in their history)."""
+    """Mark the version a removed model was as removed (its number is never given again), delete the aliases that
+    pointed at it (recorded in their history) and, for a checkpoint, its training state's description."""
     version = version_of(dps, model_id)
     if version is None:
         return
     name, number = version
+    state_id = checkpoint_summary(_live_record(dps, name, number) or {}).get("state")
     dps.add_field(version_id(name, number), VERSION, "removed", True)
+    if isinstance(state_id, str):
+        dps.delete_dict(state_id, TRAINING_TREE)
     for alias_id in dps.all_ids_for_type(ALIAS):
         alias = dps.recover_dict(alias_id, ALIAS)
         if alias.get("name") == name and alias.get("number") == number:
