@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.2.0"
 _API = ("Version", "open_store", "save", "load", "get", "find", "set_alias", "set_tags", "set_metrics")
-_CHECKPOINTS = ("Checkpointer", "Retention", "resume", "prune")
+_CHECKPOINTS = ("Checkpointer", "Checkpoint", "Retention", "load_checkpoint", "resume", "prune")
 __all__ = ["__version__", *_API, *_CHECKPOINTS]
 
 

@@ -35,7 +35,7 @@ STATE_IMPORT = "mmlib.training_state:TrainingStateModule"
 _RESTORED_BYTES = 16 * 1024
 _SAVE_ATTEMPTS = 5  # a save whose base another process pruned meanwhile is saved again on the new latest version
 
-__all__ = ["Checkpointer", "Retention", "resume", "prune"]
+__all__ = ["Checkpointer", "Checkpoint", "Retention", "load_checkpoint", "resume", "prune"]
 
 
 @dataclass(frozen=True)
@@ -277,29 +277,52 @@ class Checkpointer:
         return bool(best) and best[0]["number"] == number
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint holds besides the model's weights, as saved (nothing is applied): its step and epoch, the
+    optimizer's and scheduler's state dicts (lists of them where lists were saved; None where none was), the RNG
+    states (for `training_state.set_rng_states`), the `extra` values, and the model id of its weights."""
+
+    model_id: str
+    step: int
+    epoch: Optional[int]
+    optimizer: Any
+    scheduler: Any
+    rng: dict
+    extra: dict
+
+
+def load_checkpoint(reference: str, store: StoreLike, *, execute_checks: bool = True) -> Checkpoint:
+    """The training state of a checkpoint (any reference; a name gives its newest), checked unless asked not to."""
+    store = _store(store)
+    dps = store.dict_pers_service
+    model_id = maintenance.resolve_model_id(store, reference)
+    named = refs.version_of(dps, model_id)
+    checkpoint = refs.checkpoint_summary(refs.version_record(dps, *named)) if named is not None else {}
+    state_id = checkpoint.get("state")
+    if not isinstance(state_id, str):
+        raise InvalidArgumentError(f"{reference} is not a checkpoint (it was saved without training state): load it "
+                                   "with mmlib.load, or resume from a version a Checkpointer saved")
+    module = maintenance.recover_model(store, state_id, execute_checks=execute_checks)
+    state = training_state.unpack(module, dps.recover_dict(state_id, refs.TRAINING_TREE)["tree"], state_id)
+    return Checkpoint(model_id, checkpoint["step"], checkpoint.get("epoch"), state["optimizer"], state["scheduler"],
+                      state["rng"], state["extra"])
+
+
 def resume(reference: str, store: StoreLike, model: Optional[torch.nn.Module] = None, optimizer: Any = None,
            scheduler: Any = None, *, extra: Optional[dict] = None, restore_rng: bool = True,
            execute_checks: bool = True) -> int:
     """Load a checkpoint (any reference; a name gives its newest) into `model` and every given object, restore the RNG
     states and fill `extra` (a dict) with the values saved as extra; returns the checkpoint's step."""
     store = _store(store)
-    dps = store.dict_pers_service
-    model_id = maintenance.resolve_model_id(store, reference)
-    named = refs.version_of(dps, model_id)
-    checkpoint = refs.version_record(dps, *named).get(refs.CHECKPOINT) if named is not None else None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state"), str):
-        raise InvalidArgumentError(f"{reference} is not a checkpoint (it was saved without training state): load it "
-                                   "with mmlib.load, or resume from a version a Checkpointer saved")
-    module = maintenance.recover_model(store, checkpoint["state"], execute_checks=execute_checks)
-    tree = dps.recover_dict(checkpoint["state"], refs.TRAINING_TREE)["tree"]
-    state = training_state.unpack(module, tree, checkpoint["state"])
+    checkpoint = load_checkpoint(reference, store, execute_checks=execute_checks)
     if model is not None:
-        recovered = maintenance.recover_model(store, model_id, execute_checks=execute_checks)
+        recovered = maintenance.recover_model(store, checkpoint.model_id, execute_checks=execute_checks)
         model.load_state_dict(recovered.state_dict())
-    training_state.load_state_of(optimizer, state["optimizer"], "optimizer")
-    training_state.load_state_of(scheduler, state["scheduler"], "scheduler")
+    training_state.load_state_of(optimizer, checkpoint.optimizer, "optimizer")
+    training_state.load_state_of(scheduler, checkpoint.scheduler, "scheduler")
     if extra is not None:
-        extra.update(state["extra"])
+        extra.update(checkpoint.extra)
     if restore_rng:
-        training_state.set_rng_states(state["rng"])
-    return checkpoint["step"]
+        training_state.set_rng_states(checkpoint.rng)
+    return checkpoint.step

@@ -34,9 +34,10 @@ class _Uninstalled(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Uninstalled())
 '''
 
-# The only modules that import pymongo, Pillow or pytest (`__main__` runs the command instead).
+# The only modules that import pymongo, Pillow, pytest or a training framework (`__main__` runs the command instead).
 _NEEDS_OPTIONAL = ("mmlib.__main__", "mmlib.util.mongo", "mmlib.persistence._mongo", "mmlib.persistence._gridfs",
-                   "mmlib.demo.image_classification", "mmlib.demo.image_data", "mmlib.testing.stores")
+                   "mmlib.demo.image_classification", "mmlib.demo.image_data", "mmlib.testing.stores",
+                   "mmlib.integrations.lightning", "mmlib.integrations.transformers")
 
 # Imports every other module, saves and recovers a model on the embedded store, then names a MongoDB store;
 # prints what it saw as JSON.

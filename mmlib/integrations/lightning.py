@@ -38,9 +38,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 import mmlib
 from mmlib import training_state
 from mmlib.api import StoreLike, _store
-from mmlib.checkpoints import Checkpointer, Retention
+from mmlib.checkpoints import Checkpointer, Retention, load_checkpoint
 from mmlib.errors import InvalidArgumentError
-from mmlib.integrations._checkpointer import StateHolder, checkpointer, resume_keeping_rng
 from mmlib.refs import check_name
 
 logger = logging.getLogger(__name__)
@@ -57,6 +56,20 @@ def _positive(value: Optional[int], what: str) -> Optional[int]:
         raise InvalidArgumentError(f"{what} must be a positive int or None, got {value!r}")
     return value
 
+
+
+class _StateHolder:
+    """Holds the optimizers' or schedulers' state dicts for a Checkpointer to save: Lightning's checkpoint dict has
+    them already, so the objects themselves are not what is saved."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def state_dict(self) -> Any:
+        return self.state
+
+    def load_state_dict(self, state: Any) -> None:
+        self.state = state
 
 class MMlibCheckpoint(Callback):
     """Saves the training as checkpoints of `name` in `store`, with ModelCheckpoint's triggers and retention.
@@ -99,8 +112,8 @@ class MMlibCheckpoint(Callback):
             raise InvalidArgumentError(f"init_args must be a dict of JSON values, got {type(init_args).__name__}")
         self.init_args = init_args
         self._checkpointer: Optional[Checkpointer] = None
-        self._optimizers, self._schedulers = StateHolder(), StateHolder()
-        self._last_global_step_saved = -1
+        self._optimizers, self._schedulers = _StateHolder(), _StateHolder()
+        self._last_global_step_saved = 0  # as ModelCheckpoint: nothing to save before the first step
         self._rng_on_train_start: Optional[dict] = None
 
     def __repr__(self) -> str:
@@ -114,8 +127,8 @@ class MMlibCheckpoint(Callback):
                                        f"{type(trainer.strategy).__name__} does not have it there: train with a "
                                        "single device or DDP")
         init_args = self.init_args if self.init_args is not None else dict(pl_module.hparams)
-        self._checkpointer = checkpointer(self.store, self.name, pl_module, self._optimizers, self._schedulers,
-                                          asdict(self.retention), {"init_args": init_args} if init_args else {})
+        self._checkpointer = Checkpointer(self.store, self.name, pl_module, self._optimizers, self._schedulers,
+                                          **asdict(self.retention), init_args=init_args or None)
 
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if self._checkpointer is not None:
@@ -124,7 +137,6 @@ class MMlibCheckpoint(Callback):
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                            checkpoint: dict[str, Any]) -> None:
-        self._last_global_step_saved = checkpoint.get("global_step", -1)
         self._rng_on_train_start = checkpoint.get(_MMLIB, {}).get("rng_on_train_start")
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -182,20 +194,24 @@ def _saves_on_train_epoch_end(trainer: "pl.Trainer") -> bool:
     return trainer.val_check_interval == 1.0
 
 
-def lightning_checkpoint(reference: str, store: StoreLike) -> dict[str, Any]:
+def _lightning_checkpoint(reference: str, store: StoreLike) -> dict[str, Any]:
     """Lightning's checkpoint dict of an mmlib checkpoint that MMlibCheckpoint saved; restores the RNG states as they
     were at the save."""
-    model_id = mmlib.get(reference, store).id  # resolved once: a save meanwhile may add a newer version
-    weights = mmlib.load(model_id, store).state_dict()
-    optimizers, schedulers = StateHolder(), StateHolder()
-    extra: dict = {}
-    _, rng = resume_keeping_rng(model_id, store, optimizer=optimizers, scheduler=schedulers, extra=extra)
-    if not isinstance(extra.get("lightning"), dict):
-        raise InvalidArgumentError(f"{reference} was not saved by MMlibCheckpoint (it holds no Lightning state): "
-                                   "resume it with mmlib.resume")
-    training_state.set_rng_states(rng)
-    return {**extra["lightning"], "state_dict": weights, "optimizer_states": optimizers.state,
-            "lr_schedulers": schedulers.state, _MMLIB: {"rng_on_train_start": rng if extra["within_epoch"] else None}}
+    checkpoint = load_checkpoint(reference, store)  # resolved once: a save meanwhile may add a newer version
+    if checkpoint.optimizer is None or checkpoint.scheduler is None:
+        raise _not_ours(reference, "it holds no optimizer or scheduler states")
+    if not isinstance(checkpoint.extra.get("lightning"), dict):
+        raise _not_ours(reference, "it holds no Lightning state")
+    training_state.set_rng_states(checkpoint.rng)
+    weights = mmlib.load(checkpoint.model_id, store).state_dict()
+    return {**checkpoint.extra["lightning"], "state_dict": weights, "optimizer_states": checkpoint.optimizer,
+            "lr_schedulers": checkpoint.scheduler,
+            _MMLIB: {"rng_on_train_start": checkpoint.rng if checkpoint.extra["within_epoch"] else None}}
+
+
+def _not_ours(reference: str, reason: object) -> InvalidArgumentError:
+    return InvalidArgumentError(f"{reference} was not saved by MMlibCheckpoint ({reason}): resume it with "
+                                "mmlib.resume")
 
 
 class MMlibCheckpointIO(CheckpointIO):
@@ -212,7 +228,7 @@ class MMlibCheckpointIO(CheckpointIO):
     def load_checkpoint(self, path: _PATH, map_location: Optional[Any] = None,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
         if isinstance(path, str) and path.startswith(SCHEME):
-            return lightning_checkpoint(path[len(SCHEME):], self.store)
+            return _lightning_checkpoint(path[len(SCHEME):], self.store)
         return self.checkpoint_io.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:

@@ -5,7 +5,7 @@
     resume(trainer, "run-17:v3", store)     # instead of trainer.train(resume_from_checkpoint=...)
 
 `MMlibCallback` saves at the Trainer's save events (`on_save`: after the Trainer has written its own checkpoint
-folder, which it still does) through `mmlib.Checkpointer`: the model, the optimizer's and scheduler's states, the
+folder, which it still does; `save_only_model=True` keeps that to the weights) through `mmlib.Checkpointer`: the model, the optimizer's and scheduler's states, the
 RNG states, and the TrainerState as JSON in `extra["trainer_state"]`, with the metrics of an evaluation at the same
 step. Retention follows the Trainer's arguments: `save_total_limit` keeps that many newest versions, and with
 `load_best_model_at_end` also the best by `metric_for_best_model` (the alias `best`; `greater_is_better` gives the
@@ -22,6 +22,7 @@ to be rebuilt by `model_from_config`; a model of another class is rebuilt from i
 A mixed-precision grad scaler's state is not saved; DeepSpeed and FSDP, which shard the model, are refused.
 """
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -36,9 +37,8 @@ from transformers.trainer_utils import TrainOutput
 import mmlib
 from mmlib import training_state
 from mmlib.api import StoreLike, _store
-from mmlib.checkpoints import Checkpointer
+from mmlib.checkpoints import Checkpointer, load_checkpoint
 from mmlib.errors import InvalidArgumentError
-from mmlib.integrations._checkpointer import StateHolder, checkpointer, resume_keeping_rng
 from mmlib.refs import check_name
 
 TRAINER_STATE = "trainer_state"  # the key of a checkpoint's extra that holds the TrainerState's JSON
@@ -51,10 +51,11 @@ def model_from_config(architecture: str, config: dict) -> torch.nn.Module:
     """The transformers model class `architecture` (a name transformers exports) built from its config as a dict:
     how mmlib rebuilds the models MMlibCallback saves."""
     cls = getattr(transformers, architecture, None)
-    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+    config_class = getattr(cls, "config_class", None)
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel) or config_class is None:
         raise InvalidArgumentError(f"{architecture!r} is no model class of transformers "
                                    f"{transformers.__version__}: install the version the model was saved with")
-    return cls(cls.config_class.from_dict(config))
+    return cls(config_class.from_dict(config))
 
 
 def _source(model: torch.nn.Module) -> dict:
@@ -97,8 +98,8 @@ class MMlibCallback(TrainerCallback):
             raise InvalidArgumentError("MMlibCallback saves the whole model from one process; DeepSpeed and FSDP "
                                        "shard it: train without them")
         model = kwargs["model"]
-        self._checkpointer = checkpointer(self.store, self.name, model, kwargs["optimizer"], kwargs["lr_scheduler"],
-                                          _retention(args), _source(model))
+        self._checkpointer = Checkpointer(self.store, self.name, model, kwargs["optimizer"], kwargs["lr_scheduler"],
+                                          **_retention(args), **_source(model))
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
@@ -112,7 +113,7 @@ class MMlibCallback(TrainerCallback):
             return
         metrics = self._metrics if self._metrics_step == state.global_step else {}
         self._checkpointer.save(state.global_step, epoch=int(state.epoch or 0), metrics=metrics,
-                                extra={TRAINER_STATE: state.to_json_string()})
+                                extra={TRAINER_STATE: json.dumps(dataclasses.asdict(state))})
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
@@ -125,7 +126,8 @@ class _Restorer(TrainerCallback):
     """Loads a checkpoint's optimizer, scheduler and RNG states where the Trainer would load its own files."""
 
     def __init__(self, optimizer_state: Any, scheduler_state: Any, rng: dict):
-        self._optimizer_state, self._scheduler_state, self._rng = optimizer_state, scheduler_state, rng
+        self._optimizer_state, self._scheduler_state = optimizer_state, scheduler_state
+        self._rng: Optional[dict] = rng
         self._within_epoch = False
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -152,21 +154,27 @@ class _Restorer(TrainerCallback):
             self._rng = None
 
 
+def _not_ours(reference: str, reason: object) -> InvalidArgumentError:
+    return InvalidArgumentError(f"{reference} was not saved by MMlibCallback ({reason}): resume it with mmlib.resume")
+
+
 def resume(trainer: Trainer, reference: str, store: StoreLike, **train_kwargs: Any) -> TrainOutput:
     """`trainer.train(**train_kwargs)` continuing exactly where the checkpoint `reference` (any reference to one
     MMlibCallback saved in `store`) was saved: weights, optimizer, scheduler, RNG states, step, epoch, data."""
-    model_id = mmlib.get(reference, store).id  # resolved once: a save meanwhile may add a newer version
-    optimizer, scheduler = StateHolder(), StateHolder()
-    extra: dict = {}
-    _, rng = resume_keeping_rng(model_id, store, model=trainer.model, optimizer=optimizer, scheduler=scheduler,
-                                extra=extra)
-    if not isinstance(extra.get(TRAINER_STATE), str):
-        raise InvalidArgumentError(f"{reference} was not saved by MMlibCallback (it holds no TrainerState): resume it "
-                                   "with mmlib.resume")
-    restorer = _Restorer(optimizer.state, scheduler.state, rng)
+    if trainer.model is None:
+        raise InvalidArgumentError("the Trainer has no model: give it model=... or model_init=...")
+    store = _store(store)
+    checkpoint = load_checkpoint(reference, store)  # resolved once: a save meanwhile may add a newer version
+    if checkpoint.optimizer is None or checkpoint.scheduler is None:
+        raise _not_ours(reference, "it holds no optimizer or scheduler state")
+    if not isinstance(checkpoint.extra.get(TRAINER_STATE), str):
+        raise _not_ours(reference, "it holds no TrainerState")
+    trainer.model.load_state_dict(mmlib.load(checkpoint.model_id, store).state_dict())
+    training_state.set_rng_states(checkpoint.rng)
+    restorer = _Restorer(checkpoint.optimizer, checkpoint.scheduler, checkpoint.rng)
     with tempfile.TemporaryDirectory(prefix="mmlib-resume-") as folder:
         with open(os.path.join(folder, transformers.trainer.TRAINER_STATE_NAME), "w", encoding="utf-8") as handle:
-            handle.write(extra[TRAINER_STATE])
+            handle.write(checkpoint.extra[TRAINER_STATE])
         safetensors.torch.save_model(trainer.model, os.path.join(folder, transformers.utils.SAFE_WEIGHTS_NAME))
         trainer.add_callback(restorer)
         try:
