@@ -31,6 +31,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,14 +43,14 @@ import torch.nn.functional as F
 
 import mmlib
 import mmlib.checkpoints
-from benchmarks.common import Progress, bytes_on_disk, p90, ratio, write_json
+from benchmarks.common import RESULTS_DIR, Progress, bytes_on_disk, p90, ratio, write_json
 from benchmarks.plots import checkpoint_storage_plot
 from benchmarks.report import fmt_bytes, fmt_ratio, fmt_seconds, table
 from mmlib import maintenance, refs
 from mmlib.models import ResNet18
 from mmlib.persistence.store import BLOB_DIR
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "checkpoints")
+DEFAULT_OUT = os.path.join(RESULTS_DIR, "checkpoints")
 KEEP_LAST, KEEP_BEST, MONITOR = 3, 1, "val_loss"
 STORAGE_TARGET, TIME_TARGET, BLOCKED_TARGET = 0.6, 1.5, 1.0
 QUICK_STEPS, QUICK_EVERY = 30, 5  # --quick: 6 checkpoints, so retention prunes
@@ -455,6 +456,19 @@ def run_workload(workload: str, steps: int, every: int, work_dir: Optional[str],
     }
 
 
+def _git_revision() -> Optional[str]:
+    """The commit the benchmarked code is at (`+` when the tree has changes), or None outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+" if dirty else "")
+
+
 def _verdict(value: Optional[float], target: float) -> str:
     return "n/a" if value is None else ("met" if value <= target else "NOT met")
 
@@ -462,10 +476,11 @@ def _verdict(value: Optional[float], target: float) -> str:
 def report(results: dict[str, Any]) -> str:
     """The printed tables."""
     meta = results["meta"]
-    lines = [f"## Training checkpoints: mmlib.Checkpointer vs Lightning-style torch.save files\n",
+    lines = ["## Training checkpoints: mmlib.Checkpointer vs Lightning-style torch.save files\n",
              f"{meta['steps']} steps, a checkpoint every {meta['every']} ({meta['steps'] // meta['every']} "
              f"checkpoints), retention keep_last={KEEP_LAST} + keep_best={KEEP_BEST} on {MONITOR} (min, one "
-             f"held-out batch); {meta['platform']}, torch {meta['torch']}, {meta['threads']} threads, CPU\n"]
+             f"held-out batch); mmlib at {meta['git']}, {meta['platform']}, torch {meta['torch']}, {meta['threads']} "
+             "threads, CPU\n"]
     rows = []
     for workload in results["workloads"].values():
         name, storage, save = workload["label"].split(" (")[0], workload["storage"], workload["save_time_s"]
@@ -561,7 +576,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "meta": {"steps": steps, "every": every, "quick": args.quick, "keep_last": KEEP_LAST,
                  "keep_best": KEEP_BEST, "monitor": MONITOR, "seed": SEED, "torch": torch.__version__,
                  "threads": torch.get_num_threads(), "platform": platform.platform(), "python": sys.version.split()[0],
-                 "baseline": BASELINE,
+                 "git": _git_revision(), "baseline": BASELINE,
                  "targets": {"storage_ratio": STORAGE_TARGET, "save_time_ratio": TIME_TARGET,
                              "blocked_over_copy": BLOCKED_TARGET}},
         "workloads": {name: run_workload(name, steps, every, args.work_dir, progress) for name in workloads}}
