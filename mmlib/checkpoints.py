@@ -17,7 +17,7 @@ import copy
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -77,7 +77,7 @@ class Retention:
         kept: dict[int, list[str]] = {}
         for record in records[-self.keep_last:] if self.keep_last else []:
             kept.setdefault(record["number"], []).append("last")
-        for record in self._best(records)[:self.keep_best]:
+        for record in self.ranked(records)[:self.keep_best]:
             kept.setdefault(record["number"], []).append("best")
         if self.keep_every:
             windows: set[int] = set()
@@ -90,7 +90,7 @@ class Retention:
             kept.setdefault(number, []).extend(f"alias:{alias}" for alias in aliases)
         return kept
 
-    def _best(self, records: list[dict]) -> list[dict]:
+    def ranked(self, records: list[dict]) -> list[dict]:
         """The records with a number for `monitor`, best first (the earlier first among equals)."""
         scored = [record for record in records if _metric(record, self.monitor) is not None]
         sign = 1 if self.mode == "min" else -1
@@ -225,12 +225,13 @@ class Checkpointer:
         module, tree = training_state.pack(state)
         return self._commit_packed(model, module, tree, record, tags, metrics)
 
-    def _commit_copied(self, copies_done: Any, *args: Any) -> Version:
+    def _commit_copied(self, copies_done: Callable[[], None], *args: Any) -> Version:
+        """Commit, in the background, once the copies of the state (on their way from a GPU) are done."""
         copies_done()
         return self._commit_packed(*args)
 
-    def _commit_packed(self, model: torch.nn.Module, module: training_state.TrainingStateModule, tree: Any, record: dict, tags: dict,
-                       metrics: dict) -> Version:
+    def _commit_packed(self, model: torch.nn.Module, module: training_state.TrainingStateModule, tree: Any,
+                       record: dict, tags: dict, metrics: dict) -> Version:
         """Store the training state and the model on the newest version, claim the next version number, prune."""
         dps = self.store.dict_pers_service
         for attempt in range(1, _SAVE_ATTEMPTS + 1):
@@ -273,7 +274,7 @@ class Checkpointer:
 
     def _is_best(self, number: int) -> bool:
         records = refs.live_records(self.store.dict_pers_service, self.name)
-        best = self.retention._best(records)
+        best = self.retention.ranked(records)
         return bool(best) and best[0]["number"] == number
 
 

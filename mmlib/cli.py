@@ -278,7 +278,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         summary += [("version", refs.version_id(*named)), ("aliases", ", ".join(refs.aliases_of(dps, *named)))]
         checkpoint = refs.checkpoint_summary(refs.version_record(dps, *named))
         if checkpoint:
-            summary += [("checkpoint step", str(checkpoint.get("step"))), ("epoch", str(_or_dash(checkpoint.get("epoch")))),
+            summary += [("checkpoint step", str(checkpoint.get("step"))),
+                        ("epoch", str(_or_dash(checkpoint.get("epoch")))),
                         ("training state", str(checkpoint.get("state")))]
     environment = [(key, ", ".join(value) if isinstance(value, list) else str(value or "-"))
                    for key, value in details.environment.items()]

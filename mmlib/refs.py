@@ -62,6 +62,9 @@ def claim_version(dps: DictPersistenceService, name: str, model_id: str, tags: d
                   extra: Optional[dict] = None) -> int:
     """Make `model_id` the next version of `name` (its record holding `extra` fields too, such as a checkpoint's);
     returns its number (distinct across processes, never reused)."""
+    dps.save_dict({ID: model_id, "name": name, "number": None}, VERSION_OF)  # a claim under way (see version_of)
+    if not dps.id_exists(name, NAME):  # the name exists before its first version, should a crash follow the claim
+        dps.insert_dict({ID: name, "name": name, "latest": 0}, NAME)
     number = _latest_hint(dps, name)
     while True:
         number += 1
@@ -136,7 +139,11 @@ def version_of(dps: DictPersistenceService, model_id: str) -> Optional[tuple[str
     if not dps.id_exists(model_id, VERSION_OF):
         return None
     record = dps.recover_dict(model_id, VERSION_OF)
-    return record["name"], record["number"]
+    if isinstance(record.get("number"), int):
+        return record["name"], record["number"]
+    # a claim that a crash cut short after it was noted here: the number it got, if it got one, is in its record
+    claimed = [other["number"] for other in live_records(dps, record["name"]) if other.get("model_id") == model_id]
+    return (record["name"], claimed[0]) if claimed else None
 
 
 def named_or_refused(dps: DictPersistenceService, model_id: str) -> tuple[str, int]:

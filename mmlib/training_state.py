@@ -140,8 +140,9 @@ def load_state_of(stateful: Any, state: Any, what: str) -> None:
         raise InvalidArgumentError(f"the checkpoint holds no {what} state: resume without {what}=...")
     if isinstance(stateful, (list, tuple)):
         if not isinstance(state, list) or len(state) != len(stateful):
-            raise InvalidArgumentError(f"the checkpoint holds the state of {len(state) if isinstance(state, list) else 1}"
-                                       f" {what}(s), {len(stateful)} were given")
+            saved = len(state) if isinstance(state, list) else 1
+            raise InvalidArgumentError(f"the checkpoint holds the state of {saved} {what}(s), {len(stateful)} were "
+                                       "given")
         for item, item_state in zip(stateful, state):
             load_state_of(item, item_state, what)
         return
@@ -165,7 +166,8 @@ def pack(state: dict, copy: bool = False) -> tuple[TrainingStateModule, Any]:
 def unpack(module: torch.nn.Module, tree: Any, state_id: Optional[str] = None) -> dict:
     """The state `pack` was given, from the recovered module and the stored tree; IntegrityError when the tree is
     not the one whose digest the module holds."""
-    if not isinstance(module, TrainingStateModule) or not torch.equal(module.get_buffer(TREE_DIGEST), _tree_digest(tree)):
+    if not isinstance(module, TrainingStateModule) or not torch.equal(module.get_buffer(TREE_DIGEST),
+                                                                       _tree_digest(tree)):
         raise IntegrityError(f"the training state {state_id} does not match its stored description (the checkpoint's "
                              "record was changed); run `mmlib verify`")
     return _decoded(tree, module.tensors())

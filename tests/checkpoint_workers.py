@@ -54,8 +54,9 @@ def _delayed(method):
     return call
 
 
-def checkpoint_until_killed(store_dir: str, ready) -> None:
-    """Child: resume the run from its newest checkpoint (if any), then save background checkpoints with retention."""
+def checkpoint_until_killed(store_dir: str, steps: int, ready) -> None:
+    """Child: resume the run from its newest checkpoint (if any), then save `steps` background checkpoints with
+    retention."""
     store = mmlib.open_store(store_dir)
     store.dict_pers_service.save_dict = _delayed(store.dict_pers_service.save_dict)
     store.dict_pers_service.insert_dict = _delayed(store.dict_pers_service.insert_dict)
@@ -63,7 +64,7 @@ def checkpoint_until_killed(store_dir: str, ready) -> None:
     start = mmlib.resume("run", store, model, optimizer) + 1 if mmlib.find(store, name="run") else 0
     ready.set()
     with mmlib.Checkpointer(store, "run", model, optimizer, keep_last=2, keep_best=1, monitor="loss") as checkpoints:
-        for step in range(start, start + STEPS_PER_RUN):
+        for step in range(start, start + steps):
             set_state_at(model, optimizer, step)
             checkpoints.save(step, metrics={"loss": loss_at(step)}, blocking=False)
 

@@ -246,3 +246,28 @@ def test_verify_reports_refs_that_name_no_stored_model_and_forced_removal_drops_
     store.dict_pers_service.delete_dict(again.id, "model_info")  # the model document lost behind mmlib's back
     assert sorted(problem.item for problem in maintenance.verify(store)) == \
         ["ref detector:production", "ref detector:v3"]
+
+
+def test_a_version_claim_cut_short_after_its_number_still_names_the_model(location, monkeypatch):
+    store = mmlib.open_store(location)
+    model_id = mmlib.save(TinyNet(), store).id
+    dps = store.dict_pers_service
+    real_save = dps.save_dict
+
+    def crash_after_the_number(document, kind):  # the process dies once the version record is in
+        if kind == refs.NAME:
+            raise KeyboardInterrupt("killed")
+        return real_save(document, kind)
+
+    monkeypatch.setattr(dps, "save_dict", crash_after_the_number)
+    with pytest.raises(KeyboardInterrupt):
+        refs.claim_version(dps, "detector", model_id, {}, {})
+    monkeypatch.undo()
+    assert refs.version_of(dps, model_id) == ("detector", 1)
+    assert mmlib.get("detector:v1", store).id == model_id and mmlib.get(model_id, store).ref == "detector:v1"
+    other_id = mmlib.save(TinyNet(), store).id
+    monkeypatch.setattr(dps, "insert_dict", lambda document, kind: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # dies before it got a number: the model stays unnamed
+        refs.claim_version(dps, "detector", other_id, {}, {})
+    monkeypatch.undo()
+    assert refs.version_of(dps, other_id) is None and mmlib.get(other_id, store).name is None

@@ -5,12 +5,13 @@
     resume(trainer, "run-17:v3", store)     # instead of trainer.train(resume_from_checkpoint=...)
 
 `MMlibCallback` saves at the Trainer's save events (`on_save`: after the Trainer has written its own checkpoint
-folder, which it still does; `save_only_model=True` keeps that to the weights) through `mmlib.Checkpointer`: the model, the optimizer's and scheduler's states, the
-RNG states, and the TrainerState as JSON in `extra["trainer_state"]`, with the metrics of an evaluation at the same
-step. Retention follows the Trainer's arguments: `save_total_limit` keeps that many newest versions, and with
-`load_best_model_at_end` also the best by `metric_for_best_model` (the alias `best`; `greater_is_better` gives the
-mode). So mmlib keeps the Trainer's set of checkpoints, and one more when the best is not among the newest (the
-Trainer counts the best among its `save_total_limit`); without `save_total_limit` every version stays, unaliased.
+folder, which it still does; `save_only_model=True` keeps that to the weights) through `mmlib.Checkpointer`: the
+model, the optimizer's and scheduler's states, the RNG states, and the TrainerState as JSON in
+`extra["trainer_state"]`, with the metrics of an evaluation at the same step. Retention follows the Trainer's
+arguments: `save_total_limit` keeps that many newest versions, and with `load_best_model_at_end` also the best
+by `metric_for_best_model` (the alias `best`; `greater_is_better` gives the mode). So mmlib keeps the Trainer's
+set of checkpoints, and one more when the best is not among the newest (the Trainer counts the best among its
+`save_total_limit`); without `save_total_limit` every version stays, unaliased.
 
 Resuming: the Trainer continues a training only from a checkpoint folder, and reads the optimizer, scheduler and RNG
 files there with torch.load. `resume` writes a folder with only the TrainerState (JSON) and the weights
