@@ -57,7 +57,6 @@ def _positive(value: Optional[int], what: str) -> Optional[int]:
     return value
 
 
-
 class _StateHolder:
     """Holds the optimizers' or schedulers' state dicts for a Checkpointer to save: Lightning's checkpoint dict has
     them already, so the objects themselves are not what is saved."""
@@ -70,6 +69,7 @@ class _StateHolder:
 
     def load_state_dict(self, state: Any) -> None:
         self.state = state
+
 
 class MMlibCheckpoint(Callback):
     """Saves the training as checkpoints of `name` in `store`, with ModelCheckpoint's triggers and retention.
