@@ -57,7 +57,7 @@ class Version:
         return refs.version_id(self.name, self.number) if self.name is not None and self.number else self.id
 
 
-def _store(store: StoreLike) -> Store:
+def store_of(store: StoreLike) -> Store:
     """`store` opened when it is a path or URI, else checked to be a store."""
     return open_store(store) if isinstance(store, str) else checked_store(store)
 
@@ -75,6 +75,16 @@ def _checked_values(values: Optional[dict], what: str, kinds: tuple[type, ...]) 
     return values
 
 
+def checked_tags(tags: Optional[dict]) -> dict:
+    """`tags` (None: empty) when they map strings to strings, numbers or booleans."""
+    return _checked_values(tags, "tags", (str, int, float, bool))
+
+
+def checked_metrics(metrics: Optional[dict]) -> dict:
+    """`metrics` (None: empty) when they map strings to numbers."""
+    return _checked_values(metrics, "metrics", (int, float))
+
+
 def save(model: torch.nn.Module, store: StoreLike, name: Optional[str] = None, *, base: Optional[str] = None,
          approach: Optional[str] = None, tags: Optional[dict] = None, metrics: Optional[dict] = None,
          init_args: Optional[dict] = None, model_import: Optional[str] = None, code: Optional[str] = None,
@@ -85,12 +95,11 @@ def save(model: torch.nn.Module, store: StoreLike, name: Optional[str] = None, *
     it has the same architecture, is stored as a compressed update of it; anything else as a snapshot.
     `approach="snapshot"` or `"update"` forces one (an update needs a base of the same architecture).
     """
-    store = _store(store)
+    store = store_of(store)
     dps = store.dict_pers_service
     if name is not None:
         refs.check_name(name)
-    tags = _checked_values(tags, "tags", (str, int, float, bool))
-    metrics = _checked_values(metrics, "metrics", (int, float))
+    tags, metrics = checked_tags(tags), checked_metrics(metrics)
     if (tags or metrics) and name is None:
         raise InvalidSaveInfoError("tags and metrics belong to a named version: pass name=...")
     if approach not in (None, SNAPSHOT, UPDATE):
@@ -103,7 +112,7 @@ def save(model: torch.nn.Module, store: StoreLike, name: Optional[str] = None, *
                                   model_import=model_import, code=code, env=env)
     if name is not None:
         refs.claim_version(dps, name, model_id, tags, metrics)
-    return _version(store, model_id)
+    return version_info(store, model_id)
 
 
 def latest_model_id(dps: Any, name: str) -> Optional[str]:
@@ -152,18 +161,18 @@ def load(reference: str, store: StoreLike, *, device: Optional[DeviceLike] = Non
          execute_checks: bool = True) -> torch.nn.Module:
     """The model a reference (id, prefix, `NAME`, `NAME:vN`, `NAME:ALIAS`) names, on `device` (default: the CPU),
     checked unless asked not to."""
-    store = _store(store)
+    store = store_of(store)
     return maintenance.recover_model(store, maintenance.resolve_model_id(store, reference),
                                      execute_checks=execute_checks, device=device)
 
 
 def get(reference: str, store: StoreLike) -> Version:
     """The Version a reference names (metadata only: no weights are read)."""
-    store = _store(store)
-    return _version(store, maintenance.resolve_model_id(store, reference))
+    store = store_of(store)
+    return version_info(store, maintenance.resolve_model_id(store, reference))
 
 
-def _version(store: Store, model_id: str, named: Optional[refs.NamedVersion] = None) -> Version:
+def version_info(store: Store, model_id: str, named: Optional[refs.NamedVersion] = None) -> Version:
     """The Version of a stored model (`named`: what the refs say of it, when the caller read them already)."""
     dps = store.dict_pers_service
     stored = maintenance.version(store, model_id)
@@ -186,22 +195,22 @@ def _named(store: Store, reference: str) -> tuple[str, int]:
 
 def set_alias(store: StoreLike, reference: str, alias: str) -> None:
     """Point `alias` of the version's name at the version `reference` names (`NAME:ALIAS` then names it)."""
-    store = _store(store)
+    store = store_of(store)
     refs.set_alias(store.dict_pers_service, *_named(store, reference), alias)
 
 
 def set_tags(store: StoreLike, reference: str, tags: dict) -> None:
     """Add tags to (or change tags of) the named version `reference` names."""
-    store = _store(store)
+    store = store_of(store)
     refs.update_version(store.dict_pers_service, *_named(store, reference), "tags",
-                        _checked_values(tags, "tags", (str, int, float, bool)))
+                        checked_tags(tags))
 
 
 def set_metrics(store: StoreLike, reference: str, metrics: dict) -> None:
     """Add metrics to (or change metrics of) the named version `reference` names."""
-    store = _store(store)
+    store = store_of(store)
     refs.update_version(store.dict_pers_service, *_named(store, reference), "metrics",
-                        _checked_values(metrics, "metrics", (int, float)))
+                        checked_metrics(metrics))
 
 
 def find(store: StoreLike, *, name: Optional[str] = None, tags: Optional[dict] = None,
@@ -209,12 +218,12 @@ def find(store: StoreLike, *, name: Optional[str] = None, tags: Optional[dict] =
     """The named versions of the store (of `name`, with every tag of `tags`), newest first or by `order_by`:
     `created`, `number`, `name` or `metrics.KEY` / `tags.KEY`, with a leading `-` for descending (versions that
     lack the key come last, newest first)."""
-    store = _store(store)
-    wanted = _checked_values(tags, "tags", (str, int, float, bool))
+    store = store_of(store)
+    wanted = checked_tags(tags)
     table = refs.named_versions(store.dict_pers_service)
     chosen = {model_id: named for model_id, named in table.items() if name in (None, named.name)
               and all(named.tags.get(key) == value for key, value in wanted.items())}
-    newest_first = _ordered([_version(store, model_id, named) for model_id, named in chosen.items()], "-created")
+    newest_first = _ordered([version_info(store, model_id, named) for model_id, named in chosen.items()], "-created")
     return _ordered(newest_first, order_by) if order_by is not None else newest_first
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from mmlib import maintenance, pruning, refs, training_state
-from mmlib.api import StoreLike, Savers, Version, _checked_values, _store, _version
+from mmlib.api import Savers, StoreLike, Version, checked_metrics, checked_tags, store_of, version_info
 from mmlib.errors import InvalidArgumentError, MMLibError, ModelNotFoundError
 from mmlib.persistence import _coordination as coordination
 from mmlib.persistence.store import Store
@@ -111,7 +111,7 @@ def _step(record: dict) -> int:
 def prune(store: StoreLike, name: str, retention: Retention, *, dry_run: bool = False) -> list[dict]:
     """Prune the versions of `name` that `retention` does not keep; returns their records. Kept versions keep their
     ids and recover exactly; the pruned ones' weights go as far as no kept version reads them."""
-    store = _store(store)
+    store = store_of(store)
     dps = store.dict_pers_service
     records = refs.live_records(dps, refs.check_name(name))
     kept = retention.reasons(records, refs.aliased_numbers(dps, name))
@@ -165,7 +165,7 @@ class Checkpointer:
                  scheduler: Any = None, *, keep_last: Optional[int] = None, keep_best: int = 0,
                  monitor: Optional[str] = None, mode: str = "min", keep_every: Optional[int] = None,
                  init_args: Optional[dict] = None, model_import: Optional[str] = None, code: Optional[str] = None):
-        self.store: Store = _store(store)
+        self.store: Store = store_of(store)
         self.name = refs.check_name(name)
         if not isinstance(model, torch.nn.Module):
             raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -184,8 +184,7 @@ class Checkpointer:
         save is in flight: the next waits for it, and raises what it raised."""
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise InvalidArgumentError(f"step must be an int >= 0, got {step!r}")
-        metrics = _checked_values(metrics, "metrics", (int, float))
-        tags = _checked_values(tags, "tags", (str, int, float, bool))
+        metrics, tags = checked_metrics(metrics), checked_tags(tags)
         self.wait()
         state = {"optimizer": training_state.state_of(self.optimizer),
                  "scheduler": training_state.state_of(self.scheduler),
@@ -251,7 +250,7 @@ class Checkpointer:
             refs.set_alias(dps, self.name, number, "best")
         if self.retention.active:
             prune(self.store, self.name, self.retention)
-        return _version(self.store, model_id)
+        return version_info(self.store, model_id)
 
     def _save_on(self, latest: Optional[dict], model: torch.nn.Module,
                  module: training_state.TrainingStateModule) -> tuple[str, str]:
@@ -295,7 +294,7 @@ class Checkpoint:
 
 def load_checkpoint(reference: str, store: StoreLike, *, execute_checks: bool = True) -> Checkpoint:
     """The training state of a checkpoint (any reference; a name gives its newest), checked unless asked not to."""
-    store = _store(store)
+    store = store_of(store)
     dps = store.dict_pers_service
     model_id = maintenance.resolve_model_id(store, reference)
     named = refs.version_of(dps, model_id)
@@ -315,7 +314,7 @@ def resume(reference: str, store: StoreLike, model: Optional[torch.nn.Module] = 
            execute_checks: bool = True) -> int:
     """Load a checkpoint (any reference; a name gives its newest) into `model` and every given object, restore the RNG
     states and fill `extra` (a dict) with the values saved as extra; returns the checkpoint's step."""
-    store = _store(store)
+    store = store_of(store)
     checkpoint = load_checkpoint(reference, store, execute_checks=execute_checks)
     if model is not None:
         recovered = maintenance.recover_model(store, checkpoint.model_id, execute_checks=execute_checks)

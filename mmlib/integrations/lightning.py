@@ -37,7 +37,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 import mmlib
 from mmlib import training_state
-from mmlib.api import StoreLike, _store
+from mmlib.api import StoreLike, store_of
 from mmlib.checkpoints import Checkpointer, Retention, load_checkpoint
 from mmlib.errors import InvalidArgumentError
 from mmlib.refs import check_name
@@ -87,7 +87,7 @@ class MMlibCheckpoint(Callback):
                  save_top_k: int = 1, save_last: Optional[bool] = None, keep_last: Optional[int] = None,
                  every_n_train_steps: Optional[int] = None, every_n_epochs: Optional[int] = None,
                  init_args: Optional[dict] = None):
-        self.store = _store(store)
+        self.store = store_of(store)
         self.name = check_name(name)
         if save_last is False:
             raise InvalidArgumentError("save_last=False cannot be honoured: mmlib always keeps the newest checkpoint "
@@ -219,7 +219,7 @@ class MMlibCheckpointIO(CheckpointIO):
     saved in `store`; other paths are read and written by `checkpoint_io` (default: Lightning's TorchCheckpointIO)."""
 
     def __init__(self, store: StoreLike, checkpoint_io: Optional[CheckpointIO] = None):
-        self.store = _store(store)
+        self.store = store_of(store)
         self.checkpoint_io = checkpoint_io if checkpoint_io is not None else TorchCheckpointIO()
 
     def __repr__(self) -> str:

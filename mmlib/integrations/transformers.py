@@ -37,7 +37,7 @@ from transformers.trainer_utils import TrainOutput
 
 import mmlib
 from mmlib import training_state
-from mmlib.api import StoreLike, _store
+from mmlib.api import StoreLike, store_of
 from mmlib.checkpoints import Checkpointer, load_checkpoint
 from mmlib.errors import InvalidArgumentError
 from mmlib.refs import check_name
@@ -84,7 +84,7 @@ class MMlibCallback(TrainerCallback):
     Trainer's retention arguments keep."""
 
     def __init__(self, store: StoreLike, name: str):
-        self.store = _store(store)
+        self.store = store_of(store)
         self.name = check_name(name)
         self._checkpointer: Optional[Checkpointer] = None
         self._metrics: dict = {}
@@ -164,7 +164,7 @@ def resume(trainer: Trainer, reference: str, store: StoreLike, **train_kwargs: A
     MMlibCallback saved in `store`) was saved: weights, optimizer, scheduler, RNG states, step, epoch, data."""
     if trainer.model is None:
         raise InvalidArgumentError("the Trainer has no model: give it model=... or model_init=...")
-    store = _store(store)
+    store = store_of(store)
     checkpoint = load_checkpoint(reference, store)  # resolved once: a save meanwhile may add a newer version
     if checkpoint.optimizer is None or checkpoint.scheduler is None:
         raise _not_ours(reference, "it holds no optimizer or scheduler state")
