@@ -1,7 +1,9 @@
 """Store maintenance: list, inspect, verify, export, remove and garbage-collect the models of a store.
 
 These are the functions behind the `mmlib` command; each takes a `Store` (from `open_store`).
-Garbage collection is safe while other processes save (see `collect_garbage`).
+Garbage collection is safe while other processes save (see `collect_garbage`). Listing models needs no torch:
+the save services (and torch with them) are imported when a model is first recovered, so that `mmlib ls` starts
+at once.
 """
 
 import contextlib
@@ -11,12 +13,9 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Concatenate, Iterable, Iterator, Optional, ParamSpec, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterable, Iterator, Optional, ParamSpec, TypeVar
 
 from mmlib.constants import PROGRESS_LOGGER
-from mmlib.approaches.base import AbstractSaveService, DeviceLike
 from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, EnvironmentMismatchWarning, IntegrityError,
                           InvalidIdError, ModelInUseError, ModelNotFoundError, NotFoundError, RestoreError,
                           StoreUnavailableError)
@@ -27,7 +26,6 @@ from mmlib.persistence._gc import DEFAULT_GC_GRACE_S, GarbageReport, sweep
 from mmlib.persistence.base import DictPersistenceService
 from mmlib.persistence.store import Store, checked_store
 from mmlib.refs import MIN_PREFIX
-from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.lineage import walk_lineage
 from mmlib.pruning import Lineages, own_items, weights_blob
 from mmlib.schema.model_info import (CREATED, DERIVED_FROM, MODEL_INFO, PRUNED, RECORDED_WEIGHTS_HASH, STORE_TYPE,
@@ -35,19 +33,17 @@ from mmlib.schema.model_info import (CREATED, DERIVED_FROM, MODEL_INFO, PRUNED, 
 from mmlib.schema.schema_obj import BLOB, StoredItem, damaged_document
 from mmlib.schema.store_format import FORMAT_DOCUMENT_ID, STORE_FORMAT, check_store_format
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.util.safetensors_io import write_state_dict
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmlib.approaches.base import AbstractSaveService, DeviceLike
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 progress = logging.getLogger(PROGRESS_LOGGER)
 
-# The save service that recovers each store type.
-SAVE_SERVICES: dict[ModelStoreType, type[AbstractSaveService]] = {
-    ModelStoreType.FULL_MODEL: BaselineSaveService,
-    ModelStoreType.WEIGHT_UPDATES: WeightUpdateSaveService,
-    ModelStoreType.PROVENANCE: ProvenanceSaveService,
-}
 # The length of the id prefixes tables show.
 ABBREVIATED = 12
 RECLAIMED = "reclaimed"  # set in a pruned model's marker once its weights blob is gone
@@ -477,15 +473,34 @@ def tree_of(versions: list[Version]) -> list[TreeNode]:
     return roots
 
 
+@functools.cache
+def _save_services() -> dict[ModelStoreType, type["AbstractSaveService"]]:
+    """The save service that recovers each store type, imported on first use (`mmlib.save` imports torch)."""
+    from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
+
+    return {
+        ModelStoreType.FULL_MODEL: BaselineSaveService,
+        ModelStoreType.WEIGHT_UPDATES: WeightUpdateSaveService,
+        ModelStoreType.PROVENANCE: ProvenanceSaveService,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    """`SAVE_SERVICES` (the save service class that recovers each store type), imported when first asked for."""
+    if name == "SAVE_SERVICES":
+        return _save_services()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @_takes_store
-def save_service_for(store: Store, store_type: ModelStoreType) -> AbstractSaveService:
+def save_service_for(store: Store, store_type: ModelStoreType) -> "AbstractSaveService":
     """The mmlib.save service that recovers models of `store_type` from this store."""
-    return SAVE_SERVICES[store_type](store.file_pers_service, store.dict_pers_service)
+    return _save_services()[store_type](store.file_pers_service, store.dict_pers_service)
 
 
 @_takes_store
 def recover_model(store: Store, model_id: str, execute_checks: bool = True,
-                  device: Optional[DeviceLike] = None) -> torch.nn.Module:
+                  device: Optional["DeviceLike"] = None) -> "torch.nn.Module":
     """Recover a model with the save service its store type needs, on `device` (default: the CPU)."""
     store_type = ModelStoreType(version(store, model_id).store_type)
     model = save_service_for(store, store_type).recover_model(model_id, execute_checks=execute_checks,
@@ -498,6 +513,8 @@ def recover_model(store: Store, model_id: str, execute_checks: bool = True,
 @_takes_store
 def export_weights(store: Store, model_id: str, path: str) -> int:
     """Recover a model (with checks) and write its state dict to `path` as safetensors; returns the tensor count."""
+    from mmlib.util.safetensors_io import write_state_dict  # imports torch, as recovering does
+
     state_dict = recover_model(store, model_id).state_dict()
     with atomic_write(path) as out:
         write_state_dict(state_dict, out)

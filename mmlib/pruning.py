@@ -12,7 +12,6 @@ import time
 from typing import Iterable, Optional
 
 from mmlib import refs
-from mmlib.approaches.update_format import read_update
 from mmlib.constants import ID
 from mmlib.persistence.base import split_reference_id
 from mmlib.persistence.store import Store
@@ -61,6 +60,8 @@ class Lineages:
         if reference is None:
             return set()
         if reference not in _READS:  # a blob never changes: what it reads is worked out once per process
+            from mmlib.approaches.update_format import read_update  # torch: only stores with pruned models need it
+
             index = read_update(memoryview(self.store.file_pers_service.read_bytes(reference)), model_id)
             remember_reads(reference, {location.holder for location in index.locations.values()}
                            | {location.keyframe for location in index.locations.values()})

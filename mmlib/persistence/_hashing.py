@@ -7,8 +7,6 @@ content address and the integrity check cost little time on top of the I/O itsel
 import concurrent.futures
 from typing import Optional
 
-import numpy as np
-
 from mmlib.errors import IntegrityError
 from mmlib.util.buffers import BinarySink, BinarySource, Buffer
 from mmlib.util.hash import new_hasher
@@ -65,6 +63,8 @@ def read_verified(source: BinarySource, size: int, digest: str) -> memoryview:
     Chunks are hashed in a helper thread while the next one is read. The buffer is not zero-filled first (the
     read fills it), which saves a pass over large blobs. IntegrityError when the bytes differ in length or hash.
     """
+    import numpy as np  # here, not at the top: listing a store (`mmlib ls`) reads no blob and stays quick
+
     view = np.empty(size, dtype=np.uint8).data
     hasher = new_hasher()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash") as helper:

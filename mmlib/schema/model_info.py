@@ -6,7 +6,7 @@ to the whole record, so a recovery can check every piece before it uses any.
 """
 
 import time
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from mmlib.constants import ID
 from mmlib.errors import IntegrityError
@@ -15,7 +15,9 @@ from mmlib.schema.recover_info import FullModelRecoverInfo, ProvenanceRecoverInf
 from mmlib.schema.schema_obj import METADATA_SIZE, ObjectField, SchemaObj, StoredItem, ValueField, content_digest
 from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
+
+if TYPE_CHECKING:  # imported by `_decoded_tree`: it imports torch, which listing a store does without
+    from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
 
 MODEL_INFO = "model_info"
 # Marks a model pruned by a retention policy: its record stays, its weights go where nothing reads them
@@ -42,6 +44,14 @@ def _recover_info_class(document: dict) -> type:
     return RECOVER_INFO_CLASSES[ModelStoreType(document[STORE_TYPE])]
 
 
+def _decoded_tree(stored: object) -> "WeightDictMerkleTree":
+    """A stored weights hash tree, checked and decoded; its module is imported here, on first use, since it imports
+    torch and listing or sizing models reads no tree."""
+    from mmlib.util.weight_dict_merkle_tree import WeightDictMerkleTree
+
+    return WeightDictMerkleTree.from_document(stored)
+
+
 class ModelInfo(SchemaObj):
     """One saved model version: store type, recover info, base model id, the Merkle tree of its weights, and the
     layout of its state (shared tensors, module versions, extra states, ...) that a rebuild restores.
@@ -51,7 +61,7 @@ class ModelInfo(SchemaObj):
     """
 
     _representation_type = MODEL_INFO
-    _weights_hash: Optional[WeightDictMerkleTree]  # set through `weights_hash_info`
+    _weights_hash: Optional["WeightDictMerkleTree"]  # set through `weights_hash_info`
     _fields = (
         ValueField("store_type", key=STORE_TYPE, encode=lambda value: value.value, decode=ModelStoreType),
         ObjectField("recover_info", _recover_info_class, key=RECOVER_INFO_ID, size_key="recover_info"),
@@ -74,15 +84,15 @@ class ModelInfo(SchemaObj):
         self.state_layout = state_layout
 
     @property
-    def weights_hash_info(self) -> Optional[WeightDictMerkleTree]:
+    def weights_hash_info(self) -> Optional["WeightDictMerkleTree"]:
         """The Merkle tree of the model's weights, checked and decoded on first use: a recovery walks many versions'
         documents but needs few of their trees."""
         if self._weights_hash is None and self.weights_hash_document is not None:
-            self._weights_hash = WeightDictMerkleTree.from_document(self.weights_hash_document)
+            self._weights_hash = _decoded_tree(self.weights_hash_document)
         return self._weights_hash
 
     @weights_hash_info.setter
-    def weights_hash_info(self, tree: Optional[WeightDictMerkleTree]) -> None:
+    def weights_hash_info(self, tree: Optional["WeightDictMerkleTree"]) -> None:
         self._weights_hash = tree
         self.weights_hash_document = None if tree is None else tree.to_document()
 
@@ -110,13 +120,14 @@ class ModelInfo(SchemaObj):
         return sizes
 
 
-def record_weights_hash(model_id: str, tree: WeightDictMerkleTree, dict_pers_service: DictPersistenceService) -> None:
+def record_weights_hash(model_id: str, tree: "WeightDictMerkleTree", dict_pers_service: DictPersistenceService) -> None:
     """Store the hash of the weights a provenance version's training produced, in a document named after it."""
     dict_pers_service.save_dict({ID: model_id, MODEL_ID: model_id, WEIGHTS_HASH_INFO: tree.to_document()},
                                 RECORDED_WEIGHTS_HASH)
 
 
-def recorded_weights_hash(model_id: str, dict_pers_service: DictPersistenceService) -> Optional[WeightDictMerkleTree]:
+def recorded_weights_hash(model_id: str, dict_pers_service: DictPersistenceService
+                          ) -> Optional["WeightDictMerkleTree"]:
     """The weights hash recorded for a provenance version after its save, or None when none was recorded.
 
     The document is checked against the model id it must name and its tree against its own root hash.
@@ -125,7 +136,7 @@ def recorded_weights_hash(model_id: str, dict_pers_service: DictPersistenceServi
         return None
     document = dict_pers_service.recover_dict(model_id, RECORDED_WEIGHTS_HASH)
     try:
-        tree = WeightDictMerkleTree.from_document(document[WEIGHTS_HASH_INFO])
+        tree = _decoded_tree(document[WEIGHTS_HASH_INFO])
         consistent = document.get(MODEL_ID) == model_id and tree.check_integrity()
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise IntegrityError(f"the weights hash recorded for model {model_id} is damaged ({error!r}); record it again "

@@ -24,15 +24,16 @@ import tempfile
 from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, Optional, TypeVar, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, TypeVar, Union
 
 from mmlib.config import config_value
 from mmlib.errors import InvalidSaveInfoError, RestoreError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.schema.schema_obj import IsolatedFileField, ObjectMapField, SchemaObj, ValueField
 from mmlib.util.init_from_file import check_class_name, create_object_with_parameters, parse_import_cmd
+
+if TYPE_CHECKING:  # for annotations only: importing mmlib.schema (as `mmlib ls` does) needs no torch
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class TrainService(StateDictObj, ABC):
     """Trains a model with the objects in `state_objs`; re-running it after restore reproduces the training."""
 
     @abstractmethod
-    def train(self, model: torch.nn.Module, **kwargs: Any) -> None:
+    def train(self, model: "torch.nn.Module", **kwargs: Any) -> None:
         """Train `model` in place; `kwargs` are the train kwargs stored with the model version."""
 
 

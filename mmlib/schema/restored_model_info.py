@@ -1,14 +1,15 @@
 """What `recover_model` returns."""
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # for annotations only: importing mmlib.schema (as `mmlib ls` does) needs no torch
+    import torch
 
 
 class RestoredModelInfo:
     """A recovered model (and the id it was stored under)."""
 
-    def __init__(self, model: Optional[torch.nn.Module] = None, model_id: Optional[str] = None):
+    def __init__(self, model: Optional["torch.nn.Module"] = None, model_id: Optional[str] = None):
         self.model = model
         self.model_id = model_id
 

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from mmlib.errors import IntegrityError
-from mmlib.util.dtypes import dtype_from_name
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,8 @@ class StateLayout:
     @classmethod
     def from_document(cls, document: dict) -> "StateLayout":
         """Parse `to_document` output; raises IntegrityError when it is not one."""
+        from mmlib.util.dtypes import dtype_from_name  # it imports torch, which listing a store does without
+
         try:
             module_metadata = {prefix: dict(entry) for entry, prefixes in document.get("module_metadata", [])
                                for prefix in _names(prefixes)}
