@@ -17,7 +17,7 @@ import torch
 from mmlib import maintenance, refs
 from mmlib.approaches.base import DeviceLike
 from mmlib.errors import IncompatibleModelError, InvalidArgumentError, InvalidSaveInfoError
-from mmlib.persistence.store import Store, checked_store, open_store
+from mmlib.persistence.store import Store, StoreLike, open_store, store_of
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.environment import Environment
 from mmlib.schema.model_info import CREATED, MODEL_INFO
@@ -25,7 +25,6 @@ from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.track_env import track_current_environment
 
-StoreLike = Union[Store, tuple, str]
 SNAPSHOT, UPDATE, PROVENANCE = "snapshot", "update", "provenance"
 APPROACHES = {ModelStoreType.FULL_MODEL.value: SNAPSHOT, ModelStoreType.WEIGHT_UPDATES.value: UPDATE,
               ModelStoreType.PROVENANCE.value: PROVENANCE}
@@ -55,11 +54,6 @@ class Version:
     def ref(self) -> str:
         """The shortest stable reference to this version: `NAME:vN`, or the id of an unnamed model."""
         return refs.version_id(self.name, self.number) if self.name is not None and self.number else self.id
-
-
-def store_of(store: StoreLike) -> Store:
-    """`store` opened when it is a path or URI, else checked to be a store."""
-    return open_store(store) if isinstance(store, str) else checked_store(store)
 
 
 def _checked_values(values: Optional[dict], what: str, kinds: tuple[type, ...]) -> dict:

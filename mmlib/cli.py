@@ -18,6 +18,7 @@ from mmlib import __version__, maintenance, refs
 from mmlib.constants import PROGRESS_LOGGER
 from mmlib.errors import InvalidIdError, MMLibError, ModelNotFoundError, StoreUnavailableError
 from mmlib.persistence.store import Store, open_store
+from mmlib.retention import Retention, prune
 from mmlib.schema.model_info import PRUNED
 from mmlib.util.table import format_table
 
@@ -182,8 +183,6 @@ def _checkpoint_columns(store: Store, name: str, versions: list[Optional[refs.Na
                         ) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """STEP, the monitored metric and KEPT (the rules that keep each version) for the checkpoints of `name`, under
     the retention its newest checkpoint was saved with."""
-    from mmlib.checkpoints import Retention
-
     dps = store.dict_pers_service
     latest = refs.latest_record(dps, name) or {}
     retention = Retention(**(latest.get(refs.CHECKPOINT) or {}).get("retention", {}))
@@ -212,8 +211,6 @@ def _name_columns(version: Optional[refs.NamedVersion]) -> tuple[str, str, str]:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from mmlib.checkpoints import Retention, prune
-
     retention = Retention(args.keep_last, args.keep_best, args.monitor, args.mode, args.keep_every)
     if not retention.active:
         raise _UsageError("give at least one rule: --keep-last N, with --keep-best K --monitor METRIC or --keep-every "

@@ -37,7 +37,8 @@ _CHILD = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def saved_store(tmp_path_factory) -> dict:
-    """An embedded store holding two versions of `detector` (a snapshot and an update) and an unnamed model."""
+    """An embedded store holding two versions of `detector` (a snapshot and an update), an unnamed model and two
+    checkpoints of `run`."""
     path = str(tmp_path_factory.mktemp("startup") / "store")
     model = TinyNet()
     first = mmlib.save(model, path, name="detector")
@@ -45,7 +46,9 @@ def saved_store(tmp_path_factory) -> dict:
         model.fc.weight.add_(1.0)
     second = mmlib.save(model, path, name="detector")
     unnamed = mmlib.save(TinyNet(), path)
-    return {"path": path, "named": [first.id, second.id], "unnamed": unnamed.id}
+    checkpoints = mmlib.Checkpointer(path, "run", model)
+    run = [checkpoints.save(step=step).id for step in (10, 20)]
+    return {"path": path, "named": [first.id, second.id], "unnamed": unnamed.id, "run": run}
 
 
 def _run_all(commands: list[list[str]]) -> list[tuple[str, list[str]]]:
@@ -66,13 +69,15 @@ def _run_all(commands: list[list[str]]) -> list[tuple[str, list[str]]]:
 def test_help_version_and_ls_import_neither_torch_nor_numpy(saved_store):
     store = ["--store", saved_store["path"]]
     commands = {"help": ["--help"], "version": ["--version"], "ls help": ["ls", "--help"], "ls": [*store, "ls"],
-                "ls by name": [*store, "ls", "--name", "detector"], "ls json": [*store, "ls", "--json"]}
+                "ls by name": [*store, "ls", "--name", "detector"], "ls json": [*store, "ls", "--json"],
+                "ls checkpoints": [*store, "ls", "--name", "run"],
+                "prune": [*store, "prune", "run", "--keep-last", "1", "--dry-run"]}
     outputs = dict(zip(commands, _run_all(list(commands.values()))))
 
     assert "usage: mmlib" in outputs["help"][0] and "recover" in outputs["help"][0]
     assert outputs["version"][0].strip() == f"mmlib {mmlib.__version__}"
     assert "usage: mmlib ls" in outputs["ls help"][0] and "--name" in outputs["ls help"][0]
-    every_id = [*saved_store["named"], saved_store["unnamed"]]
+    every_id = [*saved_store["named"], saved_store["unnamed"], *saved_store["run"]]  # training states not listed
     listing = outputs["ls"][0].splitlines()
     assert listing[0].split()[:2] == ["ID", "TYPE"] and len(listing) == 1 + len(every_id)
     assert all(any(line.startswith(model_id[:12]) for line in listing) for model_id in every_id)
@@ -83,5 +88,9 @@ def test_help_version_and_ls_import_neither_torch_nor_numpy(saved_store):
     assert sorted(entry["model_id"] for entry in entries) == sorted(every_id)
     assert {entry["model_id"]: entry.get("name") for entry in entries}[saved_store["unnamed"]] is None
     assert all(entry["size"] > 0 for entry in entries)
+    checkpoints = outputs["ls checkpoints"][0].splitlines()
+    assert checkpoints[0].split()[-3:] == ["STEP", "KEPT", "BY"] and [line.split()[-2] for line in checkpoints[1:]] == [
+        "20", "10"]
+    assert "would prune run:v1" in outputs["prune"][0]
     assert {what: imported for what, (_, imported) in outputs.items() if imported} == {}
 

@@ -3,7 +3,7 @@ blob location (a directory or `s3://bucket/prefix`)."""
 
 import importlib
 import os
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 from urllib.parse import unquote, urlsplit
 
 from mmlib.errors import InvalidArgumentError, StoreUnavailableError
@@ -126,3 +126,11 @@ def _blob_store(blob_dir: str, durable: bool, create: bool = True) -> FilePersis
         raise StoreUnavailableError(f"blob directory {os.path.abspath(blob_dir)} does not exist; check the blob "
                                     "directory given (--blob-dir or MMLIB_BLOB_DIR), or restore it from a backup")
     return FileSystemPersistenceService(blob_dir, durable)
+
+
+StoreLike = Union[Store, tuple, str]  # what the one-line API takes as a store
+
+
+def store_of(store: StoreLike) -> Store:
+    """`store` opened when it is a path or URI (as `open_store` takes), else checked to be a store."""
+    return open_store(store) if isinstance(store, str) else checked_store(store)
