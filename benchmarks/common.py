@@ -61,7 +61,7 @@ def median_seconds(steps: Mapping[str, Step], repeats: int) -> dict[str, dict[st
     Interleaving (anchor, approach 1, approach 2, ... per round) means page cache state and load from other
     processes affect every contender alike. Before each run, data earlier steps left unwritten is flushed
     (untimed): otherwise the anchor's unsynced `torch.save` would be written to disk inside the next
-    contender's timing. Returns, per step name, the median and every measured run.
+    contender's timing. Returns, per step name, the median, the p90 and every measured run.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -75,7 +75,8 @@ def median_seconds(steps: Mapping[str, Step], repeats: int) -> dict[str, dict[st
             elapsed = time.perf_counter() - start
             if round_index:
                 runs[name].append(elapsed)
-    return {name: {"median_s": statistics.median(values), "runs_s": values} for name, values in runs.items()}
+    return {name: {"median_s": statistics.median(values), "p90_s": p90(values), "runs_s": values}
+            for name, values in runs.items()}
 
 
 def p90(values: list[float]) -> float:

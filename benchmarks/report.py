@@ -113,26 +113,74 @@ def _status(met: Optional[bool]) -> str:
     return "not measured in this run" if met is None else ("met" if met else "NOT met")
 
 
-def _relation_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list[str]]:
+def _seconds_cell(figures: dict[str, Any], figure: str) -> str:
+    """`median / p90` of a timing figure (`<figure>_s` and `<figure>_p90_s`; n/a where a run did not record it)."""
+    return f"{fmt_seconds(figures.get(f'{figure}_s'))} / {fmt_seconds(figures.get(f'{figure}_p90_s'))}"
+
+
+def _ratio_cell(figures: dict[str, Any], figure: str) -> str:
+    """`median / p90` of a ratio figure (`<figure>` and `<figure>_p90`)."""
+    return f"{fmt_ratio(figures.get(figure))} / {fmt_ratio(figures.get(f'{figure}_p90'))}"
+
+
+def _exact(entry: dict[str, Any]) -> str:
+    return "yes" if entry["recovered_equal"] else "NO"
+
+
+RELATION_HEADERS = ["model", "relation", "approach", "storage", "vs baseline", "TTS", "x anchor", "TTR checks",
+                    "x anchor", "TTR no checks", "x anchor", "exact"]
+
+
+def _relation_rows(models: Iterable[tuple[str, dict[str, Any]]], labels: dict[str, str]) -> list[list[str]]:
+    """Rows of the U1-U3 table for (model label, its relations) pairs: each relation's anchors, then approaches."""
     rows = []
-    for model in results["models"].values():
-        for relation, figures in model["relations"].items():
+    for label, relations in models:
+        for relation, figures in relations.items():
             anchor = figures[ANCHOR]
-            rows.append([model["label"], relation, "raw torch (anchor)", fmt_bytes(anchor["file_bytes"]), "",
-                         fmt_seconds(anchor["tts_s"]), "1.00x", fmt_seconds(anchor["ttr_s"]), "1.00x", "", "", ""])
+            rows.append([label, relation, "raw torch (anchor)", fmt_bytes(anchor["file_bytes"]), "",
+                         _seconds_cell(anchor, "tts"), "1.00x", _seconds_cell(anchor, "ttr"), "1.00x", "", "", ""])
             durable = figures.get("anchor_durable")
             if durable is not None:
-                rows.append([model["label"], relation, "raw torch.save + fsync (durable anchor)", "", "",
-                             fmt_seconds(durable["tts_s"]), fmt_ratio(durable["tts_s"] / anchor["tts_s"]),
+                rows.append([label, relation, "raw torch.save + fsync (durable anchor)", "", "",
+                             _seconds_cell(durable, "tts"), _ratio_cell(durable, "tts_ratio_to_anchor"),
                              "", "", "", "", ""])
             for name, entry in figures["approaches"].items():
-                rows.append([model["label"], relation, labels.get(name, name), fmt_bytes(entry["storage_bytes"]),
+                rows.append([label, relation, labels.get(name, name), fmt_bytes(entry["storage_bytes"]),
                              fmt_share(entry["storage_ratio_to_baseline"]),
-                             fmt_seconds(entry["tts_s"]), fmt_ratio(entry["tts_ratio_to_anchor"]),
-                             fmt_seconds(entry["ttr_checks_s"]), fmt_ratio(entry["ttr_checks_ratio_to_anchor"]),
-                             fmt_seconds(entry["ttr_no_checks_s"]), fmt_ratio(entry["ttr_no_checks_ratio_to_anchor"]),
-                             "yes" if entry["recovered_equal"] else "NO"])
+                             _seconds_cell(entry, "tts"), _ratio_cell(entry, "tts_ratio_to_anchor"),
+                             _seconds_cell(entry, "ttr_checks"), _ratio_cell(entry, "ttr_checks_ratio_to_anchor"),
+                             _seconds_cell(entry, "ttr_no_checks"),
+                             _ratio_cell(entry, "ttr_no_checks_ratio_to_anchor"), _exact(entry)])
     return rows
+
+
+def _user_model_section(results: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """The user's-model case: its U1-U3 table and its recoveries in fresh processes."""
+    models = [model for model in results["models"].values() if "user_model" in model]
+    if not models:
+        return ["Not measured in this run."]
+    lines = [", ".join(f"{model['label']}: class `{model['user_model']['class']}` of "
+                       f"`{model['user_model']['code_file']}`" for model in models) + ".", "",
+             table(RELATION_HEADERS, _relation_rows(((model["label"], model["user_model"]["relations"])
+                                                     for model in models), labels)),
+             "", "### A recovery in a fresh process", "",
+             "Once per model and approach, a new Python process imports mmlib, opens the store and recovers the "
+             "measured U3 version with checks (`recover_model`, timed in the process); the anchor is a new process "
+             "importing torch and the user's file, then `torch.load(weights_only=True)` + constructing + "
+             "`load_state_dict`. The process time runs from spawning it to the model being back (interpreter start, "
+             "imports, opening the store, recovery); one run each, after one untimed raw load in a fresh process.", ""]
+    rows = []
+    for model in models:
+        fresh = model["user_model"]["fresh_process"]
+        anchor = fresh[ANCHOR]
+        rows.append([model["label"], fresh["relation"], "raw load (anchor)", fmt_seconds(anchor["recover_s"]), "1.00x",
+                     fmt_seconds(anchor["process_s"]), "1.00x", _exact(anchor)])
+        for name, entry in fresh["approaches"].items():
+            rows.append([model["label"], fresh["relation"], labels.get(name, name), fmt_seconds(entry["recover_s"]),
+                         fmt_ratio(entry["recover_ratio_to_anchor"]), fmt_seconds(entry["process_s"]),
+                         fmt_ratio(entry["process_ratio_to_anchor"]), _exact(entry)])
+    return lines + [table(["model", "relation", "approach", "recovery call", "x anchor", "process until recovered",
+                           "x anchor", "exact"], rows)]
 
 
 def _slowest(seconds: list[float]) -> str:
@@ -148,17 +196,21 @@ def _chain_rows(results: dict[str, Any], labels: dict[str, str]) -> list[list[st
         if chain is None:
             continue
         anchor = chain[ANCHOR]["ttr_s"]
-        rows.append([model["label"], "raw torch (anchor)", fmt_seconds(anchor[0]), fmt_seconds(anchor[1]),
-                     fmt_seconds(anchor[-1]), _slowest(anchor), fmt_ratio(max(anchor[1:]) / anchor[0]), "1.00x",
-                     "", ""])
+        rows.append([model["label"], "raw torch (anchor)", *_depth_cells(anchor, chain[ANCHOR].get("ttr_p90_s")),
+                     _slowest(anchor), fmt_ratio(max(anchor[1:]) / anchor[0]), "1.00x", "", ""])
         for name, entry in chain["approaches"].items():
-            seconds = entry["ttr_checks_s"]
-            rows.append([model["label"], labels.get(name, name), fmt_seconds(seconds[0]), fmt_seconds(seconds[1]),
-                         fmt_seconds(seconds[-1]), _slowest(seconds),
-                         fmt_ratio(entry["slowest_update_over_snapshot"]),
-                         fmt_ratio(entry["ttr_ratio_to_anchor"][-1]), fmt_bytes(entry["storage_total_bytes"]),
-                         "yes" if entry["recovered_equal"] else "NO"])
+            seconds, last_ratio_p90 = entry["ttr_checks_s"], entry.get("ttr_ratio_to_anchor_p90")
+            rows.append([model["label"], labels.get(name, name), *_depth_cells(seconds, entry.get("ttr_checks_p90_s")),
+                         _slowest(seconds), fmt_ratio(entry["slowest_update_over_snapshot"]),
+                         f"{fmt_ratio(entry['ttr_ratio_to_anchor'][-1])} / "
+                         f"{fmt_ratio(last_ratio_p90[-1] if last_ratio_p90 else None)}",
+                         fmt_bytes(entry["storage_total_bytes"]), _exact(entry)])
     return rows
+
+
+def _depth_cells(medians: list[float], p90s: Optional[list[float]]) -> list[str]:
+    """`median / p90` of versions 1, 2 and the last of a chain."""
+    return [f"{fmt_seconds(medians[depth])} / {fmt_seconds(p90s[depth] if p90s else None)}" for depth in (0, 1, -1)]
 
 
 def _chain_section(results: dict[str, Any], labels: dict[str, str], chain_length: int) -> str:
@@ -216,7 +268,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"# mmlib benchmark ({meta['mode']} mode)",
         "",
         f"{meta['started']}; torch {meta['torch_version']} on {meta['machine']}, {meta['cpu_count']} CPUs, "
-        f"{meta['torch_threads']} torch threads; medians of {meta['repeats']} timed runs after a warm-up "
+        f"{meta['torch_threads']} torch threads; median / p90 of {meta['repeats']} timed runs after a warm-up "
         f"(chain: {meta['chain_repeats']}); fine-tunes: {meta['train_steps']} SGD steps on "
         f"{meta['batch_size']} random {meta['image_size']}x{meta['image_size']} images; "
         f"run took {meta.get('elapsed_s', 0):.0f} s; 1-minute load average {meta['load_average_at_start'][0]:.1f} "
@@ -228,12 +280,19 @@ def markdown(results: dict[str, Any]) -> str:
         "Each approach saves into its own fresh store next to the anchor files; every timed save and recovery "
         "starts with the service's in-process cache emptied (it reads its base or weights from the store). "
         "Storage share is relative to the baseline approach in the same relation; `exact` says the recovered "
-        "state dict equals the saved one bit for bit.",
+        "state dict equals the saved one bit for bit. Times are `median / p90` (p90 by nearest rank: with fewer "
+        "than 10 runs, the slowest); a ratio's median divides medians, its p90 divides p90s.",
     ]
     lines += ["", "## U1-U3: storage, time-to-save, time-to-recover", "",
-              table(["model", "relation", "approach", "storage", "vs baseline", "TTS", "x anchor",
-                     "TTR checks", "x anchor", "TTR no checks", "x anchor", "exact"],
-                    _relation_rows(results, labels)),
+              table(RELATION_HEADERS, _relation_rows(((model["label"], model["relations"])
+                                                      for model in results["models"].values()), labels)),
+              "", "## U1-U3 for a user's model: its class in its own file, saved with that file as code", "",
+              "The same weights as above, saved from the class of a copy of the model's module in a .py file of "
+              "the user's (imported from its path, not from mmlib.models) and passed as `code=` with every save; "
+              "each approach in fresh stores of its own, with its own anchors measured in the same rounds. Every "
+              "recovery is by a new save service opened on the store for it (untimed). (The reference case above is "
+              "stored with code too: mmlib finds the source file of the mmlib.models module itself.)", "",
+              *_user_model_section(results, labels),
               "", f"## U4: version chain of {chain_length} fine-tuned versions (TTR with checks)", "",
               _chain_section(results, labels, chain_length),
               "", "## Provenance", "", *_provenance_section(results["provenance"]),

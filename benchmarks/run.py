@@ -3,12 +3,15 @@
 Run from the repository root: ``python -m benchmarks.run [--quick] [--models ...] [--out DIR]`` (or ``mmlib
 bench``). For every model and approach it measures the model relations of the paper (U1 base, U2 partial
 fine-tune, U3 full fine-tune, U4 version chain, and provenance when `ProvenanceSaveService` exists). Every time
-is the median of several runs measured in this process next to its anchor (raw ``torch.save`` of the state dict
-into the store's directory; raw ``torch.load(weights_only=True)`` + constructing the model + ``load_state_dict``),
-and reported also as a ratio to it. Rounds interleave the anchor and the approaches after one untimed warm-up
-round; each approach has its own fresh store; the environment is captured once beforehand; every timed save and
-recovery starts with the service's in-process cache of recent versions emptied, so it reads its base or its
-weights from the store. Writes ``benchmark[-quick].json`` and ``.md`` and PNG plots to the output directory
+is the median and the p90 of several runs measured in this process next to its anchor (raw ``torch.save`` of the
+state dict into the store's directory; raw ``torch.load(weights_only=True)`` + constructing the model +
+``load_state_dict``), and reported also as a ratio to it. Rounds interleave the anchor and the approaches after one
+untimed warm-up round; each approach has its own fresh store; the environment is captured once beforehand; every
+timed save and recovery starts with the service's in-process cache of recent versions emptied, so it reads its
+base or its weights from the store. Each model is also measured as a user's model (U1-U3): its class copied into a
+.py file of its own and saved with that file as code, each recovery by a service opened for it, and its U3 version
+recovered once per approach in a fresh process against a raw load in a fresh process (`benchmarks.user_model`).
+Writes ``benchmark[-quick].json`` and ``.md`` and PNG plots to the output directory
 (default ``bench-results/``, which git ignores; ``benchmarks/results/`` holds the published reference run) and
 prints the markdown report.
 """
@@ -27,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from benchmarks import plots, provenance_section, report
+from benchmarks import plots, provenance_section, report, user_model
 from benchmarks.save_durability import durable_torch_save
 from benchmarks.common import (ANCHOR, BATCH_SIZE, IMAGE_SIZE, MODEL_LABELS, RESULTS_DIR, Approach, Progress,
                                Step, median_seconds, ratio, raw_load, total_bytes, train_steps, without_cache)
@@ -36,6 +39,7 @@ from mmlib.equal import state_dict_equal
 from mmlib.models import REFERENCE_MODELS
 from mmlib.persistence import open_store
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
+from mmlib.save_info import ModelSaveInfo
 from mmlib.schema.environment import Environment
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from mmlib.track_env import track_current_environment
@@ -153,19 +157,34 @@ def _checks_name(checks: bool) -> str:
     return "checks" if checks else "no_checks"
 
 
+def _timing(figure: str, timing: dict[str, Any], anchor: Optional[dict[str, Any]] = None,
+            to: str = "anchor") -> dict[str, Any]:
+    """A figure's median and p90 (`<figure>_s`, `<figure>_p90_s`) and, given its anchor's timing, their ratios to
+    the anchor's median and p90 (`<figure>_ratio_to_<to>`, `..._p90`)."""
+    fields = {f"{figure}_s": timing["median_s"], f"{figure}_p90_s": timing["p90_s"]}
+    if anchor is not None:
+        fields[f"{figure}_ratio_to_{to}"] = ratio(timing["median_s"], anchor["median_s"])
+        fields[f"{figure}_ratio_to_{to}_p90"] = ratio(timing["p90_s"], anchor["p90_s"])
+    return fields
+
+
 class ModelBench:
     """Benchmarks one model: a fresh store per approach, anchor files in the same directory, one shared env."""
+
+    code: Optional[str] = None  # the code file passed with each save; None: mmlib finds the class's source itself
 
     def __init__(self, key: str, settings: Settings, env: Environment, progress: Progress, root: str):
         self.key, self.label, self.cls = key, MODEL_LABELS.get(key, key), REFERENCE_MODELS[key]
         self.settings, self.env, self.progress, self.root = settings, env, progress, root
         self.approaches = list(APPROACHES)
         self.services: dict[str, AbstractSaveService] = {
-            approach.name: approach.create(*open_store(os.path.join(root, approach.name)))
-            for approach in self.approaches}
-        self.services[SCRATCH.name] = SCRATCH.create(*open_store(os.path.join(root, SCRATCH.name), durable=False))
+            approach.name: self._open(approach) for approach in [*self.approaches, SCRATCH]}
         self.base_ids: dict[str, str] = {}
         self.base_model: Optional[torch.nn.Module] = None
+
+    def _open(self, approach: Approach) -> AbstractSaveService:
+        """A new service of `approach` over its store in this bench's directory (the scratch one not durable)."""
+        return approach.create(*open_store(os.path.join(self.root, approach.name), durable=approach is not SCRATCH))
 
     def step(self, message: str) -> None:
         self.progress(f"{self.label}: {message}")
@@ -173,8 +192,9 @@ class ModelBench:
     def _anchor_path(self, name: str) -> str:
         return os.path.join(self.root, f"{ANCHOR}-{name}.pt")
 
-    def _variants(self, relation: str) -> list[torch.nn.Module]:
+    def variants(self, relation: str) -> list[torch.nn.Module]:
         """One model per round (round 0 is the warm-up): distinct weights, so no save finds its blob stored."""
+        self.step(f"{relation} {RELATIONS[relation]}: building {self.settings.repeats + 1} models")
         rounds = range(self.settings.repeats + 1)
         if relation == U1:
             variants = []
@@ -187,11 +207,14 @@ class ModelBench:
                             seed=(1000 if partial else 2000) + round_index, partial=partial)
                 for round_index in rounds]
 
-    def relation(self, relation: str) -> dict[str, Any]:
-        """TTS, TTR with and without checks, and storage of one relation, for the anchor and every approach
-        (U1 adds the durable anchor and the non-durable baseline)."""
-        self.step(f"{relation} {RELATIONS[relation]}: building {self.settings.repeats + 1} models")
-        variants = self._variants(relation)
+    def _save_info(self, model: torch.nn.Module, base_id: Optional[str]) -> ModelSaveInfo:
+        """What `save_model` gets for `model` derived from `base_id` (None: a snapshot), with the bench's code file."""
+        return ModelSaveInfoBuilder().add_model_info(env=self.env, model=model, code=self.code,
+                                                     base_model_id=base_id).build()
+
+    def relation(self, relation: str, variants: list[torch.nn.Module]) -> dict[str, Any]:
+        """TTS, TTR with and without checks, and storage of one relation for its `variants` (one per round), for the
+        anchor and every approach (U1 adds the durable anchor and the non-durable baseline)."""
         approaches = self.approaches + ([SCRATCH] if relation == U1 else [])
         if relation == U1:
             self.base_model = variants[0]
@@ -209,9 +232,7 @@ class ModelBench:
 
             def prepare(round_index: int) -> Callable[[], Any]:
                 without_cache(service)
-                base_id = None if relation == U1 else self.base_ids[name]
-                info = ModelSaveInfoBuilder().add_model_info(env=self.env, model=variants[round_index],
-                                                             base_model_id=base_id).build()
+                info = self._save_info(variants[round_index], None if relation == U1 else self.base_ids[name])
                 return lambda: saved[name].__setitem__(round_index, service.save_model(info))
             return prepare
 
@@ -232,11 +253,11 @@ class ModelBench:
             for checks in (True, False):
                 recover_steps[f"{name}/{_checks_name(checks)}"] = self._recover_step(name, model_id, checks)
         ttr = median_seconds(recover_steps, self.settings.repeats)
-        result[ANCHOR] = {"tts_s": tts[ANCHOR]["median_s"], "ttr_s": ttr[ANCHOR]["median_s"],
+        result[ANCHOR] = {**_timing("tts", tts[ANCHOR]), **_timing("ttr", ttr[ANCHOR]),
                           "file_bytes": os.path.getsize(anchor_path),
                           "runs": {"tts_s": tts[ANCHOR]["runs_s"], "ttr_s": ttr[ANCHOR]["runs_s"]}}
         if relation == U1:
-            result[DURABLE_ANCHOR] = {"tts_s": tts[DURABLE_ANCHOR]["median_s"],
+            result[DURABLE_ANCHOR] = {**_timing("tts", tts[DURABLE_ANCHOR], tts[ANCHOR]),
                                       "runs": {"tts_s": tts[DURABLE_ANCHOR]["runs_s"]}}
         for approach in approaches:
             name = approach.name
@@ -245,17 +266,15 @@ class ModelBench:
                 "model_id": measured_id[name],
                 "storage_bytes": total_bytes(sizes),
                 "size_info": sizes,
-                "tts_s": tts[name]["median_s"],
-                "tts_ratio_to_anchor": ratio(tts[name]["median_s"], tts[ANCHOR]["median_s"]),
-                "tts_ratio_to_durable_anchor": (ratio(tts[name]["median_s"], tts[DURABLE_ANCHOR]["median_s"])
-                                                if relation == U1 else None),
+                **_timing("tts", tts[name], tts[ANCHOR]),
+                **(_timing("tts", tts[name], tts[DURABLE_ANCHOR], to="durable_anchor") if relation == U1 else
+                   {"tts_ratio_to_durable_anchor": None, "tts_ratio_to_durable_anchor_p90": None}),
                 "recovered_equal": self._recovers_exactly(name, measured_id[name], variants[1]),
                 "runs": {"tts_s": tts[name]["runs_s"]},
             }
             for checks in (True, False):
                 timing, label = ttr[f"{name}/{_checks_name(checks)}"], f"ttr_{_checks_name(checks)}"
-                entry[f"{label}_s"] = timing["median_s"]
-                entry[f"{label}_ratio_to_anchor"] = ratio(timing["median_s"], ttr[ANCHOR]["median_s"])
+                entry.update(_timing(label, timing, ttr[ANCHOR]))
                 entry["runs"][f"{label}_s"] = timing["runs_s"]
             result["approaches"][name] = entry
         baseline = result["approaches"].get("baseline")
@@ -266,13 +285,17 @@ class ModelBench:
 
     def _recovers_exactly(self, name: str, model_id: str, expected: torch.nn.Module) -> bool:
         """Untimed check that the stored model comes back bit for bit (a benchmark of wrong results is void)."""
-        recovered = without_cache(self.services[name]).recover_model(model_id, execute_checks=True).model
+        recovered = self._recovery_service(name).recover_model(model_id, execute_checks=True).model
         return state_dict_equal(recovered.state_dict(), expected.state_dict())
 
+    def _recovery_service(self, name: str) -> AbstractSaveService:
+        """The service for one recovery: the bench's own, its cache of recent versions dropped (it reads the store)."""
+        return without_cache(self.services[name])
+
     def _recover_step(self, name: str, model_id: str, checks: bool) -> Step:
-        """A recovery that reads the store: the service's cache of recent versions is dropped before each run."""
+        """A recovery that reads the store, by the service `_recovery_service` gives before each run (untimed)."""
         def prepare(_round_index: int) -> Callable[[], Any]:
-            service = without_cache(self.services[name])
+            service = self._recovery_service(name)
             return lambda: service.recover_model(model_id, execute_checks=checks)
         return prepare
 
@@ -290,9 +313,7 @@ class ModelBench:
             service = self.services[approach.name]
             chain_ids = [self.base_ids[approach.name]]
             for model in versions[1:]:
-                info = ModelSaveInfoBuilder().add_model_info(env=self.env, model=model,
-                                                             base_model_id=chain_ids[-1]).build()
-                chain_ids.append(service.save_model(info))
+                chain_ids.append(service.save_model(self._save_info(model, chain_ids[-1])))
             ids[approach.name] = chain_ids
         for depth, model in enumerate(versions):
             torch.save(model.state_dict(), self._anchor_path(f"U4-v{depth}"))
@@ -304,16 +325,22 @@ class ModelBench:
             for name, chain_ids in ids.items():
                 steps[f"{name}/v{depth}"] = self._recover_step(name, chain_ids[depth], True)
         ttr = median_seconds(steps, self.settings.chain_repeats)
-        result: dict[str, Any] = {"length": length, "depths": list(range(length + 1)),
-                                  ANCHOR: {"ttr_s": [ttr[f"{ANCHOR}/v{d}"]["median_s"] for d in range(length + 1)]},
+
+        def per_depth(name: str, figure: str) -> list[float]:
+            return [ttr[f"{name}/v{depth}"][figure] for depth in range(length + 1)]
+
+        anchor = {"ttr_s": per_depth(ANCHOR, "median_s"), "ttr_p90_s": per_depth(ANCHOR, "p90_s")}
+        result: dict[str, Any] = {"length": length, "depths": list(range(length + 1)), ANCHOR: anchor,
                                   "approaches": {}}
         for name, chain_ids in ids.items():
-            seconds = [ttr[f"{name}/v{depth}"]["median_s"] for depth in range(length + 1)]
+            seconds, slow = per_depth(name, "median_s"), per_depth(name, "p90_s")
             storage = [total_bytes(self.services[name].model_save_size(model_id)) for model_id in chain_ids]
             result["approaches"][name] = {
                 "model_ids": chain_ids,
                 "ttr_checks_s": seconds,
-                "ttr_ratio_to_anchor": [ratio(s, a) for s, a in zip(seconds, result[ANCHOR]["ttr_s"])],
+                "ttr_checks_p90_s": slow,
+                "ttr_ratio_to_anchor": [ratio(s, a) for s, a in zip(seconds, anchor["ttr_s"])],
+                "ttr_ratio_to_anchor_p90": [ratio(s, a) for s, a in zip(slow, anchor["ttr_p90_s"])],
                 "growth_last_over_first": ratio(seconds[-1], seconds[1]),
                 "slowest_update_over_snapshot": ratio(max(seconds[1:]), seconds[0]),
                 "storage_bytes": storage,
@@ -323,18 +350,71 @@ class ModelBench:
         return result
 
 
+class UserModelBench(ModelBench):
+    """The model as a user has it: its class imported from a copy of its module in a .py file of the user's (not
+    from mmlib.models), saved with that file as code, and every recovery by a new service opened for it (untimed,
+    well under a millisecond), so nothing of the saving service helps it. Its own stores, under `root`."""
+
+    code: str
+
+    def __init__(self, key: str, settings: Settings, env: Environment, progress: Progress, root: str):
+        super().__init__(key, settings, env, progress, root)
+        self.label = f"{self.label} (user's file)"
+        self.code, self.cls = user_model.write_user_model(REFERENCE_MODELS[key], os.path.join(root, "user_models"))
+
+    def adopt(self, models: list[torch.nn.Module]) -> list[torch.nn.Module]:
+        """The user's class holding each model's tensors (shared, not copied; built on the meta device)."""
+        adopted = []
+        for model in models:
+            with torch.device("meta"):
+                user = self.cls()
+            user.load_state_dict(model.state_dict(), assign=True)
+            adopted.append(user.eval())
+        return adopted
+
+    def _recovery_service(self, name: str) -> AbstractSaveService:
+        """A new service over the approach's store, as a user's next program opens it."""
+        return self._open(next(approach for approach in [*self.approaches, SCRATCH] if approach.name == name))
+
+    def fresh_processes(self, figures: dict[str, Any]) -> dict[str, Any]:
+        """The measured U3 version recovered once per approach in a fresh process (checks on), against a raw load of
+        its torch.save file in a fresh process: the recovery call and the process until the model is back. One raw
+        load before them is left untimed, a warm-up, as in every other figure."""
+        self.step(f"{U3}: recovering in fresh processes (a warm-up, a raw load, then each approach)")
+        expected = self._anchor_path(f"{U3}-plain-1")
+        user_model.fresh_process_raw_load(self.code, self.cls.__name__, expected)
+        anchor = user_model.fresh_process_raw_load(self.code, self.cls.__name__, expected)
+        result: dict[str, Any] = {"relation": U3, ANCHOR: anchor, "approaches": {}}
+        for approach in self.approaches:
+            entry = user_model.fresh_process_recovery(os.path.join(self.root, approach.name), approach.service_class,
+                                                      dict(approach.kwargs),
+                                                      figures["approaches"][approach.name]["model_id"], expected)
+            for figure in ("recover", "process"):
+                entry[f"{figure}_ratio_to_anchor"] = ratio(entry[f"{figure}_s"], anchor[f"{figure}_s"])
+            result["approaches"][approach.name] = entry
+        return result
+
+
 def run_model(key: str, settings: Settings, env: Environment, progress: Progress) -> dict[str, Any]:
-    """Every relation for one model, in a temporary directory that is removed afterwards."""
+    """Every relation for one model, as mmlib.models and as a user's file, in a temporary directory that is removed
+    afterwards. The user's case saves the same weights as the reference case, right after it."""
     root = tempfile.mkdtemp(prefix=f"mmlib-bench-{key}-", dir=settings.work_dir)
     try:
         bench = ModelBench(key, settings, env, progress, root)
-        relations = {relation: bench.relation(relation) for relation in RELATIONS}
+        user = UserModelBench(key, settings, env, progress, os.path.join(root, "user"))
+        relations, user_relations = {}, {}
+        for relation in RELATIONS:
+            variants = bench.variants(relation)
+            relations[relation] = bench.relation(relation, variants)
+            user_relations[relation] = user.relation(relation, user.adopt(variants))
         base = bench.base_model
         result: dict[str, Any] = {
             "label": bench.label,
             "parameters": sum(parameter.numel() for parameter in base.parameters()),
             "state_dict_bytes": sum(tensor.numel() * tensor.element_size() for tensor in base.state_dict().values()),
             "relations": relations,
+            "user_model": {"code_file": os.path.relpath(user.code, root), "class": user.cls.__name__,
+                           "relations": user_relations, "fresh_process": user.fresh_processes(user_relations[U3])},
         }
         if key in settings.chain_models:
             result["chain"] = bench.chain()
