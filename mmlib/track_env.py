@@ -1,4 +1,5 @@
-"""Capture the current environment once per process (importlib.metadata, no subprocess) and compare to it.
+"""Capture the current environment once per process (installed distributions read by mmlib.util.distributions, no
+subprocess) and compare to it.
 
 Recovery compares what can change a rebuilt model (Python, torch, numpy, the packages the model's code imports)
 and only logs other differences: installing pytest must not make every recovery warn.
@@ -6,7 +7,6 @@ and only logs other differences: installing pytest must not make every recovery 
 
 import ast
 import functools
-import importlib.metadata
 import logging
 import platform
 import re
@@ -18,7 +18,7 @@ import torch
 
 from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning
 from mmlib.schema.environment import ENVIRONMENT_FIELDS, Environment
-from mmlib.util.distributions import module_distributions
+from mmlib.util.distributions import installed_distributions, module_distributions
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +30,9 @@ _INCIDENTAL_FIELDS = ("processor_info", "gpu_types", "pytorch_info", "python_pla
 def _installed_packages() -> list[str]:
     """`name==version` of every installed distribution, sorted (what `pip freeze` lists, in milliseconds)."""
     seen = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name.lower() not in seen:
-            seen[name.lower()] = f"{name}=={dist.version}"
+    for name, version in installed_distributions():
+        if name.lower() not in seen:
+            seen[name.lower()] = f"{name}=={version}"
     return sorted(seen.values(), key=str.lower)
 
 
@@ -126,9 +125,8 @@ def imported_distributions(code_path: str) -> list[str]:
             source = handle.read()
     except OSError:
         return []
-    providers = module_distributions()
-    return sorted({dist for module in _imported_modules(source) - set(sys.stdlib_module_names)
-                   for dist in providers.get(module, [])})
+    providers = module_distributions(sorted(_imported_modules(source) - set(sys.stdlib_module_names)))
+    return sorted({dist for dists in providers.values() for dist in dists})
 
 
 @functools.lru_cache(maxsize=64)

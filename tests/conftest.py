@@ -5,6 +5,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -22,6 +23,11 @@ from store_helpers import corrupt_blob as corrupt_stored_blob
 pytest.register_assert_rewrite("mmlib.testing.stores")  # the conformance suites: show the values that failed
 
 _SERVER_START_TIMEOUT_S = 60
+
+
+def pytest_configure(config):
+    """The tests and the processes they start keep mmlib's caches in a directory of this run, not the user's."""
+    os.environ.setdefault("MMLIB_CACHE_DIR", tempfile.mkdtemp(prefix="mmlib-test-cache-"))
 
 
 def _free_port() -> int:

@@ -36,6 +36,15 @@ def test_capture_is_cached(monkeypatch):
     assert track_current_environment().pip_freeze == second.pip_freeze
 
 
+def test_the_installed_packages_are_those_importlib_lists():
+    expected = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in expected:
+            expected[name.lower()] = f"{name}=={dist.version}"
+    assert track_env._installed_packages() == sorted(expected.values(), key=str.lower)
+
+
 def _replaced(freeze: list[str], name: str, version: str) -> list[str]:
     """`freeze` with the version of `name` changed (the entry added when absent)."""
     others = [entry for entry in freeze if entry.lower().split("==")[0] != name]

@@ -1,8 +1,6 @@
 """Build classes and objects from stored code without exec/eval: importlib only, names checked first."""
 
-import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import os
@@ -13,7 +11,7 @@ from types import ModuleType
 from typing import Any, Optional
 
 from mmlib.errors import UnsafeCodeError
-from mmlib.util.distributions import module_distributions
+from mmlib.util.distributions import installed_version, module_distributions
 from mmlib.util.hash import new_hasher
 
 CODE_MODULE_PREFIX = "mmlib_code_"
@@ -169,16 +167,10 @@ def import_object(import_path: str) -> Any:
 def distribution_of(import_path: str) -> Optional[dict]:
     """{'name', 'version'} of the installed distribution providing `import_path`'s top-level package, if any."""
     top_level = parse_import_path(import_path)[0].split(".")[0]
-    names = module_distributions().get(top_level)
+    names = module_distributions([top_level])[top_level]
     if not names:
         return None
-    return {"name": names[0], "version": _installed_version(names[0])}
-
-
-@functools.lru_cache(maxsize=None)
-def _installed_version(distribution: str) -> str:
-    """The installed version of a distribution (read once per process: it reads the distribution's metadata)."""
-    return importlib.metadata.version(distribution)
+    return {"name": names[0], "version": installed_version(names[0])}
 
 
 def create_object_with_parameters(class_name: str, init_args: dict, code_file: Optional[str] = None,
