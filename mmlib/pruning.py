@@ -13,6 +13,7 @@ from typing import Iterable, Optional
 
 from mmlib import refs
 from mmlib.constants import ID
+from mmlib.errors import NotFoundError
 from mmlib.persistence.base import split_reference_id
 from mmlib.persistence.store import Store
 from mmlib.schema.model_info import MODEL_INFO, PRUNED, ModelInfo
@@ -75,10 +76,13 @@ class Lineages:
         for model_id in self.bases:
             if model_id in self.pruned or not self.reaches_pruned(model_id):
                 continue
-            for holder in self.models_read(model_id) & self.pruned:
-                digest = weights_blob(self.store, holder)
-                if digest is not None:
-                    needed.add(digest)
+            try:
+                digests = {weights_blob(self.store, holder) for holder in self.models_read(model_id) & self.pruned}
+            except NotFoundError:
+                if self.store.dict_pers_service.id_exists(model_id, MODEL_INFO):
+                    raise
+                continue  # removed, or withdrawn by its save, since it was listed: it reads nothing
+            needed |= {digest for digest in digests if digest is not None}
         return needed
 
 

@@ -13,7 +13,7 @@ import mmlib
 from mmlib import maintenance, pruning, refs, training_state
 from mmlib.errors import IntegrityError, InvalidArgumentError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.store import checked_store
-from mmlib.schema.model_info import PRUNED
+from mmlib.schema.model_info import MODEL_INFO, PRUNED
 from save_helpers import run_cli
 from checkpoint_workers import Wide
 from zoo_models import TiedDecoderLM
@@ -272,3 +272,21 @@ def test_a_background_checkpoint_copies_the_model_as_it_was_with_its_tied_weight
     recovered = mmlib.load(version.ref, store)
     assert recovered.head.weight is recovered.token_embedding.weight
     assert _same_state(recovered.state_dict(), expected)
+
+
+def test_deciding_what_pruned_versions_still_hold_skips_a_model_withdrawn_after_it_was_listed(tmp_path):
+    store = mmlib.open_store(str(tmp_path / "store"))
+    model = Wide()
+    checkpointer = mmlib.Checkpointer(store, "run", model, keep_last=1)
+    for step in range(3):
+        with torch.no_grad():
+            model.second.weight.add_(1.0)
+        checkpointer.save(step=step)
+    with torch.no_grad():
+        model.second.weight.add_(1.0)
+    derived = mmlib.save(model, store, base="run").id  # reads tensors that pruned versions hold
+    lineages = maintenance._lineages(store)
+    store.dict_pers_service.delete_dict(derived, MODEL_INFO)  # withdrawn by its save after gc listed it
+    kept_reads = lineages.needed_pruned_blobs()
+    first = store.dict_pers_service.recover_dict("run:v1", refs.VERSION)["model_id"]
+    assert kept_reads == {pruning.weights_blob(store, first)}  # v3 reads `first.weight` from v1's snapshot
