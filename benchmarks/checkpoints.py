@@ -46,6 +46,7 @@ import mmlib.checkpoints
 from benchmarks.common import RESULTS_DIR, Progress, bytes_on_disk, p90, ratio, write_json
 from benchmarks.plots import checkpoint_storage_plot
 from benchmarks.report import fmt_bytes, fmt_ratio, fmt_seconds, table
+from benchmarks.save_durability import durable_torch_save
 from mmlib import maintenance, refs
 from mmlib.models import ResNet18
 from mmlib.persistence.store import BLOB_DIR
@@ -191,19 +192,6 @@ def _timed(action: Callable[[], Any], sync: bool = False) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def _durable_torch_save(state: dict, path: str) -> None:
-    """The baseline checkpoint: torch.save of the state dicts, fsync of the file and of its directory."""
-    with open(path, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 class LightningStyleFiles:
     """Checkpoint files in a directory with Lightning's retention: the `keep_last` newest and the best by the
     monitored value (mode min: a later checkpoint becomes the best only when strictly better)."""
@@ -219,7 +207,7 @@ class LightningStyleFiles:
 
     def save(self, step: int, state: dict, value: float) -> float:
         """Write the checkpoint (timed) and note it; its seconds."""
-        _, seconds = _timed(lambda: _durable_torch_save(state, self.path(step)), sync=True)
+        _, seconds = _timed(lambda: durable_torch_save(state, self.path(step)), sync=True)
         self.steps.append(step)
         if self.best is None or value < self.best[0]:
             self.best = (value, step)

@@ -41,6 +41,20 @@ def equal(model1, model2) -> bool:
     return model_equal(model1, model2, small_input)
 
 
+def same_state(actual, expected) -> bool:
+    """Whether two nested state dicts (dicts, lists, tuples of tensors and values) are equal, tensors bit for bit and
+    dtype included."""
+    if isinstance(expected, torch.Tensor):
+        return isinstance(actual, torch.Tensor) and actual.dtype == expected.dtype and torch.equal(actual, expected)
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and actual.keys() == expected.keys() and all(
+            same_state(actual[key], expected[key]) for key in expected)
+    if isinstance(expected, (list, tuple)):
+        return type(actual) is type(expected) and len(actual) == len(expected) and all(
+            same_state(item, other) for item, other in zip(actual, expected))
+    return actual == expected
+
+
 def sizes_positive(sizes: dict) -> bool:
     """True when every byte count at every level of a size dict is a positive int."""
     return all(sizes_positive(value) if isinstance(value, dict) else isinstance(value, int) and value > 0

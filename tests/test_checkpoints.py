@@ -14,7 +14,7 @@ from mmlib import maintenance, pruning, refs, training_state
 from mmlib.errors import IntegrityError, InvalidArgumentError, InvalidSaveInfoError, ModelNotFoundError
 from mmlib.persistence.store import checked_store
 from mmlib.schema.model_info import MODEL_INFO, PRUNED
-from save_helpers import run_cli
+from save_helpers import run_cli, same_state
 from checkpoint_workers import Wide
 from zoo_models import TiedDecoderLM
 
@@ -66,19 +66,6 @@ def _train(model, optimizer, scheduler, steps: int) -> None:
         scheduler.step()
 
 
-def _same_state(actual, expected) -> bool:
-    """Whether two nested state dicts are equal, tensors bit for bit (dtype included)."""
-    if isinstance(expected, torch.Tensor):
-        return isinstance(actual, torch.Tensor) and actual.dtype == expected.dtype and torch.equal(actual, expected)
-    if isinstance(expected, dict):
-        return isinstance(actual, dict) and actual.keys() == expected.keys() and all(
-            _same_state(actual[key], expected[key]) for key in expected)
-    if isinstance(expected, (list, tuple)):
-        return type(actual) is type(expected) and len(actual) == len(expected) and all(
-            _same_state(a, e) for a, e in zip(actual, expected))
-    return actual == expected or (isinstance(expected, float) and math.isnan(expected) and math.isnan(actual))
-
-
 def _snapshot(model, optimizer, scheduler) -> tuple:
     return (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
             copy.deepcopy(scheduler.state_dict()))
@@ -106,7 +93,7 @@ def test_resuming_and_training_on_equals_the_uninterrupted_run(tmp_path, optimiz
     assert mmlib.resume("run", store, resumed, resumed_optimizer, resumed_scheduler, extra=extra) == 15
     assert extra == {"seen": 120}
     _train(resumed, resumed_optimizer, resumed_scheduler, 10)
-    assert _same_state(_snapshot(resumed, resumed_optimizer, resumed_scheduler), expected)
+    assert same_state(_snapshot(resumed, resumed_optimizer, resumed_scheduler), expected)
 
 
 def test_a_resume_without_the_rng_states_or_the_optimizer_state_diverges(tmp_path):
@@ -123,7 +110,7 @@ def test_a_resume_without_the_rng_states_or_the_optimizer_state_diverges(tmp_pat
         mmlib.resume("run", store, resumed, resumed_optimizer if with_optimizer else None, resumed_scheduler,
                      restore_rng=restore_rng)
         _train(resumed, resumed_optimizer, resumed_scheduler, 5)
-        assert not _same_state(resumed.state_dict(), expected[0])
+        assert not same_state(resumed.state_dict(), expected[0])
 
 
 def _kept_states(store, name: str) -> dict[int, dict]:
@@ -146,7 +133,7 @@ def test_retention_prunes_the_bases_of_kept_versions_and_every_kept_version_reco
     assert sorted(kept) == [1, 5, 8, 10, 11, 12]
     assert mmlib.get("run:best", store).number == 5
     for number in kept:
-        assert _same_state(mmlib.load(f"run:v{number}", store).state_dict(), saved[number])
+        assert same_state(mmlib.load(f"run:v{number}", store).state_dict(), saved[number])
     assert maintenance.verify(store) == []
     pruned = store.dict_pers_service.all_ids_for_type(PRUNED)
     assert len(pruned) == 2 * 6  # six versions pruned, each with its training state
@@ -176,7 +163,7 @@ def test_pruned_weights_are_reclaimed_but_those_kept_versions_read_stay(tmp_path
     # unchanged: no pruned training state's blob is kept for them (identical ones are one blob)
     state_blobs = {pruning.weights_blob(store, record["checkpoint"]["state"]) for record in records.values()}
     assert state_blobs & blobs == {pruning.weights_blob(store, records[10]["checkpoint"]["state"])}
-    assert _same_state(mmlib.load("run", store).state_dict(), model.state_dict())
+    assert same_state(mmlib.load("run", store).state_dict(), model.state_dict())
     assert maintenance.verify(store) == []
     before = set(store.file_pers_service.blob_digests())
     assert maintenance.collect_garbage(store, grace_seconds=0).blobs == []  # pruning reclaimed all it could
@@ -187,7 +174,7 @@ def test_training_state_round_trips_what_optimizers_and_schedulers_hold_without_
     state = {"int keys": {0: torch.arange(3), 7: {"step": torch.tensor(4.0)}}, "tuple": (0.9, 0.999),
              "floats": [math.inf, -math.inf, 1e-300, 0.1], "nested": [{"a": None, "b": True}], "empty": torch.empty(0)}
     module, tree = training_state.pack(state)
-    assert _same_state(training_state.unpack(module, tree), state)
+    assert same_state(training_state.unpack(module, tree), state)
     with pytest.raises(InvalidArgumentError, match="set"):
         training_state.pack({"lambda": {1, 2}})
     forged = copy.deepcopy(tree)
@@ -271,7 +258,7 @@ def test_a_background_checkpoint_copies_the_model_as_it_was_with_its_tied_weight
         version = pending.result()
     recovered = mmlib.load(version.ref, store)
     assert recovered.head.weight is recovered.token_embedding.weight
-    assert _same_state(recovered.state_dict(), expected)
+    assert same_state(recovered.state_dict(), expected)
 
 
 def test_deciding_what_pruned_versions_still_hold_skips_a_model_withdrawn_after_it_was_listed(tmp_path):

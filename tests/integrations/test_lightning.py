@@ -11,6 +11,7 @@ import mmlib
 from mmlib import maintenance
 from mmlib.errors import InvalidArgumentError
 from mmlib.integrations.lightning import MMlibCheckpoint, MMlibCheckpointIO
+from save_helpers import same_state
 
 BATCHES, BATCH_SIZE, EPOCHS = 6, 4, 3
 SCORES = [0.5, 0.2, 0.9, 0.3, 0.7]  # the metric Scored logs after each epoch: best (min) epochs 1 and 3
@@ -126,19 +127,6 @@ def _fit(store, callbacks, train_data, *, module=Regressor, model_seed=0, ckpt_p
     return trainer, model
 
 
-def _equal(expected, actual) -> bool:
-    """Whether two (nested) state dicts are equal, tensors bit for bit."""
-    if isinstance(expected, torch.Tensor):
-        return isinstance(actual, torch.Tensor) and expected.dtype == actual.dtype and torch.equal(expected, actual)
-    if isinstance(expected, dict):
-        return isinstance(actual, dict) and expected.keys() == actual.keys() and all(
-            _equal(expected[key], actual[key]) for key in expected)
-    if isinstance(expected, (list, tuple)):
-        return type(expected) is type(actual) and len(expected) == len(actual) and all(
-            _equal(item, other) for item, other in zip(expected, actual))
-    return expected == actual
-
-
 RESUMES = {
     # saved every 4 steps: v2 at step 8, after the second batch of the second epoch
     "within an epoch": ({"every_n_train_steps": 4}, ResumableLoader, "v2"),
@@ -158,9 +146,9 @@ def test_a_fit_resumed_from_a_checkpoint_ends_as_the_uninterrupted_fit(tmp_path,
 
     assert resumed.global_step == whole.global_step == EPOCHS * BATCHES
     assert resumed.current_epoch == whole.current_epoch
-    assert _equal(whole_model.state_dict(), resumed_model.state_dict())
-    assert _equal(whole.optimizers[0].state_dict(), resumed.optimizers[0].state_dict())
-    assert _equal(whole.lr_scheduler_configs[0].scheduler.state_dict(),
+    assert same_state(whole_model.state_dict(), resumed_model.state_dict())
+    assert same_state(whole.optimizers[0].state_dict(), resumed.optimizers[0].state_dict())
+    assert same_state(whole.lr_scheduler_configs[0].scheduler.state_dict(),
                   resumed.lr_scheduler_configs[0].scheduler.state_dict())
     resumed_at = int(version[1:])
     saved_after = [saved.number for saved in mmlib.find(store, name="run") if saved.number > resumed_at]
@@ -221,7 +209,7 @@ def test_file_paths_go_to_the_wrapped_checkpoint_io_and_mmlib_paths_are_only_rea
     checkpoint_io = MMlibCheckpointIO(str(tmp_path / "store"))
     path = str(tmp_path / "plain.ckpt")
     checkpoint_io.save_checkpoint({"global_step": 3, "weights": torch.arange(4)}, path)
-    assert _equal(checkpoint_io.load_checkpoint(path), {"global_step": 3, "weights": torch.arange(4)})
+    assert same_state(checkpoint_io.load_checkpoint(path), {"global_step": 3, "weights": torch.arange(4)})
     with pytest.raises(InvalidArgumentError, match="only reads mmlib://"):
         checkpoint_io.save_checkpoint({}, "mmlib://run")
     with pytest.raises(InvalidArgumentError, match="only reads mmlib://"):

@@ -10,6 +10,7 @@ import mmlib
 from mmlib import maintenance
 from mmlib.errors import InvalidArgumentError
 from mmlib.integrations.transformers import MMlibCallback, model_from_config, resume
+from save_helpers import same_state
 
 SAMPLES, BATCH_SIZE, EPOCHS = 12, 4, 2  # 3 steps an epoch
 SCORES = [0.5, 0.2, 0.9, 0.3, 0.7]  # the metric each evaluation reports: best (min) after epochs 2 and 4
@@ -55,19 +56,6 @@ def _trainer(store, name, output_dir, model, *, samples=SAMPLES, epochs=EPOCHS, 
     return Trainer(model, args, train_dataset=_data(samples), callbacks=[MMlibCallback(store, name)], **evaluation)
 
 
-def _equal(expected, actual) -> bool:
-    """Whether two (nested) state dicts are equal, tensors bit for bit."""
-    if isinstance(expected, torch.Tensor):
-        return isinstance(actual, torch.Tensor) and expected.dtype == actual.dtype and torch.equal(expected, actual)
-    if isinstance(expected, dict):
-        return isinstance(actual, dict) and expected.keys() == actual.keys() and all(
-            _equal(expected[key], actual[key]) for key in expected)
-    if isinstance(expected, (list, tuple)):
-        return type(expected) is type(actual) and len(expected) == len(actual) and all(
-            _equal(item, other) for item, other in zip(expected, actual))
-    return expected == actual
-
-
 RESUMES = {
     # saved every 2 steps: v2 at step 4, the first step of the second epoch
     "within an epoch": ({"save_strategy": "steps", "save_steps": 2}, "v2"),
@@ -86,12 +74,12 @@ def test_a_training_resumed_from_a_checkpoint_ends_as_the_uninterrupted_one(tmp_
 
     assert output.global_step == whole.state.global_step == EPOCHS * SAMPLES // BATCH_SIZE
     assert resumed.state.epoch == whole.state.epoch
-    assert _equal(whole.model.state_dict(), resumed.model.state_dict())
-    assert _equal(whole.optimizer.state_dict(), resumed.optimizer.state_dict())
-    assert _equal(whole.lr_scheduler.state_dict(), resumed.lr_scheduler.state_dict())
+    assert same_state(whole.model.state_dict(), resumed.model.state_dict())
+    assert same_state(whole.optimizer.state_dict(), resumed.optimizer.state_dict())
+    assert same_state(whole.lr_scheduler.state_dict(), resumed.lr_scheduler.state_dict())
     saved = mmlib.find(store, name="run")
     assert len(mmlib.find(store, name="resumed")) == len([each for each in saved if each.number > int(version[1:])])
-    assert _equal(whole.model.state_dict(), mmlib.load("run", store).state_dict())  # rebuilt from its config
+    assert same_state(whole.model.state_dict(), mmlib.load("run", store).state_dict())  # rebuilt from its config
     assert maintenance.verify(store) == []
 
 
