@@ -20,9 +20,13 @@ from mmlib.schema.model_info import MODEL_INFO, PRUNED, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecoverInfo
 from mmlib.schema.schema_obj import BLOB, StoredItem
 from mmlib.schema.store_type import ModelStoreType
+from mmlib.util.memo import Memo
 
-_READS: dict[str, frozenset[str]] = {}  # update blob reference -> the models whose weights it reads
-_READS_CACHED = 4096
+_READS: Memo[str, frozenset[str]] = Memo()  # update blob reference -> the models whose weights it reads
+# An id commits to its record, so what a model's record names never changes once read: model id -> the reference
+# of its weights file, and -> its documents and blobs. Each prune asks them of every model of the store.
+_WEIGHTS_REFERENCES: Memo[str, Optional[str]] = Memo()
+_STORED_ITEMS: Memo[str, frozenset[StoredItem]] = Memo()
 
 
 class Lineages:
@@ -60,13 +64,15 @@ class Lineages:
         reference = weights_reference(self.store, model_id)
         if reference is None:
             return set()
-        if reference not in _READS:  # a blob never changes: what it reads is worked out once per process
-            from mmlib.approaches.update_format import read_update  # torch: only stores with pruned models need it
+        return set(_READS.get(reference, lambda: self._read_by_blob(reference, model_id)))
 
-            index = read_update(memoryview(self.store.file_pers_service.read_bytes(reference)), model_id)
-            remember_reads(reference, {location.holder for location in index.locations.values()}
-                           | {location.keyframe for location in index.locations.values()})
-        return set(_READS[reference])
+    def _read_by_blob(self, reference: str, model_id: str) -> frozenset[str]:
+        """The models whose weights the update blob `reference` of `model_id` reads, from its header."""
+        from mmlib.approaches.update_format import read_update  # torch: only stores with pruned models need it
+
+        index = read_update(memoryview(self.store.file_pers_service.read_bytes(reference)), model_id)
+        return frozenset({location.holder for location in index.locations.values()}
+                         | {location.keyframe for location in index.locations.values()})
 
     def needed_pruned_blobs(self) -> set[str]:
         """The weights blobs of pruned models that models not pruned still read."""
@@ -89,14 +95,16 @@ class Lineages:
 def remember_reads(reference: str, models: set[str]) -> None:
     """Note that the update blob `reference` reads tensors from `models` (what its save knew), so that deciding what
     pruned models' blobs are still needed does not read the blob back."""
-    if len(_READS) >= _READS_CACHED:
-        _READS.pop(next(iter(_READS)))
-    _READS[reference] = frozenset(models)
+    _READS.put(reference, frozenset(models))
 
 
 def weights_reference(store: Store, model_id: str) -> Optional[str]:
     """The reference id of the file holding a model's weights (a snapshot's parameters, an update's tensors), or
     None for a provenance version (it stores none)."""
+    return _WEIGHTS_REFERENCES.get(model_id, lambda: _read_weights_reference(store, model_id))
+
+
+def _read_weights_reference(store: Store, model_id: str) -> Optional[str]:
     info = ModelInfo.load(model_id, store.file_pers_service, store.dict_pers_service, "", load_recursive=True)
     recover_info = info.recover_info
     if isinstance(recover_info, FullModelRecoverInfo) and recover_info.parameters_file is not None:
@@ -114,7 +122,8 @@ def weights_blob(store: Store, model_id: str) -> Optional[str]:
 
 def own_items(store: Store, model_id: str, pruned: bool) -> set[StoredItem]:
     """A model's documents and blobs; for a pruned model, without its weights blob."""
-    items = set(ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))
+    items = set(_STORED_ITEMS.get(model_id, lambda: frozenset(
+        ModelInfo.load_placeholder(model_id).stored_items(store.dict_pers_service))))
     if pruned:
         items.discard(StoredItem(BLOB, weights_blob(store, model_id) or ""))
         items.add(StoredItem(PRUNED, model_id))

@@ -228,9 +228,12 @@ class AbstractSaveService(ABC):
             self._require_model(save_info.base_model)
             self._refuse_pruned(save_info.base_model)
 
-    def _model_source(self, save_info: ModelSaveInfo) -> ModelSource:
-        """How a snapshot of the model will be rebuilt (see `resolve_model_source` for the sources it tries)."""
-        return resolve_model_source(save_info, self._root_snapshot, self._import_target,
+    def _model_source(self, save_info: ModelSaveInfo,
+                      base_snapshot: Optional[Callable[[str], FullModelRecoverInfo]] = None) -> ModelSource:
+        """How a snapshot of the model will be rebuilt (see `resolve_model_source` for the sources it tries);
+        `base_snapshot` gives the base's snapshot where the caller knows it (default: found by walking the
+        base's lineage)."""
+        return resolve_model_source(save_info, base_snapshot or self._root_snapshot, self._import_target,
                                     os.path.join(self._restore_root, "recovered-code"))
 
     def _check_rebuildable(self, model: torch.nn.Module, source: ModelSource, captured: CapturedState) -> None:

@@ -261,7 +261,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         if class_name != snapshot.model_class_name:
             raise IncompatibleModelError(f"the model is a {class_name}, base model {base_id} a "
                                          f"{snapshot.model_class_name}")
-        source = self._model_source(save_info)
+        source = self._model_source(save_info, lambda _: snapshot)  # known: no walk down a long lineage
         if (source.model_import, source.init_args) != (snapshot.model_import, snapshot.model_init_args):
             raise IncompatibleModelError(f"the model is built from {source.model_import or 'its code'} with "
                                          f"{source.init_args}, base model {base_id} from "
