@@ -22,12 +22,8 @@ from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.environment import Environment
 from mmlib.schema.model_info import CREATED, MODEL_INFO
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
-from mmlib.schema.store_type import ModelStoreType
+from mmlib.schema.store_type import APPROACHES, SNAPSHOT, UPDATE
 from mmlib.track_env import track_current_environment
-
-SNAPSHOT, UPDATE, PROVENANCE = "snapshot", "update", "provenance"
-APPROACHES = {ModelStoreType.FULL_MODEL.value: SNAPSHOT, ModelStoreType.WEIGHT_UPDATES.value: UPDATE,
-              ModelStoreType.PROVENANCE.value: PROVENANCE}
 
 __all__ = ["Version", "open_store", "save", "load", "get", "find", "set_alias", "set_tags", "set_metrics"]
 

@@ -1,4 +1,5 @@
-"""The `mmlib` command: list, show, recover, verify, remove and garbage-collect the models of a store.
+"""The `mmlib` command: list, show, diff, recover, verify, remove and garbage-collect the models of a store, and
+serve a web view of it.
 
 Only this module configures logging handlers (on the `mmlib` logger, for the duration of `main`).
 """
@@ -20,7 +21,7 @@ from mmlib.errors import InvalidIdError, MMLibError, ModelNotFoundError, StoreUn
 from mmlib.persistence.store import Store, open_store
 from mmlib.retention import Retention, prune
 from mmlib.schema.model_info import PRUNED
-from mmlib.util.table import format_table
+from mmlib.util.table import format_table, human_size, short_time
 
 logger = logging.getLogger(__name__)
 
@@ -65,22 +66,6 @@ class _UsageError(Exception):
 
 
 REFERENCE_HELP = "a model: its id, a unique prefix of it, NAME (the latest version), NAME:vN or NAME:ALIAS"
-
-
-def _human_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    value, unit = size / 1024, "KiB"
-    for larger in ("MiB", "GiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, larger
-    return f"{value:.1f} {unit}"
-
-
-def _time(created: Optional[str]) -> str:
-    """An ISO 8601 UTC time as `YYYY-MM-DD HH:MM:SS`."""
-    return created[:19].replace("T", " ") if created else "-"
 
 
 def _print_json(value) -> None:
@@ -149,7 +134,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     store = _open(args)
     survey = maintenance.survey(store)
     named = refs.named_versions(store.dict_pers_service)
-    training_states = {version.checkpoint.get("state") for version in named.values()}
+    training_states = refs.training_state_ids(named)
     models = [model for model in survey.models if model.model_id not in training_states]
     models, damaged = _listed(args, models, named), survey.damaged
     if args.json:
@@ -162,7 +147,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         short = maintenance.abbreviated([m.model_id for m in models] + [m.base_id for m in models if m.base_id]
                                         + [entry.model_id for entry in damaged])
         rows: list[tuple[str, ...]] = [(short[m.model_id], m.store_type, short[m.base_id] if m.base_id else "-",
-                                        _time(m.created), _human_size(m.size)) for m in models]
+                                        short_time(m.created), human_size(m.size)) for m in models]
         rows += [(short[entry.model_id], "DAMAGED", "-", "-", "-") for entry in damaged]
         header: tuple[str, ...] = ("ID", "TYPE", "BASE", "CREATED (UTC)", "SIZE")
         listed = [m.model_id for m in models] + [entry.model_id for entry in damaged]
@@ -247,15 +232,8 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _size_lines(sizes: dict, indent: int) -> list[tuple[str, str]]:
-    lines = []
-    for key, value in sizes.items():
-        if isinstance(value, dict):
-            lines.append((" " * indent + key, _human_size(maintenance.total_size(value))))
-            lines += _size_lines(value, indent + 2)
-        else:
-            lines.append((" " * indent + key, _human_size(value)))
-    return lines
+def _size_lines(sizes: dict) -> list[tuple[str, str]]:
+    return [("  " * depth + key, human_size(size)) for depth, key, size in maintenance.size_rows(sizes)]
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -270,7 +248,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                      "aliases": refs.aliases_of(dps, *named) if named else [], "alias_history": history})
         return _show_damage_exit(details)
     summary = [("id", details.model_id), ("type", details.store_type), ("base", details.base_id or "-"),
-               ("created", f"{_time(details.created)} UTC"), ("size", _human_size(details.size))]
+               ("created", f"{short_time(details.created)} UTC"), ("size", human_size(details.size))]
     if named:
         summary += [("version", refs.version_id(*named)), ("aliases", ", ".join(refs.aliases_of(dps, *named)))]
         checkpoint = refs.checkpoint_summary(refs.version_record(dps, *named))
@@ -282,18 +260,18 @@ def _cmd_show(args: argparse.Namespace) -> int:
                    for key, value in details.environment.items()]
     pruned = set(dps.all_ids_for_type(PRUNED))
     lineage = [(f"{'  ' * depth}{v.model_id}", v.store_type + (" (pruned)" if v.model_id in pruned else ""),
-                _time(v.created)) for depth, v in enumerate(details.lineage)]
+                short_time(v.created)) for depth, v in enumerate(details.lineage)]
     print(format_table(("MODEL", ""), summary))
     print()
     print(format_table(("ENVIRONMENT", ""), environment))
     print()
-    print(format_table(("SIZE BREAKDOWN", ""), _size_lines(details.sizes, 0), right=(1,)))
+    print(format_table(("SIZE BREAKDOWN", ""), _size_lines(details.sizes), right=(1,)))
     print()
     print(format_table(("LINEAGE (model first, root last)", "TYPE", "CREATED (UTC)"), lineage))
     if history:
         print()
         print(format_table((f"ALIAS {name}:{selector} (oldest move first)", "FROM", "TO", "BY"),
-                           [(_time(datetime.fromtimestamp(move["time"], timezone.utc).isoformat()),
+                           [(short_time(datetime.fromtimestamp(move["time"], timezone.utc).isoformat()),
                              f"v{move['old']}" if move["old"] else "-", f"v{move['new']}" if move["new"] else "-",
                              f"{move['user']}@{move['host']}") for move in history]))
     if details.damage:
@@ -313,7 +291,7 @@ def _show_damage_exit(details: maintenance.ModelDetails) -> int:
 def _tree_lines(node: maintenance.TreeNode, short: dict[str, str], prefix: str, connector: str,
                 child_prefix: str) -> list[str]:
     v = node.version
-    lines = [f"{prefix}{connector}{short[v.model_id]}  {v.store_type}  {_time(v.created)}"]
+    lines = [f"{prefix}{connector}{short[v.model_id]}  {v.store_type}  {short_time(v.created)}"]
     for index, child in enumerate(node.children):
         last = index == len(node.children) - 1
         lines += _tree_lines(child, short, prefix + child_prefix, "`-- " if last else "|-- ",
@@ -406,6 +384,65 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     if report.kept_young and args.grace > 0:
         print(f"the {report.kept_young} item(s) kept for the grace period go in a later run, or now with "
               "`mmlib gc --grace 0` (it keeps what running saves wrote)")
+    return EXIT_OK
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from mmlib import model_diff  # with --values it recovers models, which imports torch
+
+    store = _open(args)
+    result = model_diff.diff(args.reference, args.other, store, values=args.values)
+    if args.json:
+        _print_json(result.to_dict())
+        return EXIT_OK
+    old, new = (_version_label(store, model_id) for model_id in (result.old_id, result.new_id))
+    print(f"{old} -> {new}: " + ("identical" if result.identical else
+                                 f"{len(result.changed)} changed, {len(result.added)} added, {len(result.removed)} "
+                                 f"removed") + f", {result.unchanged} unchanged")
+    if not result.changes:
+        return EXIT_OK
+    header: tuple[str, ...] = ("CHANGE", "TENSOR")
+    rows: list[tuple[str, ...]] = [(change.change, change.key) for change in result.changes]
+    if result.values:
+        header += ("SHAPE", "DTYPE", "MAX ABS", "MEAN ABS", "MAX REL", "MEAN REL")
+        rows = [(*row, change.shape_change, change.dtype_change,
+                 *("-" if figure is None else f"{figure:.4g}"
+                   for figure in (change.max_abs, change.mean_abs, change.max_rel, change.mean_rel)))
+                for row, change in zip(rows, result.changes)]
+    print()
+    print(format_table(header, rows, right=(4, 5, 6, 7)))
+    if not result.values:
+        print("\n(from the stored weight hashes; --values recovers both models for shapes, dtypes and how far "
+              "values moved)")
+    return EXIT_OK
+
+
+def _version_label(store: Store, model_id: str) -> str:
+    """`NAME:vN (abbreviated id)`, or the abbreviated id of a model saved without a name."""
+    named = refs.version_of(store.dict_pers_service, model_id)
+    short = model_id[:maintenance.ABBREVIATED]
+    return f"{refs.version_id(*named)} ({short})" if named else short
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from mmlib.ui import server
+    except ImportError as error:
+        raise _UsageError(f"the web view needs the `ui` extra ({error}): pip install 'mmlib[ui]'") from error
+    store = _open(args)
+    if not server.is_loopback(args.host):
+        print(f"mmlib: warning: the web view has no authentication: anyone who can reach {args.host} can read "
+              "this store's metadata and recover its models through diffs; serve it on 127.0.0.1 (the default) "
+              "unless this network is trusted", file=sys.stderr)
+    location = server.shown_location(args.store or os.environ.get(STORE_ENV, ""))
+
+    def announce(url: str) -> None:
+        print(f"mmlib ui: serving {location} read-only at {url} (Ctrl+C stops it)", flush=True)
+
+    try:
+        server.serve(store, args.host, args.port, title=location, announce=announce)
+    except OSError as error:
+        raise _UsageError(str(error)) from error
     return EXIT_OK
 
 
@@ -528,6 +565,19 @@ def build_parser() -> argparse.ArgumentParser:
     prune_command.add_argument("--keep-every", type=int, metavar="STEPS",
                                help="keep the first checkpoint of every STEPS steps")
     prune_command.add_argument("--dry-run", action="store_true", help="only list what would be pruned")
+    diff = command("diff", _cmd_diff, "list the tensors that differ between two models (changed, added, removed), "
+                   "from their stored weight hashes; --values measures each change", "mmlib --store ./models diff "
+                   "detector:v1 detector:v2 --values")
+    diff.add_argument("reference", metavar="REF1", help=REFERENCE_HELP)
+    diff.add_argument("other", metavar="REF2", help="the model to compare with REF1 (any reference)")
+    diff.add_argument("--values", action="store_true", help="recover both models (with checks) and show each changed "
+                      "tensor's shapes, dtypes and its max/mean absolute and relative change")
+    ui = command("ui", _cmd_ui, "serve a read-only web view of the store (models, lineage graphs, versions, "
+                 "diffs); needs the `ui` extra", "mmlib --store ./models ui --port 8000", json_output=False)
+    ui.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s, this "
+                    "machine only); any other exposes the store to the network without authentication")
+    ui.add_argument("--port", type=int, default=0, help="the port to listen on (default: 0, a free one; the URL is "
+                    "printed)")
     command("bench", _cmd_bench, f"run the benchmark ({BENCHMARK_MODULE}) of the mmlib source checkout mmlib runs "
             "from, or of the current directory; other arguments go to the benchmark", "mmlib bench --quick",
             json_output=False)

@@ -11,6 +11,7 @@ import functools
 import logging
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterable, Iterator, Optional, ParamSpec, TypeVar
@@ -33,6 +34,7 @@ from mmlib.schema.model_info import (CREATED, DERIVED_FROM, MODEL_INFO, PRUNED, 
 from mmlib.schema.schema_obj import BLOB, StoredItem, damaged_document
 from mmlib.schema.store_format import FORMAT_DOCUMENT_ID, STORE_FORMAT, check_store_format
 from mmlib.schema.store_type import ModelStoreType
+from mmlib.util.memo import Memo
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +50,10 @@ progress = logging.getLogger(PROGRESS_LOGGER)
 ABBREVIATED = 12
 RECLAIMED = "reclaimed"  # set in a pruned model's marker once its weights blob is gone
 _HEX_DIGITS = frozenset("0123456789abcdef")
+# What a model's document says of its lineage never changes (its id commits to it), and a pruned model's reclaimed
+# weights never come back: each prune reads them once per process (and store), not once per model of the store.
+_LINEAGE_VERSIONS: "Memo[str, Version]" = Memo()
+_RECLAIMED: "weakref.WeakKeyDictionary[DictPersistenceService, set[str]]" = weakref.WeakKeyDictionary()
 _ENVIRONMENT_SUMMARY_FIELDS = ("python_version", "pytorch_version", "processor_info", "gpu_types",
                                "python_platform_info")
 
@@ -137,6 +143,17 @@ class Problem:
 def total_size(sizes: dict) -> int:
     """Sum of every byte count in a nested size dict (as `model_save_size` returns)."""
     return sum(total_size(value) if isinstance(value, dict) else value for value in sizes.values())
+
+
+def size_rows(sizes: dict, depth: int = 0) -> list[tuple[int, str, int]]:
+    """A nested size dict (as `model_save_size` returns) as (depth, key, bytes) rows, each nested dict's total
+    before its parts: the size breakdown `mmlib show` and the web view print."""
+    rows = []
+    for key, value in sizes.items():
+        rows.append((depth, key, total_size(value) if isinstance(value, dict) else value))
+        if isinstance(value, dict):
+            rows += size_rows(value, depth + 1)
+    return rows
 
 
 def _iso_time(timestamp: Optional[float]) -> Optional[str]:
@@ -313,14 +330,16 @@ def model_size_info(store: Store, model_id: str) -> dict:
     return ModelInfo.load_placeholder(model_id).size_info(store.file_pers_service, store.dict_pers_service)
 
 
-def _readable_versions(store: Store) -> tuple[dict[str, Version], list[DamagedModel]]:
+def _readable_versions(store: Store, known: Optional[Memo[str, Version]] = None
+                       ) -> tuple[dict[str, Version], list[DamagedModel]]:
     """The version of every model whose document can be read (oldest first), and the models whose cannot (a model
-    removed since the listing is left out)."""
+    removed since the listing is left out); those in `known` are not read again."""
     versions: dict[str, Version] = {}
     damaged = []
     for model_id in all_model_ids(store):
         try:
-            versions[model_id] = version(store, model_id)
+            versions[model_id] = version(store, model_id) if known is None else \
+                known.get(model_id, functools.partial(version, store, model_id))
         except IntegrityError as error:
             damaged.append(DamagedModel(model_id, str(error)))
         except ModelNotFoundError:
@@ -371,15 +390,20 @@ def survey(store: Store) -> Survey:
     versions, damaged = scan_versions(store)
     versions.reverse()
     versions.sort(key=lambda v: v.created or "", reverse=True)
-    models = []
-    for v in versions:
-        try:
-            models.append(ModelSummary(**v.__dict__, size=total_size(model_size_info(store, v.model_id))))
-        except (IntegrityError, InvalidIdError) as error:
-            damaged.append(DamagedModel(v.model_id, str(error)))
-        except NotFoundError as error:
-            damaged.append(DamagedModel(v.model_id, f"something it references is missing ({error})"))
-    return Survey(models, damaged)
+    sized = [sized_version(store, v) for v in versions]
+    return Survey([entry for entry in sized if isinstance(entry, ModelSummary)],
+                  damaged + [entry for entry in sized if isinstance(entry, DamagedModel)])
+
+
+def sized_version(store: Store, v: Version) -> "ModelSummary | DamagedModel":
+    """The version with the bytes its own documents and blobs take, or, when they cannot be read or sized, what is
+    wrong with it."""
+    try:
+        return ModelSummary(**v.__dict__, size=total_size(model_size_info(store, v.model_id)))
+    except (IntegrityError, InvalidIdError) as error:
+        return DamagedModel(v.model_id, str(error))
+    except NotFoundError as error:
+        return DamagedModel(v.model_id, f"something it references is missing ({error})")
 
 
 def _left_out(damaged: list[DamagedModel]) -> None:
@@ -523,7 +547,8 @@ def export_weights(store: Store, model_id: str, path: str) -> int:
 
 def _lineages(store: Store) -> Lineages:
     """What deciding which weights each model needs takes (see `mmlib.pruning`)."""
-    return Lineages(store, [(v.model_id, v.store_type, v.base_id) for v in _readable_versions(store)[0].values()])
+    versions = _readable_versions(store, _LINEAGE_VERSIONS)[0].values()
+    return Lineages(store, [(v.model_id, v.store_type, v.base_id) for v in versions])
 
 
 def _needed_items(store: Store, model_id: str, lineages: Lineages) -> Iterator[StoredItem]:
@@ -676,12 +701,15 @@ def reclaim_pruned(store: Store) -> GarbageReport:
     are marked, so no save can derive from them, and running saves' leases keep what they wrote). A pruned model
     whose blob kept versions still read is looked at again next time; one whose blob is gone is marked reclaimed."""
     dps = store.dict_pers_service
+    reclaimed = _RECLAIMED.setdefault(dps, set())
     pending = {model_id: weights_blob(store, model_id) for model_id in dps.all_ids_for_type(PRUNED)
-               if not dps.recover_dict(model_id, PRUNED).get(RECLAIMED) and dps.id_exists(model_id, MODEL_INFO)}
+               if model_id not in reclaimed and not dps.recover_dict(model_id, PRUNED).get(RECLAIMED)
+               and dps.id_exists(model_id, MODEL_INFO)}
     candidates = {StoredItem(BLOB, digest) for digest in pending.values() if digest is not None}
     report = sweep(store, lambda: _live_items(store, pruned_models=False), dry_run=False, grace_seconds=0,
                    only=candidates)
     for model_id, digest in pending.items():
         if digest is None or not store.file_pers_service.blob_exists(digest):
             dps.add_field(model_id, PRUNED, RECLAIMED, True)
+            reclaimed.add(model_id)
     return report

@@ -210,6 +210,13 @@ def named_versions(dps: DictPersistenceService) -> dict[str, NamedVersion]:
         record.get("tags") or {}, record.get("metrics") or {}, checkpoint_summary(record)) for record in live}
 
 
+def training_state_ids(named: dict[str, NamedVersion]) -> set[str]:
+    """The model ids of the training states of the checkpoints among `named` (as `named_versions` returns): stored
+    as models, but no versions of their own, so listings leave them out."""
+    return {version.checkpoint["state"] for version in named.values() if isinstance(version.checkpoint.get("state"),
+                                                                                     str)}
+
+
 def set_alias(dps: DictPersistenceService, name: str, number: int, alias: str) -> None:
     """Point `alias` of `name` at version `number`, recording the move in the alias history."""
     check_name(alias, "alias")

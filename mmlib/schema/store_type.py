@@ -9,3 +9,9 @@ class ModelStoreType(Enum):
     FULL_MODEL = "full_model"
     WEIGHT_UPDATES = "weight_updates"
     PROVENANCE = "provenance"
+
+
+# What the one-line API and the web view call each store type.
+SNAPSHOT, UPDATE, PROVENANCE = "snapshot", "update", "provenance"
+APPROACHES = {ModelStoreType.FULL_MODEL.value: SNAPSHOT, ModelStoreType.WEIGHT_UPDATES.value: UPDATE,
+              ModelStoreType.PROVENANCE.value: PROVENANCE}

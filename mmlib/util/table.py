@@ -1,4 +1,5 @@
-"""Plain-text tables for the terminal: the `mmlib` command's listings and the probe's layer summaries."""
+"""Plain-text tables for the terminal (the `mmlib` command's listings and the probe's layer summaries), and the
+byte counts and times they and the web view show."""
 
 from typing import Mapping, Optional, Sequence
 
@@ -26,3 +27,20 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: S
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(headers, {})] + [line(row, colours or {}) for row in rows])
+
+
+def human_size(size: int) -> str:
+    """A byte count as people read it: `512 B`, `12.3 KiB`, `4.0 MiB`, `1.2 GiB`."""
+    if size < 1024:
+        return f"{size} B"
+    value, unit = size / 1024, "KiB"
+    for larger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
+
+
+def short_time(created: Optional[str]) -> str:
+    """An ISO 8601 UTC time as `YYYY-MM-DD HH:MM:SS` ("-" for none)."""
+    return created[:19].replace("T", " ") if created else "-"
