@@ -310,3 +310,24 @@ def test_damaged_planes_payloads_raise_integrity_error(name, threaded, monkeypat
                                              "update metadata is inconsistent"):
         DeltaCodec.from_name("sub-zigzag-planes-zstd1").decode(payload, torch.float32, (50_000,), None)
 
+
+
+@pytest.mark.parametrize("codec_name", CODECS)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.complex128])
+@pytest.mark.parametrize("numel", [0, 1, 7, 1031, 300_007])
+def test_decoding_into_the_base_in_place_gives_what_decoding_gives(codec_name, dtype, numel):
+    codec = DeltaCodec.from_name(codec_name)
+    generator = torch.Generator().manual_seed(numel)
+    base = torch.randint(0, 256, (numel * dtype.itemsize,), dtype=torch.uint8, generator=generator)
+    new = base.clone()
+    new[::3] = torch.randint(0, 256, new[::3].shape, dtype=torch.uint8, generator=generator)
+    if dtype == torch.bool:
+        base, new = base % 2, new % 2
+    base, new = base.view(dtype), new.view(dtype)
+    encoded = codec.encode(new, base if codec.needs_base else None)
+    target = mmlib.util.delta.bits_of(np.frombuffer(_bits(base) if codec.needs_base else bytes(base.nbytes),
+                                                    dtype=np.uint8).copy(), dtype.itemsize)
+    codec.decode_into(encoded, target, dtype.itemsize)
+    assert target.tobytes() == _bits(new)
+    with pytest.raises(IntegrityError):  # a payload cut short
+        codec.decode_into(bytes(memoryview(encoded))[:-1] if numel else b"junk", target, dtype.itemsize)

@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import re
+from typing import Optional
 
 import pytest
 import torch
@@ -60,10 +61,10 @@ def update_reference(stores, model_id: str, tmp_path) -> str:
     return info.recover_info.update.reference_id
 
 
-def record_calls(monkeypatch, service, method: str) -> list:
-    """Record the arguments of every call of `service.method`: the blobs `read_bytes` reads (weights, snapshots
-    and updates), the documents `recover_dict` reads."""
-    calls = []
+def record_calls(monkeypatch, service, method: str, calls: Optional[list] = None) -> list:
+    """Record (in `calls`, default a new list) the arguments of every call of `service.method`: the blobs
+    `read_bytes` reads (weights, snapshots and updates), the documents `recover_dict` reads."""
+    calls = [] if calls is None else calls
     original = getattr(service, method)
 
     def spy(*args):
@@ -75,8 +76,9 @@ def record_calls(monkeypatch, service, method: str) -> list:
 
 
 def count_reads(monkeypatch, file_service) -> list:
-    """Record every blob read through `read_bytes`."""
-    return record_calls(monkeypatch, file_service, "read_bytes")
+    """Record every blob read: whole (`read_bytes`) or front to back (`verified_reader`, update recoveries)."""
+    return record_calls(monkeypatch, file_service, "verified_reader",
+                        record_calls(monkeypatch, file_service, "read_bytes"))
 
 
 def save_chain(service, model, versions: int) -> tuple[list, list]:

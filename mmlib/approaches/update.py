@@ -18,13 +18,14 @@ from mmlib.approaches.base import AbstractSaveService, DeviceLike, merkle_tree, 
 from mmlib.util.concurrency import parallel_map, run_beside
 from mmlib.approaches.model_state import CapturedState, capture
 from mmlib.approaches.update_format import Location, StoredTensor, snapshot_locations, write_update
+from mmlib.approaches.update_stream import StreamedRecovery
 from mmlib.approaches.update_reader import UpdateReader
 from mmlib.approaches.version_cache import CachedVersion, VersionCache
 from mmlib.equal import tensor_equal
 from mmlib.errors import IncompatibleModelError, InvalidSaveInfoError
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
 from mmlib.save_info import ModelSaveInfo
-from mmlib.schema.model_info import PRUNED, ModelInfo
+from mmlib.schema.model_info import ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecoverInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
@@ -141,28 +142,15 @@ class WeightUpdateSaveService(AbstractSaveService):
             reader = self._reader()
             model_info = reader.info(model_id)
             lineage = self._lineage_to_snapshot(model_id, reader.info)
-            _, (locations, snapshot_id) = run_beside(lambda: reader.prefetch(self._snapshot_needed(lineage)),
-                                                     lambda: reader.locations(model_id))
             if model_info.store_type == ModelStoreType.FULL_MODEL:
                 model, state = self._recover_snapshot(model_info, execute_checks, target)
+                locations, snapshot_id = reader.locations(model_id)
             else:
-                reader.prefetch(_blobs_holding(locations.values()))
-                state = reader.tensors({key: location.holder for key, location in locations.items()})
+                state, header = StreamedRecovery(model_id, lineage, self._file_pers_service.verified_reader).state()
+                locations, snapshot_id = header.locations, header.snapshot_id
                 model = self._rebuild(model_info, reader.snapshot(snapshot_id), state, execute_checks, target)
         self._cache.remember(model_id, state, locations, snapshot_id, {}, all_values=not self.improved_version)
         return RestoredModelInfo(model=model, model_id=model_id)
-
-    def _snapshot_needed(self, lineage: list[ModelInfo]) -> list[str]:
-        """The snapshot whose weights a recovery of `lineage[0]` reads for sure, so it can be read while the
-        version's own blob is: with fewer changes since the snapshot than a keyframe interval, every delta in the
-        lineage is of a snapshot tensor. Empty when unsure, when the version is the snapshot itself, or when the
-        snapshot was pruned."""
-        if len(lineage) < 2 or len(lineage) > self.keyframe_interval or not self.codec.needs_base:
-            return []
-        snapshot_id = lineage[-1].stored_id()
-        if self._dict_pers_service.id_exists(snapshot_id, PRUNED):
-            return []  # its weights may be gone: they are read only if the version reads from them
-        return [snapshot_id]
 
     def _reader(self) -> UpdateReader:
         return UpdateReader(self._load_model_info, self._file_pers_service.read_bytes, self._read_weights)

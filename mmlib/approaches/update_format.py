@@ -103,45 +103,92 @@ def write_update(sink: BinarySink, snapshot_id: str, keys: list[str], base_locat
         sink.write(b"\0" * _padding(memoryview(payload).nbytes))
 
 
-def read_update(data: Buffer, model_id: str) -> UpdateIndex:
-    """Parse an update blob; raises IntegrityError when it is not one."""
-    buffer = memoryview(data)
+@dataclass(frozen=True)
+class TensorEntry:
+    """What an update blob's header says of a tensor stored in it: as a StoredTensor, with the payload's place in
+    the blob (`begin`, `end`: byte offsets from the blob's start) instead of its bytes."""
+
+    codec: DeltaCodec
+    delta_of: Optional[str]
+    depth: int
+    dtype: torch.dtype
+    shape: tuple
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    """A parsed update blob header: the snapshot whose code it uses, where every tensor lives, the stored ones."""
+
+    snapshot_id: str
+    locations: dict[str, Location]
+    entries: dict[str, TensorEntry]
+
+
+HEADER_PREFIX_BYTES = len(_MAGIC) + 8
+
+
+def header_bytes(prefix: Buffer, model_id: str) -> int:
+    """How many bytes from the start of an update blob its header takes (padding included), from the blob's first
+    HEADER_PREFIX_BYTES bytes; IntegrityError when they do not start an update blob."""
+    buffer = memoryview(prefix)
+    if buffer.nbytes < HEADER_PREFIX_BYTES or bytes(buffer[:len(_MAGIC)]) != _MAGIC:
+        raise _invalid_update(model_id, "it does not start with the update marker")
+    (length,) = struct.unpack_from("<Q", buffer, len(_MAGIC))
+    return HEADER_PREFIX_BYTES + length + _padding(length)
+
+
+def read_header(header: Buffer, blob_size: int, model_id: str) -> UpdateHeader:
+    """Parse the header of an update blob of `blob_size` bytes (`header`: at least its first `header_bytes`);
+    raises IntegrityError when it is not one."""
+    buffer = memoryview(header)
     try:
-        if bytes(buffer[:len(_MAGIC)]) != _MAGIC:
-            raise ValueError("it does not start with the update marker")
+        data_start = header_bytes(buffer, model_id)
         (length,) = struct.unpack_from("<Q", buffer, len(_MAGIC))
-        start = len(_MAGIC) + 8
-        header = json.loads(zstandard.ZstdDecompressor().decompress(buffer[start:start + length]))
-        if header["format"] not in _READABLE_FORMATS:
-            raise ValueError(f"format {header['format']} is not one of the supported formats {_READABLE_FORMATS}")
-        data_start = start + length + _padding(length)
-        models = header["models"]
+        parsed = json.loads(zstandard.ZstdDecompressor().decompress(
+            buffer[HEADER_PREFIX_BYTES:HEADER_PREFIX_BYTES + length]))
+        if parsed["format"] not in _READABLE_FORMATS:
+            raise ValueError(f"format {parsed['format']} is not one of the supported formats {_READABLE_FORMATS}")
+        models = parsed["models"]
 
         def model_at(index) -> str:
             if not isinstance(index, int) or not 0 <= index < len(models) or not isinstance(models[index], str):
                 raise ValueError(f"model index {index!r} is out of range")
             return models[index]
 
-        locations, stored = {}, {}
-        for key, entry in header["tensors"].items():
+        locations, entries = {}, {}
+        for key, entry in parsed["tensors"].items():
             depth = int(entry["depth"])
             if "src" in entry:
                 locations[key] = Location(model_at(entry["src"]), depth, model_at(entry["keyframe"]))
                 continue
             begin = data_start + int(entry["offset"])
             end = begin + int(entry["length"])
-            if not data_start <= begin <= end <= len(buffer):
+            if not data_start <= begin <= end <= blob_size:
                 raise ValueError(f"the payload of {key!r} lies outside the blob")
             delta_of = entry["delta_of"]
-            stored[key] = StoredTensor(DeltaCodec.from_name(entry["codec"]),
+            entries[key] = TensorEntry(DeltaCodec.from_name(entry["codec"]),
                                        None if delta_of is None else model_at(delta_of), depth,
                                        DTYPES.get(entry["dtype"]) or dtype_from_name(entry["dtype"]),
-                                       tuple(int(n) for n in entry["shape"]),
-                                       buffer[begin:end])
+                                       tuple(int(n) for n in entry["shape"]), begin, end)
             locations[key] = Location(model_id, depth, model_id if delta_of is None else model_at(delta_of))
-        if not isinstance(header["snapshot"], str):
+        if not isinstance(parsed["snapshot"], str):
             raise ValueError("it names no snapshot model")
-        return UpdateIndex(header["snapshot"], locations, stored)
+        return UpdateHeader(parsed["snapshot"], locations, entries)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, struct.error, zstandard.ZstdError) as error:
-        raise IntegrityError(f"the update blob of model {model_id} is not a valid mmlib weights update ({error}); "
-                             "run `mmlib verify` and restore the store from a backup") from error
+        raise _invalid_update(model_id, str(error)) from error
+
+
+def read_update(data: Buffer, model_id: str) -> UpdateIndex:
+    """Parse a whole update blob; raises IntegrityError when it is not one."""
+    buffer = memoryview(data)
+    header = read_header(buffer, buffer.nbytes, model_id)
+    stored = {key: StoredTensor(entry.codec, entry.delta_of, entry.depth, entry.dtype, entry.shape,
+                                buffer[entry.begin:entry.end]) for key, entry in header.entries.items()}
+    return UpdateIndex(header.snapshot_id, header.locations, stored)
+
+
+def _invalid_update(model_id: str, detail: str) -> IntegrityError:
+    return IntegrityError(f"the update blob of model {model_id} is not a valid mmlib weights update ({detail}); "
+                          "run `mmlib verify` and restore the store from a backup")

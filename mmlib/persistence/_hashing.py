@@ -83,6 +83,69 @@ def read_verified(source: BinarySource, size: int, digest: str) -> memoryview:
     return view
 
 
+class VerifiedReader:
+    """Reads a blob front to back into buffers the caller owns, hashing each piece in a helper thread as it arrives;
+    `finish` reads what is left and raises IntegrityError unless the whole blob hashes to its digest.
+
+    Bytes a caller gets are not checked until `finish` returns: use them only then (or throw away what was built
+    from them when it raises). `finish` also waits for the hashing, so a caller may change its buffers after it.
+    """
+
+    def __init__(self, source: BinarySource, size: int, digest: str):
+        self._source, self.size, self._digest = source, size, digest
+        self.position = 0
+        self._hasher = new_hasher()
+        self._helper = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash")
+
+    def readinto(self, view: memoryview) -> None:
+        """Fill `view` with the next bytes of the blob (IntegrityError when the blob ends first)."""
+        filled = 0
+        while filled < view.nbytes:
+            count = _read_into(self._source, view[filled:])
+            if not count:
+                raise corrupted_blob(self._digest, f"it ends after {self.position + filled} of its {self.size} bytes")
+            filled += count
+        self._hash(view)
+
+    def read(self, size: int) -> memoryview:
+        """The next `size` bytes, in a new buffer (not zero-filled first: the read fills it)."""
+        import numpy as np  # here, not at the top: listing a store (`mmlib ls`) reads no blob and stays quick
+
+        view = np.empty(size, dtype=np.uint8).data
+        self.readinto(view)
+        return view
+
+    def skip_to(self, offset: int) -> None:
+        """Read (and hash) up to `offset`, which may not lie behind the current position."""
+        if offset < self.position:
+            raise corrupted_blob(self._digest, f"its parts overlap (offset {offset} lies behind {self.position})")
+        while self.position < offset:
+            self.read(min(CHUNK_SIZE, offset - self.position))
+
+    def finish(self) -> None:
+        """Read the rest, wait for the hashing, and raise IntegrityError unless the bytes are the blob's."""
+        try:
+            self.skip_to(self.size)
+            extra = self._source.read(1)
+        finally:
+            self._helper.shutdown()
+        if extra:
+            raise corrupted_blob(self._digest, f"it no longer holds its recorded {self.size} bytes")
+        if self._hasher.hexdigest() != self._digest:
+            raise corrupted_blob(self._digest, f"its bytes hash to {self._hasher.hexdigest()}")
+
+    def close(self) -> None:
+        """Stop the helper thread (after `finish`, or when giving up on the blob)."""
+        self._helper.shutdown()
+
+    def _hash(self, view: memoryview) -> None:
+        self.position += view.nbytes
+        if view.nbytes < PARALLEL_HASH_BYTES:
+            self._helper.submit(self._hasher.update, bytes(view))
+        else:
+            self._helper.submit(self._hasher.update, view)
+
+
 def copy_verified(source: BinarySource, out: BinarySink, digest: str) -> None:
     """Stream a blob into `out` (anything with `write`), hashing as it goes; IntegrityError on a mismatch.
 

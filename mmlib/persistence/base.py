@@ -6,6 +6,7 @@ dependency order, the model document last. A model exists once its document
 does, so a crash leaves only unreferenced blobs and documents behind.
 """
 
+import contextlib
 import logging
 import os
 import uuid
@@ -17,7 +18,8 @@ from mmlib.constants import ID
 from mmlib.errors import BlobNotFoundError, DocumentNotFoundError, InvalidIdError, InvalidSaveInfoError
 from mmlib.persistence._archive import extract_directory_archive, write_directory_archive
 from mmlib.persistence._atomic import atomic_write
-from mmlib.persistence._hashing import CHUNK_SIZE, HashingWriter, NullSink, copy_stream, copy_verified, read_verified
+from mmlib.persistence._hashing import (CHUNK_SIZE, HashingWriter, NullSink, VerifiedReader, copy_stream, copy_verified,
+                                       read_verified)
 from mmlib.persistence._references import DIGEST_LENGTH, make_reference_id, split_reference_id
 from mmlib.util.buffers import BinarySink, BinarySource
 from mmlib.util.hash import new_hasher
@@ -127,6 +129,19 @@ class FilePersistenceService(ABC, Generic[Handle]):
         size = self._blob_size(digest)
         with self._open_blob_reader(digest) as source:
             return read_verified(source, size, digest)
+
+    @contextlib.contextmanager
+    def verified_reader(self, reference_id: str) -> Iterator[VerifiedReader]:
+        """A stored file read front to back into the caller's buffers, hashed as it arrives: the caller reads what it
+        needs, then calls `finish()`, which raises IntegrityError unless the bytes were the file's."""
+        digest, _, _ = split_reference_id(reference_id)
+        size = self._blob_size(digest)
+        with self._open_blob_reader(digest) as source:
+            reader = VerifiedReader(source, size, digest)
+            try:
+                yield reader
+            finally:
+                reader.close()
 
     def file_size(self, file_ref: FileReference) -> None:
         """Set `file_ref.size` to the number of bytes the referenced blob takes in the store."""

@@ -124,6 +124,25 @@ class FileStoreTests:
             store.recover_file(FileReference(reference_id=ref.reference_id), str(tmp_path / "out"))
         assert not os.path.exists(tmp_path / "out" / "w.bin")
 
+    def test_a_blob_read_front_to_back_gives_its_bytes_and_checks_them_at_the_end(self, store):
+        data = bytes(range(256)) * 40_000  # several read chunks
+        ref = store.save_bytes(data, "w.bin")
+        with store.verified_reader(ref.reference_id) as reader:
+            assert reader.size == len(data)
+            assert bytes(reader.read(10)) == data[:10]
+            reader.skip_to(5_000_003)  # skipped bytes are hashed too
+            piece = memoryview(bytearray(3 << 20))
+            reader.readinto(piece)
+            assert bytes(piece) == data[5_000_003:5_000_003 + (3 << 20)]
+            with pytest.raises(IntegrityError, match="overlap"):
+                reader.skip_to(10)
+            reader.finish()
+        self.corrupt(store, ref.reference_id.split("/")[0])
+        with store.verified_reader(ref.reference_id) as reader:
+            reader.read(100)
+            with pytest.raises(IntegrityError, match="is corrupted: its bytes hash to [0-9a-f]{64}"):
+                reader.finish()
+
     def test_a_missing_blob_is_not_found_and_a_malformed_id_is_invalid(self, store, tmp_path):
         missing = "0" * 64
         says_what_to_do = rf"blob {missing} is missing from .*; restore it from a backup or run `mmlib verify`"

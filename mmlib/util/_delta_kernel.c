@@ -43,8 +43,9 @@ enum { OP_PLAIN = 0, OP_XOR = 1, OP_SUB = 2 };
         }                                                                                                       \
     }                                                                                                           \
                                                                                                                 \
-    static void decode_##BITS(const uint8_t *const *planes, const uint8_t *restrict base_bytes,                 \
-                              uint8_t *restrict out_bytes,                                                      \
+    /* base_bytes and out_bytes may be one buffer (a delta applied in place): element i is read before written */ \
+    static void decode_##BITS(const uint8_t *const *planes, const uint8_t *base_bytes,                          \
+                              uint8_t *out_bytes,                                                               \
                               Py_ssize_t count, int op, int zigzag)                                             \
     {                                                                                                           \
         for (Py_ssize_t i = 0; i < count; i++) {                                                                \

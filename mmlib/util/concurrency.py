@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Optional, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-_WORKERS = os.cpu_count() or 1
+WORKERS = os.cpu_count() or 1
 # An item smaller than this is not worth a thread: its work is mostly Python holding the GIL (tens of
 # microseconds a tensor), so handing small items to a pool makes the threads queue for the GIL instead of
 # working. Measured on 2 cores with ResNet-50's 320 tensors: decoding them all took 91 ms in a pool, 65 ms with
@@ -38,10 +38,10 @@ def parallel_map(function: Callable[[T], R], items: Iterable[T], size: Optional[
         sizes = [size(item) for item in items]
         pooled = sorted((index for index in pooled if sizes[index] >= SMALL_ITEM_BYTES), key=lambda i: -sizes[i])
     streams = len(pooled) + (len(pooled) < len(items))  # the pool's items, and this thread's if it has any
-    if streams < 2 or _WORKERS < 2:
+    if streams < 2 or WORKERS < 2:
         return [function(item) for item in items]
     results: list[Any] = [None] * len(items)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(_WORKERS, len(pooled))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(WORKERS, len(pooled))) as pool:
         pending = {index: pool.submit(function, items[index]) for index in pooled}
         for index, item in enumerate(items):
             if index not in pending:

@@ -91,8 +91,12 @@ _KERNEL_SIZES = (1, 2, 4, 8)
 
 def _bits(tensor: torch.Tensor) -> np.ndarray:
     """The tensor's bit patterns as a flat array of unsigned integers of its element size (no copy if contiguous)."""
-    raw = np.frombuffer(tensor_bytes(tensor), dtype=np.uint8)
-    size = tensor.element_size()
+    return bits_of(np.frombuffer(tensor_bytes(tensor), dtype=np.uint8), tensor.element_size())
+
+
+def bits_of(raw: np.ndarray, size: int) -> np.ndarray:
+    """Bytes (a flat uint8 array) as the bit patterns of `size`-byte elements: unsigned integers of that size where
+    numpy has them, else the bytes themselves."""
     return raw.view(_UNSIGNED[size]) if size in _UNSIGNED else raw
 
 
@@ -160,6 +164,18 @@ class DeltaCodec:
                base: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The tensor that `encode` turned into `data`; raises IntegrityError when `data` cannot be it."""
         return decode_chain(base, [(self, data)], dtype, shape)
+
+    def decode_into(self, data: Buffer, target: np.ndarray, size: int) -> None:
+        """Decode `data` into `target`, the bit patterns of a tensor of `size`-byte elements (as `bits_of` gives
+        them): for a codec that needs a base, `target` holds the base's and is updated in place; else it is
+        overwritten. Raises IntegrityError when `data` cannot be such a tensor."""
+        nbytes = target.nbytes
+        base = target if self.needs_base else None
+        if self.planes and _kernel is not None and size in _KERNEL_SIZES:
+            planes = _unpack_planes(data, size, nbytes // size, self.name, parallel=False)
+            _kernel.decode_planes(planes, base, target, size, _KERNEL_OPS[self.op], self.zigzag)
+            return
+        np.copyto(target, self._apply(data, base, size, nbytes, share=True).view(target.dtype))
 
     def _forward(self, new: np.ndarray, base: np.ndarray) -> np.ndarray:
         if self.op == XOR:
@@ -326,10 +342,10 @@ def _pack_planes(planes: np.ndarray, level: int) -> bytes:
     return b"".join([header, *stored])
 
 
-def _unpack_planes(data: Buffer, size: int, rows: int, name: str) -> list[Buffer]:
+def _unpack_planes(data: Buffer, size: int, rows: int, name: str, parallel: bool = True) -> list[Buffer]:
     """The `size` byte planes of `rows` bytes each that a `planes` payload holds; IntegrityError if damaged.
 
-    The planes of a large tensor are decompressed on all cores.
+    The planes of a large tensor are decompressed on all cores, unless the caller spreads tensors over the cores.
     """
     data = memoryview(data).cast("B")
     header = _plane_header(size)
@@ -359,7 +375,7 @@ def _unpack_planes(data: Buffer, size: int, rows: int, name: str) -> list[Buffer
                                  f"{rows} are needed; the update is damaged")
         return part
 
-    if size * rows >= _PARALLEL_PLANES_BYTES:
+    if parallel and size * rows >= _PARALLEL_PLANES_BYTES:
         return parallel_map(unpack, range(size))
     return [unpack(plane) for plane in range(size)]
 

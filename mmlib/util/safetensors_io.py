@@ -9,12 +9,13 @@ dimension of the element size, and its real dtype is recorded in `__metadata__` 
 
 import json
 import struct
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import torch
 
 from mmlib.errors import IntegrityError
-from mmlib.util.buffers import BinarySink
+from mmlib.util.buffers import BinarySink, Buffer
 from mmlib.util.dtypes import dtype_from_name, dtype_name
 from mmlib.util.hash import tensor_bytes
 
@@ -53,26 +54,57 @@ def write_state_dict(state_dict: Mapping[str, torch.Tensor], sink: BinarySink) -
         sink.write(data)
 
 
-def read_state_dict(buffer: memoryview) -> dict[str, torch.Tensor]:
-    """Tensors viewing `buffer` (a writable memoryview of safetensors bytes), in stored order."""
+@dataclass(frozen=True)
+class TensorSpan:
+    """Where a tensor's bytes lie in a safetensors file (offsets from the file's start) and what they are."""
+
+    dtype: torch.dtype
+    shape: list
+    begin: int
+    end: int
+
+
+HEADER_PREFIX_BYTES = 8
+
+
+def header_bytes(prefix: Buffer) -> int:
+    """How many bytes from the start of a safetensors file its header takes, from its first 8 bytes."""
+    return HEADER_PREFIX_BYTES + struct.unpack_from("<Q", prefix, 0)[0]
+
+
+def tensor_spans(header: Buffer) -> dict[str, TensorSpan]:
+    """Every tensor of a safetensors file, in stored order, from its first `header_bytes` bytes; IntegrityError when
+    they are not a safetensors header."""
     try:
-        (header_length,) = struct.unpack_from("<Q", buffer, 0)
-        header = json.loads(bytes(buffer[8:8 + header_length]))
-        raw_dtypes = json.loads((header.pop(_METADATA, None) or {}).get(RAW_DTYPES_KEY, "{}"))
-        start = 8 + header_length
-        return {name: _tensor_at(buffer, start, entry, raw_dtypes.get(name)) for name, entry in header.items()}
-    except (struct.error, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as error:
+        start = header_bytes(header)
+        entries = json.loads(bytes(memoryview(header)[HEADER_PREFIX_BYTES:start]))
+        raw_dtypes = json.loads((entries.pop(_METADATA, None) or {}).get(RAW_DTYPES_KEY, "{}"))
+        return {name: _span(entry, start, raw_dtypes.get(name)) for name, entry in entries.items()}
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
         raise IntegrityError(f"weights blob is not valid safetensors data: {error!r}") from error
 
 
-def _tensor_at(buffer: memoryview, start: int, entry: dict, raw_dtype: Optional[str] = None) -> torch.Tensor:
-    """The tensor a header entry describes, viewing `buffer`; `raw_dtype` names the real dtype of raw bytes."""
+def read_state_dict(buffer: memoryview) -> dict[str, torch.Tensor]:
+    """Tensors viewing `buffer` (a writable memoryview of safetensors bytes), in stored order."""
+    spans = tensor_spans(buffer)
+    try:
+        return {name: _tensor_at(buffer, span) for name, span in spans.items()}
+    except (ValueError, RuntimeError) as error:
+        raise IntegrityError(f"weights blob is not valid safetensors data: {error!r}") from error
+
+
+def _span(entry: dict, start: int, raw_dtype: Optional[str]) -> TensorSpan:
+    """The span a header entry describes; `raw_dtype` names the real dtype of raw bytes."""
     begin, end = entry["data_offsets"]
-    shape = entry["shape"]
-    dtype = DTYPES[entry["dtype"]]
+    shape, dtype = entry["shape"], DTYPES[entry["dtype"]]
     if raw_dtype is not None:
         dtype, shape = dtype_from_name(raw_dtype), shape[:-1]
-    if end == begin:
-        return torch.empty(shape, dtype=dtype)
-    flat = torch.frombuffer(buffer, dtype=torch.uint8, count=end - begin, offset=start + begin)
-    return flat.view(dtype).reshape(shape)
+    return TensorSpan(dtype, shape, start + begin, start + end)
+
+
+def _tensor_at(buffer: memoryview, span: TensorSpan) -> torch.Tensor:
+    """The tensor a span describes, viewing `buffer`."""
+    if span.end == span.begin:
+        return torch.empty(span.shape, dtype=span.dtype)
+    flat = torch.frombuffer(buffer, dtype=torch.uint8, count=span.end - span.begin, offset=span.begin)
+    return flat.view(span.dtype).reshape(span.shape)

@@ -13,7 +13,7 @@ SIZES = [10, 3 * SMALL_ITEM_BYTES, 5, SMALL_ITEM_BYTES, 7 * SMALL_ITEM_BYTES, SM
 
 @pytest.fixture
 def two_workers(monkeypatch):
-    monkeypatch.setattr(mmlib.util.concurrency, "_WORKERS", 2)
+    monkeypatch.setattr(mmlib.util.concurrency, "WORKERS", 2)
 
 
 def _recording():
@@ -59,7 +59,7 @@ def test_work_that_cannot_use_two_cores_stays_in_the_calling_thread(two_workers,
 
 
 def test_one_core_runs_everything_in_the_calling_thread(monkeypatch):
-    monkeypatch.setattr(mmlib.util.concurrency, "_WORKERS", 1)
+    monkeypatch.setattr(mmlib.util.concurrency, "WORKERS", 1)
     run, started = _recording()
     assert parallel_map(run, SIZES, size=lambda item: item) == [2 * item for item in SIZES]
     assert all(thread is threading.current_thread() for _, thread in started)
