@@ -31,7 +31,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 
 import mmlib
 import mmlib.checkpoints
-from benchmarks.common import RESULTS_DIR, Progress, bytes_on_disk, p90, ratio, write_json
+from benchmarks.common import RESULTS_DIR, Progress, bytes_on_disk, git_revision, p90, ratio, write_json
 from benchmarks.plots import checkpoint_storage_plot
 from benchmarks.report import fmt_bytes, fmt_ratio, fmt_seconds, table
 from benchmarks.save_durability import durable_torch_save
@@ -444,19 +443,6 @@ def run_workload(workload: str, steps: int, every: int, work_dir: Optional[str],
     }
 
 
-def _git_revision() -> Optional[str]:
-    """The commit the benchmarked code is at (`+` when the tree has changes), or None outside a git checkout."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+" if dirty else "")
-
-
 def _verdict(value: Optional[float], target: float) -> str:
     return "n/a" if value is None else ("met" if value <= target else "NOT met")
 
@@ -564,7 +550,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "meta": {"steps": steps, "every": every, "quick": args.quick, "keep_last": KEEP_LAST,
                  "keep_best": KEEP_BEST, "monitor": MONITOR, "seed": SEED, "torch": torch.__version__,
                  "threads": torch.get_num_threads(), "platform": platform.platform(), "python": sys.version.split()[0],
-                 "git": _git_revision(), "baseline": BASELINE,
+                 "git": git_revision(), "baseline": BASELINE,
                  "targets": {"storage_ratio": STORAGE_TARGET, "save_time_ratio": TIME_TARGET,
                              "blocked_over_copy": BLOCKED_TARGET}},
         "workloads": {name: run_workload(name, steps, every, args.work_dir, progress) for name in workloads}}

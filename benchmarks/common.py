@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -99,8 +100,8 @@ def ratio(value: float, reference: float) -> Optional[float]:
     return value / reference if reference > 0 else None
 
 
-def raw_load(cls: type, path: str) -> torch.nn.Module:
-    """The anchor recovery: what a plain PyTorch user does to get a saved model back."""
+def raw_load(cls: Callable[[], torch.nn.Module], path: str) -> torch.nn.Module:
+    """The anchor recovery: what a plain PyTorch user does to get a saved model back (`cls` builds the model)."""
     state_dict = torch.load(path, weights_only=True)
     model = cls()
     model.load_state_dict(state_dict)
@@ -175,3 +176,16 @@ def write_json(path: str, data: Any) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
+
+
+def git_revision() -> Optional[str]:
+    """The commit the benchmarked code is at (`+` when the tree has changes), or None outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+" if dirty else "")

@@ -7,6 +7,7 @@ keyframe's value once that is there. No blob is held whole in memory, and no ten
 a recovery needs the recovered model's bytes plus one payload at a time.
 """
 
+import collections
 import concurrent.futures
 import contextlib
 import math
@@ -132,8 +133,10 @@ class StreamedRecovery:
                     not full_copy and entry.delta_of != location.keyframe):
                 raise _broken_chain(model_id, key)
             wanted.append((entry.begin, key, entry))
-        pending = []
+        pending: collections.deque[Callable[[], None]] = collections.deque()
         for begin, key, entry in sorted(wanted, key=lambda item: item[0]):
+            while len(pending) > _IN_FLIGHT:  # payloads read but not decoded cost memory: read on as decodes finish
+                pending.popleft()()
             reader.skip_to(begin)
             if entry.delta_of is None:
                 slot = self._new_slot(key, entry.dtype, entry.shape, model_id)
@@ -197,6 +200,7 @@ class _Arena:
 
 
 _ARENA_BLOCK_BYTES = 32 << 20
+_IN_FLIGHT = WORKERS + 1  # payloads being or waiting to be decoded while the next is read
 _ALIGNMENT = 64
 
 
