@@ -19,6 +19,10 @@ def _stored(codec: DeltaCodec, delta_of, depth: int, value: torch.Tensor, base=N
     return StoredTensor(codec, delta_of, depth, value.dtype, tuple(value.shape), codec.encode(value, base))
 
 
+def _no_stream(reference: str):
+    pytest.fail(f"blob {reference} was streamed: these tests read whole blobs")
+
+
 def _reader(updates: dict[str, dict[str, StoredTensor]], snapshot_state: dict[str, torch.Tensor]) -> UpdateReader:
     """A reader over model `snap` (a full snapshot holding `snapshot_state`) and the given update models."""
     infos = {"snap": SimpleNamespace(store_type=ModelStoreType.FULL_MODEL,
@@ -30,7 +34,7 @@ def _reader(updates: dict[str, dict[str, StoredTensor]], snapshot_state: dict[st
         sink = io.BytesIO()
         write_update(sink, "snap", list(stored), {}, stored)
         blobs[model_id] = sink.getvalue()
-    return UpdateReader(infos.__getitem__, blobs.__getitem__, lambda reference: dict(snapshot_state))
+    return UpdateReader(infos.__getitem__, blobs.__getitem__, lambda reference: dict(snapshot_state), _no_stream)
 
 
 def test_a_delta_chain_decodes_from_the_snapshot_and_from_an_update_holding_the_keyframe():
@@ -58,7 +62,7 @@ def test_a_delta_without_a_keyframe_to_apply_it_to_is_an_integrity_error(updates
 
 def test_a_version_stored_by_another_approach_names_the_service_to_recover_it_with():
     infos = {"prov": SimpleNamespace(store_type=ModelStoreType.PROVENANCE)}
-    reader = UpdateReader(infos.__getitem__, {}.__getitem__, lambda reference: {})
+    reader = UpdateReader(infos.__getitem__, {}.__getitem__, lambda reference: {}, _no_stream)
     with pytest.raises(IncompatibleModelError, match=r"model prov is stored as provenance, not as weights or weight "
                                                      r"updates; recover it with the save service that stored it "
                                                      r"\(e.g. ProvenanceSaveService\)"):

@@ -7,6 +7,8 @@ away. The blob format is in `update_format`, reading versions back in `update_re
 in memory in `version_cache`.
 """
 
+import collections
+import concurrent.futures
 import logging
 import warnings
 from dataclasses import dataclass
@@ -15,10 +17,10 @@ from typing import Iterable, Optional
 import torch
 
 from mmlib.approaches.base import AbstractSaveService, DeviceLike, merkle_tree, model_to_save
-from mmlib.util.concurrency import parallel_map, run_beside
+from mmlib.util.concurrency import SMALL_ITEM_BYTES, WORKERS, parallel_map, run_beside
 from mmlib.approaches.model_state import CapturedState, capture
 from mmlib.approaches.update_format import Location, StoredTensor, snapshot_locations, write_update
-from mmlib.approaches.update_stream import StreamedRecovery
+from mmlib.approaches.update_stream import StreamedRecovery, stream_keyframes
 from mmlib.approaches.update_reader import UpdateReader
 from mmlib.approaches.version_cache import CachedVersion, VersionCache
 from mmlib.equal import tensor_equal
@@ -153,7 +155,8 @@ class WeightUpdateSaveService(AbstractSaveService):
         return RestoredModelInfo(model=model, model_id=model_id)
 
     def _reader(self) -> UpdateReader:
-        return UpdateReader(self._load_model_info, self._file_pers_service.read_bytes, self._read_weights)
+        return UpdateReader(self._load_model_info, self._file_pers_service.read_bytes, self._read_weights,
+                            self._file_pers_service.verified_reader)
 
     def _save_full(self, save_info: ModelSaveInfo, captured: Optional[CapturedState] = None) -> str:
         captured = captured if captured is not None else capture(model_to_save(save_info))
@@ -175,12 +178,17 @@ class WeightUpdateSaveService(AbstractSaveService):
         tree, base = run_beside(lambda: merkle_tree(captured), lambda: self._base_version(base_id, reader))
         self._check_same_code(save_info, reader.snapshot(base.snapshot_id), base_id)
         _check_same_keys(state, base.locations, base_id)
-        changed, base_tensors = self._changed_tensors(state, tree, base_id, base, reader)
-        _check_same_types(state, base_tensors, changed, base_id)
-        keyframes = self._keyframes(changed, base, base_tensors, reader)
-        encoded = parallel_map(lambda key: self._encode(state[key], keyframes.get(key), base.locations[key]), changed,
-                               size=lambda key: state[key].nbytes)
-        stored = dict(zip(changed, encoded))
+        if self.improved_version and not base.state:  # a base not kept in memory: only its keyframes are read
+            changed, keyframes = self._changed_keys(state, tree, base_id, reader), {}
+            stored = self._encode_on_stored_keyframes(state, changed, base.locations, base_id, reader)
+        else:
+            changed, base_tensors = self._changed_tensors(state, tree, base_id, base, reader)
+            for key in changed:
+                _check_same_type(state[key], base_tensors[key].dtype, base_tensors[key].shape, key, base_id)
+            keyframes = self._keyframes(changed, base, base_tensors, reader)
+            encoded = parallel_map(lambda key: self._encode(state[key], keyframes.get(key), base.locations[key]),
+                                   changed, size=lambda key: state[key].nbytes)
+            stored = dict(zip(changed, encoded))
         stored.update({key: self._full_copy(tensor) for key, tensor in state.items()
                        if key not in stored and tensor.nbytes <= self.restore_small})
         return _UpdatePlan(tree, base.locations, base.snapshot_id, stored, keyframes)
@@ -193,27 +201,53 @@ class WeightUpdateSaveService(AbstractSaveService):
         locations, snapshot_id = reader.locations(base_id)
         return CachedVersion({}, locations, snapshot_id, {})
 
+    def _changed_keys(self, state: dict[str, torch.Tensor], tree: WeightDictMerkleTree, base_id: str,
+                      reader: UpdateReader) -> list[str]:
+        """The keys of the tensors that differ from the base's, from the Merkle trees (no tensor is read)."""
+        base_tree = reader.info(base_id).weights_hash_info
+        if base_tree is None:
+            raise IncompatibleModelError(f"base model {base_id} has no stored weight hashes to compare with")
+        diff_weights, diff_nodes = tree.diff(base_tree)
+        return [key for key in state if key in diff_weights or key in diff_nodes[THIS]]
+
     def _changed_tensors(self, state: dict[str, torch.Tensor], tree: WeightDictMerkleTree, base_id: str,
                          base: CachedVersion, reader: UpdateReader) -> tuple[list[str], dict[str, torch.Tensor]]:
-        """The keys of the tensors that differ from the base's, and the base's values of (at least) those.
-
-        `improved_version` diffs the Merkle trees and reads only the changed tensors of an uncached base; else
-        every tensor is compared with the base's.
-        """
+        """The keys of the tensors that differ from the base's, and the base's values of (at least) those: from
+        the Merkle trees for `improved_version` (a base kept in memory), else by comparing every tensor."""
         if self.improved_version:
-            base_tree = reader.info(base_id).weights_hash_info
-            if base_tree is None:
-                raise IncompatibleModelError(f"base model {base_id} has no stored weight hashes to compare with")
-            diff_weights, diff_nodes = tree.diff(base_tree)
-            changed = [key for key in state if key in diff_weights or key in diff_nodes[THIS]]
-            if base.state:
-                return changed, base.state
-            read = [base.locations[key] for key in changed]  # values, and the keyframes their deltas will be of
-            reader.prefetch([location.holder for location in read]
-                            + [location.keyframe for location in read if self._stores_delta(location)])
-            return changed, reader.tensors({key: base.locations[key].holder for key in changed})
+            return self._changed_keys(state, tree, base_id, reader), base.state
         base_tensors = base.state or reader.tensors({key: location.holder for key, location in base.locations.items()})
         return [key for key in state if not tensor_equal(state[key], base_tensors[key])], base_tensors
+
+    def _encode_on_stored_keyframes(self, state: dict[str, torch.Tensor], changed: list[str],
+                                    base_locations: dict[str, Location], base_id: str,
+                                    reader: UpdateReader) -> dict[str, StoredTensor]:
+        """The changed tensors encoded against their keyframes, each as its keyframe arrives from the store (one
+        pass over each blob holding keyframes, none held whole; a keyframe is dropped once its delta is encoded,
+        and at most a few wait to be), in `changed` order."""
+        stored: dict[str, StoredTensor] = {}
+
+        def encode(key: str, keyframe: Optional[torch.Tensor]) -> None:
+            stored[key] = self._encode(state[key], keyframe, base_locations[key])
+
+        with concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="mmlib-encode") as pool:
+            pending: collections.deque[concurrent.futures.Future] = collections.deque()
+
+            def use(key: str, dtype: torch.dtype, shape: tuple, keyframe: Optional[torch.Tensor]) -> None:
+                _check_same_type(state[key], dtype, shape, key, base_id)
+                if state[key].nbytes < SMALL_ITEM_BYTES:
+                    encode(key, keyframe)
+                    return
+                while len(pending) > WORKERS:
+                    pending.popleft().result()
+                pending.append(pool.submit(encode, key, keyframe))
+
+            stream_keyframes({key: base_locations[key].keyframe for key in changed}, reader.info,
+                             self._file_pers_service.verified_reader, use,
+                             lambda key: self._stores_delta(base_locations[key]))
+            for done in pending:
+                done.result()
+        return {key: stored[key] for key in changed}
 
     def _keyframes(self, changed: list[str], base: CachedVersion, base_tensors: dict[str, torch.Tensor],
                    reader: UpdateReader) -> dict[str, torch.Tensor]:
@@ -284,12 +318,8 @@ def _check_same_keys(state: dict[str, torch.Tensor], base_locations: dict[str, L
                                      f"(added: {added[:5]}, missing: {missing[:5]})")
 
 
-def _check_same_types(state: dict[str, torch.Tensor], base_tensors: dict[str, torch.Tensor], changed: list[str],
-                      base_id: str) -> None:
-    """Raise IncompatibleModelError unless each changed tensor has its base value's dtype and shape."""
-    for key in changed:
-        new, base = state[key], base_tensors[key]
-        if new.dtype != base.dtype or new.shape != base.shape:
-            raise IncompatibleModelError(
-                f"tensor {key!r} is {new.dtype} {tuple(new.shape)}, in base model {base_id} it is {base.dtype} "
-                f"{tuple(base.shape)}")
+def _check_same_type(new: torch.Tensor, dtype: torch.dtype, shape: Iterable[int], key: str, base_id: str) -> None:
+    """Raise IncompatibleModelError unless a changed tensor has its base value's dtype and shape."""
+    if new.dtype != dtype or tuple(new.shape) != tuple(shape):
+        raise IncompatibleModelError(f"tensor {key!r} is {new.dtype} {tuple(new.shape)}, in base model {base_id} it "
+                                     f"is {dtype} {tuple(shape)}")

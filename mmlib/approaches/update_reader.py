@@ -8,6 +8,7 @@ import torch
 
 from mmlib.util.concurrency import parallel_map
 from mmlib.approaches.update_format import Location, StoredTensor, UpdateIndex, read_update, snapshot_locations
+from mmlib.approaches.update_stream import OpenBlob, read_checked_header
 from mmlib.errors import IncompatibleModelError, IntegrityError
 from mmlib.persistence.base import FileReference
 from mmlib.schema.model_info import ModelInfo
@@ -23,8 +24,9 @@ class UpdateReader:
     """Reads stored versions for one save or recovery: each document and blob at most once, tensors on demand."""
 
     def __init__(self, load_info: Callable[[str], ModelInfo], read_blob: Callable[[str], Buffer],
-                 read_weights: Callable[[FileReference], dict[str, torch.Tensor]]):
+                 read_weights: Callable[[FileReference], dict[str, torch.Tensor]], open_blob: OpenBlob):
         self._load_info, self._read_blob, self._read_weights = load_info, read_blob, read_weights
+        self._open_blob = open_blob
         self._infos: dict[str, ModelInfo] = {}
         self._updates: dict[str, UpdateIndex] = {}
         self._snapshots: dict[str, dict[str, torch.Tensor]] = {}
@@ -52,21 +54,13 @@ class UpdateReader:
                 keys = self._snapshot_state(model_id)
             return snapshot_locations(model_id, keys), model_id
         if info.store_type == ModelStoreType.WEIGHT_UPDATES:
-            index = self._update(model_id)
-            return index.locations, index.snapshot_id
+            if model_id in self._updates:
+                return self._updates[model_id].locations, self._updates[model_id].snapshot_id
+            header = read_checked_header(self._open_blob, info.recover_info.update.reference_id, model_id)
+            return header.locations, header.snapshot_id
         raise IncompatibleModelError(
             f"model {model_id} is stored as {info.store_type.value}, not as weights or weight updates; recover "
             "it with the save service that stored it (e.g. ProvenanceSaveService)")
-
-    def prefetch(self, model_ids: Iterable[str]) -> None:
-        """Read the blobs of these models (a snapshot's weights, an update's index and payloads) in parallel, so
-        that the tensors decoded next find them in memory; a model stored otherwise is left to the caller."""
-        readers = {ModelStoreType.FULL_MODEL: self._snapshot_state, ModelStoreType.WEIGHT_UPDATES: self._update}
-        pending = [model_id for model_id in dict.fromkeys(model_ids)
-                   if model_id not in self._snapshots and model_id not in self._updates]
-        reads = [(readers[info.store_type], model_id) for model_id, info in zip(pending, map(self.info, pending))
-                 if info.store_type in readers]
-        parallel_map(lambda read: read[0](read[1]), reads)
 
     def tensors(self, holders: dict[str, str]) -> dict[str, torch.Tensor]:
         """The value of each tensor `key` as stored by model `holders[key]`, decoded in parallel."""

@@ -76,7 +76,7 @@ class StreamedRecovery:
                     with _blaming_damage(own):
                         self._read_update(own, header, locations)
                 else:
-                    with self._open_blob(self._reference(model_id)) as reader, _blaming_damage(reader):
+                    with self._open_blob(_blob_reference(self._infos[model_id])) as reader, _blaming_damage(reader):
                         self._read_blob(model_id, reader, locations)
         return {key: self._slots[key].tensor() for key in locations}, header
 
@@ -86,11 +86,6 @@ class StreamedRecovery:
         needed |= {location.keyframe for location in locations.values()}
         return [model_id for model_id in reversed(self._infos) if model_id in needed]
 
-    def _reference(self, model_id: str) -> str:
-        info = self._infos[model_id]
-        if info.store_type == ModelStoreType.FULL_MODEL:
-            return info.recover_info.parameters_file.stored_id()
-        return _update_reference(info)
 
     def _read_blob(self, model_id: str, reader: VerifiedReader, locations: dict[str, Location]) -> None:
         if self._infos[model_id].store_type == ModelStoreType.FULL_MODEL:
@@ -100,22 +95,12 @@ class StreamedRecovery:
 
     def _read_snapshot(self, model_id: str, reader: VerifiedReader, locations: dict[str, Location]) -> None:
         """The full copies the version takes from snapshot `model_id`, read into their tensors' memory."""
-        prefix = reader.read(safetensors_io.HEADER_PREFIX_BYTES)
-        header = prefix.tobytes() + reader.read(safetensors_io.header_bytes(prefix) - prefix.nbytes).tobytes()
-        spans = safetensors_io.tensor_spans(header)
-        wanted = sorted((span.begin, key) for key, span in spans.items() if locations.get(key) is not None
-                        and locations[key].keyframe == model_id)
-        missing = [key for key, location in locations.items() if location.keyframe == model_id and key not in spans]
-        if missing:
-            raise _broken_chain(model_id, missing[0])
-        for begin, key in wanted:
-            span = spans[key]
-            slot = self._new_slot(key, span.dtype, tuple(span.shape), model_id)
-            if span.end - begin != slot.raw.nbytes or span.end > reader.size:
-                raise IntegrityError(f"tensor {key!r} of snapshot {model_id} does not fit its recorded place in the "
-                                     "weights blob; run `mmlib verify` and restore the store from a backup")
-            reader.skip_to(begin)
-            reader.readinto(slot.raw.data)
+        places = _snapshot_places(reader)
+        wanted = sorted((places[key].begin, key) for key, location in locations.items()
+                        if location.keyframe == model_id and _has(places, key, model_id))
+        for _, key in wanted:
+            place = places[key]
+            _read_full_copy(reader, place, self._new_slot(key, place.dtype, place.shape, model_id), key, model_id)
         reader.finish()
 
     def _read_update(self, reader: VerifiedReader, header: UpdateHeader, locations: dict[str, Location],
@@ -141,11 +126,7 @@ class StreamedRecovery:
             if entry.delta_of is None:
                 slot = self._new_slot(key, entry.dtype, entry.shape, model_id)
                 if entry.codec.name == _PLAIN.name:
-                    if entry.end - begin != slot.raw.nbytes:
-                        raise IntegrityError(f"the full copy of tensor {key!r} in the update blob of model {model_id} "
-                                             "holds the wrong number of bytes; run `mmlib verify` and restore the "
-                                             "store from a backup")
-                    reader.readinto(slot.raw.data)
+                    _read_full_copy(reader, entry, slot, key, model_id)
                     continue
             else:
                 slot = self._slots[key]
@@ -207,8 +188,88 @@ _ALIGNMENT = 64
 _PLAIN = DeltaCodec()
 
 
+def _snapshot_places(reader: VerifiedReader) -> dict[str, TensorEntry]:
+    """Every tensor of the snapshot blob `reader` reads (each a full copy stored plain), from its header (read from
+    the blob's start)."""
+    prefix = reader.read(safetensors_io.HEADER_PREFIX_BYTES)
+    header = prefix.tobytes() + reader.read(safetensors_io.header_bytes(prefix) - prefix.nbytes).tobytes()
+    return {key: TensorEntry(_PLAIN, None, 0, span.dtype, tuple(span.shape), span.begin, span.end)
+            for key, span in safetensors_io.tensor_spans(header).items()}
+
+
+def _update_places(reader: VerifiedReader, model_id: str) -> dict[str, TensorEntry]:
+    """The full copies the update blob `reader` reads holds, from its header (read from the blob's start)."""
+    entries = _read_update_header(reader, model_id).entries
+    return {key: entry for key, entry in entries.items() if entry.delta_of is None}
+
+
+def _has(places: dict[str, TensorEntry], key: str, model_id: str) -> bool:
+    """True when `places` has `key` (the blob of `model_id` holds its full copy); else IntegrityError."""
+    if key not in places:
+        raise _broken_chain(model_id, key)
+    return True
+
+
+def _read_full_copy(reader: VerifiedReader, place: TensorEntry, slot: _Slot, key: str, model_id: str) -> None:
+    """Read (or read and decode) the full copy of tensor `key` at `place` into `slot`, from the reader's position."""
+    nbytes = slot.raw.nbytes
+    if place.codec.name != _PLAIN.name:
+        reader.skip_to(place.begin)
+        place.codec.decode_into(reader.read(place.end - place.begin), bits_of(slot.raw, place.dtype.itemsize),
+                                place.dtype.itemsize)
+        return
+    if place.end - place.begin != nbytes or place.end > reader.size:
+        raise IntegrityError(f"the full copy of tensor {key!r} in the blob of model {model_id} does not fit its "
+                             "recorded place; run `mmlib verify` and restore the store from a backup")
+    reader.skip_to(place.begin)
+    reader.readinto(slot.raw.data)
+
+
+def stream_keyframes(keyframes: dict[str, str], info: Callable[[str], ModelInfo], open_blob: OpenBlob,
+                     use: Callable[[str, torch.dtype, tuple, Optional[torch.Tensor]], None],
+                     needs_value: Callable[[str], bool]) -> None:
+    """Hand each tensor's keyframe (`keyframes`: key -> the model holding its full copy) to `use(key, dtype, shape,
+    value)` as that model's blob is read front to back, one blob at a time: the full copy where `needs_value(key)`,
+    else None (its bytes are only hashed). Each value is a new tensor that nothing else keeps, so a save that
+    encodes each as it comes holds few at once. The bytes are checked once a blob is read: `use` may have run on
+    them when that raises IntegrityError, so the caller writes nothing until this returns."""
+    by_model: dict[str, list[str]] = {}
+    for key, model_id in keyframes.items():
+        by_model.setdefault(model_id, []).append(key)
+    for model_id, keys in by_model.items():
+        model_info = info(model_id)
+        with open_blob(_blob_reference(model_info)) as reader, _blaming_damage(reader):
+            places = _snapshot_places(reader) if model_info.store_type == ModelStoreType.FULL_MODEL \
+                else _update_places(reader, model_id)
+            for key in sorted((key for key in keys if _has(places, key, model_id)), key=lambda k: places[k].begin):
+                place = places[key]
+                if not needs_value(key):
+                    use(key, place.dtype, place.shape, None)
+                    continue
+                slot = _Slot(np.empty(place.dtype.itemsize * math.prod(place.shape), dtype=np.uint8), place.dtype,
+                             place.shape)
+                _read_full_copy(reader, place, slot, key, model_id)
+                use(key, place.dtype, place.shape, slot.tensor())
+            reader.finish()
+
+
 def _update_reference(info: ModelInfo) -> str:
     return info.recover_info.update.reference_id
+
+
+def read_checked_header(open_blob: OpenBlob, reference_id: str, model_id: str) -> UpdateHeader:
+    """The header of an update blob, once the whole blob is checked (the rest is read in small pieces, not kept)."""
+    with open_blob(reference_id) as reader, _blaming_damage(reader):
+        header = _read_update_header(reader, model_id)
+        reader.finish()
+    return header
+
+
+def _blob_reference(info: ModelInfo) -> str:
+    """The reference of the blob holding a model's tensors: a snapshot's weights, an update's."""
+    if info.store_type == ModelStoreType.FULL_MODEL:
+        return info.recover_info.parameters_file.stored_id()
+    return _update_reference(info)
 
 
 def _read_update_header(reader: VerifiedReader, model_id: str) -> UpdateHeader:
