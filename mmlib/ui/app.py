@@ -26,8 +26,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mmlib import __version__, maintenance
-from mmlib.errors import (BlobNotFoundError, IntegrityError, InvalidArgumentError, InvalidIdError, MMLibError, NotFoundError,
-                          StoreUnavailableError)
+from mmlib.errors import (BlobNotFoundError, IntegrityError, InvalidArgumentError, InvalidIdError, MMLibError,
+                          NotFoundError, StoreUnavailableError)
 from mmlib.model_diff import diff
 from mmlib.persistence.store import Store, checked_store
 from mmlib.schema.store_type import APPROACHES
@@ -47,8 +47,8 @@ SECURITY_HEADERS = {
 }
 # The status of the page an error gives (the first class the error is an instance of): a missing blob is damage, not
 # an unknown reference.
-ERROR_STATUS = ((IntegrityError, 422), (BlobNotFoundError, 422), (NotFoundError, 404), (InvalidIdError, 400), (InvalidArgumentError, 400),
-                (StoreUnavailableError, 503), (MMLibError, 422))
+ERROR_STATUS = ((IntegrityError, 422), (BlobNotFoundError, 422), (NotFoundError, 404), (InvalidIdError, 400),
+                (InvalidArgumentError, 400), (StoreUnavailableError, 503), (MMLibError, 422))
 TRUE_VALUES = ("1", "true", "on", "yes")
 
 Page = Callable[[Request], Awaitable[Response]]

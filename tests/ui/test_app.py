@@ -254,8 +254,8 @@ def test_a_uri_password_is_not_shown():
 
 def test_the_command_serves_the_view_and_warns_when_exposed(small, small_location):
     for extra, warned in (([], False), (["--host", "0.0.0.0"], True)):
-        process = subprocess.Popen([sys.executable, "-m", "mmlib", "--store", small_location, "ui", "--port", "0", *extra],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, "-m", "mmlib", "--store", small_location, "ui", "--port", "0", *extra]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = process.stdout.readline()
             url = re.search(r"at (http://\S+/)", line).group(1).replace("0.0.0.0", "127.0.0.1")
