@@ -167,9 +167,8 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def restore_global_state():
-    """Undo set_deterministic's global changes (flags and random state) so every test runs as configured."""
+def _global_state_restored():
+    """Undo set_deterministic's global changes (flags and random state) when the generator resumes."""
     flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.mkldnn.deterministic)
     rng = (random.getstate(), numpy.random.get_state(), torch.get_rng_state())
@@ -180,3 +179,16 @@ def restore_global_state():
     random.setstate(rng[0])
     numpy.random.set_state(rng[1])
     torch.set_rng_state(rng[2])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def restore_global_state_after_module():
+    """What a module's own module-scoped fixtures change (a provenance save calls set_deterministic) ends with the
+    module: later modules run as configured (with deterministic algorithms on, torch.zeros of some dtypes fails)."""
+    yield from _global_state_restored()
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """Undo what a test changes of the global state, so every test runs as configured."""
+    yield from _global_state_restored()

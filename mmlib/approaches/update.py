@@ -176,7 +176,11 @@ class WeightUpdateSaveService(AbstractSaveService):
         """
         state = captured.tensors
         tree, base = run_beside(lambda: merkle_tree(captured), lambda: self._base_version(base_id, reader))
-        self._check_same_code(save_info, reader.snapshot(base.snapshot_id), base_id)
+        # A base this service saved or recovered lately had its lineage walked then; any other base's lineage is
+        # walked now, so that a save on a broken lineage fails instead of a later recovery of what it saved.
+        lineage_known = self._cache.get(base_id) is not None
+        snapshot = reader.snapshot(base.snapshot_id) if lineage_known else self._root_snapshot(base_id)
+        self._check_same_code(save_info, snapshot, base_id)
         _check_same_keys(state, base.locations, base_id)
         if self.improved_version and not base.state:  # a base not kept in memory: only its keyframes are read
             changed, keyframes = self._changed_keys(state, tree, base_id, reader), {}
@@ -283,7 +287,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         if class_name != snapshot.model_class_name:
             raise IncompatibleModelError(f"the model is a {class_name}, base model {base_id} a "
                                          f"{snapshot.model_class_name}")
-        source = self._model_source(save_info, lambda _: snapshot)  # known: no walk down a long lineage
+        source = self._model_source(save_info, lambda _: snapshot)
         if (source.model_import, source.init_args) != (snapshot.model_import, snapshot.model_init_args):
             raise IncompatibleModelError(f"the model is built from {source.model_import or 'its code'} with "
                                          f"{source.init_args}, base model {base_id} from "
