@@ -162,8 +162,10 @@ def get(reference: str, store: StoreLike) -> Version:
     return version_info(store, maintenance.resolve_model_id(store, reference))
 
 
-def version_info(store: Store, model_id: str, named: Optional[refs.NamedVersion] = None) -> Version:
-    """The Version of a stored model (`named`: what the refs say of it, when the caller read them already)."""
+def version_info(store: Store, model_id: str, named: Optional[refs.NamedVersion] = None, *,
+                 sized: bool = True) -> Version:
+    """The Version of a stored model (`named`: what the refs say of it, when the caller read them already; without
+    `sized`, its size is left 0: for a version pruned since, whose weights may be gone)."""
     dps = store.dict_pers_service
     stored = maintenance.version(store, model_id)
     created = dps.recover_dict(model_id, MODEL_INFO)[CREATED]  # a number: maintenance.version checked it
@@ -174,7 +176,7 @@ def version_info(store: Store, model_id: str, named: Optional[refs.NamedVersion]
                    created=datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="microseconds"),
                    aliases=named.aliases if named else [], tags=named.tags if named else {},
                    metrics=named.metrics if named else {},
-                   size=maintenance.total_size(maintenance.model_size_info(store, model_id)),
+                   size=maintenance.total_size(maintenance.model_size_info(store, model_id)) if sized else 0,
                    checkpoint=named.checkpoint if named else {})
 
 

@@ -22,7 +22,7 @@ import torch
 
 from mmlib import maintenance, pruning, refs, retention, training_state
 from mmlib.api import Savers, Version, checked_metrics, checked_tags, version_info
-from mmlib.errors import InvalidArgumentError, MMLibError, ModelNotFoundError
+from mmlib.errors import BlobNotFoundError, InvalidArgumentError, MMLibError, ModelNotFoundError
 from mmlib.persistence.store import Store, StoreLike, store_of
 from mmlib.retention import Retention, prune
 
@@ -158,7 +158,17 @@ class Checkpointer:
             refs.set_alias(dps, self.name, number, "best")
         if self.retention.active:
             prune(self.store, self.name, self.retention)
-        return version_info(self.store, model_id)
+        return self._committed(model_id)
+
+    def _committed(self, model_id: str) -> Version:
+        """The Version of a checkpoint this save committed; without its size where another process of the run has
+        pruned it since (it saved newer ones meanwhile), as its weights may be gone then."""
+        try:
+            return version_info(self.store, model_id)
+        except BlobNotFoundError:
+            if not pruning.is_pruned(self.store, model_id):
+                raise
+            return version_info(self.store, model_id, sized=False)
 
     def _save_on(self, latest: Optional[dict], model: torch.nn.Module,
                  module: training_state.TrainingStateModule) -> tuple[str, str]:

@@ -298,3 +298,25 @@ def test_a_checkpoint_save_reads_as_many_documents_late_in_a_run_as_early(tmp_pa
         reads.append(0)
         checkpointer.save(step=step)
     assert reads[-1] <= reads[9] + 20, reads  # one record more per version: its own
+
+
+def test_a_save_returns_its_version_when_another_process_pruned_it_at_once(tmp_path, monkeypatch):
+    """Another process of the run saved newer checkpoints and pruned this one between its commit and the Version
+    it returns: the save still returns the committed version (without its size), not a missing blob."""
+    store = mmlib.open_store(str(tmp_path / "store"))
+    model, optimizer, scheduler = _run("adam")
+    checkpointer = mmlib.Checkpointer(store, "run", model, optimizer, scheduler, keep_last=1)
+    checkpointer.save(step=1)
+    prune = mmlib.checkpoints.prune
+
+    def pruned_meanwhile(store, name, retention):
+        prune(store, name, retention)
+        newest = refs.latest_record(store.dict_pers_service, name)
+        pruning.mark_pruned(store, [newest["model_id"], newest["checkpoint"]["state"]], "another process")
+        maintenance.reclaim_pruned(store)
+
+    monkeypatch.setattr(mmlib.checkpoints, "prune", pruned_meanwhile)
+    _train(model, optimizer, scheduler, 1)
+    version = checkpointer.save(step=2)
+    assert pruning.is_pruned(store, version.id) and version.size == 0
+    assert not store.file_pers_service.blob_exists(pruning.weights_blob(store, version.id))
