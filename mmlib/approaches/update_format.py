@@ -40,15 +40,21 @@ class Location:
 
 
 @dataclass(frozen=True)
-class StoredTensor:
-    """A tensor stored in an update blob: its codec, the keyframe model it is a delta of (None for a full copy),
-    changes since that keyframe, dtype, shape and payload."""
+class _StoredAs:
+    """How a tensor is stored in an update blob: its codec, the keyframe model it is a delta of (None for a full
+    copy), changes since that keyframe, dtype and shape."""
 
     codec: DeltaCodec
     delta_of: Optional[str]
     depth: int
     dtype: torch.dtype
     shape: tuple
+
+
+@dataclass(frozen=True)
+class StoredTensor(_StoredAs):
+    """A tensor stored in an update blob, with its payload."""
+
     payload: Buffer
 
 
@@ -104,15 +110,10 @@ def write_update(sink: BinarySink, snapshot_id: str, keys: list[str], base_locat
 
 
 @dataclass(frozen=True)
-class TensorEntry:
-    """What an update blob's header says of a tensor stored in it: as a StoredTensor, with the payload's place in
-    the blob (`begin`, `end`: byte offsets from the blob's start) instead of its bytes."""
+class TensorEntry(_StoredAs):
+    """What an update blob's header says of a tensor stored in it: with the payload's place in the blob (`begin`,
+    `end`: byte offsets from the blob's start) instead of its bytes."""
 
-    codec: DeltaCodec
-    delta_of: Optional[str]
-    depth: int
-    dtype: torch.dtype
-    shape: tuple
     begin: int
     end: int
 

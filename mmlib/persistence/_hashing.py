@@ -66,20 +66,13 @@ def read_verified(source: BinarySource, size: int, digest: str) -> memoryview:
     import numpy as np  # here, not at the top: listing a store (`mmlib ls`) reads no blob and stays quick
 
     view = np.empty(size, dtype=np.uint8).data
-    hasher = new_hasher()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlib-hash") as helper:
-        offset = 0
-        while offset < size:
-            count = _read_into(source, view[offset:offset + CHUNK_SIZE])
-            if not count:
-                break
-            helper.submit(hasher.update, view[offset:offset + count])
-            offset += count
-        complete = offset == size and not source.read(1)
-    if not complete:
-        raise corrupted_blob(digest, f"it no longer holds its recorded {size} bytes")
-    if hasher.hexdigest() != digest:
-        raise corrupted_blob(digest, f"its bytes hash to {hasher.hexdigest()}")
+    reader = VerifiedReader(source, size, digest)
+    try:
+        for offset in range(0, size, CHUNK_SIZE):
+            reader.readinto(view[offset:offset + CHUNK_SIZE])
+        reader.finish()
+    finally:
+        reader.close()
     return view
 
 
@@ -103,7 +96,7 @@ class VerifiedReader:
         while filled < view.nbytes:
             count = _read_into(self._source, view[filled:])
             if not count:
-                raise corrupted_blob(self._digest, f"it ends after {self.position + filled} of its {self.size} bytes")
+                raise self._resized()
             filled += count
         self._hash(view)
 
@@ -130,13 +123,16 @@ class VerifiedReader:
         finally:
             self._helper.shutdown()
         if extra:
-            raise corrupted_blob(self._digest, f"it no longer holds its recorded {self.size} bytes")
+            raise self._resized()
         if self._hasher.hexdigest() != self._digest:
             raise corrupted_blob(self._digest, f"its bytes hash to {self._hasher.hexdigest()}")
 
     def close(self) -> None:
         """Stop the helper thread (after `finish`, or when giving up on the blob)."""
         self._helper.shutdown()
+
+    def _resized(self) -> IntegrityError:
+        return corrupted_blob(self._digest, f"it no longer holds its recorded {self.size} bytes")
 
     def _hash(self, view: memoryview) -> None:
         self.position += view.nbytes
