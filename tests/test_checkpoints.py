@@ -170,6 +170,30 @@ def test_pruned_weights_are_reclaimed_but_those_kept_versions_read_stay(tmp_path
     assert set(store.file_pers_service.blob_digests()) == before
 
 
+def test_a_run_whose_deltas_do_not_pay_keeps_no_pruned_version_s_weights(tmp_path):
+    """Every tensor changing like noise (as Adam's moments nearly do): after the first update the checkpoints are
+    stored in full, so pruning leaves no keyframe blob behind for the kept ones."""
+    store = mmlib.open_store(str(tmp_path / "store"))
+    torch.manual_seed(0)
+    model = Wide()
+    checkpointer = mmlib.Checkpointer(store, "run", model, keep_last=2)
+    saved = {}
+    for step in range(1, 8):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(torch.randn_like(parameter))
+        checkpointer.save(step=step)
+        saved[step] = copy.deepcopy(model.state_dict())
+    blobs = set(store.file_pers_service.blob_digests())
+    model_ids = {number: store.dict_pers_service.recover_dict(f"run:v{number}", refs.VERSION)["model_id"]
+                 for number in range(1, 8)}
+    # with deltas, v6 and v7 would be deltas of v1's snapshot, whose blob would stay
+    assert [pruning.weights_blob(store, model_ids[number]) in blobs for number in model_ids] == [False] * 5 + [True] * 2
+    for number in (6, 7):
+        assert same_state(mmlib.load(f"run:v{number}", store).state_dict(), saved[number])
+    assert maintenance.verify(store) == []
+
+
 def test_training_state_round_trips_what_optimizers_and_schedulers_hold_without_pickling():
     state = {"int keys": {0: torch.arange(3), 7: {"step": torch.tensor(4.0)}}, "tuple": (0.9, 0.999),
              "floats": [math.inf, -math.inf, 1e-300, 0.1], "nested": [{"a": None, "b": True}], "empty": torch.empty(0)}

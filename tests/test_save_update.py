@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import math
 import re
 from typing import Optional
 
@@ -353,3 +354,52 @@ def test_a_recovery_reads_each_document_and_blob_once(local_stores, monkeypatch)
         service.recover_model(model_id)
         assert len(blobs) == len(set(blobs)) and len(documents) == len(set(documents)), (blobs, documents)
 
+
+
+def stored_entries(stores, model_id: str, tmp_path) -> dict:
+    """The tensors a version's update blob stores (key -> StoredTensor)."""
+    reference = update_reference(stores, model_id, tmp_path)
+    return read_update(memoryview(stores[0].read_bytes(reference)), model_id).stored
+
+
+def test_versions_after_deltas_that_did_not_pay_are_stored_in_full_until_deltas_are_tried_again(local_stores,
+                                                                                               tmp_path):
+    """Noise-like changes give deltas as large as the tensors: the versions after such a version store compressed
+    full copies (no keyframe kept alive), `keyframe_interval` of them, then deltas are tried again; a version whose
+    deltas pay is followed by deltas. Every version comes back exactly."""
+    interval = 3
+    service = WeightUpdateSaveService(*local_stores, keyframe_interval=interval)
+    model = ResNet18()
+    ids, states = [service.save_model(save_info(model))], [snapshot_of(model)]
+
+    def save(change) -> None:
+        with torch.no_grad():
+            change()
+        ids.append(service.save_model(save_info(model, base_model_id=ids[-1])))
+        states.append(snapshot_of(model))
+
+    for _ in range(1 + interval):  # the first one's deltas do not pay
+        save(lambda: drift(model, scale=1.0))
+    for row in range(2):  # a small change of one tensor: its delta pays
+        save(lambda: model.fc.weight[row, :4].add_(1e-3))
+    in_full = [all(entry.delta_of is None for entry in stored_entries(local_stores, model_id, tmp_path).values())
+               for model_id in ids[1:]]
+    assert in_full == [False] + [True] * interval + [False, False]
+    assert stored_entries(local_stores, ids[2], tmp_path)["layer1.0.conv1.weight"].codec.name == "plain-planes-zstd1"
+    service.clear_cache()
+    for model_id, state in zip(ids, states):
+        assert state_dict_equal(service.recover_model(model_id).model.state_dict(), state)
+
+
+def test_a_full_copy_in_an_update_is_compressed(local_stores, tmp_path):
+    """Trained float32 weights have few distinct exponents: their sign and exponent byte plane shrinks."""
+    service = WeightUpdateSaveService(*local_stores, keyframe_interval=1)  # every change stored in full
+    model = ResNet18()
+    base_id = service.save_model(save_info(model))
+    model_id = service.save_model(save_info(drift(model), base_model_id=base_id))
+    stored = stored_entries(local_stores, model_id, tmp_path)
+    raw = sum(entry.dtype.itemsize * math.prod(entry.shape) for entry in stored.values())
+    assert all(entry.delta_of is None for entry in stored.values())
+    assert sum(memoryview(entry.payload).nbytes for entry in stored.values()) < 0.95 * raw
+    service.clear_cache()
+    assert state_dict_equal(service.recover_model(model_id).model.state_dict(), model.state_dict())

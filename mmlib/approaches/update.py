@@ -3,13 +3,17 @@
 Every delta is taken against the tensor's keyframe (its last full copy), not against the previous version, so
 recovering any version decodes at most one delta per tensor: recovery time does not grow along a lineage. The
 `keyframe_interval`-th change of a tensor stores it in full again, which keeps deltas small as weights drift
-away. The blob format is in `update_format`, reading versions back in `update_reader`, and the versions kept
+away. A version whose deltas did not pay (they took at least `DELTA_PAYS_SHARE` of their tensors' bytes, as
+Adam's moments do) is followed by versions stored in full, `keyframe_interval` of them before deltas are tried
+again: a full copy is compressed too (`plain-planes-zstd1`: the sign and exponent byte plane of trained weights
+shrinks) and needs no keyframe, so when retention prunes old versions no keyframe blob stays behind for it. The blob format is in `update_format`, reading versions back in `update_reader`, and the versions kept
 in memory in `version_cache`.
 """
 
 import collections
 import concurrent.futures
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -31,7 +35,7 @@ from mmlib.schema.model_info import ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecoverInfo
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
-from mmlib.util.delta import DEFAULT_CODEC, DeltaCodec
+from mmlib.util.delta import DEFAULT_CODEC, FULL_COPY_CODEC, DeltaCodec
 from mmlib.util.hash import new_hasher
 from mmlib.util.init_from_file import check_class_name
 from mmlib.util.weight_dict_merkle_tree import THIS, WeightDictMerkleTree
@@ -42,7 +46,12 @@ UPDATE_FILE_NAME = "weights_update.mmu"
 DEFAULT_KEYFRAME_INTERVAL = 8
 DEFAULT_CACHE_SIZE = 2
 
-_KEYFRAME_CODEC = DeltaCodec()
+_KEYFRAME_CODEC = DeltaCodec.from_name(FULL_COPY_CODEC)
+# A version's deltas pay when they take less than this share of the bytes of the tensors they encode: a compressed
+# full copy of float32 weights or optimizer moments takes 0.82-0.85 of them and frees its version from its keyframe.
+# Measured 10 steps apart (`benchmarks/checkpoints.py`): SGD momentum 0.62 and ResNet-18 weights 0.47 pay, AdamW
+# moments 0.81 and a small LM's weights 0.76 do not.
+DELTA_PAYS_SHARE = 0.7
 _parallel_map = parallel_map  # benchmarks/update_storage.py imports it from here
 
 
@@ -56,6 +65,9 @@ class _UpdatePlan:
     snapshot_id: str
     stored: dict[str, StoredTensor]
     keyframes: dict[str, torch.Tensor]
+    full_streak: int  # versions in a row, this one included, stored in full because deltas did not pay
+
+
 
 
 class WeightUpdateSaveService(AbstractSaveService):
@@ -132,7 +144,8 @@ class WeightUpdateSaveService(AbstractSaveService):
         locations = {key: Location(model_id, stored[key].depth, stored[key].delta_of or model_id)
                      if key in stored else plan.base_locations[key] for key in state}
         self._cache.remember(model_id, state, locations, plan.snapshot_id, plan.keyframes,
-                             all_values=not self.improved_version)
+                             all_values=not self.improved_version, delta_share=_delta_share(stored.values()),
+                             full_streak=plan.full_streak)
         logger.debug("saved model %s as an update of %s: %d of %d tensors stored", model_id, save_info.base_model,
                      len(stored), len(state))
         return model_id
@@ -182,6 +195,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         snapshot = reader.snapshot(base.snapshot_id) if lineage_known else self._root_snapshot(base_id)
         self._check_same_code(save_info, snapshot, base_id)
         _check_same_keys(state, base.locations, base_id)
+        deltas = self._deltas_pay(base)
         if self.improved_version and not base.state:  # a base not kept in memory: only its keyframes are read
             changed, keyframes = self._changed_keys(state, tree, base_id, reader), {}
             stored = self._encode_on_stored_keyframes(state, changed, base.locations, base_id, reader)
@@ -189,13 +203,23 @@ class WeightUpdateSaveService(AbstractSaveService):
             changed, base_tensors = self._changed_tensors(state, tree, base_id, base, reader)
             for key in changed:
                 _check_same_type(state[key], base_tensors[key].dtype, base_tensors[key].shape, key, base_id)
-            keyframes = self._keyframes(changed, base, base_tensors, reader)
-            encoded = parallel_map(lambda key: self._encode(state[key], keyframes.get(key), base.locations[key]),
-                                   changed, size=lambda key: state[key].nbytes)
+            keyframes = self._keyframes(changed, base, base_tensors, reader, deltas)
+            encoded = parallel_map(
+                lambda key: self._encode(state[key], keyframes.get(key), base.locations[key], deltas),
+                changed, size=lambda key: state[key].nbytes)
             stored = dict(zip(changed, encoded))
         stored.update({key: self._full_copy(tensor) for key, tensor in state.items()
                        if key not in stored and tensor.nbytes <= self.restore_small})
-        return _UpdatePlan(tree, base.locations, base.snapshot_id, stored, keyframes)
+        return _UpdatePlan(tree, base.locations, base.snapshot_id, stored, keyframes,
+                           0 if deltas else base.full_streak + 1)
+
+    def _deltas_pay(self, base: CachedVersion) -> bool:
+        """Whether a save on `base` stores its changes as deltas: unless the base's deltas took `DELTA_PAYS_SHARE`
+        of their tensors' bytes or more, or the base is one of fewer than `keyframe_interval` versions in a row
+        stored in full since (then deltas are tried again). A base not kept in memory was not measured: deltas."""
+        if 0 < base.full_streak < self.keyframe_interval:
+            return False
+        return base.delta_share is None or base.delta_share < DELTA_PAYS_SHARE
 
     def _base_version(self, base_id: str, reader: UpdateReader) -> CachedVersion:
         """The base as cached, or else as stored: its locations and snapshot, with no tensor or keyframe values."""
@@ -254,24 +278,26 @@ class WeightUpdateSaveService(AbstractSaveService):
         return {key: stored[key] for key in changed}
 
     def _keyframes(self, changed: list[str], base: CachedVersion, base_tensors: dict[str, torch.Tensor],
-                   reader: UpdateReader) -> dict[str, torch.Tensor]:
+                   reader: UpdateReader, deltas: bool) -> dict[str, torch.Tensor]:
         """The keyframe values known for the base's tensors, completed with those the changed tensors' deltas are
         taken against: the base's own value where the base holds the full copy, else read from the store."""
         keyframes = dict(base.keyframes)
         keyframes.update({key: base_tensors[key] for key in changed if base.locations[key].depth == 0})
         missing = {key: base.locations[key].keyframe for key in changed
-                   if self._stores_delta(base.locations[key]) and key not in keyframes}
+                   if self._stores_delta(base.locations[key], deltas) and key not in keyframes}
         keyframes.update(reader.tensors(missing))
         return keyframes
 
-    def _stores_delta(self, base_location: Location) -> bool:
-        """Whether a change of a tensor stored at `base_location` is stored as a delta (else in full)."""
-        return self.codec.needs_base and base_location.depth + 1 < self.keyframe_interval
+    def _stores_delta(self, base_location: Location, deltas: bool = True) -> bool:
+        """Whether a change of a tensor stored at `base_location` is stored as a delta (else in full), in a version
+        that stores `deltas` (see `_deltas_pay`)."""
+        return deltas and self.codec.needs_base and base_location.depth + 1 < self.keyframe_interval
 
-    def _encode(self, tensor: torch.Tensor, keyframe: Optional[torch.Tensor],
-                base_location: Location) -> StoredTensor:
-        """A delta against the tensor's keyframe, or a full copy once the keyframe interval is reached."""
-        if self._stores_delta(base_location):
+    def _encode(self, tensor: torch.Tensor, keyframe: Optional[torch.Tensor], base_location: Location,
+                deltas: bool = True) -> StoredTensor:
+        """A delta against the tensor's keyframe; a full copy once the keyframe interval is reached, or in a version
+        that stores no `deltas`."""
+        if self._stores_delta(base_location, deltas):
             return StoredTensor(self.codec, base_location.keyframe, base_location.depth + 1, tensor.dtype,
                                  tuple(tensor.shape), self.codec.encode(tensor, keyframe))
         return self._full_copy(tensor)
@@ -302,6 +328,13 @@ class WeightUpdateSaveService(AbstractSaveService):
         if digest != split_reference_id(snapshot.model_code.reference_id)[0]:
             raise IncompatibleModelError(f"the code defining {class_name} differs from the code stored with base "
                                          f"model {base_id}")
+
+
+def _delta_share(stored: Iterable[StoredTensor]) -> Optional[float]:
+    """The bytes of the deltas among `stored` over the bytes of the tensors they encode (None without deltas)."""
+    deltas = [entry for entry in stored if entry.delta_of is not None]
+    raw = sum(entry.dtype.itemsize * math.prod(entry.shape) for entry in deltas)
+    return sum(memoryview(entry.payload).nbytes for entry in deltas) / raw if raw else None
 
 
 def _blobs_holding(locations: Iterable[Location]) -> set[str]:

@@ -23,6 +23,8 @@ class CachedVersion:
     locations: dict[str, Location]
     snapshot_id: str
     keyframes: dict[str, torch.Tensor]
+    delta_share: Optional[float] = None  # its deltas' bytes over their tensors' (None: it stored no delta)
+    full_streak: int = 0  # versions in a row, it included, stored in full because deltas did not pay
 
 
 class VersionCache:
@@ -42,7 +44,8 @@ class VersionCache:
         return version
 
     def remember(self, model_id: str, state: dict[str, torch.Tensor], locations: dict[str, Location],
-                 snapshot_id: str, keyframes: dict[str, torch.Tensor], *, all_values: bool) -> None:
+                 snapshot_id: str, keyframes: dict[str, torch.Tensor], *, all_values: bool,
+                 delta_share: Optional[float] = None, full_streak: int = 0) -> None:
         """Cache a version: copies, which later in-place training of the model cannot change, of the tensors that
         are their own keyframes (a later delta is taken against them), or of every tensor with `all_values` (for
         a service that compares values to find changes); meta tensors, which cost no copy, for the others."""
@@ -52,7 +55,8 @@ class VersionCache:
                  for key, tensor in state.items()}
         known = {key: state[key] if location.depth == 0 else keyframes.get(key) for key, location in locations.items()}
         self._versions[model_id] = CachedVersion(state, locations, snapshot_id,
-                                                 {key: value for key, value in known.items() if value is not None})
+                                                 {key: value for key, value in known.items() if value is not None},
+                                                 delta_share, full_streak)
         self._versions.move_to_end(model_id)
         while len(self._versions) > self._capacity:
             self._versions.popitem(last=False)

@@ -72,6 +72,7 @@ PLAIN = "plain"
 XOR = "xor"
 SUB = "sub"
 DEFAULT_CODEC = "sub-zigzag-planes-zstd1"
+FULL_COPY_CODEC = "plain-planes-zstd1"  # a tensor stored in full: its byte planes, those that shrink compressed
 
 _NAME = re.compile(r"(?P<op>plain|xor|sub)(?P<zigzag>-zigzag)?(?:(?P<shuffle>-shuffle)|(?P<planes>-planes))?"
                    r"(?:-zstd(?P<level>\d{1,2}))?")
@@ -84,6 +85,7 @@ _SAMPLE_SLICES = 4
 _SAMPLE_SLICE_BYTES = 1 << 12
 _COMPRESSED_PLANE_RATIO = 0.9  # a plane that zstd does not shrink below this is stored raw
 _PARALLEL_PLANES_BYTES = 1 << 22  # the planes of a tensor this large are (de)compressed on all cores
+_PLANE_HASH_LOG, _PLANE_WINDOW_LOG = 6, 17  # see `_plane_compressor`
 _RAW, _ZSTD = 0, 1
 _KERNEL_OPS = {PLAIN: 0, XOR: 1, SUB: 2}
 _KERNEL_SIZES = (1, 2, 4, 8)
@@ -307,6 +309,19 @@ def _unzigzag_in_place(encoded: np.ndarray, sign: np.ndarray) -> None:
     np.bitwise_xor(encoded, unsigned_sign, out=encoded)
 
 
+def _plane_compressor(level: int) -> "zstandard.ZstdCompressor":
+    """The compressor of a byte plane at `level`. At level 1 its match finder is cut down (a 64-entry hash table,
+    128 KiB window): byte planes hold few long repeats, and what shrinks them is the entropy coding of their bytes.
+    On the sign and exponent plane of full copies of ResNet-50 weights this compresses 2.9 times as fast, decodes
+    1.8 times as fast and stores 0.338 of the plane instead of 0.369; on the compressible plane of its full
+    fine-tune deltas 0.227 instead of 0.238 at the same speed (zstd's own level-1 parameters: a 16 Ki-entry table
+    and a 512 KiB window). Any zstd decoder reads either."""
+    if level != 1:
+        return zstandard.ZstdCompressor(level=level)
+    return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+        1, hash_log=_PLANE_HASH_LOG, window_log=_PLANE_WINDOW_LOG))
+
+
 def _plane_header(size: int) -> struct.Struct:
     """A `planes` payload's decision record: one method byte and one uint64 length per plane."""
     return struct.Struct(f"<{size}B{size}Q")
@@ -329,7 +344,7 @@ def _pack_planes(planes: np.ndarray, level: int) -> bytes:
     number of cores).
     """
     def pack(plane: np.ndarray) -> tuple[int, Buffer]:
-        compressor = zstandard.ZstdCompressor(level=level)  # one per thread: compressors are not thread-safe
+        compressor = _plane_compressor(level)  # one per thread: compressors are not thread-safe
         packed = compressor.compress(plane.data) if _worth_compressing(plane, compressor) else None
         if packed is not None and len(packed) < _COMPRESSED_PLANE_RATIO * plane.size:
             return _ZSTD, packed
