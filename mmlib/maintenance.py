@@ -518,7 +518,13 @@ def __getattr__(name: str) -> Any:
 
 @_takes_store
 def save_service_for(store: Store, store_type: ModelStoreType) -> "AbstractSaveService":
-    """The mmlib.save service that recovers models of `store_type` from this store."""
+    """The mmlib.save service that recovers models of `store_type` from this store. It keeps no recovered version in
+    memory: nothing is saved on top through it, and keeping one costs a copy of its unchanged tensors (a partial
+    fine-tune's recovery would copy most of the model)."""
+    if store_type == ModelStoreType.WEIGHT_UPDATES:
+        from mmlib.save import WeightUpdateSaveService
+
+        return WeightUpdateSaveService(store.file_pers_service, store.dict_pers_service, cache_size=0)
     return _save_services()[store_type](store.file_pers_service, store.dict_pers_service)
 
 

@@ -5,8 +5,10 @@ import os
 import bson
 import gridfs
 import pytest
+import torch
 from safetensors.torch import load_file
 
+import mmlib.models
 import mmlib.save
 from mmlib import maintenance
 from mmlib.errors import IntegrityError, ModelNotFoundError
@@ -16,7 +18,7 @@ from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.track_env import track_current_environment
 from mmlib.util.hash import state_dict_hash
-from save_helpers import forge_record, perturb, save_info
+from save_helpers import equal, forge_record, perturb, save_info
 from tiny_models import TinyNet
 
 
@@ -221,3 +223,20 @@ def test_each_store_type_is_recovered_by_its_save_service(tmp_path):
                       mmlib.save.WeightUpdateSaveService)
     assert isinstance(maintenance.save_service_for(store, ModelStoreType.PROVENANCE),
                       mmlib.save.ProvenanceSaveService)
+
+
+def test_a_one_off_recovery_keeps_no_copy_of_the_version_in_memory(tmp_path):
+    """`mmlib.load` recovers through a service it drops at once: remembering the version (for saves on top of it)
+    would copy every tensor the version shares with its snapshot, most of a partial fine-tune."""
+    store = open_store(str(tmp_path / "store"))
+    model = mmlib.models.MobileNetV2()
+    mmlib.save(model, store, name="m")
+    with torch.no_grad():
+        model.classifier[1].weight.add_(1.0)
+    model_id = mmlib.save(model, store, name="m").id
+    one_off = maintenance.save_service_for(store, ModelStoreType.WEIGHT_UPDATES)
+    assert equal(one_off.recover_model(model_id).model, model)
+    assert one_off.models_read(model_id) is None
+    kept_by = mmlib.save.WeightUpdateSaveService(store.file_pers_service, store.dict_pers_service)
+    kept_by.recover_model(model_id)
+    assert kept_by.models_read(model_id) is not None
