@@ -17,13 +17,14 @@ each run (the first process after an install, or in a container without the cach
 times the mmlib package in DIR (e.g. a copy from before a change). Rounds interleave the contenders after one
 untimed warm-up round, each round starting its recoveries and its saves with another contender, after an untimed
 raw load and recovery that read their files back into the page cache. Prints the median and p90 of every
-contender and writes them as JSON. ``--profile`` also prints the cProfile of one first recovery and one first save
-(cache kept).
+contender, and of each the time Python's garbage collector ran during the call, and writes them as JSON.
+``--profile`` also prints the cProfile of one first recovery and one first save (cache kept).
 """
 
 import argparse
 import base64
 import cProfile
+import gc
 import hashlib
 import io
 import json
@@ -44,6 +45,7 @@ CACHE_ENV = "MMLIB_CACHE_DIR"
 RAW_LOAD, RECOVER, RECOVER_EMPTY = "raw load", "recover (cache kept)", "recover (cache emptied)"
 TORCH_SAVE, SAVE, SAVE_EMPTY = "torch.save + fsync", "save (cache kept)", "save (cache emptied)"
 RECOVER_OTHER, SAVE_OTHER = "recover, --other-code", "save, --other-code"
+FULL_COLLECTION_S = 0.02  # a collection of the whole heap takes 60-70 ms with torch imported; young ones < 1 ms
 ANCHORS = {RECOVER: RAW_LOAD, RECOVER_EMPTY: RAW_LOAD, RECOVER_OTHER: RAW_LOAD,
            SAVE: TORCH_SAVE, SAVE_EMPTY: TORCH_SAVE, SAVE_OTHER: TORCH_SAVE}
 
@@ -121,14 +123,16 @@ def measure(python: str, work_dir: str, model: str, repeats: int, profile: bool,
     prepared = _child(python, ["prepare", model, store, weights], env, work_dir)
     described = _child(python, ["describe"], env, work_dir)
 
-    def run(kind: str, *arguments: str, empty_cache: bool = False, code: Optional[str] = None) -> Callable[[], float]:
-        def go() -> float:
+    def run(kind: str, *arguments: str, empty_cache: bool = False,
+            code: Optional[str] = None) -> Callable[[], tuple[float, float]]:
+        def go() -> tuple[float, float]:
             child_env = {**env, "PYTHONPATH": code} if code else env
             if empty_cache:
                 shutil.rmtree(emptied_cache, ignore_errors=True)
                 child_env = {**child_env, CACHE_ENV: emptied_cache}
             os.sync()
-            return _child(python, [kind, model, *arguments], child_env, work_dir)["seconds"]
+            timed = _child(python, [kind, model, *arguments], child_env, work_dir)
+            return timed["seconds"], timed["gc_seconds"]
         return go
 
     recoveries = {RAW_LOAD: run("raw_load", weights), RECOVER: run("recover", store, prepared["model_id"]),
@@ -139,6 +143,7 @@ def measure(python: str, work_dir: str, model: str, repeats: int, profile: bool,
         recoveries[RECOVER_OTHER] = run("recover", store, prepared["model_id"], code=other_code)
         saves[SAVE_OTHER] = run("save", store, code=other_code)
     runs: dict[str, list[float]] = {name: [] for name in (*recoveries, *saves)}
+    collecting: dict[str, list[float]] = {name: [] for name in runs}
     load_before = os.getloadavg()
     for round_index in range(repeats + 1):
         # The first recovery after the saves of the round before reads its files at disk speed, 200 ms slower for
@@ -148,14 +153,16 @@ def measure(python: str, work_dir: str, model: str, repeats: int, profile: bool,
         for group in (list(recoveries.items()), list(saves.items())):
             shift = round_index % len(group)
             for name, go in group[shift:] + group[:shift]:
-                seconds = go()
+                seconds, gc_seconds = go()
                 if round_index:
                     runs[name].append(seconds)
+                    collecting[name].append(gc_seconds)
     results: dict[str, Any] = {"distributions": described["distributions"], "sys_path": described["sys_path"],
                                "repeats": repeats, "model": model, "load_average": [load_before, os.getloadavg()],
                                "contenders": {}}
     for name, values in runs.items():
-        entry = {"median_s": statistics.median(values), "p90_s": p90(values), "runs_s": values}
+        entry = {"median_s": statistics.median(values), "p90_s": p90(values), "runs_s": values,
+                 "gc_median_s": statistics.median(collecting[name]), "gc_runs_s": collecting[name]}
         if name in ANCHORS:
             entry["median_ratio_to_anchor"] = ratio(entry["median_s"], statistics.median(runs[ANCHORS[name]]))
         results["contenders"][name] = entry
@@ -166,11 +173,23 @@ def measure(python: str, work_dir: str, model: str, repeats: int, profile: bool,
 
 
 def _timed(call: Callable[[], Any], profile: bool) -> dict[str, Any]:
-    """Seconds `call` takes, and with `profile` its cProfile (top 40 by cumulative time) instead."""
+    """Seconds `call` takes and, of those, the seconds Python's garbage collector ran (a fresh process's first full
+    collection, 60-70 ms with torch imported, falls into whichever call crosses its threshold); with `profile` its
+    cProfile (top 40 by cumulative time) instead."""
     if not profile:
+        collecting: list[float] = []
+
+        def on_collection(phase: str, _info: dict) -> None:
+            collecting.append(time.perf_counter() if phase == "start" else time.perf_counter() - collecting.pop())
+
+        gc.callbacks.append(on_collection)
         start = time.perf_counter()
-        call()
-        return {"seconds": time.perf_counter() - start}
+        try:
+            call()
+        finally:
+            seconds = time.perf_counter() - start
+            gc.callbacks.remove(on_collection)
+        return {"seconds": seconds, "gc_seconds": sum(collecting)}
     profiler = cProfile.Profile()
     profiler.runcall(call)
     text = io.StringIO()
@@ -241,10 +260,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"## First call in a fresh process, {MODEL_LABELS[arguments.model]}, {results['distributions']} "
           f"distributions installed, {arguments.repeats} runs each (load average before and after: "
           f"{results['load_average'][0][0]:.2f}, {results['load_average'][1][0]:.2f})\n")
-    print("| contender | median ms | p90 ms | median / anchor |\n|---|---|---|---|")
+    print("| contender | median ms | p90 ms | median / anchor | of which garbage collection, median ms (runs with a "
+          "full collection) |\n|---|---|---|---|---|")
     for name, entry in results["contenders"].items():
         share = f"{entry['median_ratio_to_anchor']:.2f}x ({ANCHORS[name]})" if name in ANCHORS else "anchor"
-        print(f"| {name} | {entry['median_s'] * 1e3:.1f} | {entry['p90_s'] * 1e3:.1f} | {share} |")
+        full = sum(seconds > FULL_COLLECTION_S for seconds in entry["gc_runs_s"])
+        print(f"| {name} | {entry['median_s'] * 1e3:.1f} | {entry['p90_s'] * 1e3:.1f} | {share} | "
+              f"{entry['gc_median_s'] * 1e3:.1f} ({full} of {len(entry['gc_runs_s'])}) |")
 
 
 if __name__ == "__main__":

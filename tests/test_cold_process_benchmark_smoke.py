@@ -22,6 +22,7 @@ def test_one_round_of_every_contender(tmp_path):
                                           cold_process.TORCH_SAVE, cold_process.SAVE, cold_process.SAVE_EMPTY}
     assert all(entry["median_s"] > 0 and entry["p90_s"] >= entry["median_s"] and len(entry["runs_s"]) == 1
                for entry in results["contenders"].values())
+    assert all(0 <= entry["gc_runs_s"][0] <= entry["runs_s"][0] for entry in results["contenders"].values())
     assert results["distributions"] >= 12
     assert "| recover (cache kept) |" in completed.stdout
 
@@ -36,3 +37,13 @@ def test_generated_distributions_are_what_importlib_reads(tmp_path):
     provided = json.loads(completed.stdout)
     assert provided["fake_lib_0"] == ["fake-lib-0"] and provided["faketools1"] == ["Fake.Tools1"]
     assert provided["hlp2"] == ["py2-helper"] and provided["single3"] == ["single3"]
+
+
+def test_the_timed_call_reports_the_garbage_collections_that_ran_in_it():
+    def collect_twice() -> None:
+        import gc
+        gc.collect()
+        gc.collect()
+
+    timed = cold_process._timed(collect_twice, profile=False)
+    assert 0 < timed["gc_seconds"] <= timed["seconds"]
