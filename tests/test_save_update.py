@@ -391,15 +391,20 @@ def test_versions_after_deltas_that_did_not_pay_are_stored_in_full_until_deltas_
         assert state_dict_equal(service.recover_model(model_id).model.state_dict(), state)
 
 
-def test_a_full_copy_in_an_update_is_compressed(local_stores, tmp_path):
-    """Trained float32 weights have few distinct exponents: their sign and exponent byte plane shrinks."""
-    service = WeightUpdateSaveService(*local_stores, keyframe_interval=1)  # every change stored in full
+def test_full_copies_are_compressed_where_deltas_did_not_pay_and_plain_at_the_keyframe_interval(local_stores,
+                                                                                                tmp_path):
+    """Trained float32 weights have few distinct exponents: their sign and exponent byte plane shrinks. A keyframe
+    of the interval, which every delta version after it reads, is stored plain (read straight into the tensor)."""
+    service = WeightUpdateSaveService(*local_stores, keyframe_interval=2)
     model = ResNet18()
-    base_id = service.save_model(save_info(model))
-    model_id = service.save_model(save_info(drift(model), base_model_id=base_id))
-    stored = stored_entries(local_stores, model_id, tmp_path)
-    raw = sum(entry.dtype.itemsize * math.prod(entry.shape) for entry in stored.values())
-    assert all(entry.delta_of is None for entry in stored.values())
-    assert sum(memoryview(entry.payload).nbytes for entry in stored.values()) < 0.95 * raw
+    ids = [service.save_model(save_info(model))]
+    for scale in (1.0, 1.0, 1.0, 1e-4, 1e-4):  # deltas of noise do not pay: the next 2 versions are stored in full
+        ids.append(service.save_model(save_info(drift(model, scale=scale), base_model_id=ids[-1])))
+    codecs = [{entry.codec.name for entry in stored_entries(local_stores, model_id, tmp_path).values()}
+              for model_id in ids[1:]]
+    assert codecs == [{DEFAULT_CODEC}, {"plain-planes-zstd1"}, {"plain-planes-zstd1"}, {DEFAULT_CODEC}, {"plain"}]
+    compressed = stored_entries(local_stores, ids[2], tmp_path).values()
+    raw = sum(entry.dtype.itemsize * math.prod(entry.shape) for entry in compressed)
+    assert sum(memoryview(entry.payload).nbytes for entry in compressed) < 0.95 * raw
     service.clear_cache()
-    assert state_dict_equal(service.recover_model(model_id).model.state_dict(), model.state_dict())
+    assert state_dict_equal(service.recover_model(ids[-1]).model.state_dict(), model.state_dict())
