@@ -408,3 +408,14 @@ def test_full_copies_are_compressed_where_deltas_did_not_pay_and_plain_at_the_ke
     assert sum(memoryview(entry.payload).nbytes for entry in compressed) < 0.95 * raw
     service.clear_cache()
     assert state_dict_equal(service.recover_model(ids[-1]).model.state_dict(), model.state_dict())
+
+
+def test_a_service_that_compresses_keyframes_compresses_those_of_the_interval(local_stores, tmp_path):
+    service = WeightUpdateSaveService(*local_stores, keyframe_interval=1, compress_keyframes=True)
+    model = ResNet18()
+    base_id = service.save_model(save_info(model))
+    model_id = service.save_model(save_info(drift(model), base_model_id=base_id))
+    assert {entry.codec.name for entry in stored_entries(local_stores, model_id, tmp_path).values()} == \
+        {"plain-planes-zstd1"}
+    service.clear_cache()
+    assert state_dict_equal(service.recover_model(model_id).model.state_dict(), model.state_dict())

@@ -7,10 +7,11 @@ away. A version whose deltas did not pay (they took at least `DELTA_PAYS_SHARE` 
 Adam's moments do) is followed by versions stored in full, `keyframe_interval` of them before deltas are tried
 again. Those full copies are compressed (`plain-planes-zstd1`: the sign and exponent byte plane of trained weights
 shrinks) and need no keyframe, so when retention prunes old versions no keyframe blob stays behind for them. The
-keyframes of the interval are stored plain: every delta version after one reads it, and a plain copy is read
-straight into the recovered tensor (a compressed one made version 10 of a ResNet-18 chain 12 ms slower to
-recover, for 3% less storage). The blob format is in `update_format`, reading versions back in `update_reader`,
-and the versions kept in memory in `version_cache`.
+keyframes of the interval are stored plain unless `compress_keyframes`: every delta version after one reads it,
+and a plain copy is read straight into the recovered tensor (a compressed one made version 10 of a ResNet-18 chain
+12 ms slower to recover, for 3% less storage; checkpoints, written often and read rarely, compress them). The blob
+format is in `update_format`, reading versions back in `update_reader`, and the versions kept in memory in
+`version_cache`.
 """
 
 import collections
@@ -87,13 +88,15 @@ class WeightUpdateSaveService(AbstractSaveService):
     change stores the tensor in full again. The last `cache_size` saved or recovered versions (and the
     keyframes of saved ones) stay in memory so that saving on top of them reads nothing. Unchanged tensors of at
     most `restore_small` bytes are stored again in every version, so that no older version's blob is needed only
-    for them (checkpoints, whose older versions are pruned, use this).
+    for them (checkpoints, whose older versions are pruned, use this). Full copies are compressed in versions stored
+    in full because deltas did not pay, and everywhere with `compress_keyframes` (see the module docstring).
     """
 
     def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
                  improved_version: bool = True, logging: bool = False, *, updates_only: bool = False,
                  codec: str = DEFAULT_CODEC, keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
-                 cache_size: int = DEFAULT_CACHE_SIZE, strict_env: bool = False, restore_small: int = 0):
+                 cache_size: int = DEFAULT_CACHE_SIZE, strict_env: bool = False, restore_small: int = 0,
+                 compress_keyframes: bool = False):
         super().__init__(file_pers_service, dict_pers_service, logging, strict_env=strict_env)
         if not isinstance(keyframe_interval, int) or keyframe_interval < 1:
             raise InvalidSaveInfoError(f"keyframe_interval must be a positive int, got {keyframe_interval!r}; "
@@ -103,6 +106,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         self.codec = DeltaCodec.from_name(codec)
         self.keyframe_interval = keyframe_interval
         self.restore_small = restore_small
+        self.compress_keyframes = compress_keyframes
         self._cache = VersionCache(cache_size)
 
     @property
@@ -304,7 +308,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         if self._stores_delta(base_location, deltas):
             return StoredTensor(self.codec, base_location.keyframe, base_location.depth + 1, tensor.dtype,
                                  tuple(tensor.shape), self.codec.encode(tensor, keyframe))
-        return self._full_copy(tensor, compressed=not deltas)
+        return self._full_copy(tensor, compressed=self.compress_keyframes or not deltas)
 
     def _full_copy(self, tensor: torch.Tensor, compressed: bool = False) -> StoredTensor:
         """A tensor stored in full, its own keyframe: plain, or `compressed` (in a version storing no deltas)."""
