@@ -73,8 +73,6 @@ class _UpdatePlan:
     full_streak: int  # versions in a row, this one included, stored in full because deltas did not pay
 
 
-
-
 class WeightUpdateSaveService(AbstractSaveService):
     """Stores a derived model as the tensors that changed relative to its base, as lossless compressed deltas.
 
@@ -311,7 +309,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         return self._full_copy(tensor, compressed=self.compress_keyframes or not deltas)
 
     def _full_copy(self, tensor: torch.Tensor, compressed: bool = False) -> StoredTensor:
-        """A tensor stored in full, its own keyframe: plain, or `compressed` (in a version storing no deltas)."""
+        """A tensor stored in full, its own keyframe: plain, or `compressed` (`plain-planes-zstd1`)."""
         codec = self.codec
         if self.codec.needs_base:
             codec = _FULL_COPY_CODEC if compressed else _KEYFRAME_CODEC
