@@ -16,7 +16,7 @@ import mmlib.util.delta
 from mmlib.errors import IncompatibleModelError, IntegrityError
 from mmlib.util.delta import DEFAULT_CODEC, DeltaCodec, UnknownCodecError, decode_chain
 
-PLANES_CODECS = ["plain-planes-zstd3", "xor-planes-zstd1", "sub-planes-zstd1", "sub-zigzag-planes-zstd1"]
+PLANES_CODECS = ["plain-planes-zstd1", "plain-planes-zstd3", "xor-planes-zstd1", "sub-planes-zstd1", "sub-zigzag-planes-zstd1"]
 CODECS = ["plain", "plain-shuffle-zstd3", "xor", "xor-shuffle-zstd1", "xor-zstd3", "sub", "sub-shuffle-zstd1",
           "sub-zigzag", "sub-zigzag-shuffle-zstd1", "sub-zigzag-zstd9"] + PLANES_CODECS
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
