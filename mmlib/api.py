@@ -113,12 +113,12 @@ def latest_model_id(dps: Any, name: str) -> Optional[str]:
 
 class Savers:
     """The save services `save` stores models with; one kept across saves keeps their last versions in memory, so a
-    save on top of them reads nothing back (`restore_small`, `compress_keyframes`: see WeightUpdateSaveService)."""
+    save on top of them reads nothing back (`restore_small`, `pruned`: see WeightUpdateSaveService)."""
 
-    def __init__(self, store: Store, restore_small: int = 0, compress_keyframes: bool = False):
+    def __init__(self, store: Store, restore_small: int = 0, pruned: bool = False):
         self.snapshots = BaselineSaveService(*store)
         self.updates = WeightUpdateSaveService(*store, updates_only=True, restore_small=restore_small,
-                                               compress_keyframes=compress_keyframes)
+                                               pruned=pruned)
         self._environment: Optional[Environment] = None
 
     def environment(self) -> Environment:

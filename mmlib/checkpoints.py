@@ -78,9 +78,8 @@ class Checkpointer:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.retention = Retention(keep_last, keep_best, monitor, mode, keep_every)
         self._source: dict[str, Any] = {"init_args": init_args, "model_import": model_import, "code": code}
-        # one for each lineage; checkpoints are written often and read rarely: keyframes compressed too
-        self._model_savers, self._state_savers = (Savers(self.store, restore_small=_RESTORED_BYTES,
-                                                         compress_keyframes=True) for _ in range(2))
+        self._model_savers, self._state_savers = (Savers(self.store, restore_small=_RESTORED_BYTES, pruned=True)
+                                                  for _ in range(2))  # one for each lineage
         self._worker: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pending: Optional[concurrent.futures.Future] = None
 

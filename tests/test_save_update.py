@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmlib.approaches.update import UPDATE_FILE_NAME
+from mmlib.approaches.version_cache import CachedVersion
 from mmlib.approaches.update_format import read_update, write_update
 from mmlib.equal import state_dict_equal
 from mmlib.errors import EnvironmentMismatchError, EnvironmentMismatchWarning, IncompatibleModelError, IntegrityError, \
@@ -410,8 +411,8 @@ def test_full_copies_are_compressed_where_deltas_did_not_pay_and_plain_at_the_ke
     assert state_dict_equal(service.recover_model(ids[-1]).model.state_dict(), model.state_dict())
 
 
-def test_a_service_that_compresses_keyframes_compresses_those_of_the_interval(local_stores, tmp_path):
-    service = WeightUpdateSaveService(*local_stores, keyframe_interval=1, compress_keyframes=True)
+def test_a_pruned_lineage_compresses_the_keyframes_of_the_interval(local_stores, tmp_path):
+    service = WeightUpdateSaveService(*local_stores, keyframe_interval=1, pruned=True)
     model = ResNet18()
     base_id = service.save_model(save_info(model))
     model_id = service.save_model(save_info(drift(model), base_model_id=base_id))
@@ -419,3 +420,14 @@ def test_a_service_that_compresses_keyframes_compresses_those_of_the_interval(lo
         {"plain-planes-zstd1"}
     service.clear_cache()
     assert state_dict_equal(service.recover_model(model_id).model.state_dict(), model.state_dict())
+
+
+@pytest.mark.parametrize("share, pays, pays_when_pruned", [(0.6, True, True), (0.75, True, False),
+                                                           (0.85, False, False), (None, True, True)])
+def test_in_a_pruned_lineage_a_delta_must_also_pay_for_the_keyframe_it_keeps(local_stores, share, pays,
+                                                                              pays_when_pruned):
+    """Deltas of 0.75 of their tensors' bytes are smaller than compressed full copies (about 0.84): kept where
+    every version is kept, given up where retention prunes the keyframe's version (its blob would stay)."""
+    base = CachedVersion({}, {}, "snapshot", {}, delta_share=share)
+    assert WeightUpdateSaveService(*local_stores)._deltas_pay(base) is pays
+    assert WeightUpdateSaveService(*local_stores, pruned=True)._deltas_pay(base) is pays_when_pruned

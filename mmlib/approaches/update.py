@@ -3,13 +3,15 @@
 Every delta is taken against the tensor's keyframe (its last full copy), not against the previous version, so
 recovering any version decodes at most one delta per tensor: recovery time does not grow along a lineage. The
 `keyframe_interval`-th change of a tensor stores it in full again, which keeps deltas small as weights drift
-away. A version whose deltas did not pay (they took at least `DELTA_PAYS_SHARE` of their tensors' bytes, as
-Adam's moments do) is followed by versions stored in full, `keyframe_interval` of them before deltas are tried
-again. Those full copies are compressed (`plain-planes-zstd1`: the sign and exponent byte plane of trained weights
-shrinks) and need no keyframe, so when retention prunes old versions no keyframe blob stays behind for them. The
-keyframes of the interval are stored plain unless `compress_keyframes`: every delta version after one reads it,
-and a plain copy is read straight into the recovered tensor (a compressed one made version 10 of a ResNet-18 chain
-12 ms slower to recover, for 3% less storage; checkpoints, written often and read rarely, compress them). The blob
+away. A version whose deltas did not pay (they took at least `DELTA_PAYS_SHARE` of their tensors' bytes, about
+what a compressed full copy takes) is followed by versions stored in full, `keyframe_interval` of them before
+deltas are tried again. Those full copies are compressed (`plain-planes-zstd1`: the sign and exponent byte plane
+of trained weights shrinks) and need no keyframe. In a `pruned` lineage (a training run's checkpoints, whose
+older versions retention prunes as it goes) a delta must pay for the keyframe blob it keeps alive too
+(`PRUNED_DELTA_PAYS_SHARE`: Adam's moments, 0.81, do not), and the keyframes of the interval are compressed as
+well; elsewhere they stay plain: every delta version after one reads it, and a plain copy is read straight into
+the recovered tensor (a compressed one made version 10 of a ResNet-18 chain 12 ms slower to recover, for 3% less
+storage). The blob
 format is in `update_format`, reading versions back in `update_reader`, and the versions kept in memory in
 `version_cache`.
 """
@@ -53,10 +55,12 @@ DEFAULT_CACHE_SIZE = 2
 _KEYFRAME_CODEC = DeltaCodec()
 _FULL_COPY_CODEC = DeltaCodec.from_name(FULL_COPY_CODEC)
 # A version's deltas pay when they take less than this share of the bytes of the tensors they encode: a compressed
-# full copy of float32 weights or optimizer moments takes 0.82-0.85 of them and frees its version from its keyframe.
+# full copy of float32 weights or optimizer moments takes 0.82-0.85 of them and needs no keyframe.
+DELTA_PAYS_SHARE = 0.8
+# In a pruned lineage a delta also keeps its keyframe's blob alive after retention pruned the keyframe's version.
 # Measured 10 steps apart (`benchmarks/checkpoints.py`): SGD momentum 0.62 and ResNet-18 weights 0.47 pay, AdamW
 # moments 0.81 and a small LM's weights 0.76 do not.
-DELTA_PAYS_SHARE = 0.7
+PRUNED_DELTA_PAYS_SHARE = 0.7
 _parallel_map = parallel_map  # benchmarks/update_storage.py imports it from here
 
 
@@ -87,14 +91,14 @@ class WeightUpdateSaveService(AbstractSaveService):
     keyframes of saved ones) stay in memory so that saving on top of them reads nothing. Unchanged tensors of at
     most `restore_small` bytes are stored again in every version, so that no older version's blob is needed only
     for them (checkpoints, whose older versions are pruned, use this). Full copies are compressed in versions stored
-    in full because deltas did not pay, and everywhere with `compress_keyframes` (see the module docstring).
+    in full because deltas did not pay, and everywhere in a `pruned` lineage (see the module docstring).
     """
 
     def __init__(self, file_pers_service: FilePersistenceService, dict_pers_service: DictPersistenceService,
                  improved_version: bool = True, logging: bool = False, *, updates_only: bool = False,
                  codec: str = DEFAULT_CODEC, keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
                  cache_size: int = DEFAULT_CACHE_SIZE, strict_env: bool = False, restore_small: int = 0,
-                 compress_keyframes: bool = False):
+                 pruned: bool = False):
         super().__init__(file_pers_service, dict_pers_service, logging, strict_env=strict_env)
         if not isinstance(keyframe_interval, int) or keyframe_interval < 1:
             raise InvalidSaveInfoError(f"keyframe_interval must be a positive int, got {keyframe_interval!r}; "
@@ -104,7 +108,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         self.codec = DeltaCodec.from_name(codec)
         self.keyframe_interval = keyframe_interval
         self.restore_small = restore_small
-        self.compress_keyframes = compress_keyframes
+        self.pruned = pruned
         self._cache = VersionCache(cache_size)
 
     @property
@@ -221,11 +225,13 @@ class WeightUpdateSaveService(AbstractSaveService):
 
     def _deltas_pay(self, base: CachedVersion) -> bool:
         """Whether a save on `base` stores its changes as deltas: unless the base's deltas took `DELTA_PAYS_SHARE`
-        of their tensors' bytes or more, or the base is one of fewer than `keyframe_interval` versions in a row
-        stored in full since (then deltas are tried again). A base not kept in memory was not measured: deltas."""
+        (`PRUNED_DELTA_PAYS_SHARE` in a pruned lineage) of their tensors' bytes or more, or the base is one of fewer
+        than `keyframe_interval` versions in a row stored in full since (then deltas are tried again). A base not
+        kept in memory was not measured: deltas."""
         if 0 < base.full_streak < self.keyframe_interval:
             return False
-        return base.delta_share is None or base.delta_share < DELTA_PAYS_SHARE
+        pays = PRUNED_DELTA_PAYS_SHARE if self.pruned else DELTA_PAYS_SHARE
+        return base.delta_share is None or base.delta_share < pays
 
     def _base_version(self, base_id: str, reader: UpdateReader) -> CachedVersion:
         """The base as cached, or else as stored: its locations and snapshot, with no tensor or keyframe values."""
@@ -306,7 +312,7 @@ class WeightUpdateSaveService(AbstractSaveService):
         if self._stores_delta(base_location, deltas):
             return StoredTensor(self.codec, base_location.keyframe, base_location.depth + 1, tensor.dtype,
                                  tuple(tensor.shape), self.codec.encode(tensor, keyframe))
-        return self._full_copy(tensor, compressed=self.compress_keyframes or not deltas)
+        return self._full_copy(tensor, compressed=self.pruned or not deltas)
 
     def _full_copy(self, tensor: torch.Tensor, compressed: bool = False) -> StoredTensor:
         """A tensor stored in full, its own keyframe: plain, or `compressed` (`plain-planes-zstd1`)."""
