@@ -10,6 +10,7 @@ padding to 8 bytes, then the payloads (each padded to 8 bytes; offsets count fro
 """
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -49,6 +50,11 @@ class _StoredAs:
     depth: int
     dtype: torch.dtype
     shape: tuple
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor it stores (not of its payload)."""
+        return self.dtype.itemsize * math.prod(self.shape)
 
 
 @dataclass(frozen=True)

@@ -246,8 +246,7 @@ def stream_keyframes(keyframes: dict[str, str], info: Callable[[str], ModelInfo]
                 if not needs_value(key):
                     use(key, place.dtype, place.shape, None)
                     continue
-                slot = _Slot(np.empty(place.dtype.itemsize * math.prod(place.shape), dtype=np.uint8), place.dtype,
-                             place.shape)
+                slot = _Slot(np.empty(place.nbytes, dtype=np.uint8), place.dtype, place.shape)
                 _read_full_copy(reader, place, slot, key, model_id)
                 use(key, place.dtype, place.shape, slot.tensor())
             reader.finish()
