@@ -134,20 +134,22 @@ class StreamedRecovery:
                     raise IntegrityError(f"a delta of tensor {key!r} ({entry.dtype}, {entry.shape}) in the update "
                                          f"blob of model {model_id} was stored against a keyframe of another dtype or "
                                          f"shape ({slot.dtype}, {slot.shape}); the update metadata is inconsistent")
-            pending.append(self._decode(entry, reader.read(entry.end - begin), slot))
+            waiting = self._decode(entry, reader.read(entry.end - begin), slot)
+            if waiting is not None:
+                pending.append(waiting)
         reader.finish()
         for done in pending:
             done()
 
-    def _decode(self, entry: TensorEntry, payload: memoryview, slot: _Slot) -> Callable[[], None]:
-        """Decode `payload` into `slot`: here for a small tensor, in a worker for a large one; returns what waits
-        for it (and raises what it raised)."""
+    def _decode(self, entry: TensorEntry, payload: memoryview, slot: _Slot) -> Optional[Callable[[], None]]:
+        """Decode `payload` into `slot`: here for a small tensor (returns None), in a worker for a large one
+        (returns what waits for it, and raises what it raised)."""
         def decode() -> None:
             entry.codec.decode_into(payload, bits_of(slot.raw, entry.dtype.itemsize), entry.dtype.itemsize)
 
         if slot.raw.nbytes < SMALL_ITEM_BYTES or self._pool is None:
             decode()
-            return lambda: None
+            return None
         return self._pool.submit(decode).result
 
     def _new_slot(self, key: str, dtype: torch.dtype, shape: tuple, model_id: str) -> _Slot:
