@@ -4,6 +4,7 @@ Every test runs twice: with the compiled one-pass kernel and with the numpy code
 built; the two must also write the same bytes.
 """
 
+import concurrent.futures
 import re
 import struct
 import warnings
@@ -310,6 +311,28 @@ def test_damaged_planes_payloads_raise_integrity_error(name, threaded, monkeypat
                                              "update metadata is inconsistent"):
         DeltaCodec.from_name("sub-zigzag-planes-zstd1").decode(payload, torch.float32, (50_000,), None)
 
+
+def test_zstd_contexts_are_one_per_thread_and_decode_on_after_a_damaged_payload():
+    """Plane codecs reuse a compressor and a decompressor per thread: never one across threads (zstd contexts are
+    not thread-safe), and a payload that failed leaves nothing behind for the next."""
+    base = torch.randn(50_000)
+    new = base + torch.randn(50_000) * 1e-3
+    codec = DeltaCodec.from_name(DEFAULT_CODEC)
+    payload = bytes(codec.encode(new, base))
+    for _, damaged in _damaged_payloads(payload, 4):
+        with pytest.raises(IntegrityError):
+            codec.decode(damaged, torch.float32, (50_000,), base)
+        assert torch.equal(codec.decode(payload, torch.float32, (50_000,), base).view(torch.int32),
+                           new.view(torch.int32))
+
+    def contexts() -> tuple:
+        return mmlib.util.delta._decompressor(), mmlib.util.delta._plane_compressor(1)
+
+    here, again = contexts(), contexts()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        there = pool.submit(contexts).result()
+    assert here[0] is again[0] and here[1] is again[1]
+    assert there[0] is not here[0] and there[1] is not here[1]
 
 
 @pytest.mark.parametrize("codec_name", CODECS)
