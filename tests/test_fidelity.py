@@ -9,6 +9,7 @@ import io
 import pytest
 import torch
 
+import mmlib.approaches.base
 from mmlib.approaches import model_building
 from mmlib.equal import state_dict_equal
 from mmlib.errors import IntegrityError, InvalidSaveInfoError
@@ -85,6 +86,20 @@ def _replaced_activation() -> torch.nn.Module:
 def test_a_model_its_class_does_not_build_is_refused(service, local_stores, make_model, match):
     _refused(service, local_stores, save_info(make_model()), match)
 
+
+
+def test_an_architecture_is_built_to_check_it_once_per_process_not_once_per_service(local_stores, monkeypatch):
+    """`mmlib.save` opens new services for every call: each paid for building the model again (7 ms for ResNet-50)."""
+    monkeypatch.setattr(mmlib.approaches.base, "_REBUILDABLE", set())
+    built = []
+    check = mmlib.approaches.base.check_rebuildable
+    monkeypatch.setattr(mmlib.approaches.base, "check_rebuildable", lambda *args: built.append(args) or check(*args))
+    for seed in range(2):
+        torch.manual_seed(seed)
+        BaselineSaveService(*local_stores).save_model(save_info(Recurrent("lstm")))
+    torch.manual_seed(0)
+    BaselineSaveService(*local_stores).save_model(save_info(Recurrent("gru"), init_args={"cell": "gru"}))
+    assert len(built) == 2
 
 @pytest.mark.parametrize("init_args, match", [
     (5, "init_args must be a dict"), ([4], "init_args must be a dict"), ({1: "lstm"}, "init_args must be a dict"),

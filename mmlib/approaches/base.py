@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -52,6 +53,8 @@ START_STOP, EVENT_ID, APPROACH, METHOD, EVENT, TIME = "start-stop", "_id", "appr
 START, STOP, ALL_EVENTS = "start", "stop", "all"
 _LOGGED_METHODS = ("save_model", "recover_model")
 _REBUILDABLE_CACHE_SIZE = 64
+_REBUILDABLE: set = set()  # signatures of the architectures `_check_rebuildable` has seen rebuilt in this process
+_REBUILDABLE_LOCK = threading.Lock()
 # The garbage collection runs the save running in this context saw as it began (see `_saving`).
 _GC_RUNS_AT_START: contextvars.ContextVar[coordination.GcRuns] = contextvars.ContextVar("mmlib_gc_runs_at_start")
 
@@ -71,7 +74,6 @@ class AbstractSaveService(ABC):
         self.logging = logging
         self.strict_env = strict_env
         self._restore_dir = tempfile.TemporaryDirectory(prefix="mmlib-restore-")
-        self._rebuildable: set = set()
         self._store_format_recorded = False
         self._logged_method: Optional[str] = None
 
@@ -237,19 +239,22 @@ class AbstractSaveService(ABC):
                                     os.path.join(self._restore_root, "recovered-code"))
 
     def _check_rebuildable(self, model: torch.nn.Module, source: ModelSource, captured: CapturedState) -> None:
-        """Refuse, before anything is written, a model that `source` would not rebuild (checked once per
-        architecture and service)."""
+        """Refuse, before anything is written, a model that `source` would not rebuild (checked once per architecture
+        in this process, not per service: `mmlib.save` opens new services each call, and building ResNet-50 to
+        check it cost each of its saves 7 ms)."""
         modules = module_types(model)
         signature = (source.target, json.dumps(source.init_args, sort_keys=True), tuple(modules.items()),
                      json.dumps(state_shapes(captured.named_values())))
-        if signature in self._rebuildable:
-            return
+        with _REBUILDABLE_LOCK:
+            if signature in _REBUILDABLE:
+                return
         arguments = ", ".join(f"{name}={value!r}" for name, value in (source.init_args or {}).items())
         describe = f"{getattr(source.target, '__qualname__', source.target)}({arguments})"
         check_rebuildable(functools.partial(source.target, **(source.init_args or {})), captured, modules, describe)
-        if len(self._rebuildable) >= _REBUILDABLE_CACHE_SIZE:
-            self._rebuildable.clear()
-        self._rebuildable.add(signature)
+        with _REBUILDABLE_LOCK:
+            if len(_REBUILDABLE) >= _REBUILDABLE_CACHE_SIZE:
+                _REBUILDABLE.clear()
+            _REBUILDABLE.add(signature)
 
     def _lineage(self, model_id: str, stop: Callable[[ModelInfo], bool],
                  load: Optional[Callable[[str], ModelInfo]] = None) -> list[ModelInfo]:
