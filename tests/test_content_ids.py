@@ -163,6 +163,25 @@ def test_a_store_in_the_older_format_is_refused_with_what_to_do(tmp_path, capsys
     assert "mmlib 0.1" in error and "Traceback" not in error and error.count("\n") == 1
 
 
+def test_a_first_save_beside_a_format_check_does_not_make_the_new_store_look_older(tmp_path, monkeypatch):
+    """Two processes save into a new store at once: one reads that no format is recorded, the other then records
+    it and saves its first model, and the first then finds a model. It was refused as a store of mmlib 0.1."""
+    store = open_store(str(tmp_path / "store"))
+    dict_service = store.dict_pers_service
+    id_exists = dict_service.id_exists
+
+    def first_save_beside(document_id, document_type):
+        found = id_exists(document_id, document_type)
+        if document_type == STORE_FORMAT and not found:
+            monkeypatch.setattr(dict_service, "id_exists", id_exists)
+            BaselineSaveService(*open_store(str(tmp_path / "store"))).save_model(save_info(TinyNet()))
+        return found
+
+    monkeypatch.setattr(dict_service, "id_exists", first_save_beside)
+    model_id = BaselineSaveService(*store).save_model(save_info(TinyNet()))
+    assert len(BaselineSaveService(*store).all_model_ids()) == 2 and model_id
+
+
 @pytest.mark.parametrize("recorded, message", [(CURRENT_FORMAT + 1, "upgrade mmlib"), ("2", "restore it")])
 def test_a_newer_or_edited_store_format_is_refused(tmp_path, recorded, message):
     store = open_store(str(tmp_path / "store"))

@@ -30,6 +30,11 @@ def check_store_format(dict_pers_service: DictPersistenceService, record: bool =
                                f"{CURRENT_FORMAT}); its {STORE_FORMAT} document was changed: restore it from a "
                                "backup")
     if dict_pers_service.all_ids_for_type(MODEL_INFO):
+        if dict_pers_service.id_exists(FORMAT_DOCUMENT_ID, STORE_FORMAT):
+            # A first save beside this check recorded the format, then its model, between the two reads above: a
+            # format-2 store records its format before its first model, so only a store whose models predate any
+            # recorded format is one of mmlib 0.1.
+            return check_store_format(dict_pers_service, record)
         raise StoreFormatError(
             f"this store was written by mmlib 0.1 (format 1: model ids did not commit to their content), which this "
             f"mmlib (format {CURRENT_FORMAT}) does not read; recover its models with mmlib 0.1 and save them into a "
