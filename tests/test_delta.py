@@ -313,8 +313,8 @@ def test_damaged_planes_payloads_raise_integrity_error(name, threaded, monkeypat
 
 
 def test_zstd_contexts_are_one_per_thread_and_decode_on_after_a_damaged_payload():
-    """Plane codecs reuse a compressor and a decompressor per thread: never one across threads (zstd contexts are
-    not thread-safe), and a payload that failed leaves nothing behind for the next."""
+    """Plane codecs reuse a compressor (up to level 3) and a decompressor per thread: never one across threads (zstd
+    contexts are not thread-safe), and a payload that failed leaves nothing behind for the next."""
     base = torch.randn(50_000)
     new = base + torch.randn(50_000) * 1e-3
     codec = DeltaCodec.from_name(DEFAULT_CODEC)
@@ -333,6 +333,7 @@ def test_zstd_contexts_are_one_per_thread_and_decode_on_after_a_damaged_payload(
         there = pool.submit(contexts).result()
     assert here[0] is again[0] and here[1] is again[1]
     assert there[0] is not here[0] and there[1] is not here[1]
+    assert mmlib.util.delta._plane_compressor(19) is not mmlib.util.delta._plane_compressor(19)  # megabytes each
 
 
 @pytest.mark.parametrize("codec_name", CODECS)

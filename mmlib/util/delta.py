@@ -88,6 +88,7 @@ _COMPRESSED_PLANE_RATIO = 0.9  # a plane that zstd does not shrink below this is
 _PARALLEL_PLANES_BYTES = 1 << 22  # the planes of a tensor this large are (de)compressed on all cores
 _PLANE_HASH_LOG, _PLANE_WINDOW_LOG = 6, 17  # see `_plane_compressor`
 _RAW, _ZSTD = 0, 1
+_REUSED_COMPRESSOR_LEVEL = 3  # the highest level whose plane compressors each thread keeps
 _KERNEL_OPS = {PLAIN: 0, XOR: 1, SUB: 2}
 _KERNEL_SIZES = (1, 2, 4, 8)
 
@@ -312,7 +313,10 @@ def _unzigzag_in_place(encoded: np.ndarray, sign: np.ndarray) -> None:
 
 def _plane_compressor(level: int) -> "zstandard.ZstdCompressor":
     """This thread's compressor of byte planes at `level` (see `_new_plane_compressor`), made once per thread:
-    setting one up took 10 us, more than compressing a small tensor's plane, and one must not serve two threads."""
+    setting one up took 10 us, more than compressing a small tensor's plane, and one must not serve two threads.
+    Above level 3 a new one each time: their compression outweighs the setup, and their contexts take megabytes."""
+    if level > _REUSED_COMPRESSOR_LEVEL:
+        return _new_plane_compressor(level)
     compressors = _per_thread.__dict__.setdefault("compressors", {})
     if level not in compressors:
         compressors[level] = _new_plane_compressor(level)
