@@ -47,6 +47,8 @@ def _u(relation: str, approach: str, figure: str) -> tuple[str, ...]:
 TARGETS = [
     Target("U3 full fine-tune, compressed update: TTS / raw torch.save", "resnet50",
            _u("U3", COMPRESSED, "tts_ratio_to_anchor"), 3.0, "x"),
+    Target("U3 full fine-tune, compressed update: TTS / torch.save + fsync (durable against durable)", "resnet50",
+           _u("U3", COMPRESSED, "tts_ratio_to_durable_anchor"), 3.0, "x"),
     Target("U3 compressed update: TTR with checks / raw load", "resnet50",
            _u("U3", COMPRESSED, "ttr_checks_ratio_to_anchor"), 0.6, "x"),
     Target("U3 compressed update: TTR without checks / raw load", "resnet50",
@@ -274,8 +276,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"run took {meta.get('elapsed_s', 0):.0f} s; 1-minute load average {meta['load_average_at_start'][0]:.1f} "
         f"at the start, {meta.get('load_average_at_end', [float('nan')])[0]:.1f} at the end.",
         "",
-        "Anchors: raw `torch.save(model.state_dict(), path)` into the store's directory (U1 also: the same "
-        "followed by `fsync` of the file and its directory, the durable anchor for the durable baseline), and raw "
+        "Anchors: raw `torch.save(model.state_dict(), path)` into the store's directory, the same followed by "
+        "`fsync` of the file and its directory (the durable anchor: mmlib's saves are durable), and raw "
         "`torch.load(path, weights_only=True)` + constructing the model + `load_state_dict`. "
         "Each approach saves into its own fresh store next to the anchor files; every timed save and recovery "
         "starts with the service's in-process cache emptied (it reads its base or weights from the store). "
