@@ -20,11 +20,10 @@ import torch
 from benchmarks.common import MODEL_LABELS, classifier_head, median_seconds, raw_load, ratio
 from mmlib.models import REFERENCE_MODELS
 from mmlib.persistence import open_store
-from mmlib.persistence.base import split_reference_id
+from mmlib.persistence.base import BLOB, split_reference_id
 from mmlib.save import BaselineSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import ModelInfo
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
-from mmlib.schema.schema_obj import BLOB
 from mmlib.track_env import track_current_environment
 from mmlib.util.hash import new_hasher
 

@@ -22,18 +22,18 @@ from mmlib.errors import (AmbiguousModelIdError, ConfigurationError, Environment
                           StoreUnavailableError)
 from mmlib import refs
 from mmlib.persistence import _coordination as coordination
-from mmlib.persistence._atomic import atomic_write
 from mmlib.persistence._gc import DEFAULT_GC_GRACE_S, GarbageReport, sweep
-from mmlib.persistence.base import DictPersistenceService
+from mmlib.persistence.base import BLOB, DictPersistenceService, StoredItem
 from mmlib.persistence.store import Store, checked_store
 from mmlib.refs import MIN_PREFIX
 from mmlib.schema.lineage import walk_lineage
 from mmlib.pruning import Lineages, own_items, weights_blob
 from mmlib.schema.model_info import (CREATED, DERIVED_FROM, MODEL_INFO, PRUNED, RECORDED_WEIGHTS_HASH, STORE_TYPE,
                                      ModelInfo)
-from mmlib.schema.schema_obj import BLOB, StoredItem, damaged_document
+from mmlib.schema.schema_obj import damaged_document
 from mmlib.schema.store_format import FORMAT_DOCUMENT_ID, STORE_FORMAT, check_store_format
 from mmlib.schema.store_type import ModelStoreType
+from mmlib.util.atomic import atomic_write
 from mmlib.util.memo import Memo
 
 if TYPE_CHECKING:

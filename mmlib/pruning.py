@@ -14,11 +14,10 @@ from typing import Iterable, Optional
 from mmlib import refs
 from mmlib.constants import ID
 from mmlib.errors import NotFoundError
-from mmlib.persistence.base import split_reference_id
+from mmlib.persistence.base import BLOB, StoredItem, split_reference_id
 from mmlib.persistence.store import Store
 from mmlib.schema.model_info import MODEL_INFO, PRUNED, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo, WeightsUpdateRecoverInfo
-from mmlib.schema.schema_obj import BLOB, StoredItem
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.util.memo import Memo
 

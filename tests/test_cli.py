@@ -20,8 +20,8 @@ from mmlib import maintenance
 from mmlib.errors import AmbiguousModelIdError
 from mmlib.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_UNAVAILABLE, EXIT_USAGE
 from mmlib.persistence import open_store
+from mmlib.persistence.base import BLOB
 from mmlib.schema.model_info import MODEL_INFO, ModelInfo
-from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.store_format import check_store_format
 from mmlib.util.hash import state_dict_hash
 from save_helpers import perturb, run_cli as _run, save_info

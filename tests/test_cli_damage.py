@@ -14,9 +14,9 @@ from mmlib import maintenance
 from mmlib.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from mmlib.errors import IntegrityError
 from mmlib.persistence import open_store
+from mmlib.persistence.base import BLOB
 from mmlib.save import BaselineSaveService
 from mmlib.schema.model_info import CREATED, DERIVED_FROM, MODEL_INFO, STORE_TYPE, ModelInfo
-from mmlib.schema.schema_obj import BLOB
 from save_helpers import forge_record, perturb, promptly, run_cli, save_info, save_update_chain
 from store_helpers import corrupt_blob
 from tiny_models import TinyNet

@@ -10,9 +10,9 @@ from mmlib.demo.image_data import generate_image_dataset
 from mmlib.deterministic import deterministic
 from mmlib.errors import IntegrityError
 from mmlib.persistence import Store
+from mmlib.persistence.base import BLOB
 from mmlib.save import BaselineSaveService, ProvenanceSaveService, WeightUpdateSaveService
 from mmlib.schema.model_info import ModelInfo
-from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.save_info_builder import ModelSaveInfoBuilder
 from provenance_helpers import TinyNet
 from save_helpers import perturb, save_info

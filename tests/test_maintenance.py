@@ -13,8 +13,8 @@ import mmlib.save
 from mmlib import maintenance
 from mmlib.errors import IntegrityError, ModelNotFoundError
 from mmlib.persistence import GridFSFilePersistenceService, Store, open_store
+from mmlib.persistence.base import BLOB
 from mmlib.schema.model_info import ModelInfo
-from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.track_env import track_current_environment
 from mmlib.util.hash import state_dict_hash

@@ -27,13 +27,12 @@ from mmlib.approaches.model_state import (CapturedState, capture, check_rebuilda
 from mmlib.errors import (DeviceUnavailableError, IncompatibleModelError, IntegrityError, InvalidArgumentError,
                           InvalidSaveInfoError, ModelNotFoundError, NotFoundError, StoreUnavailableError)
 from mmlib.persistence import _coordination as coordination
-from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
+from mmlib.persistence.base import BLOB, DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo
 from mmlib.schema.environment import Environment
 from mmlib.schema.lineage import walk_lineage
 from mmlib.schema.model_info import MODEL_INFO, PRUNED, ModelInfo
 from mmlib.schema.recover_info import FullModelRecoverInfo
-from mmlib.schema.schema_obj import BLOB
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_format import check_store_format

@@ -45,14 +45,14 @@ from mmlib.constants import CURRENT_DATA_ROOT, PROGRESS_LOGGER
 from mmlib.deterministic import set_deterministic
 from mmlib.errors import (ConfigurationError, IncompatibleModelError, IntegrityError, InvalidSaveInfoError,
                           RestoreError, UnsafeCodeError)
-from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference
+from mmlib.persistence.base import BLOB, DictPersistenceService, FilePersistenceService, FileReference
 from mmlib.save_info import ModelSaveInfo, ProvModelSaveInfo
 from mmlib.schema.dataset import Dataset
 from mmlib.schema.model_info import ModelInfo, record_weights_hash
 from mmlib.schema.recover_info import ProvenanceRecoverInfo
 from mmlib.schema.restorable_object import (STATE_FILE, StateDictRestorableObjectWrapper,
                                             StateFileRestorableObjectWrapper, check_json_value, source_file)
-from mmlib.schema.schema_obj import BLOB, SchemaObj
+from mmlib.schema.schema_obj import SchemaObj
 from mmlib.schema.restored_model_info import RestoredModelInfo
 from mmlib.schema.store_type import ModelStoreType
 from mmlib.schema.train_info import TrainInfo

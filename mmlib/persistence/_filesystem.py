@@ -7,9 +7,9 @@ import threading
 from typing import BinaryIO, Iterator, Optional
 
 from mmlib.errors import IntegrityError, InvalidIdError, StoreUnavailableError
-from mmlib.persistence._atomic import TEMP_SUFFIX, create_temp_file, publish
 from mmlib.persistence._references import DIGEST_LENGTH
 from mmlib.persistence.base import FilePersistenceService, missing_blob
+from mmlib.util.atomic import TEMP_SUFFIX, create_temp_file, publish
 
 _TEMP_DIR = "tmp"
 _TEMP_PREFIX = "mmlib-"

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from mmlib.persistence import _coordination as coordination
+from mmlib.persistence.base import BLOB, StoredItem
 from mmlib.persistence.store import Store
-from mmlib.schema.schema_obj import BLOB, StoredItem
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import gridfs
 
 from mmlib.errors import InvalidIdError
 from mmlib.persistence.base import DIGEST_LENGTH, FilePersistenceService, missing_blob
-from mmlib.util.mongo import DEFAULT_DB_NAME, MongoBacked, MongoService
+from mmlib.util.mongo import MongoBacked, MongoService
+from mmlib.util.mongo_uri import DEFAULT_DB_NAME
 
 _PARTIAL_PREFIX = "partial-"
 # An ObjectId keeps whole seconds: an upload started up to this much later than its id says.

@@ -12,24 +12,32 @@ import os
 import uuid
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Callable, Generic, Iterator, Optional, TypeVar
+from typing import Callable, Generic, Iterator, NamedTuple, Optional, TypeVar
 
 from mmlib.constants import ID
 from mmlib.errors import BlobNotFoundError, DocumentNotFoundError, InvalidIdError, InvalidSaveInfoError
 from mmlib.persistence._archive import extract_directory_archive, write_directory_archive
-from mmlib.persistence._atomic import atomic_write
 from mmlib.persistence._hashing import (CHUNK_SIZE, HashingWriter, NullSink, VerifiedReader, copy_stream, copy_verified,
                                        read_verified)
 from mmlib.persistence._references import DIGEST_LENGTH, make_reference_id, split_reference_id
+from mmlib.util.atomic import atomic_write
 from mmlib.util.buffers import BinarySink, BinarySource
 from mmlib.util.hash import new_hasher
 
-__all__ = ["DIGEST_LENGTH", "DictPersistenceService", "FilePersistenceService", "FileReference", "document_id",
-           "missing_document", "split_reference_id"]
+__all__ = ["BLOB", "DIGEST_LENGTH", "DictPersistenceService", "FilePersistenceService", "FileReference", "StoredItem",
+           "document_id", "missing_document", "split_reference_id"]
 
 logger = logging.getLogger(__name__)
 
 Handle = TypeVar("Handle", bound=BinarySink)  # what a backend writes a new blob to
+BLOB = "blob"  # the kind of a StoredItem that is a blob
+
+
+class StoredItem(NamedTuple):
+    """One stored thing: a blob (`kind` BLOB, `item_id` its digest) or a document (`kind` its type)."""
+
+    kind: str
+    item_id: str
 
 
 class FileReference:

@@ -10,12 +10,11 @@ from mmlib.errors import InvalidArgumentError, StoreUnavailableError
 from mmlib.persistence._filesystem import FileSystemPersistenceService
 from mmlib.persistence._sqlite import SQLiteDictPersistenceService
 from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
+from mmlib.util.mongo_uri import DEFAULT_DB_NAME, MONGO_SCHEMES
 
 METADATA_FILE = "metadata.sqlite"
 BLOB_DIR = "blobs"
-MONGO_SCHEMES = ("mongodb://", "mongodb+srv://")
 S3_SCHEME = "s3://"
-DEFAULT_DB_NAME = "mmlib"
 # The MongoDB backends need pymongo (an optional dependency, the `mongo` extra), so they are imported on first
 # use: name -> module. The embedded store imports none of them.
 MONGO_BACKENDS = {

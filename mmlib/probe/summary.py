@@ -13,9 +13,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from mmlib.errors import IntegrityError
-from mmlib.persistence._atomic import atomic_write
 from mmlib.probe import compare as _compare
 from mmlib.probe.info import LayerInfo, ProbeInfo
+from mmlib.util.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from mmlib.constants import ID
 from mmlib.errors import IntegrityError
-from mmlib.persistence.base import DictPersistenceService, FilePersistenceService
+from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, StoredItem
 from mmlib.schema.recover_info import FullModelRecoverInfo, ProvenanceRecoverInfo, WeightsUpdateRecoverInfo
-from mmlib.schema.schema_obj import METADATA_SIZE, ObjectField, SchemaObj, StoredItem, ValueField, content_digest
+from mmlib.schema.schema_obj import METADATA_SIZE, ObjectField, SchemaObj, ValueField, content_digest
 from mmlib.schema.state_layout import StateLayout
 from mmlib.schema.store_type import ModelStoreType
 

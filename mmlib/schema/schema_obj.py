@@ -12,17 +12,17 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any, Callable, Iterator, NamedTuple, Optional, TypeVar, Union
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
 from mmlib.constants import ID
 from mmlib.errors import DocumentNotFoundError, IntegrityError, MMLibError
-from mmlib.persistence.base import DictPersistenceService, FilePersistenceService, FileReference, split_reference_id
+from mmlib.persistence.base import (BLOB, DictPersistenceService, FilePersistenceService, FileReference, StoredItem,
+                                   split_reference_id)
 from mmlib.util.hash import new_hasher
 
 logger = logging.getLogger(__name__)
 
 METADATA_SIZE = "metadata_size"
-BLOB = "blob"
 
 Obj = TypeVar("Obj", bound="SchemaObj")
 
@@ -45,13 +45,6 @@ def content_digest(document: dict) -> str:
     hasher = new_hasher()
     hasher.update(json.dumps(document, sort_keys=True, separators=(",", ":")).encode())
     return hasher.hexdigest()
-
-
-class StoredItem(NamedTuple):
-    """One stored thing: a blob (`kind` BLOB, `item_id` its digest) or a document (`kind` its type)."""
-
-    kind: str
-    item_id: str
 
 
 class ValueField:

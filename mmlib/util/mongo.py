@@ -16,7 +16,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailur
 from pymongo.write_concern import WriteConcern
 
 from mmlib.errors import StoreUnavailableError
-from mmlib.persistence.store import DEFAULT_DB_NAME, MONGO_SCHEMES
+from mmlib.util.mongo_uri import DEFAULT_DB_NAME, mongo_uri
 
 CONNECT_TIMEOUT_MS = 5000
 _CREATED = "_mmlib_created"
@@ -32,13 +32,6 @@ _REASONS = (("connection refused", "connection refused"), ("timed out", "timed o
 _REASON_LENGTH = 100
 _AUTH_CODES = (13, 18)  # Unauthorized, AuthenticationFailed
 _DURABLE = WriteConcern(w=1, j=True)
-
-
-def mongo_uri(host: str) -> str:
-    """Accept a bare host, `host:port` or a full `mongodb://` / `mongodb+srv://` URI."""
-    if host.startswith(MONGO_SCHEMES):
-        return host
-    return f"mongodb://{host}"
 
 
 def mongo_hosts(host: str) -> str:

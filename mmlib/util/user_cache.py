@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from mmlib.persistence._atomic import atomic_write
+from mmlib.util.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

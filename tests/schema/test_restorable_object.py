@@ -9,11 +9,11 @@ from mmlib.config import config_override, config_value, ini_value
 from mmlib.constants import CURRENT_DATA_ROOT, MMLIB_CONFIG
 from mmlib.errors import IntegrityError, ConfigurationError, InvalidSaveInfoError, RestoreError, UnsafeCodeError
 from mmlib.persistence import FileReference, FileSystemPersistenceService, SQLiteDictPersistenceService
+from mmlib.persistence.base import BLOB
 from mmlib.schema import Dataset, TrainInfo
 from mmlib.schema.restorable_object import (CLASS_NAME, IMPORT_CMD, RESTORABLE_OBJECT, RestorableObjectWrapper,
                                             StateDictRestorableObjectWrapper, StateFileRestorableObjectWrapper,
                                             TrainService, add_params_from_config)
-from mmlib.schema.schema_obj import BLOB
 from mmlib.util.init_from_file import create_type
 
 COUNTER_CODE = '''
