@@ -42,7 +42,7 @@ import struct
 import sys
 import threading
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -91,6 +91,7 @@ _RAW, _ZSTD = 0, 1
 _REUSED_COMPRESSOR_LEVEL = 3  # the highest level whose plane compressors each thread keeps
 _KERNEL_OPS = {PLAIN: 0, XOR: 1, SUB: 2}
 _KERNEL_SIZES = (1, 2, 4, 8)
+T = TypeVar("T")
 
 
 def _bits(tensor: torch.Tensor) -> np.ndarray:
@@ -312,24 +313,26 @@ def _unzigzag_in_place(encoded: np.ndarray, sign: np.ndarray) -> None:
 
 
 def _plane_compressor(level: int) -> "zstandard.ZstdCompressor":
-    """This thread's compressor of byte planes at `level` (see `_new_plane_compressor`), made once per thread:
-    setting one up took 10 us, more than compressing a small tensor's plane, and one must not serve two threads.
-    Above level 3 a new one each time: their compression outweighs the setup, and their contexts take megabytes."""
+    """This thread's compressor of byte planes at `level` (see `_new_plane_compressor`): setting one up took 10 us,
+    more than compressing a small tensor's plane. Above level 3 a new one each time: their compression outweighs
+    the setup, and their contexts take megabytes."""
     if level > _REUSED_COMPRESSOR_LEVEL:
         return _new_plane_compressor(level)
-    compressors = _per_thread.__dict__.setdefault("compressors", {})
-    if level not in compressors:
-        compressors[level] = _new_plane_compressor(level)
-    return compressors[level]
+    return _this_threads(f"compressor-{level}", lambda: _new_plane_compressor(level))
 
 
 def _decompressor() -> "zstandard.ZstdDecompressor":
-    """This thread's zstd decompressor, made once per thread: setting one up took 7 us, ten times as long as
-    decoding a small tensor's plane (a ResNet-50 recovery decodes about a thousand)."""
-    decompressor = getattr(_per_thread, "decompressor", None)
-    if decompressor is None:
-        decompressor = _per_thread.decompressor = zstandard.ZstdDecompressor()
-    return decompressor
+    """This thread's zstd decompressor: setting one up took 7 us, ten times as long as decoding a small tensor's
+    plane (a ResNet-50 recovery decodes about a thousand)."""
+    return _this_threads("decompressor", zstandard.ZstdDecompressor)
+
+
+def _this_threads(key: str, make: Callable[[], T]) -> T:
+    """The zstd context `key` of this thread, made by `make` on first use: contexts must not serve two threads."""
+    contexts = _per_thread.__dict__
+    if key not in contexts:
+        contexts[key] = make()
+    return contexts[key]
 
 
 _per_thread = threading.local()
