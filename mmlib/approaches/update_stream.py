@@ -10,7 +10,6 @@ a recovery needs the recovered model's bytes plus one payload at a time.
 import collections
 import concurrent.futures
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator, Optional
 
@@ -100,7 +99,7 @@ class StreamedRecovery:
                         if location.keyframe == model_id and _has(places, key, model_id))
         for _, key in wanted:
             place = places[key]
-            _read_full_copy(reader, place, self._new_slot(key, place.dtype, place.shape, model_id), key, model_id)
+            _read_full_copy(reader, place, self._new_slot(key, place, model_id), key, model_id)
         reader.finish()
 
     def _read_update(self, reader: VerifiedReader, header: UpdateHeader, locations: dict[str, Location],
@@ -124,7 +123,7 @@ class StreamedRecovery:
                 pending.popleft()()
             reader.skip_to(begin)
             if entry.delta_of is None:
-                slot = self._new_slot(key, entry.dtype, entry.shape, model_id)
+                slot = self._new_slot(key, entry, model_id)
                 if entry.codec.name == _PLAIN.name:
                     _read_full_copy(reader, entry, slot, key, model_id)
                     continue
@@ -152,12 +151,12 @@ class StreamedRecovery:
             return None
         return self._pool.submit(decode).result
 
-    def _new_slot(self, key: str, dtype: torch.dtype, shape: tuple, model_id: str) -> _Slot:
+    def _new_slot(self, key: str, place: TensorEntry, model_id: str) -> _Slot:
         """The memory of recovered tensor `key`, allocated once (its keyframe's full copy comes first)."""
         if key in self._slots:
             raise IntegrityError(f"tensor {key!r} has two full copies in the lineage of model {self._model_id} (one "
                                  f"in model {model_id}); the update metadata is inconsistent")
-        self._slots[key] = _Slot(self._arena.take(dtype.itemsize * math.prod(shape)), dtype, shape)
+        self._slots[key] = _Slot(self._arena.take(place.nbytes), place.dtype, place.shape)
         return self._slots[key]
 
 
